@@ -1,0 +1,29 @@
+# colo-xdp: every target sets itself up first (idempotently).
+VENV      := .venv
+PY        := $(VENV)/bin/python
+STAMP     := $(VENV)/.installed
+# Debian's python, so that --system-site-packages sees python3-bpfcc later on.
+SYSPY     := /usr/bin/python3
+NATIVE_SRC := $(wildcard csrc/*.c csrc/*.h) csrc/build_cffi.py
+
+.PHONY: setup test demo bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml setup.py $(NATIVE_SRC) scripts/setup-host.sh
+	scripts/setup-host.sh
+	test -x $(PY) || $(SYSPY) -m venv --system-site-packages $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest -q
+
+demo: setup
+	$(VENV)/bin/colo-xdp demo
+
+bench: setup
+	$(PY) -m colo_xdp.bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info colo_xdp/_native*.so colo_xdp/_native.c

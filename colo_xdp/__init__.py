@@ -1,0 +1,1 @@
+"""colo-xdp: COLO network output comparison as a standalone Linux service."""

@@ -1,0 +1,353 @@
+"""The compare engine: frames and time in, actions out.
+
+The engine is sans-I/O: it never reads a socket, a clock or a timer.  Its
+state (connection table, per-side queues, compare rules) lives in the C core
+(``csrc/cx_engine.c``) so that per-frame work stays in C; this module is the
+Python face of it and has two ways in:
+
+* frame by frame, for tests and tools (ActionEngine)::
+
+      eng = ActionEngine(EngineConfig())
+      actions = eng.feed(Side.PRIMARY, frame, now_ms=0)
+      actions += eng.feed(Side.SECONDARY, frame, now_ms=1)
+      # -> [Release(frame=..., vnet_hdr_len=0, ...)]
+
+* in batches, for transports: ``feed_stream`` takes a chunk of a QEMU-framed
+  stream, ``output()``/``consume_output()`` hand out released frames already
+  framed for the outdev, ``drain_events()`` the checkpoint requests, drops and
+  connection events.  Python runs per batch, never per frame.
+"""
+from __future__ import annotations
+
+import enum
+import errno
+import socket
+import struct
+from dataclasses import dataclass, field
+
+from colo_xdp._native import ffi, lib
+
+# Defaults carry QEMU's property names (net/colo-compare.c).
+DEFAULT_COMPARE_TIMEOUT_MS = 3000
+DEFAULT_EXPIRED_SCAN_CYCLE_MS = 1000
+DEFAULT_MAX_QUEUE_SIZE = 1024
+# QEMU's HASHTABLE_MAX_SIZE; here a limit with eviction, never a wipe.
+DEFAULT_MAX_CONNECTIONS = 16384
+DEFAULT_MAX_EVENTS = 65536
+NET_BUFSIZE = lib.CX_NET_BUFSIZE
+
+
+class Side(enum.IntEnum):
+    PRIMARY = lib.CX_PRIMARY
+    SECONDARY = lib.CX_SECONDARY
+
+
+class CheckpointReason(enum.IntEnum):
+    MISMATCH = lib.CX_CKPT_MISMATCH
+    TIMEOUT = lib.CX_CKPT_TIMEOUT
+    QUEUE_FULL = lib.CX_CKPT_QUEUE_FULL
+    TABLE_FULL = lib.CX_CKPT_TABLE_FULL
+
+
+class DropReason(enum.IntEnum):
+    UNSUPPORTED = lib.CX_DROP_UNSUPPORTED
+    QUEUE_FULL = lib.CX_DROP_QUEUE_FULL
+    TABLE_FULL = lib.CX_DROP_TABLE_FULL
+    FLUSHED = lib.CX_DROP_FLUSHED
+    FAILOVER = lib.CX_DROP_FAILOVER
+    EMPTY = lib.CX_DROP_EMPTY
+    OVERSIZE = lib.CX_DROP_OVERSIZE
+    TRUNCATED = lib.CX_DROP_TRUNCATED
+    NO_MEMORY = lib.CX_DROP_NO_MEMORY
+
+
+class ReleaseReason(enum.IntEnum):
+    MATCHED = lib.CX_REL_MATCHED
+    UNSUPPORTED = lib.CX_REL_UNSUPPORTED
+    NO_PAYLOAD = lib.CX_REL_NO_PAYLOAD
+    RETRANSMIT = lib.CX_REL_RETRANSMIT
+    FLUSHED = lib.CX_REL_FLUSHED
+    FAILOVER = lib.CX_REL_FAILOVER
+
+
+def _name(member: enum.Enum) -> str:
+    return member.name.lower()
+
+
+@dataclass(frozen=True)
+class ConnKey:
+    """A connection's 5-tuple (ports are 0 for protocols without them)."""
+
+    saddr: str
+    daddr: str
+    sport: int
+    dport: int
+    proto: int
+
+    def __str__(self) -> str:
+        proto = {1: "icmp", 6: "tcp", 17: "udp"}.get(self.proto, f"ip{self.proto}")
+        return f"{proto} {self.saddr}:{self.sport} > {self.daddr}:{self.dport}"
+
+
+@dataclass(frozen=True)
+class Release:
+    """Send this primary frame to the outdev."""
+
+    frame: bytes
+    vnet_hdr_len: int = 0
+
+
+@dataclass(frozen=True)
+class CheckpointRequest:
+    reason: CheckpointReason
+    conn: ConnKey | None
+
+
+@dataclass(frozen=True)
+class Drop:
+    side: Side
+    reason: DropReason
+    conn: ConnKey | None
+
+
+@dataclass(frozen=True)
+class ConnectionOpened:
+    conn: ConnKey
+
+
+@dataclass(frozen=True)
+class ConnectionEvicted:
+    conn: ConnKey
+
+
+Action = Release | CheckpointRequest | Drop | ConnectionOpened | ConnectionEvicted
+
+
+class EngineError(Exception):
+    """The engine could not be created or was fed something it refuses."""
+
+
+class FramingError(EngineError):
+    """A chardev stream carried a record that breaks its framing."""
+
+    def __init__(self, reason: DropReason, consumed: int):
+        what = "a zero-length frame" if reason is DropReason.EMPTY else (
+            f"a frame longer than {NET_BUFSIZE} bytes")
+        super().__init__(f"the stream carried {what}; its framing is lost")
+        self.reason = reason
+        self.consumed = consumed
+
+
+@dataclass
+class EngineConfig:
+    compare_timeout_ms: int = DEFAULT_COMPARE_TIMEOUT_MS
+    expired_scan_cycle_ms: int = DEFAULT_EXPIRED_SCAN_CYCLE_MS
+    max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    vnet_hdr: bool = False
+    max_events: int = DEFAULT_MAX_EVENTS
+
+    def validate(self) -> None:
+        """Raise EngineError with one sentence for the first bad value."""
+        for name in ("compare_timeout_ms", "expired_scan_cycle_ms", "max_queue_size",
+                     "max_connections", "max_events"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise EngineError(f"{name} must be a positive whole number, not {value!r}")
+        if self.max_queue_size > 1 << 24 or self.max_connections > 1 << 24:
+            raise EngineError("max_queue_size and max_connections must be at most 16777216")
+
+
+@dataclass
+class Counters:
+    """A snapshot of the engine's counters; every frame in is accounted for."""
+
+    frames_in: dict[str, int] = field(default_factory=dict)
+    bytes_in: dict[str, int] = field(default_factory=dict)
+    released: dict[str, int] = field(default_factory=dict)
+    released_bytes: int = 0
+    matched_secondary: int = 0
+    skipped_secondary: int = 0
+    dropped: dict[str, dict[str, int]] = field(default_factory=dict)
+    checkpoints: dict[str, int] = field(default_factory=dict)
+    mismatches: dict[str, int] = field(default_factory=dict)
+    queued: dict[str, int] = field(default_factory=dict)
+    connections: int = 0
+    conns_created: int = 0
+    conns_evicted: int = 0
+    events_lost: int = 0
+
+    @property
+    def released_total(self) -> int:
+        return sum(self.released.values())
+
+    def dropped_total(self, side: str) -> int:
+        return sum(self.dropped[side].values())
+
+
+def _key(k) -> ConnKey:
+    return ConnKey(
+        socket.inet_ntoa(struct.pack("=I", k.saddr)),
+        socket.inet_ntoa(struct.pack("=I", k.daddr)),
+        k.sport, k.dport, k.proto)
+
+
+class Engine:
+    """Compare primary and secondary frames per connection (QEMU colo-compare)."""
+
+    def __init__(self, config: EngineConfig | None = None):
+        self.config = config or EngineConfig()
+        self.config.validate()
+        cfg = ffi.new("struct cx_config *", {
+            "compare_timeout_ms": self.config.compare_timeout_ms,
+            "expired_scan_cycle_ms": self.config.expired_scan_cycle_ms,
+            "max_queue_size": self.config.max_queue_size,
+            "max_connections": self.config.max_connections,
+            "max_events": self.config.max_events,
+            "vnet_hdr": int(self.config.vnet_hdr),
+        })
+        ptr = lib.cx_engine__new(cfg)
+        if ptr == ffi.NULL:
+            raise EngineError("the engine could not allocate its tables")
+        self._e = ffi.gc(ptr, lib.cx_engine__free)
+        self._consumed = ffi.new("size_t *")
+        self._data = ffi.new("const uint8_t **")
+        self._events = ffi.new("const struct cx_event **")
+        self._hdr = 8 if self.config.vnet_hdr else 4
+
+    # -- batch interface (transports) ------------------------------------
+
+    def feed_stream(self, side: Side, chunk, now_ms: int) -> int:
+        """Feed whole framed records from ``chunk``; return bytes consumed.
+
+        A partial record at the end is left for the next call.  Raises
+        FramingError (with ``consumed``) on a zero-length or oversized record.
+        """
+        rc = lib.cx_engine__feed_stream(self._e, side, ffi.from_buffer(chunk), len(chunk),
+                                        now_ms, self._consumed)
+        if rc < 0:
+            reason = DropReason.EMPTY if -rc == errno.EBADMSG else DropReason.OVERSIZE
+            raise FramingError(reason, self._consumed[0])
+        return self._consumed[0]
+
+    def output(self) -> memoryview:
+        """Released frames, in the outdev's framing, not yet consumed."""
+        n = lib.cx_engine__out_peek(self._e, self._data)
+        return memoryview(ffi.buffer(self._data[0], n)) if n else memoryview(b"")
+
+    def consume_output(self, n: int) -> None:
+        lib.cx_engine__out_consume(self._e, n)
+
+    def abandon_partial_output(self) -> bool:
+        """The outdev left mid-record: skip its rest (counted); True if one was cut."""
+        return bool(lib.cx_engine__out_abandon_partial(self._e))
+
+    def output_pending(self) -> int:
+        return lib.cx_engine__out_peek(self._e, self._data)
+
+    def drain_events(self) -> list[Action]:
+        n = lib.cx_engine__events(self._e, self._events)
+        out: list[Action] = []
+        evs = self._events[0]
+        for i in range(n):
+            ev = evs[i]
+            key = _key(ev.key) if ev.has_key else None
+            if ev.kind == lib.CX_EV_CHECKPOINT:
+                out.append(CheckpointRequest(CheckpointReason(ev.reason), key))
+            elif ev.kind == lib.CX_EV_DROP:
+                out.append(Drop(Side(ev.side), DropReason(ev.reason), key))
+            elif ev.kind == lib.CX_EV_CONN_NEW:
+                out.append(ConnectionOpened(key))
+            elif ev.kind == lib.CX_EV_CONN_EVICT:
+                out.append(ConnectionEvicted(key))
+        lib.cx_engine__events_clear(self._e)
+        return out
+
+    def note_drop(self, side: Side, reason: DropReason) -> None:
+        """Count a frame a transport lost (e.g. a peer gone mid-frame)."""
+        lib.cx_engine__note_drop(self._e, side, reason)
+
+    # -- control ---------------------------------------------------------
+
+    def feed_frame(self, side: Side, frame: bytes, now_ms: int, vnet_hdr_len: int = 0) -> None:
+        """Feed one frame (its vnet header, if any, included)."""
+        lib.cx_engine__feed(self._e, side, frame, len(frame), vnet_hdr_len, now_ms)
+
+    def run_timers(self, now_ms: int) -> int:
+        """Run the expired-frame scan if due; return when to call again (ms)."""
+        return lib.cx_engine__tick(self._e, now_ms)
+
+    def checkpoint(self) -> None:
+        """The COLO frame reports a checkpoint: flush every connection."""
+        lib.cx_engine__checkpoint(self._e)
+
+    def failover(self) -> None:
+        """Stop comparing for good: flush, then pass primary frames through."""
+        lib.cx_engine__failover(self._e)
+
+    def take_releases(self) -> list[Release]:
+        """Decode and consume the pending output into Release actions."""
+        buf = bytes(self.output())
+        self.consume_output(len(buf))
+        releases, pos, hdr = [], 0, self._hdr
+        while pos < len(buf):
+            (length,) = struct.unpack_from(">I", buf, pos)
+            vnet = struct.unpack_from(">I", buf, pos + 4)[0] if hdr == 8 else 0
+            releases.append(Release(buf[pos + hdr:pos + hdr + length], vnet))
+            pos += hdr + length
+        return releases
+
+    def collect(self) -> list[Action]:
+        """Everything the engine produced since the last collect, as actions:
+        releases first (in order), then events."""
+        return self.take_releases() + self.drain_events()
+
+    # -- state -----------------------------------------------------------
+
+    @property
+    def connections(self) -> int:
+        return lib.cx_engine__connections(self._e)
+
+    def counters(self) -> Counters:
+        c = lib.cx_engine__counters(self._e)
+        sides = {s: _name(s) for s in Side}
+        return Counters(
+            frames_in={sides[s]: c.frames_in[s] for s in Side},
+            bytes_in={sides[s]: c.bytes_in[s] for s in Side},
+            released={_name(r): c.released[r] for r in ReleaseReason},
+            released_bytes=c.released_bytes,
+            matched_secondary=c.matched_secondary,
+            skipped_secondary=c.skipped_secondary,
+            dropped={sides[s]: {_name(r): c.dropped[s][r] for r in DropReason} for s in Side},
+            checkpoints={_name(r): c.checkpoints[r] for r in CheckpointReason},
+            mismatches={"tcp": c.mismatches_by_proto[0], "udp_icmp": c.mismatches_by_proto[1],
+                        "other": c.mismatches_by_proto[2]},
+            queued={sides[s]: lib.cx_engine__queued(self._e, s) for s in Side},
+            connections=lib.cx_engine__connections(self._e),
+            conns_created=c.conns_created,
+            conns_evicted=c.conns_evicted,
+            events_lost=c.events_lost,
+        )
+
+
+class ActionEngine(Engine):
+    """The engine one step at a time: every call returns the actions it caused.
+
+    Meant for tests and tools; transports use Engine's batch interface.
+    """
+
+    def feed(self, side: Side, frame: bytes, now_ms: int, vnet_hdr_len: int = 0) -> list[Action]:
+        self.feed_frame(side, frame, now_ms, vnet_hdr_len)
+        return self.collect()
+
+    def tick(self, now_ms: int) -> list[Action]:
+        self.run_timers(now_ms)
+        return self.collect()
+
+    def checkpoint(self) -> list[Action]:
+        super().checkpoint()
+        return self.collect()
+
+    def failover(self) -> list[Action]:
+        super().failover()
+        return self.collect()

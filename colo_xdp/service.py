@@ -1,0 +1,485 @@
+"""The chardev service: sockets and the clock around one engine.
+
+One thread, one selector.  Each loop turn reads at most one bounded chunk
+from each input that is ready (so a side that runs ahead cannot starve the
+other), feeds it to the engine in one call, writes what the engine released
+to the outdev, and sends a ``DO_CHECKPOINT`` for every checkpoint request.
+When the outdev cannot keep up, released frames wait in the engine's out
+buffer; past a high-water mark the inputs are no longer read (backpressure)
+until it drains, so nothing is lost and nothing is reordered.
+
+Roles and their sockets::
+
+    primary-in  ──▶ ┐                     ┌──▶ outdev
+                    ├── engine (C core) ──┤
+    secondary-in ─▶ ┘        ▲            └──▶ notify-dev: DO_CHECKPOINT
+                             └──────────────── notify-dev: COLO_CHECKPOINT
+"""
+from __future__ import annotations
+
+import selectors
+import signal
+import socket
+import time
+from dataclasses import dataclass, field
+
+from colo_xdp.engine import (CheckpointRequest, ConnectionEvicted, ConnectionOpened, Drop,
+                             DropReason, Engine, EngineConfig, FramingError, Side)
+from colo_xdp.log import EventLog
+from colo_xdp.notify import DO_CHECKPOINT_RECORD, NotifyEvent, NotifyProtocol
+from colo_xdp.transport import chardev
+from colo_xdp.transport.chardev import EndpointError, Spec
+from colo_xdp.transport.framing import NET_BUFSIZE
+from colo_xdp.transport.framing import FramingError as NotifyFramingError
+
+READ = selectors.EVENT_READ
+WRITE = selectors.EVENT_WRITE
+
+CHUNK = 64 * 1024                  # one read per input per turn, at most
+OUT_HIGH_WATER = 8 * 1024 * 1024   # stop reading inputs above this much output
+OUT_LOW_WATER = 1 * 1024 * 1024    # ... and resume below this
+NOTIFY_OUT_MAX = 64 * 1024         # DO_CHECKPOINT bytes kept for a slow peer
+SHUTDOWN_DRAIN_S = 2.0             # how long to try delivering at exit
+MAX_SLEEP_S = 0.5
+
+
+@dataclass
+class ServiceConfig:
+    primary_in: Spec
+    secondary_in: Spec
+    outdev: Spec
+    notify_dev: Spec | None = None
+    engine: EngineConfig = field(default_factory=EngineConfig)
+
+    def check(self) -> None:
+        """One sentence for the first problem: two roles on one socket."""
+        roles = {"primary-in": self.primary_in, "secondary-in": self.secondary_in,
+                 "outdev": self.outdev}
+        if self.notify_dev:
+            roles["notify-dev"] = self.notify_dev
+        chardev.check_distinct(roles)
+        self.engine.validate()
+
+
+class Channel:
+    """One role's socket: a listener serving one peer at a time (as QEMU's
+    socket chardev does), or a connector that may retry."""
+
+    def __init__(self, svc: "Service", role: str, spec: Spec):
+        self.svc = svc
+        self.role = role
+        self.spec = spec
+        self.listener: socket.socket | None = None
+        self.sock: socket.socket | None = None
+        self.retry_at: float | None = None
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def open(self) -> None:
+        if self.spec.server:
+            self.listener = chardev.listen(self.spec)
+            self.svc.watch(self.listener, READ, self._accept)
+        else:
+            try:
+                self._attach(chardev.connect(self.spec))
+            except EndpointError as exc:
+                if not self.spec.reconnect:
+                    raise EndpointError(exc.errno, f"{self.role}: {exc.strerror}; add "
+                                        ",reconnect=SECONDS to keep trying") from None
+                self.svc.log.warning("connect_failed", role=self.role, error=exc.strerror,
+                                     retry_s=self.spec.reconnect)
+                self.retry_at = time.monotonic() + self.spec.reconnect
+
+    def shutdown(self) -> None:
+        self._detach()
+        if self.listener:
+            self.svc.unwatch(self.listener)
+            self.listener.close()
+            self.listener = None
+            chardev.cleanup(self.spec)
+
+    def maybe_retry(self, now: float) -> None:
+        if self.retry_at is None or now < self.retry_at or self.sock:
+            return
+        self.retry_at = None
+        try:
+            self._attach(chardev.connect(self.spec))
+        except EndpointError as exc:
+            self.svc.log.warning("connect_failed", role=self.role, error=exc.strerror,
+                                 retry_s=self.spec.reconnect)
+            self.retry_at = now + (self.spec.reconnect or 1.0)
+
+    def _accept(self, mask: int) -> None:
+        try:
+            sock, _ = self.listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        sock.setblocking(False)
+        chardev.tune(sock)
+        self.svc.unwatch(self.listener)      # one peer at a time
+        self._attach(sock)
+
+    def _attach(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.svc.log.event("connected", role=self.role, endpoint=self.spec)
+        self.connected()
+
+    def _detach(self) -> None:
+        if self.sock:
+            self.svc.unwatch(self.sock)
+            self.sock.close()
+            self.sock = None
+
+    def lost(self, why: str, reconnect_now: bool = False) -> None:
+        """The peer is gone (or its stream broken): close, then listen or retry."""
+        self._detach()
+        self.svc.log.warning("disconnected", role=self.role, endpoint=self.spec, why=why)
+        self.disconnected()
+        if self.spec.server:
+            self.svc.watch(self.listener, READ, self._accept)
+        elif self.spec.reconnect or reconnect_now:
+            self.retry_at = time.monotonic() + (0 if reconnect_now else self.spec.reconnect)
+
+    # -- hooks ---------------------------------------------------------------
+
+    def connected(self) -> None:
+        pass
+
+    def disconnected(self) -> None:
+        pass
+
+
+class Input(Channel):
+    """primary-in or secondary-in: framed frames into the engine."""
+
+    def __init__(self, svc: "Service", role: str, spec: Spec, side: Side):
+        super().__init__(svc, role, spec)
+        self.side = side
+        # Room for one chunk behind the longest partial record.
+        self.buf = bytearray(CHUNK + NET_BUFSIZE + 8)
+        self.view = memoryview(self.buf)
+        self.start = self.end = 0
+
+    def connected(self) -> None:
+        if not self.svc.paused:
+            self.svc.watch(self.sock, READ, self._readable)
+
+    def disconnected(self) -> None:
+        if self.end > self.start:       # the peer left in the middle of a record
+            self.svc.engine.note_drop(self.side, DropReason.TRUNCATED)
+            self.svc.log.warning("frame_dropped", side=self.side.name.lower(),
+                                 reason="truncated", bytes=self.end - self.start)
+        self.start = self.end = 0
+
+    def pause(self, paused: bool) -> None:
+        if not self.sock:
+            return
+        if paused:
+            self.svc.unwatch(self.sock)
+        else:
+            self.svc.watch(self.sock, READ, self._readable)
+
+    def _readable(self, mask: int) -> None:
+        if self.end + CHUNK > len(self.buf):      # slide the partial record down
+            n = self.end - self.start
+            self.buf[:n] = bytes(self.view[self.start:self.end])
+            self.start, self.end = 0, n
+        try:
+            n = self.sock.recv_into(self.view[self.end:self.end + CHUNK])
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self.lost(exc.strerror or str(exc))
+            return
+        if n == 0:
+            self.lost("peer closed the stream")
+            return
+        self.end += n
+        try:
+            used = self.svc.engine.feed_stream(self.side, self.view[self.start:self.end],
+                                               self.svc.now_ms())
+        except FramingError as exc:
+            self.start = self.end = 0
+            self.svc.log.warning("stream_broken", role=self.role, reason=exc.reason.name.lower(),
+                                 error=str(exc))
+            self.lost("framing lost", reconnect_now=True)
+            self.svc.after_batch()
+            return
+        self.start += used
+        if self.start == self.end:
+            self.start = self.end = 0
+        self.svc.after_batch()
+
+
+class Outdev(Channel):
+    """Where released primary frames go, in order, never dropped for slowness."""
+
+    writing = False
+
+    def connected(self) -> None:
+        self.writing = False
+        self.svc.watch(self.sock, READ, self._ready)
+        self.write_pending()
+
+    def disconnected(self) -> None:
+        if self.svc.engine.abandon_partial_output():
+            self.svc.log.warning("frame_dropped", side="primary", reason="truncated",
+                                 where="outdev closed mid-frame")
+        self.writing = False
+
+    def _ready(self, mask: int) -> None:
+        if mask & READ:
+            try:
+                data = self.sock.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                data = None
+            except OSError as exc:
+                self.lost(exc.strerror or str(exc))
+                return
+            if data == b"":
+                self.lost("peer closed the stream")
+                return
+        if mask & WRITE:
+            self.write_pending()
+
+    def write_pending(self) -> None:
+        if not self.sock:
+            return
+        engine = self.svc.engine
+        while True:
+            out = engine.output()
+            if not out:
+                break
+            try:
+                n = self.sock.send(out)
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            except OSError as exc:
+                out.release()
+                self.lost(exc.strerror or str(exc))
+                return
+            out.release()
+            if n == 0:
+                break
+            engine.consume_output(n)
+        want = bool(engine.output_pending())
+        if want != self.writing:
+            self.writing = want
+            self.svc.watch(self.sock, READ | (WRITE if want else 0), self._ready)
+
+
+class Notify(Channel):
+    """notify-dev: DO_CHECKPOINT out, COLO_CHECKPOINT in."""
+
+    def __init__(self, svc: "Service", role: str, spec: Spec, vnet: bool):
+        super().__init__(svc, role, spec)
+        self.vnet = vnet
+        self.proto = NotifyProtocol(vnet)
+        self.out = bytearray()
+        self.suppressed = 0
+
+    def connected(self) -> None:
+        self.proto = NotifyProtocol(self.vnet)
+        self.svc.watch(self.sock, READ, self._ready)
+        self._flush()
+
+    def disconnected(self) -> None:
+        self.out.clear()
+
+    def request_checkpoint(self) -> None:
+        if not self.sock:
+            return
+        if len(self.out) >= NOTIFY_OUT_MAX:   # the peer is not reading: it has enough
+            self.suppressed += 1
+            return
+        self.out += DO_CHECKPOINT_RECORD
+        self._flush()
+
+    def _ready(self, mask: int) -> None:
+        if mask & WRITE:
+            self._flush()
+        if not mask & READ or not self.sock:
+            return
+        try:
+            data = self.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self.lost(exc.strerror or str(exc))
+            return
+        if not data:
+            self.lost("peer closed the stream")
+            return
+        try:
+            reply, events = self.proto.receive(data)
+        except NotifyFramingError as exc:
+            self.svc.log.warning("stream_broken", role=self.role, error=str(exc))
+            self.lost("framing lost", reconnect_now=True)
+            return
+        if reply:
+            self.out += reply
+            self._flush()
+        for kind, msg in events:
+            if kind is NotifyEvent.CHECKPOINT:
+                self.svc.colo_checkpoint()
+            elif kind is NotifyEvent.INIT:
+                self.svc.log.event("notify_init", role=self.role)
+            else:
+                self.svc.log.warning("notify_unknown_message", message=msg[:64])
+
+    def _flush(self) -> None:
+        if not self.sock:
+            return
+        try:
+            n = self.sock.send(self.out) if self.out else 0
+        except (BlockingIOError, InterruptedError):
+            n = 0
+        except OSError as exc:
+            self.lost(exc.strerror or str(exc))
+            return
+        del self.out[:n]
+        self.svc.watch(self.sock, READ | (WRITE if self.out else 0), self._ready)
+
+
+class Service:
+    """colo-xdp compare in chardev mode."""
+
+    def __init__(self, config: ServiceConfig, log: EventLog | None = None):
+        config.check()
+        self.config = config
+        self.log = log or EventLog()
+        self.engine = Engine(config.engine)
+        self.sel = selectors.DefaultSelector()
+        self.paused = False
+        self._stop = False
+        self._t0 = time.monotonic()
+        self.inputs = [Input(self, "primary-in", config.primary_in, Side.PRIMARY),
+                       Input(self, "secondary-in", config.secondary_in, Side.SECONDARY)]
+        self.outdev = Outdev(self, "outdev", config.outdev)
+        self.notify = (Notify(self, "notify-dev", config.notify_dev, config.engine.vnet_hdr)
+                       if config.notify_dev else None)
+        self.channels: list[Channel] = [self.outdev, *self.inputs]
+        if self.notify:
+            self.channels.insert(1, self.notify)
+
+    # -- selector plumbing ----------------------------------------------------
+
+    def watch(self, sock: socket.socket, events: int, handler) -> None:
+        try:
+            self.sel.modify(sock, events, handler)
+        except KeyError:
+            self.sel.register(sock, events, handler)
+
+    def unwatch(self, sock: socket.socket) -> None:
+        try:
+            self.sel.unregister(sock)
+        except (KeyError, ValueError):
+            pass
+
+    def now_ms(self) -> int:
+        return int((time.monotonic() - self._t0) * 1000)
+
+    # -- running ----------------------------------------------------------------
+
+    def open(self) -> None:
+        """Bind listeners and reach peers; raises EndpointError (one sentence)."""
+        opened = []
+        try:
+            for ch in self.channels:
+                ch.open()
+                opened.append(ch)
+        except EndpointError:
+            for ch in opened:
+                ch.shutdown()
+            raise
+
+    def stop(self, *_args) -> None:
+        self._stop = True
+
+    def run(self) -> None:
+        deadline = self.engine.run_timers(self.now_ms())
+        while not self._stop:
+            now = self.now_ms()
+            wait_s = min(max(deadline - now, 0) / 1000.0, MAX_SLEEP_S)
+            for key, mask in self.sel.select(wait_s):
+                key.data(mask)
+            now = self.now_ms()
+            if now >= deadline:
+                deadline = self.engine.run_timers(now)
+            mono = time.monotonic()
+            for ch in self.channels:
+                ch.maybe_retry(mono)
+            self.after_batch()
+
+    def close(self) -> None:
+        """Release what is still held (as QEMU does when the object goes away),
+        try to deliver it for a moment, then close every socket."""
+        self.engine.checkpoint()
+        self.after_batch()
+        end = time.monotonic() + SHUTDOWN_DRAIN_S
+        while self.engine.output_pending() and self.outdev.sock and time.monotonic() < end:
+            for key, mask in self.sel.select(0.05):
+                if key.data == self.outdev._ready:
+                    key.data(mask)
+        left = self.engine.output_pending()
+        if left:
+            self.log.warning("undelivered_at_exit", bytes=left)
+        for ch in self.channels:
+            ch.shutdown()
+        self.sel.close()
+
+    # -- engine outputs -------------------------------------------------------------
+
+    def after_batch(self) -> None:
+        for action in self.engine.drain_events():
+            self._handle(action)
+        self.outdev.write_pending()
+        pending = self.engine.output_pending()
+        if not self.paused and pending > OUT_HIGH_WATER:
+            self._pause(True, pending)
+        elif self.paused and pending < OUT_LOW_WATER:
+            self._pause(False, pending)
+
+    def _pause(self, paused: bool, pending: int) -> None:
+        self.paused = paused
+        self.log.event("backpressure", on=paused, pending_bytes=pending)
+        for inp in self.inputs:
+            inp.pause(paused)
+
+    def _handle(self, action) -> None:
+        if isinstance(action, CheckpointRequest):
+            if self.notify:
+                self.notify.request_checkpoint()
+            self.log.event("checkpoint_requested", reason=action.reason.name.lower(),
+                           conn=action.conn or "-")
+        elif isinstance(action, Drop):
+            self.log.warning("frame_dropped", side=action.side.name.lower(),
+                             reason=action.reason.name.lower(), conn=action.conn or "-")
+        elif isinstance(action, ConnectionOpened):
+            self.log.event("connection_opened", level=10, conn=action.conn)
+        elif isinstance(action, ConnectionEvicted):
+            self.log.event("connection_evicted", level=10, conn=action.conn)
+
+    def colo_checkpoint(self) -> None:
+        """The COLO frame reports a checkpoint: flush."""
+        self.engine.checkpoint()
+        self.log.event("checkpoint_done")
+
+    def failover(self) -> None:
+        self.engine.failover()
+        self.log.warning("failover")
+
+
+def serve(config: ServiceConfig, log: EventLog, on_ready=None) -> Service:
+    """Open, announce readiness, run until SIGINT/SIGTERM, then close."""
+    svc = Service(config, log)
+    svc.open()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, svc.stop)
+    if on_ready:
+        on_ready(svc)
+    try:
+        svc.run()
+    finally:
+        svc.close()
+    return svc

@@ -1,0 +1,1 @@
+"""Transports: turn bytes on a wire into batches of frames for the engine."""

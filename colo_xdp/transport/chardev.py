@@ -1,0 +1,188 @@
+"""QEMU socket chardevs: endpoint specs and the connections behind them.
+
+A spec names one end of a stream the way QEMU's ``-chardev socket`` does::
+
+    unix:/run/colo/pin.sock,server=on        listen on a unix socket
+    tcp:127.0.0.1:9001                        connect to a TCP listener
+    tcp:0.0.0.0:9004,server=on                listen on TCP
+    tcp:127.0.0.1:9005,reconnect=1            connect, retry every second
+
+A listening endpoint serves one peer at a time, as QEMU's does: while a peer
+is connected it accepts nobody else.  A connecting endpoint without
+``reconnect`` must reach its peer at start; with it, it keeps retrying.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import stat
+from dataclasses import dataclass
+
+ON_VALUES = {"on", "yes", "true", "1", ""}
+OFF_VALUES = {"off", "no", "false", "0"}
+
+
+class SpecError(ValueError):
+    """A spec that cannot name an endpoint; the message is one sentence."""
+
+
+class EndpointError(OSError):
+    """An endpoint that cannot be opened; the message is one sentence."""
+
+
+@dataclass(frozen=True)
+class Spec:
+    kind: str                 # "unix" or "tcp"
+    path: str = ""            # unix
+    host: str = ""            # tcp
+    port: int = 0             # tcp
+    server: bool = False
+    reconnect: float = 0.0    # seconds; 0: do not retry
+    text: str = ""
+
+    @property
+    def address(self) -> str:
+        return self.path if self.kind == "unix" else f"{self.host}:{self.port}"
+
+    def same_place(self, other: "Spec") -> bool:
+        """Do both specs name the same socket?"""
+        if self.kind != other.kind:
+            return False
+        if self.kind == "unix":
+            return os.path.abspath(self.path) == os.path.abspath(other.path)
+        return self.port == other.port and _host_key(self.host) == _host_key(other.host)
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def _host_key(host: str) -> str:
+    return {"localhost": "127.0.0.1", "": "0.0.0.0"}.get(host, host)
+
+
+def _parse_bool(spec: str, name: str, value: str) -> bool:
+    value = value.lower()
+    if value in ON_VALUES:
+        return True
+    if value in OFF_VALUES:
+        return False
+    raise SpecError(f"{spec!r}: {name} takes on or off, not {value!r}")
+
+
+def parse_spec(text: str) -> Spec:
+    """Parse ``unix:PATH`` or ``tcp:HOST:PORT`` with ``,server=on``,
+    ``,reconnect=SECONDS`` (``,wait=off`` and ``,nowait`` are accepted and
+    ignored: colo-xdp never blocks waiting for a peer)."""
+    head, *opts = text.split(",")
+    kind, sep, rest = head.partition(":")
+    if not sep or kind not in ("unix", "tcp"):
+        raise SpecError(f"{text!r} is not an endpoint: use unix:PATH or tcp:HOST:PORT")
+    fields: dict = {"kind": kind, "text": text}
+    if kind == "unix":
+        if not rest:
+            raise SpecError(f"{text!r} names no socket path")
+        fields["path"] = rest
+    else:
+        host, sep, port = rest.rpartition(":")
+        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+            raise SpecError(f"{text!r} needs tcp:HOST:PORT with a port from 1 to 65535")
+        fields["host"] = host.strip("[]") or "0.0.0.0"
+        fields["port"] = int(port)
+    for opt in opts:
+        name, _, value = opt.partition("=")
+        if name == "server":
+            fields["server"] = _parse_bool(text, name, value)
+        elif name == "reconnect":
+            try:
+                fields["reconnect"] = float(value)
+            except ValueError:
+                raise SpecError(f"{text!r}: reconnect takes a number of seconds") from None
+            if fields["reconnect"] < 0:
+                raise SpecError(f"{text!r}: reconnect cannot be negative")
+        elif name in ("wait", "nowait"):
+            continue
+        else:
+            raise SpecError(f"{text!r}: unknown option {name!r} "
+                            "(known: server, reconnect, wait)")
+    spec = Spec(**fields)
+    if spec.server and spec.reconnect:
+        raise SpecError(f"{text!r}: reconnect is for connecting endpoints, not servers")
+    return spec
+
+
+def check_distinct(named: dict[str, Spec]) -> None:
+    """Refuse two roles on one socket, as QEMU refuses indev == outdev."""
+    items = list(named.items())
+    for i, (name_a, a) in enumerate(items):
+        for name_b, b in items[i + 1:]:
+            if a.same_place(b):
+                raise SpecError(f"{name_a} and {name_b} name the same socket ({a.address}); "
+                                "each needs its own")
+
+
+def _family(spec: Spec) -> int:
+    if spec.kind == "unix":
+        return socket.AF_UNIX
+    return socket.AF_INET6 if ":" in spec.host else socket.AF_INET
+
+
+def _sockaddr(spec: Spec):
+    return spec.path if spec.kind == "unix" else (spec.host, spec.port)
+
+
+def listen(spec: Spec) -> socket.socket:
+    """Bind and listen; a stale unix socket file is replaced."""
+    sock = socket.socket(_family(spec), socket.SOCK_STREAM)
+    try:
+        if spec.kind == "unix":
+            _remove_stale_socket(spec.path)
+        else:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(_sockaddr(spec))
+        sock.listen(1)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        raise EndpointError(exc.errno, f"cannot listen on {spec}: {exc.strerror}") from None
+    return sock
+
+
+def _remove_stale_socket(path: str) -> None:
+    try:
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def connect(spec: Spec) -> socket.socket:
+    """Connect (blocking, briefly) and return a non-blocking socket."""
+    sock = socket.socket(_family(spec), socket.SOCK_STREAM)
+    sock.settimeout(5.0)
+    try:
+        sock.connect(_sockaddr(spec))
+    except OSError as exc:
+        sock.close()
+        reason = exc.strerror or str(exc)
+        raise EndpointError(exc.errno or errno.EIO, f"cannot connect to {spec}: {reason}") from None
+    sock.setblocking(False)
+    tune(sock)
+    return sock
+
+
+def tune(sock: socket.socket) -> None:
+    """Large buffers; no Nagle delay on TCP."""
+    for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, opt, 1 << 20)
+        except OSError:
+            pass
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def cleanup(spec: Spec) -> None:
+    """Remove what a listening endpoint left on disk."""
+    if spec.server and spec.kind == "unix":
+        _remove_stale_socket(spec.path)

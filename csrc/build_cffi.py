@@ -1,0 +1,38 @@
+"""cffi build script for colo_xdp._native (out-of-line API mode).
+
+The C lives in real .c/.h files beside this script; the declarations cffi
+needs are the region of cx_engine.h between the cdef markers, so they are
+written once.  Registered in setup.py with ``cffi_modules``.
+"""
+import os
+import re
+
+from cffi import FFI
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SOURCES = ["cx_engine.c"]
+CFLAGS = ["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Werror", "-Wno-unused-parameter"]
+
+
+def _cdef_region(header):
+    with open(os.path.join(HERE, header)) as f:
+        text = f.read()
+    match = re.search(r"/\* cdef-begin \*/(.*)/\* cdef-end \*/", text, re.S)
+    if not match:
+        raise RuntimeError(f"{header} has no cdef-begin/cdef-end region")
+    # cffi takes '#define NAME <integer>' but no trailing comments on them.
+    return re.sub(r"(#define\s+\w+\s+\w+)\s*/\*.*?\*/", r"\1", match.group(1))
+
+
+ffibuilder = FFI()
+ffibuilder.cdef(_cdef_region("cx_engine.h"))
+ffibuilder.set_source(
+    "colo_xdp._native",
+    '#include "cx_engine.h"',
+    sources=[os.path.join("csrc", s) for s in SOURCES],
+    include_dirs=[HERE],
+    extra_compile_args=CFLAGS,
+)
+
+if __name__ == "__main__":
+    ffibuilder.compile(verbose=True)

@@ -1,0 +1,864 @@
+/*
+ * cx_engine.c - colo-xdp compare engine.
+ *
+ * Ports the behaviour of QEMU's net/colo-compare.c (7.2) and fixes what it
+ * gets wrong; docs/compare-rules.md lists every rule and every difference.
+ *
+ *   engine
+ *     table: hash buckets ──▶ conn ──▶ conn ...    (5-tuple ─▶ connection)
+ *     all:   conn ⇄ conn ⇄ conn ...                (creation order: flush, scan)
+ *     idle:  conn ⇄ conn ...                       (no frame queued: LRU victims)
+ *     conn
+ *       q[PRIMARY]:   frame ⇄ frame ⇄ ...          (TCP: sorted by seq,
+ *       q[SECONDARY]: frame ⇄ frame ⇄ ...           others: arrival order)
+ *
+ * A frame fed in is parsed, queued on its side of its connection, and that
+ * connection is compared at once.  Releases are appended to the out buffer in
+ * the outdev's framing; checkpoint requests and drops become events.
+ */
+#include "cx_engine.h"
+
+#include <errno.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define ETH_HLEN 14
+#define ETH_P_IP 0x0800
+#define ETH_P_8021Q 0x8100
+#define IP_HLEN_MIN 20
+#define TCP_HLEN_MIN 20
+#define UDP_HLEN 8
+#define ICMP_HLEN_MIN 4
+#define IPPROTO_ICMP 1
+#define IPPROTO_TCP 6
+#define IPPROTO_UDP 17
+#define TCP_FLAG_ACK 0x10
+
+/* Kinds of comparison, one comparator each. */
+enum cx_cmp { CMP_TCP, CMP_L4, CMP_WHOLE };
+
+struct cx_frame {
+    struct cx_frame *prev, *next;
+    uint64_t born_ms;
+    uint32_t len;          /* bytes in data[], vnet header included */
+    uint32_t vnet_len;
+    uint32_t cmp_off;      /* where the compared bytes start (UDP/ICMP/other) */
+    /* TCP only */
+    uint32_t pay_off;      /* payload start in data[] */
+    uint32_t pay_len;
+    uint32_t seq, seq_end, ack;
+    uint32_t done;         /* payload bytes already matched (QEMU's offset) */
+    bool has_ack;
+    uint8_t data[];
+};
+
+struct cx_queue {
+    struct cx_frame *head, *tail;
+    uint32_t count;
+};
+
+struct cx_conn {
+    struct cx_key key;
+    uint32_t hash;
+    uint8_t cmp;                   /* enum cx_cmp */
+    bool idle;
+    struct cx_conn *hnext;         /* hash chain */
+    struct cx_conn *all_prev, *all_next;
+    struct cx_conn *idle_prev, *idle_next;
+    struct cx_queue q[2];
+    /* TCP compare state */
+    uint32_t max_ack[2];
+    bool have_ack[2];
+    uint32_t compared_seq;         /* end of the highest compared data */
+    bool have_compared;
+};
+
+struct cx_list {
+    struct cx_conn *head, *tail;
+};
+
+struct cx_engine {
+    struct cx_config cfg;
+    struct cx_conn **buckets;
+    uint32_t nbuckets;             /* power of two */
+    uint32_t nconns;
+    struct cx_list all, idle;
+    uint64_t queued[2];
+    bool failed_over;
+    bool scan_armed;
+    uint64_t next_scan_ms;
+    /* out buffer: [head, len) is pending; the record at head has
+     * out_rec_left bytes still to go (0: head is a record boundary) */
+    uint8_t *out;
+    size_t out_head, out_len, out_cap, out_rec_left;
+    struct cx_event *events;
+    size_t nevents;
+    struct cx_counters ctr;
+};
+
+/* A parsed view of a frame; nothing is copied. */
+struct cx_parsed {
+    bool supported;
+    struct cx_key key;
+    uint8_t cmp;
+    uint32_t cmp_off;
+    uint32_t pay_off, pay_len;
+    uint32_t seq, ack;
+    bool has_ack;
+};
+
+/* ---- byte helpers ------------------------------------------------------ */
+
+static inline uint16_t rd16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
+
+static inline uint32_t rd32(const uint8_t *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+static inline void wr32(uint8_t *p, uint32_t v)
+{
+    p[0] = v >> 24; p[1] = v >> 16; p[2] = v >> 8; p[3] = v;
+}
+
+/* 32-bit sequence arithmetic: is a after b, wrapping around? (RFC 1982) */
+static inline bool seq_after(uint32_t a, uint32_t b) { return (int32_t)(a - b) > 0; }
+
+/* ---- parsing ----------------------------------------------------------- */
+
+/*
+ * parse_frame - stands for QEMU's parse_packet_early + fill_connection_key,
+ * with the IPv4 header and the L4 header validated before use.  Anything it
+ * cannot vouch for is "unsupported": passed through from the primary, dropped
+ * from the secondary.
+ */
+static void parse_frame(const uint8_t *f, uint32_t len, uint32_t vnet_len,
+                        struct cx_parsed *pp)
+{
+    memset(pp, 0, sizeof(*pp));
+    if (vnet_len > CX_VNET_HDR_MAX || len < vnet_len + ETH_HLEN + IP_HLEN_MIN)
+        return;
+    const uint8_t *eth = f + vnet_len;
+    uint16_t ethertype = rd16(eth + 12);
+    if (ethertype != ETH_P_IP)           /* ARP, IPv6, 802.1Q, ... */
+        return;
+
+    const uint8_t *ip = eth + ETH_HLEN;
+    uint32_t ip_room = len - vnet_len - ETH_HLEN;
+    uint32_t ihl = (ip[0] & 0x0f) * 4u;
+    uint32_t tot = rd16(ip + 2);
+    if ((ip[0] >> 4) != 4 || ihl < IP_HLEN_MIN || tot < ihl || tot > ip_room)
+        return;
+
+    uint8_t proto = ip[9];
+    uint16_t frag = rd16(ip + 6);
+    bool later_fragment = (frag & 0x1fff) != 0;
+    const uint8_t *l4 = ip + ihl;
+    uint32_t l4_len = tot - ihl;
+    uint32_t l4_off = (uint32_t)(l4 - f);
+
+    pp->key.proto = proto;
+    memcpy(&pp->key.saddr, ip + 12, 4);
+    memcpy(&pp->key.daddr, ip + 16, 4);
+    pp->cmp = CMP_WHOLE;
+    pp->cmp_off = vnet_len;
+
+    if (later_fragment) {
+        /* No L4 header here: compare the whole frame, key without ports. */
+        pp->supported = true;
+        return;
+    }
+    switch (proto) {
+    case IPPROTO_TCP: {
+        if (l4_len < TCP_HLEN_MIN)
+            return;
+        uint32_t doff = (l4[12] >> 4) * 4u;
+        if (doff < TCP_HLEN_MIN || doff > l4_len)
+            return;
+        pp->key.sport = rd16(l4);
+        pp->key.dport = rd16(l4 + 2);
+        pp->cmp = CMP_TCP;
+        pp->seq = rd32(l4 + 4);
+        pp->ack = rd32(l4 + 8);
+        pp->has_ack = (l4[13] & TCP_FLAG_ACK) != 0;
+        pp->pay_off = l4_off + doff;
+        /* The IP total length, not the frame size: padding is not payload. */
+        pp->pay_len = l4_len - doff;
+        break;
+    }
+    case IPPROTO_UDP:
+        if (l4_len < UDP_HLEN)
+            return;
+        pp->key.sport = rd16(l4);
+        pp->key.dport = rd16(l4 + 2);
+        pp->cmp = CMP_L4;
+        pp->cmp_off = l4_off;
+        break;
+    case IPPROTO_ICMP:
+        if (l4_len < ICMP_HLEN_MIN)
+            return;
+        pp->cmp = CMP_L4;
+        pp->cmp_off = l4_off;
+        break;
+    default:
+        /* Protocols with ports where TCP and UDP keep them (DCCP, SCTP,
+         * UDP-Lite) are keyed by them too, as QEMU does. */
+        if ((proto == 33 || proto == 132 || proto == 136) && l4_len >= 4) {
+            pp->key.sport = rd16(l4);
+            pp->key.dport = rd16(l4 + 2);
+        }
+        break;
+    }
+    pp->supported = true;
+}
+
+/* ---- events and output ------------------------------------------------- */
+
+static void emit(struct cx_engine *e, uint8_t kind, uint8_t reason, int side,
+                 const struct cx_key *key)
+{
+    if (e->nevents >= e->cfg.max_events) {
+        e->ctr.events_lost++;
+        return;
+    }
+    struct cx_event *ev = &e->events[e->nevents++];
+    memset(ev, 0, sizeof(*ev));
+    ev->kind = kind;
+    ev->reason = reason;
+    ev->side = (uint8_t)side;
+    if (key) {
+        ev->has_key = 1;
+        ev->key = *key;
+    }
+}
+
+static void request_checkpoint(struct cx_engine *e, int reason, const struct cx_key *key)
+{
+    e->ctr.checkpoints[reason]++;
+    emit(e, CX_EV_CHECKPOINT, (uint8_t)reason, CX_PRIMARY, key);
+}
+
+static void count_drop(struct cx_engine *e, int side, int reason, const struct cx_key *key)
+{
+    e->ctr.dropped[side][reason]++;
+    emit(e, CX_EV_DROP, (uint8_t)reason, side, key);
+}
+
+/* Make room for n more bytes in the out buffer; false when out of memory. */
+static bool out_reserve(struct cx_engine *e, size_t n)
+{
+    if (e->out_head && e->out_head == e->out_len)
+        e->out_head = e->out_len = 0;
+    if (e->out_len + n <= e->out_cap)
+        return true;
+    if (e->out_head) {             /* slide pending bytes to the front */
+        memmove(e->out, e->out + e->out_head, e->out_len - e->out_head);
+        e->out_len -= e->out_head;
+        e->out_head = 0;
+        if (e->out_len + n <= e->out_cap)
+            return true;
+    }
+    size_t cap = e->out_cap ? e->out_cap : 1 << 16;
+    while (cap < e->out_len + n)
+        cap *= 2;
+    uint8_t *p = realloc(e->out, cap);
+    if (!p)
+        return false;
+    e->out = p;
+    e->out_cap = cap;
+    return true;
+}
+
+/* release - stands for QEMU's colo_release_primary_pkt/compare_chr_send:
+ * append one frame to the out buffer in the outdev's framing. */
+static void release(struct cx_engine *e, const uint8_t *data, uint32_t len,
+                    uint32_t vnet_len, int why)
+{
+    size_t hdr = e->cfg.vnet_hdr ? 8 : 4;
+    if (!out_reserve(e, hdr + len)) {
+        /* Out of memory is the one way a frame can be lost here: count it. */
+        count_drop(e, CX_PRIMARY, CX_DROP_NO_MEMORY, NULL);
+        return;
+    }
+    uint8_t *p = e->out + e->out_len;
+    wr32(p, len);
+    if (e->cfg.vnet_hdr)
+        wr32(p + 4, vnet_len);
+    memcpy(p + hdr, data, len);
+    e->out_len += hdr + len;
+    e->ctr.released[why]++;
+    e->ctr.released_bytes += len;
+}
+
+/* ---- queues ------------------------------------------------------------ */
+
+static void queue_unlink(struct cx_queue *q, struct cx_frame *f)
+{
+    if (f->prev) f->prev->next = f->next; else q->head = f->next;
+    if (f->next) f->next->prev = f->prev; else q->tail = f->prev;
+    q->count--;
+}
+
+/* Insert after `at` (NULL: at the head). */
+static void queue_insert_after(struct cx_queue *q, struct cx_frame *at, struct cx_frame *f)
+{
+    f->prev = at;
+    f->next = at ? at->next : q->head;
+    if (f->next) f->next->prev = f; else q->tail = f;
+    if (at) at->next = f; else q->head = f;
+    q->count++;
+}
+
+/* TCP queues are kept in sequence order, equal sequences in arrival order.
+ * Segments mostly arrive in order, so the walk starts at the tail. */
+static void queue_insert(struct cx_queue *q, struct cx_frame *f, bool by_seq)
+{
+    struct cx_frame *at = q->tail;
+    if (by_seq)
+        while (at && seq_after(at->seq, f->seq))
+            at = at->prev;
+    queue_insert_after(q, at, f);
+}
+
+/* Take a frame off its queue and free it. */
+static void frame_drop(struct cx_engine *e, struct cx_conn *c, int side, struct cx_frame *f)
+{
+    queue_unlink(&c->q[side], f);
+    e->queued[side]--;
+    free(f);
+}
+
+static void frame_release(struct cx_engine *e, struct cx_conn *c, struct cx_frame *f, int why)
+{
+    release(e, f->data, f->len, f->vnet_len, why);
+    frame_drop(e, c, CX_PRIMARY, f);
+}
+
+/* ---- connection table -------------------------------------------------- */
+
+static uint32_t key_hash(const struct cx_key *k)
+{
+    uint64_t h = (uint64_t)k->saddr * 0x9e3779b97f4a7c15ull;
+    h ^= ((uint64_t)k->daddr << 32 | (uint32_t)k->sport << 16 | k->dport) + (h << 6) + (h >> 2);
+    h ^= k->proto;
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdull;
+    h ^= h >> 33;
+    return (uint32_t)h;
+}
+
+static bool key_eq(const struct cx_key *a, const struct cx_key *b)
+{
+    return a->saddr == b->saddr && a->daddr == b->daddr && a->sport == b->sport &&
+           a->dport == b->dport && a->proto == b->proto;
+}
+
+#define LIST_UNLINK(list, c, prev, next) do {                     \
+        if ((c)->prev) (c)->prev->next = (c)->next;                \
+        else (list)->head = (c)->next;                             \
+        if ((c)->next) (c)->next->prev = (c)->prev;                \
+        else (list)->tail = (c)->prev;                             \
+        (c)->prev = (c)->next = NULL;                              \
+    } while (0)
+
+#define LIST_APPEND(list, c, prev, next) do {                     \
+        (c)->prev = (list)->tail;                                  \
+        (c)->next = NULL;                                          \
+        if ((list)->tail) (list)->tail->next = (c);                \
+        else (list)->head = (c);                                   \
+        (list)->tail = (c);                                        \
+    } while (0)
+
+static void conn_set_idle(struct cx_engine *e, struct cx_conn *c, bool idle)
+{
+    if (c->idle == idle)
+        return;
+    if (idle)
+        LIST_APPEND(&e->idle, c, idle_prev, idle_next);
+    else
+        LIST_UNLINK(&e->idle, c, idle_prev, idle_next);
+    c->idle = idle;
+}
+
+static void conn_touch(struct cx_engine *e, struct cx_conn *c)
+{
+    conn_set_idle(e, c, !c->q[0].count && !c->q[1].count);
+}
+
+static void conn_evict(struct cx_engine *e, struct cx_conn *c)
+{
+    struct cx_conn **pp = &e->buckets[c->hash & (e->nbuckets - 1)];
+    while (*pp != c)
+        pp = &(*pp)->hnext;
+    *pp = c->hnext;
+    conn_set_idle(e, c, false);
+    LIST_UNLINK(&e->all, c, all_prev, all_next);
+    e->nconns--;
+    e->ctr.conns_evicted++;
+    emit(e, CX_EV_CONN_EVICT, 0, 0, &c->key);
+    free(c);
+}
+
+/*
+ * conn_get - stands for QEMU's connection_get, without its wipe of the whole
+ * table when full: the least recently idle connection (no frame queued) makes
+ * room, and when every connection holds frames NULL says the table is full.
+ */
+static struct cx_conn *conn_get(struct cx_engine *e, const struct cx_key *key, uint8_t cmp)
+{
+    uint32_t h = key_hash(key);
+    for (struct cx_conn *c = e->buckets[h & (e->nbuckets - 1)]; c; c = c->hnext)
+        if (c->hash == h && key_eq(&c->key, key))
+            return c;
+
+    if (e->nconns >= e->cfg.max_connections) {
+        if (!e->idle.head)
+            return NULL;
+        conn_evict(e, e->idle.head);
+    }
+    struct cx_conn *c = calloc(1, sizeof(*c));
+    if (!c)
+        return NULL;
+    c->key = *key;
+    c->hash = h;
+    c->cmp = cmp;
+    c->hnext = e->buckets[h & (e->nbuckets - 1)];
+    e->buckets[h & (e->nbuckets - 1)] = c;
+    LIST_APPEND(&e->all, c, all_prev, all_next);
+    e->nconns++;
+    e->ctr.conns_created++;
+    emit(e, CX_EV_CONN_NEW, 0, 0, key);
+    return c;
+}
+
+/* ---- comparators -------------------------------------------------------- */
+
+/* UDP, ICMP and other IPv4: equal size, equal bytes from the compare offset on
+ * (the L4 header for UDP/ICMP, the frame after the vnet header otherwise).
+ * Both frames are read at the primary's offset, as QEMU does. */
+static bool dgram_equal(const struct cx_frame *p, const struct cx_frame *s)
+{
+    return p->len == s->len &&
+           memcmp(p->data + p->cmp_off, s->data + p->cmp_off, p->len - p->cmp_off) == 0;
+}
+
+/*
+ * compare_dgram - stands for QEMU's colo_compare_packet, oldest primary first
+ * (QEMU takes the newest, which reverses a primary that runs ahead).  The
+ * oldest primary frame is matched against the secondary queue, oldest first;
+ * a match releases it and consumes that secondary frame; no match is a
+ * mismatch: both stay queued and a checkpoint is requested.
+ */
+static void compare_dgram(struct cx_engine *e, struct cx_conn *c)
+{
+    struct cx_queue *pq = &c->q[CX_PRIMARY], *sq = &c->q[CX_SECONDARY];
+
+    while (pq->head && sq->head) {
+        struct cx_frame *p = pq->head, *s = sq->head;
+        while (s && !dgram_equal(p, s))
+            s = s->next;
+        if (!s) {
+            e->ctr.mismatches_by_proto[c->cmp == CMP_L4 ? 1 : 2]++;
+            request_checkpoint(e, CX_CKPT_MISMATCH, &c->key);
+            return;
+        }
+        frame_release(e, c, p, CX_REL_MATCHED);
+        frame_drop(e, c, CX_SECONDARY, s);
+        e->ctr.matched_secondary++;
+    }
+}
+
+/* Is this segment's data all at or below the highest compared sequence? */
+static bool tcp_already_compared(const struct cx_conn *c, const struct cx_frame *f)
+{
+    return c->have_compared && !seq_after(f->seq_end, c->compared_seq);
+}
+
+static bool tcp_bytes_equal(const struct cx_frame *p, uint32_t poff,
+                            const struct cx_frame *s, uint32_t soff, uint32_t n)
+{
+    return memcmp(p->data + p->pay_off + poff, s->data + s->pay_off + soff, n) == 0;
+}
+
+static void tcp_set_compared(struct cx_conn *c, uint32_t seq)
+{
+    c->compared_seq = seq;
+    c->have_compared = true;
+}
+
+/* Outcome of matching the heads of the two TCP queues. */
+enum tcp_step { TCP_BOTH, TCP_PRIMARY, TCP_SECONDARY, TCP_DIFFERENT };
+
+/*
+ * tcp_match_heads - stands for QEMU's colo_mark_tcp_pkt (with its inverted
+ * memcmp fixed, as upstream did).  Identical ranges with identical payload
+ * consume both.  Otherwise the shorter remaining part is compared: when the
+ * primary ends first it is released only if its ACK is at or below the lower
+ * of the two sides' highest ACKs, since the secondary may not yet have seen
+ * what the primary acknowledges.
+ */
+static enum tcp_step tcp_match_heads(const struct cx_conn *c, struct cx_frame *p,
+                                     struct cx_frame *s)
+{
+    if (p->seq == s->seq && p->seq_end == s->seq_end && p->done == 0 && s->done == 0 &&
+        tcp_bytes_equal(p, 0, s, 0, p->pay_len))
+        return TCP_BOTH;
+
+    if (!seq_after(p->seq_end, s->seq_end)) {
+        uint32_t n = p->pay_len - p->done;
+        if (!tcp_bytes_equal(p, p->done, s, s->done, n))
+            return TCP_DIFFERENT;
+        bool acked = c->have_ack[0] && c->have_ack[1] &&
+                     !seq_after(p->ack, seq_after(c->max_ack[0], c->max_ack[1])
+                                            ? c->max_ack[1] : c->max_ack[0]);
+        if (!acked)
+            return TCP_DIFFERENT;
+        s->done += n;
+        return TCP_PRIMARY;
+    }
+    uint32_t n = s->pay_len - s->done;
+    if (!tcp_bytes_equal(p, p->done, s, s->done, n))
+        return TCP_DIFFERENT;
+    p->done += n;
+    return TCP_SECONDARY;
+}
+
+/*
+ * compare_tcp - stands for QEMU's colo_compare_tcp, as a loop over the heads
+ * of both queues while both hold a segment.  Segments without payload and
+ * data at or below the compared sequence (retransmits) are released (primary)
+ * or consumed (secondary) without compare; then the heads are matched.
+ */
+static void compare_tcp(struct cx_engine *e, struct cx_conn *c)
+{
+    struct cx_queue *pq = &c->q[CX_PRIMARY], *sq = &c->q[CX_SECONDARY];
+
+    while (pq->head && sq->head) {
+        struct cx_frame *p = pq->head, *s = sq->head;
+        bool p_gone = false;
+
+        if (p->pay_len == 0) {
+            frame_release(e, c, p, CX_REL_NO_PAYLOAD);
+            p_gone = true;
+        } else if (tcp_already_compared(c, p)) {
+            frame_release(e, c, p, CX_REL_RETRANSMIT);
+            p_gone = true;
+        }
+        if (s->pay_len == 0 || tcp_already_compared(c, s)) {
+            frame_drop(e, c, CX_SECONDARY, s);
+            e->ctr.skipped_secondary++;
+            continue;
+        }
+        if (p_gone)
+            continue;
+
+        switch (tcp_match_heads(c, p, s)) {
+        case TCP_BOTH:
+            tcp_set_compared(c, p->seq_end);
+            frame_release(e, c, p, CX_REL_MATCHED);
+            frame_drop(e, c, CX_SECONDARY, s);
+            e->ctr.matched_secondary++;
+            break;
+        case TCP_PRIMARY:
+            tcp_set_compared(c, p->seq_end);
+            frame_release(e, c, p, CX_REL_MATCHED);
+            if (s->done == s->pay_len) {   /* nothing left of it to compare */
+                frame_drop(e, c, CX_SECONDARY, s);
+                e->ctr.matched_secondary++;
+            }
+            break;
+        case TCP_SECONDARY:
+            tcp_set_compared(c, s->seq_end);
+            frame_drop(e, c, CX_SECONDARY, s);
+            e->ctr.matched_secondary++;
+            break;
+        case TCP_DIFFERENT:
+            e->ctr.mismatches_by_proto[0]++;
+            request_checkpoint(e, CX_CKPT_MISMATCH, &c->key);
+            return;
+        }
+    }
+}
+
+static void compare_conn(struct cx_engine *e, struct cx_conn *c)
+{
+    if (c->cmp == CMP_TCP)
+        compare_tcp(e, c);
+    else
+        compare_dgram(e, c);
+    conn_touch(e, c);
+}
+
+/* ---- feeding ------------------------------------------------------------ */
+
+void cx_engine__feed(struct cx_engine *e, int side, const uint8_t *data,
+                     uint32_t len, uint32_t vnet_len, uint64_t now_ms)
+{
+    side = side ? CX_SECONDARY : CX_PRIMARY;
+    e->ctr.frames_in[side]++;
+    e->ctr.bytes_in[side] += len;
+
+    if (len == 0) {
+        count_drop(e, side, CX_DROP_EMPTY, NULL);
+        return;
+    }
+    if (len > CX_NET_BUFSIZE) {
+        count_drop(e, side, CX_DROP_OVERSIZE, NULL);
+        return;
+    }
+    if (e->failed_over) {
+        if (side == CX_PRIMARY)
+            release(e, data, len, vnet_len, CX_REL_FAILOVER);
+        else
+            count_drop(e, side, CX_DROP_FAILOVER, NULL);
+        return;
+    }
+
+    struct cx_parsed pp;
+    parse_frame(data, len, vnet_len, &pp);
+    if (!pp.supported) {
+        if (side == CX_PRIMARY)
+            release(e, data, len, vnet_len, CX_REL_UNSUPPORTED);
+        else
+            count_drop(e, side, CX_DROP_UNSUPPORTED, NULL);
+        return;
+    }
+
+    struct cx_conn *c = conn_get(e, &pp.key, pp.cmp);
+    if (!c) {
+        count_drop(e, side, CX_DROP_TABLE_FULL, &pp.key);
+        request_checkpoint(e, CX_CKPT_TABLE_FULL, &pp.key);
+        return;
+    }
+    struct cx_queue *q = &c->q[side];
+    if (q->count >= e->cfg.max_queue_size) {
+        count_drop(e, side, CX_DROP_QUEUE_FULL, &pp.key);
+        return;
+    }
+    struct cx_frame *f = malloc(sizeof(*f) + len);
+    if (!f) {
+        count_drop(e, side, CX_DROP_NO_MEMORY, &pp.key);
+        return;
+    }
+    f->born_ms = now_ms;
+    f->len = len;
+    f->vnet_len = vnet_len;
+    f->cmp_off = pp.cmp_off;
+    f->pay_off = pp.pay_off;
+    f->pay_len = pp.pay_len;
+    f->seq = pp.seq;
+    f->seq_end = pp.seq + pp.pay_len;
+    f->ack = pp.ack;
+    f->has_ack = pp.has_ack;
+    f->done = 0;
+    memcpy(f->data, data, len);
+
+    if (c->cmp == CMP_TCP && pp.has_ack &&
+        (!c->have_ack[side] || seq_after(pp.ack, c->max_ack[side]))) {
+        c->max_ack[side] = pp.ack;
+        c->have_ack[side] = true;
+    }
+    queue_insert(q, f, c->cmp == CMP_TCP);
+    e->queued[side]++;
+    compare_conn(e, c);
+    /* Still full after comparing: only a checkpoint can make room. */
+    if (q->count >= e->cfg.max_queue_size)
+        request_checkpoint(e, CX_CKPT_QUEUE_FULL, &c->key);
+}
+
+int cx_engine__feed_stream(struct cx_engine *e, int side, const uint8_t *buf,
+                           size_t len, uint64_t now_ms, size_t *consumed)
+{
+    size_t hdr = e->cfg.vnet_hdr ? 8 : 4;
+    size_t pos = 0;
+    int rc = 0;
+
+    while (len - pos >= hdr) {
+        uint32_t flen = rd32(buf + pos);
+        if (flen == 0 || flen > CX_NET_BUFSIZE) {
+            e->ctr.frames_in[side ? 1 : 0]++;
+            count_drop(e, side ? 1 : 0, flen ? CX_DROP_OVERSIZE : CX_DROP_EMPTY, NULL);
+            rc = flen ? -EMSGSIZE : -EBADMSG;
+            break;
+        }
+        if (len - pos - hdr < flen)
+            break;
+        uint32_t vnet_len = e->cfg.vnet_hdr ? rd32(buf + pos + 4) : 0;
+        cx_engine__feed(e, side, buf + pos + hdr, flen, vnet_len, now_ms);
+        pos += hdr + flen;
+    }
+    *consumed = pos;
+    return rc;
+}
+
+/* ---- time, checkpoint, failover ---------------------------------------- */
+
+static bool queue_has_expired(const struct cx_engine *e, const struct cx_queue *q, uint64_t now)
+{
+    for (const struct cx_frame *f = q->head; f; f = f->next)
+        if (now > f->born_ms && now - f->born_ms > e->cfg.compare_timeout_ms)
+            return true;
+    return false;
+}
+
+/*
+ * cx_engine__tick - stands for QEMU's check_old_packet_regular: every
+ * expired_scan_cycle, the first connection (in creation order) holding a
+ * frame older than compare_timeout on either side requests one checkpoint.
+ */
+uint64_t cx_engine__tick(struct cx_engine *e, uint64_t now_ms)
+{
+    if (!e->scan_armed) {
+        e->scan_armed = true;
+        e->next_scan_ms = now_ms + e->cfg.expired_scan_cycle_ms;
+        return e->next_scan_ms;
+    }
+    if (now_ms < e->next_scan_ms)
+        return e->next_scan_ms;
+    e->next_scan_ms = now_ms + e->cfg.expired_scan_cycle_ms;
+    if (e->failed_over)
+        return e->next_scan_ms;
+    for (struct cx_conn *c = e->all.head; c; c = c->all_next) {
+        if (c->idle)
+            continue;
+        if (queue_has_expired(e, &c->q[CX_PRIMARY], now_ms) ||
+            queue_has_expired(e, &c->q[CX_SECONDARY], now_ms)) {
+            request_checkpoint(e, CX_CKPT_TIMEOUT, &c->key);
+            break;
+        }
+    }
+    return e->next_scan_ms;
+}
+
+/* Stands for QEMU's colo_flush_packets over every connection, primary frames
+ * released oldest (TCP: lowest sequence) first. */
+static void flush_all(struct cx_engine *e, int why, int drop_reason)
+{
+    for (struct cx_conn *c = e->all.head; c; c = c->all_next) {
+        while (c->q[CX_PRIMARY].head)
+            frame_release(e, c, c->q[CX_PRIMARY].head, why);
+        while (c->q[CX_SECONDARY].head) {
+            count_drop(e, CX_SECONDARY, drop_reason, &c->key);
+            frame_drop(e, c, CX_SECONDARY, c->q[CX_SECONDARY].head);
+        }
+        conn_touch(e, c);
+    }
+}
+
+void cx_engine__checkpoint(struct cx_engine *e)
+{
+    flush_all(e, CX_REL_FLUSHED, CX_DROP_FLUSHED);
+}
+
+void cx_engine__failover(struct cx_engine *e)
+{
+    flush_all(e, CX_REL_FAILOVER, CX_DROP_FAILOVER);
+    e->failed_over = true;
+}
+
+void cx_engine__note_drop(struct cx_engine *e, int side, int reason)
+{
+    if (reason <= 0 || reason >= CX_DROP__COUNT)
+        return;
+    e->ctr.frames_in[side ? 1 : 0]++;
+    count_drop(e, side ? 1 : 0, reason, NULL);
+}
+
+/* ---- accessors and lifecycle ------------------------------------------ */
+
+size_t cx_engine__out_peek(struct cx_engine *e, const uint8_t **data)
+{
+    *data = e->out + e->out_head;
+    return e->out_len - e->out_head;
+}
+
+void cx_engine__out_consume(struct cx_engine *e, size_t n)
+{
+    size_t hdr = e->cfg.vnet_hdr ? 8 : 4;
+    size_t pending = e->out_len - e->out_head;
+    if (n > pending)
+        n = pending;
+    while (n) {                    /* walk record boundaries as bytes leave */
+        if (!e->out_rec_left)
+            e->out_rec_left = hdr + rd32(e->out + e->out_head);
+        size_t take = n < e->out_rec_left ? n : e->out_rec_left;
+        e->out_head += take;
+        e->out_rec_left -= take;
+        n -= take;
+    }
+    if (e->out_head == e->out_len)
+        e->out_head = e->out_len = 0;
+}
+
+int cx_engine__out_abandon_partial(struct cx_engine *e)
+{
+    if (!e->out_rec_left)
+        return 0;
+    e->out_head += e->out_rec_left;
+    e->out_rec_left = 0;
+    if (e->out_head == e->out_len)
+        e->out_head = e->out_len = 0;
+    e->ctr.dropped[CX_PRIMARY][CX_DROP_TRUNCATED]++;
+    emit(e, CX_EV_DROP, CX_DROP_TRUNCATED, CX_PRIMARY, NULL);
+    return 1;
+}
+
+size_t cx_engine__events(struct cx_engine *e, const struct cx_event **events)
+{
+    *events = e->events;
+    return e->nevents;
+}
+
+void cx_engine__events_clear(struct cx_engine *e) { e->nevents = 0; }
+
+const struct cx_counters *cx_engine__counters(struct cx_engine *e) { return &e->ctr; }
+
+uint32_t cx_engine__connections(struct cx_engine *e) { return e->nconns; }
+
+uint64_t cx_engine__queued(struct cx_engine *e, int side) { return e->queued[side ? 1 : 0]; }
+
+struct cx_engine *cx_engine__new(const struct cx_config *cfg)
+{
+    if (!cfg->max_queue_size || !cfg->max_connections || !cfg->max_events)
+        return NULL;
+    struct cx_engine *e = calloc(1, sizeof(*e));
+    if (!e)
+        return NULL;
+    e->cfg = *cfg;
+    e->nbuckets = 64;
+    while (e->nbuckets < cfg->max_connections && e->nbuckets < (1u << 24))
+        e->nbuckets <<= 1;
+    e->buckets = calloc(e->nbuckets, sizeof(*e->buckets));
+    e->events = calloc(cfg->max_events, sizeof(*e->events));
+    if (!e->buckets || !e->events)
+        goto fail;
+    return e;
+fail:
+    cx_engine__free(e);
+    return NULL;
+}
+
+void cx_engine__free(struct cx_engine *e)
+{
+    if (!e)
+        return;
+    struct cx_conn *c = e->all.head;
+    while (c) {
+        struct cx_conn *next = c->all_next;
+        for (int side = 0; side < 2; side++) {
+            struct cx_frame *f = c->q[side].head;
+            while (f) {
+                struct cx_frame *fn = f->next;
+                free(f);
+                f = fn;
+            }
+        }
+        free(c);
+        c = next;
+    }
+    free(e->buckets);
+    free(e->events);
+    free(e->out);
+    free(e);
+}

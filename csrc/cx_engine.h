@@ -1,0 +1,156 @@
+/*
+ * cx_engine.h - colo-xdp compare engine, the C core behind colo_xdp.engine.
+ *
+ * Sans-I/O: frames and the time go in, actions come out.  Nothing in here
+ * reads a socket or a clock.  The region between the cdef markers is read
+ * verbatim by csrc/build_cffi.py, so it holds plain declarations only.
+ *
+ * Return convention: 0 (or a count) on success, -errno on failure.
+ */
+#ifndef CX_ENGINE_H
+#define CX_ENGINE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* cdef-begin */
+
+/* QEMU's NET_BUFSIZE: the largest frame a chardev stream may carry. */
+#define CX_NET_BUFSIZE 69632
+/* QEMU's sizeof(struct virtio_net_hdr_v1_hash): larger vnet headers are
+ * treated as a misconfigured stream and the frame is not parsed. */
+#define CX_VNET_HDR_MAX 20
+
+#define CX_PRIMARY 0
+#define CX_SECONDARY 1
+
+/* Event kinds. */
+#define CX_EV_CHECKPOINT 1    /* reason: CX_CKPT_* */
+#define CX_EV_DROP 2          /* reason: CX_DROP_* */
+#define CX_EV_CONN_NEW 3
+#define CX_EV_CONN_EVICT 4
+
+/* Why a checkpoint was requested. */
+#define CX_CKPT_MISMATCH 1
+#define CX_CKPT_TIMEOUT 2
+#define CX_CKPT_QUEUE_FULL 3
+#define CX_CKPT_TABLE_FULL 4
+#define CX_CKPT__COUNT 5
+
+/* Why a frame was dropped (never released). */
+#define CX_DROP_UNSUPPORTED 1 /* secondary frame that is not compared IPv4 */
+#define CX_DROP_QUEUE_FULL 2  /* its side of the connection held max_queue_size */
+#define CX_DROP_TABLE_FULL 3  /* no connection slot and none idle to evict */
+#define CX_DROP_FLUSHED 4     /* secondary frame discarded by a checkpoint */
+#define CX_DROP_FAILOVER 5    /* secondary frame after failover */
+#define CX_DROP_EMPTY 6       /* zero-length frame */
+#define CX_DROP_OVERSIZE 7    /* length over CX_NET_BUFSIZE */
+#define CX_DROP_TRUNCATED 8   /* peer went away mid-frame (reported by a transport) */
+#define CX_DROP_NO_MEMORY 9   /* the frame could not be stored or released */
+#define CX_DROP__COUNT 10
+
+/* Why a primary frame was released. */
+#define CX_REL_MATCHED 0      /* compared equal with the secondary */
+#define CX_REL_UNSUPPORTED 1  /* not compared: non-IPv4 or malformed */
+#define CX_REL_NO_PAYLOAD 2   /* TCP segment without payload (SYN, ACK, FIN) */
+#define CX_REL_RETRANSMIT 3   /* TCP data at or below the compared sequence */
+#define CX_REL_FLUSHED 4      /* released by a checkpoint */
+#define CX_REL_FAILOVER 5     /* after failover, or flushed by it */
+#define CX_REL__COUNT 6
+
+struct cx_config {
+    uint64_t compare_timeout_ms;     /* a frame older than this is expired */
+    uint64_t expired_scan_cycle_ms;  /* how often to look for expired frames */
+    uint32_t max_queue_size;         /* frames per side of a connection */
+    uint32_t max_connections;        /* connection table limit */
+    uint32_t max_events;             /* events kept between drains */
+    uint8_t vnet_hdr;                /* framing carries a vnet_hdr_len word */
+};
+
+/* A 5-tuple as it appears in the frame: addresses in network byte order,
+ * ports in host order (0 for protocols without ports). */
+struct cx_key {
+    uint32_t saddr;
+    uint32_t daddr;
+    uint16_t sport;
+    uint16_t dport;
+    uint8_t proto;
+};
+
+struct cx_event {
+    uint8_t kind;
+    uint8_t reason;
+    uint8_t side;        /* for drops */
+    uint8_t has_key;     /* 0 when the frame had no connection */
+    struct cx_key key;
+};
+
+struct cx_counters {
+    uint64_t frames_in[2];
+    uint64_t bytes_in[2];
+    uint64_t released[CX_REL__COUNT];   /* primary frames, by reason */
+    uint64_t released_bytes;
+    uint64_t matched_secondary;         /* secondary frames consumed by a match */
+    uint64_t skipped_secondary;         /* TCP secondary segments needing no compare */
+    uint64_t dropped[2][CX_DROP__COUNT];
+    uint64_t checkpoints[CX_CKPT__COUNT];
+    uint64_t mismatches_by_proto[3];    /* tcp, udp+icmp, other */
+    uint64_t conns_created;
+    uint64_t conns_evicted;
+    uint64_t events_lost;               /* events past max_events between drains */
+};
+
+struct cx_engine;
+
+/* Lifecycle.  cx_engine__new returns NULL when out of memory or when the
+ * configuration is unusable (zero queue size, zero connections). */
+struct cx_engine *cx_engine__new(const struct cx_config *cfg);
+void cx_engine__free(struct cx_engine *e);
+
+/* Feed one frame (vnet header included, vnet_len bytes long) seen at now_ms. */
+void cx_engine__feed(struct cx_engine *e, int side, const uint8_t *frame,
+                     uint32_t len, uint32_t vnet_len, uint64_t now_ms);
+
+/* Feed whole records of a QEMU-framed stream from buf.  *consumed says how
+ * many bytes were used (a partial record at the end is left).  Returns 0, or
+ * -EBADMSG for a zero-length record and -EMSGSIZE for one over
+ * CX_NET_BUFSIZE: the stream has lost its framing and must be closed; the
+ * bad record is counted as a drop and *consumed stops in front of it. */
+int cx_engine__feed_stream(struct cx_engine *e, int side, const uint8_t *buf,
+                           size_t len, uint64_t now_ms, size_t *consumed);
+
+/* Run the expired-frame scan if it is due.  Returns the time of the next
+ * scan, the deadline the caller should wake up at. */
+uint64_t cx_engine__tick(struct cx_engine *e, uint64_t now_ms);
+
+/* The COLO frame reports a checkpoint: release every queued primary frame in
+ * per-connection order, discard queued secondary frames. */
+void cx_engine__checkpoint(struct cx_engine *e);
+
+/* Failover: flush as a checkpoint does, then stop comparing for good:
+ * primary frames pass straight through, secondary frames are dropped. */
+void cx_engine__failover(struct cx_engine *e);
+
+/* A transport lost a partial record (peer gone mid-frame): count it. */
+void cx_engine__note_drop(struct cx_engine *e, int side, int reason);
+
+/* Released frames, already in the outdev's wire framing. */
+size_t cx_engine__out_peek(struct cx_engine *e, const uint8_t **data);
+void cx_engine__out_consume(struct cx_engine *e, size_t n);
+/* The outdev went away in the middle of a record: skip the rest of it, so
+ * the next peer starts on a record boundary, and count it.  Returns 1 if a
+ * record was cut, else 0. */
+int cx_engine__out_abandon_partial(struct cx_engine *e);
+
+/* Events since the last clear. */
+size_t cx_engine__events(struct cx_engine *e, const struct cx_event **events);
+void cx_engine__events_clear(struct cx_engine *e);
+
+const struct cx_counters *cx_engine__counters(struct cx_engine *e);
+uint32_t cx_engine__connections(struct cx_engine *e);
+/* Frames queued on one side over all connections. */
+uint64_t cx_engine__queued(struct cx_engine *e, int side);
+
+/* cdef-end */
+
+#endif /* CX_ENGINE_H */
