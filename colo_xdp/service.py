@@ -72,6 +72,9 @@ class Channel:
         self.listener: socket.socket | None = None
         self.sock: socket.socket | None = None
         self.retry_at: float | None = None
+        # A retry's non-blocking connect in progress, and when to give it up.
+        self.connecting: socket.socket | None = None
+        self.connect_deadline = 0.0
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -91,6 +94,7 @@ class Channel:
                 self.retry_at = time.monotonic() + self.spec.reconnect
 
     def shutdown(self) -> None:
+        self._abort_connect()
         self._detach()
         if self.listener:
             self.svc.unwatch(self.listener)
@@ -99,15 +103,42 @@ class Channel:
             chardev.cleanup(self.spec)
 
     def maybe_retry(self, now: float) -> None:
-        if self.retry_at is None or now < self.retry_at or self.sock:
+        """Runs every loop turn.  Retries never block the loop: the connect is
+        started here and finished in _connect_done when the socket is writable
+        (a blocking connect to a host that drops SYNs would stall every role
+        for CONNECT_TIMEOUT_S at each retry)."""
+        if self.connecting and now >= self.connect_deadline:
+            self._abort_connect()
+            self._retry_later(now, f"cannot connect to {self.spec}: timed out")
+        if self.retry_at is None or now < self.retry_at or self.sock or self.connecting:
             return
         self.retry_at = None
         try:
-            self._attach(chardev.connect(self.spec))
+            self.connecting = chardev.connect_start(self.spec)
         except EndpointError as exc:
-            self.svc.log.warning("connect_failed", role=self.role, error=exc.strerror,
-                                 retry_s=self.spec.reconnect)
-            self.retry_at = now + (self.spec.reconnect or 1.0)
+            self._retry_later(now, exc.strerror)
+            return
+        self.connect_deadline = now + chardev.CONNECT_TIMEOUT_S
+        self.svc.watch(self.connecting, WRITE, self._connect_done)
+
+    def _connect_done(self, mask: int) -> None:
+        sock, self.connecting = self.connecting, None
+        self.svc.unwatch(sock)
+        try:
+            self._attach(chardev.connect_finish(self.spec, sock))
+        except EndpointError as exc:
+            self._retry_later(time.monotonic(), exc.strerror)
+
+    def _abort_connect(self) -> None:
+        if self.connecting:
+            self.svc.unwatch(self.connecting)
+            self.connecting.close()
+            self.connecting = None
+
+    def _retry_later(self, now: float, error: str) -> None:
+        self.svc.log.warning("connect_failed", role=self.role, error=error,
+                             retry_s=self.spec.reconnect)
+        self.retry_at = now + (self.spec.reconnect or 1.0)
 
     def _accept(self, mask: int) -> None:
         try:
@@ -223,8 +254,7 @@ class Outdev(Channel):
 
     def disconnected(self) -> None:
         if self.svc.engine.abandon_partial_output():
-            self.svc.log.warning("frame_dropped", side="primary", reason="truncated",
-                                 where="outdev closed mid-frame")
+            self.svc.log.warning("outdev_cut", why="outdev closed in the middle of a frame")
         self.writing = False
 
     def _ready(self, mask: int) -> None:
@@ -453,6 +483,11 @@ class Service:
             self.log.event("checkpoint_requested", reason=action.reason.name.lower(),
                            conn=action.conn or "-")
         elif isinstance(action, Drop):
+            # Truncated frames are only ever noted by this transport (Input and
+            # Outdev .disconnected), which already logged them with more detail;
+            # a second line would read as a second drop.
+            if action.reason is DropReason.TRUNCATED:
+                return
             self.log.warning("frame_dropped", side=action.side.name.lower(),
                              reason=action.reason.name.lower(), conn=action.conn or "-")
         elif isinstance(action, ConnectionOpened):

@@ -488,40 +488,57 @@ static void tcp_set_compared(struct cx_conn *c, uint32_t seq)
 }
 
 /* Outcome of matching the heads of the two TCP queues. */
-enum tcp_step { TCP_BOTH, TCP_PRIMARY, TCP_SECONDARY, TCP_DIFFERENT };
+enum tcp_step { TCP_BOTH, TCP_PRIMARY, TCP_SECONDARY, TCP_WAIT, TCP_DIFFERENT };
+
+/* Skip the part of a segment at or below the compared sequence: it was
+ * compared already (a coalesced retransmit, say) and needs no second look.
+ * The caller knows the segment ends above the compared sequence. */
+static void tcp_skip_compared(const struct cx_conn *c, struct cx_frame *f)
+{
+    if (c->have_compared && seq_after(c->compared_seq, f->seq + f->done))
+        f->done = c->compared_seq - f->seq;
+}
 
 /*
  * tcp_match_heads - stands for QEMU's colo_mark_tcp_pkt (with its inverted
- * memcmp fixed, as upstream did).  Identical ranges with identical payload
- * consume both.  Otherwise the shorter remaining part is compared: when the
- * primary ends first it is released only if its ACK is at or below the lower
- * of the two sides' highest ACKs, since the secondary may not yet have seen
- * what the primary acknowledges.
+ * memcmp fixed, as upstream did), comparing by sequence number rather than by
+ * position.  Identical ranges with identical payload consume both.  Otherwise
+ * the two heads are compared from the same sequence number over the shorter
+ * remaining part.  When the primary is fully matched it is released only if
+ * its ACK is at or below the lower of the two sides' highest ACKs, since the
+ * secondary may not yet have seen what the primary acknowledges.  When the
+ * heads start at different sequence numbers one side has a gap whose data may
+ * still arrive (out of order): wait; a gap that never fills expires.
  */
 static enum tcp_step tcp_match_heads(const struct cx_conn *c, struct cx_frame *p,
                                      struct cx_frame *s)
 {
-    if (p->seq == s->seq && p->seq_end == s->seq_end && p->done == 0 && s->done == 0 &&
-        tcp_bytes_equal(p, 0, s, 0, p->pay_len))
-        return TCP_BOTH;
+    if (p->seq == s->seq && p->seq_end == s->seq_end && !p->done && !s->done)
+        return tcp_bytes_equal(p, 0, s, 0, p->pay_len) ? TCP_BOTH : TCP_DIFFERENT;
 
-    if (!seq_after(p->seq_end, s->seq_end)) {
-        uint32_t n = p->pay_len - p->done;
-        if (!tcp_bytes_equal(p, p->done, s, s->done, n))
-            return TCP_DIFFERENT;
-        bool acked = c->have_ack[0] && c->have_ack[1] &&
-                     !seq_after(p->ack, seq_after(c->max_ack[0], c->max_ack[1])
-                                            ? c->max_ack[1] : c->max_ack[0]);
-        if (!acked)
-            return TCP_DIFFERENT;
-        s->done += n;
-        return TCP_PRIMARY;
-    }
-    uint32_t n = s->pay_len - s->done;
+    tcp_skip_compared(c, p);
+    tcp_skip_compared(c, s);
+    if (p->seq + p->done != s->seq + s->done)
+        return TCP_WAIT;
+
+    uint32_t p_left = p->pay_len - p->done;
+    uint32_t s_left = s->pay_len - s->done;
+    uint32_t n = p_left < s_left ? p_left : s_left;
     if (!tcp_bytes_equal(p, p->done, s, s->done, n))
         return TCP_DIFFERENT;
+    if (s_left < p_left) {
+        p->done += n;
+        s->done += n;
+        return TCP_SECONDARY;
+    }
+    bool acked = c->have_ack[0] && c->have_ack[1] &&
+                 !seq_after(p->ack, seq_after(c->max_ack[0], c->max_ack[1])
+                                        ? c->max_ack[1] : c->max_ack[0]);
+    if (!acked)
+        return TCP_DIFFERENT;
     p->done += n;
-    return TCP_SECONDARY;
+    s->done += n;
+    return TCP_PRIMARY;
 }
 
 /*
@@ -573,6 +590,8 @@ static void compare_tcp(struct cx_engine *e, struct cx_conn *c)
             frame_drop(e, c, CX_SECONDARY, s);
             e->ctr.matched_secondary++;
             break;
+        case TCP_WAIT:
+            return;
         case TCP_DIFFERENT:
             e->ctr.mismatches_by_proto[0]++;
             request_checkpoint(e, CX_CKPT_MISMATCH, &c->key);
@@ -639,6 +658,7 @@ void cx_engine__feed(struct cx_engine *e, int side, const uint8_t *data,
     struct cx_frame *f = malloc(sizeof(*f) + len);
     if (!f) {
         count_drop(e, side, CX_DROP_NO_MEMORY, &pp.key);
+        conn_touch(e, c);          /* a new connection stays evictable */
         return;
     }
     f->born_ms = now_ms;
@@ -799,8 +819,7 @@ int cx_engine__out_abandon_partial(struct cx_engine *e)
     e->out_rec_left = 0;
     if (e->out_head == e->out_len)
         e->out_head = e->out_len = 0;
-    e->ctr.dropped[CX_PRIMARY][CX_DROP_TRUNCATED]++;
-    emit(e, CX_EV_DROP, CX_DROP_TRUNCATED, CX_PRIMARY, NULL);
+    e->ctr.outdev_cut++;
     return 1;
 }
 

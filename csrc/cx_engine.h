@@ -98,6 +98,8 @@ struct cx_counters {
     uint64_t conns_created;
     uint64_t conns_evicted;
     uint64_t events_lost;               /* events past max_events between drains */
+    uint64_t outdev_cut;                /* released frames cut short by an outdev
+                                           that went away mid-record */
 };
 
 struct cx_engine;
@@ -138,8 +140,8 @@ void cx_engine__note_drop(struct cx_engine *e, int side, int reason);
 size_t cx_engine__out_peek(struct cx_engine *e, const uint8_t **data);
 void cx_engine__out_consume(struct cx_engine *e, size_t n);
 /* The outdev went away in the middle of a record: skip the rest of it, so
- * the next peer starts on a record boundary, and count it.  Returns 1 if a
- * record was cut, else 0. */
+ * the next peer starts on a record boundary, and count it (outdev_cut; the
+ * frame stays counted as released).  Returns 1 if a record was cut, else 0. */
 int cx_engine__out_abandon_partial(struct cx_engine *e);
 
 /* Events since the last clear. */

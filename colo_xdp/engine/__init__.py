@@ -176,6 +176,7 @@ class Counters:
     conns_created: int = 0
     conns_evicted: int = 0
     events_lost: int = 0
+    outdev_cut: int = 0
 
     @property
     def released_total(self) -> int:
@@ -327,6 +328,7 @@ class Engine:
             conns_created=c.conns_created,
             conns_evicted=c.conns_evicted,
             events_lost=c.events_lost,
+            outdev_cut=c.outdev_cut,
         )
 
 

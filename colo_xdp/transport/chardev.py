@@ -14,6 +14,7 @@ is connected it accepts nobody else.  A connecting endpoint without
 from __future__ import annotations
 
 import errno
+import math
 import os
 import socket
 import stat
@@ -85,7 +86,8 @@ def parse_spec(text: str) -> Spec:
         fields["path"] = rest
     else:
         host, sep, port = rest.rpartition(":")
-        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        # isascii: str.isdigit() also takes other scripts' digits ("٣").
+        if not sep or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
             raise SpecError(f"{text!r} needs tcp:HOST:PORT with a port from 1 to 65535")
         fields["host"] = host.strip("[]") or "0.0.0.0"
         fields["port"] = int(port)
@@ -98,8 +100,11 @@ def parse_spec(text: str) -> Spec:
                 fields["reconnect"] = float(value)
             except ValueError:
                 raise SpecError(f"{text!r}: reconnect takes a number of seconds") from None
-            if fields["reconnect"] < 0:
-                raise SpecError(f"{text!r}: reconnect cannot be negative")
+            # float() takes "nan" and "inf": nan would retry in a busy loop,
+            # inf never, so both are refused with the negatives.
+            if not math.isfinite(fields["reconnect"]) or fields["reconnect"] < 0:
+                raise SpecError(f"{text!r}: reconnect takes a finite number of seconds, "
+                                "0 or more")
         elif name in ("wait", "nowait"):
             continue
         else:
@@ -144,7 +149,9 @@ def listen(spec: Spec) -> socket.socket:
         sock.setblocking(False)
     except OSError as exc:
         sock.close()
-        raise EndpointError(exc.errno, f"cannot listen on {spec}: {exc.strerror}") from None
+        # Some bind errors carry no strerror (e.g. "AF_UNIX path too long").
+        reason = exc.strerror or str(exc)
+        raise EndpointError(exc.errno, f"cannot listen on {spec}: {reason}") from None
     return sock
 
 
@@ -156,17 +163,56 @@ def _remove_stale_socket(path: str) -> None:
         pass
 
 
+CONNECT_TIMEOUT_S = 5.0   # a peer that neither accepts nor refuses by then is not there
+
+
+def _connect_error(spec: Spec, exc: OSError) -> EndpointError:
+    reason = exc.strerror or str(exc)
+    return EndpointError(exc.errno or errno.EIO, f"cannot connect to {spec}: {reason}")
+
+
 def connect(spec: Spec) -> socket.socket:
-    """Connect (blocking, briefly) and return a non-blocking socket."""
+    """Connect (blocking, briefly) and return a non-blocking socket.
+
+    For start-up only: a running service uses connect_start/connect_finish,
+    so that a peer that drops SYNs cannot stall the event loop."""
     sock = socket.socket(_family(spec), socket.SOCK_STREAM)
-    sock.settimeout(5.0)
+    sock.settimeout(CONNECT_TIMEOUT_S)
     try:
         sock.connect(_sockaddr(spec))
     except OSError as exc:
         sock.close()
-        reason = exc.strerror or str(exc)
-        raise EndpointError(exc.errno or errno.EIO, f"cannot connect to {spec}: {reason}") from None
+        raise _connect_error(spec, exc) from None
     sock.setblocking(False)
+    tune(sock)
+    return sock
+
+
+def connect_start(spec: Spec) -> socket.socket:
+    """Begin a non-blocking connect; finish it with connect_finish once the
+    socket is writable.  Raises EndpointError if it fails at once.  (A host
+    name is still resolved blocking; IP literals never block.)"""
+    sock = socket.socket(_family(spec), socket.SOCK_STREAM)
+    sock.setblocking(False)
+    try:
+        rc = sock.connect_ex(_sockaddr(spec))
+    except OSError as exc:                       # e.g. name resolution
+        sock.close()
+        raise _connect_error(spec, exc) from None
+    # A unix listener with a full backlog answers EAGAIN: a failure, retried later.
+    if rc not in (0, errno.EINPROGRESS):
+        sock.close()
+        raise _connect_error(spec, OSError(rc, os.strerror(rc)))
+    return sock
+
+
+def connect_finish(spec: Spec, sock: socket.socket) -> socket.socket:
+    """The socket from connect_start became writable: connected, or raise
+    EndpointError (and close it)."""
+    rc = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if rc:
+        sock.close()
+        raise _connect_error(spec, OSError(rc, os.strerror(rc)))
     tune(sock)
     return sock
 
