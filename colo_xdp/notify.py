@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import enum
 
-from colo_xdp.transport.framing import Decoder, encode
+from colo_xdp.transport.framing import Decoder, FramingError, encode
 
 PROXY_INIT = b"COLO_USERSPACE_PROXY_INIT"
 PROXY_INIT_REPLY = b"COLO_COMPARE_GET_XEN_INIT"
@@ -34,20 +34,26 @@ class NotifyProtocol:
     def __init__(self, vnet: bool):
         self._decoder = Decoder(vnet)
 
-    def receive(self, data: bytes) -> tuple[bytes, list[tuple[NotifyEvent, bytes]]]:
-        """Raises transport.framing.FramingError on a broken record."""
+    def receive(self, data: bytes) -> tuple[bytes, list[tuple[NotifyEvent, bytes]], str]:
+        """Take bytes from the peer; return the reply to send, the events in
+        order, and an error sentence ('' if none) when the stream broke its
+        framing.  Records before a broken one still count."""
         reply = b""
         events = []
-        for record in self._decoder.feed(data):
-            msg = record.frame
-            if msg == PROXY_INIT:
-                reply += encode(PROXY_INIT_REPLY)
-                events.append((NotifyEvent.INIT, msg))
-            elif msg == CHECKPOINT_DONE:
-                events.append((NotifyEvent.CHECKPOINT, msg))
-            else:
-                events.append((NotifyEvent.UNKNOWN, msg))
-        return reply, events
+        self._decoder.push(data)
+        try:
+            for record in self._decoder.records():
+                msg = record.frame
+                if msg == PROXY_INIT:
+                    reply += encode(PROXY_INIT_REPLY)
+                    events.append((NotifyEvent.INIT, msg))
+                elif msg == CHECKPOINT_DONE:
+                    events.append((NotifyEvent.CHECKPOINT, msg))
+                else:
+                    events.append((NotifyEvent.UNKNOWN, msg))
+        except FramingError as exc:
+            return reply, events, str(exc)
+        return reply, events, ""
 
     @property
     def pending(self) -> int:

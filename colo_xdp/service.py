@@ -30,7 +30,6 @@ from colo_xdp.notify import DO_CHECKPOINT_RECORD, NotifyEvent, NotifyProtocol
 from colo_xdp.transport import chardev
 from colo_xdp.transport.chardev import EndpointError, Spec
 from colo_xdp.transport.framing import NET_BUFSIZE
-from colo_xdp.transport.framing import FramingError as NotifyFramingError
 
 READ = selectors.EVENT_READ
 WRITE = selectors.EVENT_WRITE
@@ -144,6 +143,10 @@ class Channel:
         try:
             sock, _ = self.listener.accept()
         except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:              # EMFILE, ENOBUFS, ...: try again later
+            self.svc.log.warning("accept_failed", role=self.role,
+                                 error=exc.strerror or str(exc))
             return
         sock.setblocking(False)
         chardev.tune(sock)
@@ -340,12 +343,7 @@ class Notify(Channel):
         if not data:
             self.lost("peer closed the stream")
             return
-        try:
-            reply, events = self.proto.receive(data)
-        except NotifyFramingError as exc:
-            self.svc.log.warning("stream_broken", role=self.role, error=str(exc))
-            self.lost("framing lost", reconnect_now=True)
-            return
+        reply, events, error = self.proto.receive(data)
         if reply:
             self.out += reply
             self._flush()
@@ -356,6 +354,9 @@ class Notify(Channel):
                 self.svc.log.event("notify_init", role=self.role)
             else:
                 self.svc.log.warning("notify_unknown_message", message=msg[:64])
+        if error:
+            self.svc.log.warning("stream_broken", role=self.role, error=error)
+            self.lost("framing lost", reconnect_now=True)
 
     def _flush(self) -> None:
         if not self.sock:

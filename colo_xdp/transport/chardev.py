@@ -105,7 +105,9 @@ def parse_spec(text: str) -> Spec:
             if not math.isfinite(fields["reconnect"]) or fields["reconnect"] < 0:
                 raise SpecError(f"{text!r}: reconnect takes a finite number of seconds, "
                                 "0 or more")
-        elif name in ("wait", "nowait"):
+        elif name == "wait":
+            _parse_bool(text, name, value)   # accepted for QEMU's sake, not needed
+        elif name == "nowait":
             continue
         else:
             raise SpecError(f"{text!r}: unknown option {name!r} "

@@ -56,11 +56,18 @@ class Decoder:
         """Take ``data``; return every record it completes, in order.
 
         Raises FramingError on a zero-length or oversized record."""
+        self.push(data)
+        return list(self.records())
+
+    def push(self, data: bytes) -> None:
+        """Take ``data`` without decoding yet."""
         self._buf += data
-        records = []
+
+    def records(self):
+        """Yield the whole records received so far; raises FramingError at
+        the first broken one (the records before it have been yielded)."""
         while (record := self._next_record()) is not None:
-            records.append(record)
-        return records
+            yield record
 
     def _next_record(self) -> Record | None:
         head_len = 8 if self.vnet else 4

@@ -196,3 +196,9 @@ def test_service_config_without_notify_dev_passes():
     service_config(primary_in="unix:/tmp/p.sock,server=on",
                    secondary_in="unix:/tmp/s.sock,server=on",
                    outdev="unix:/tmp/o.sock,server=on").check()
+
+
+def test_wait_takes_on_or_off_only():
+    assert parse_spec("unix:/tmp/x.sock,server=on,wait=on").server
+    with pytest.raises(SpecError, match="wait takes on or off"):
+        parse_spec("unix:/tmp/x.sock,server=on,wait=sometimes")
