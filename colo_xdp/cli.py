@@ -86,6 +86,24 @@ def compare(primary_in, secondary_in, outdev, notify_dev, vnet_hdr_support, comp
     _summary(svc)
 
 
+@main.command()
+@click.option("-q", "--quiet", is_flag=True, help="Print the summary only.")
+def demo(quiet) -> None:
+    """Run a scripted COLO scenario through a real `colo-xdp compare` on loopback.
+
+    Exits 0 when everything came out as the scenario expects, 1 when not.
+    """
+    from colo_xdp import demo as demo_mod
+
+    try:
+        ok = demo_mod.run(quiet=quiet, echo=click.echo)
+    except demo_mod.DemoError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        _fail("demo interrupted; its service and sockets are removed", code=130)
+    sys.exit(0 if ok else 1)
+
+
 def _summary(svc) -> None:
     c = svc.engine.counters()
     logmod.logger.info(
