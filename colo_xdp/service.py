@@ -383,6 +383,7 @@ class Service:
         self.sel = selectors.DefaultSelector()
         self.paused = False
         self._stop = False
+        self._failover_requested = False
         self._t0 = time.monotonic()
         self.inputs = [Input(self, "primary-in", config.primary_in, Side.PRIMARY),
                        Input(self, "secondary-in", config.secondary_in, Side.SECONDARY)]
@@ -427,6 +428,10 @@ class Service:
     def stop(self, *_args) -> None:
         self._stop = True
 
+    def request_failover(self, *_args) -> None:
+        """Signal-safe: the loop fails over at its next turn."""
+        self._failover_requested = True
+
     def run(self) -> None:
         deadline = self.engine.run_timers(self.now_ms())
         while not self._stop:
@@ -440,6 +445,9 @@ class Service:
             mono = time.monotonic()
             for ch in self.channels:
                 ch.maybe_retry(mono)
+            if self._failover_requested:
+                self._failover_requested = False
+                self.failover()
             self.after_batch()
 
     def close(self) -> None:
@@ -502,6 +510,8 @@ class Service:
         self.log.event("checkpoint_done")
 
     def failover(self) -> None:
+        """Comparing stops for good: held primary frames are released and
+        later ones pass straight through; secondary frames are dropped."""
         self.engine.failover()
         self.log.warning("failover")
 
@@ -512,6 +522,9 @@ def serve(config: ServiceConfig, log: EventLog, on_ready=None) -> Service:
     svc.open()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, svc.stop)
+    # Failover until the control socket lands: the COLO frame's
+    # COLO_EVENT_FAILOVER, which QEMU delivers in-process.
+    signal.signal(signal.SIGUSR1, svc.request_failover)
     if on_ready:
         on_ready(svc)
     try:

@@ -479,6 +479,27 @@ def test_mismatch_requests_checkpoint_and_colo_checkpoint_flushes(lab):
     assert s == Summary(frames_in=(2, 2), released=2, dropped=(0, 1), checkpoints=1)
 
 
+def test_sigusr1_fails_over(lab):
+    """SIGUSR1 is the failover event: held primary frames are released, later
+    primary frames pass straight through uncompared, secondary frames are
+    dropped, and no checkpoint is requested any more."""
+    cmp = lab.start()
+    out, note, pin, sin = connect_all(lab)
+    held = udp(b"held, never matched")
+    pin.send(held)
+    out.expect_quiet()
+    cmp.proc.send_signal(signal.SIGUSR1)
+    cmp.wait_line(r"colo-xdp: failover")
+    assert out.frames(1) == [held]
+    alone, different = udp(b"primary alone"), udp(b"secondary differs")
+    pin.send(alone)
+    assert out.frames(1) == [alone]
+    sin.send(different)
+    note.expect_quiet(0.1)
+    s = cmp.stop_summary()
+    assert s == Summary(frames_in=(2, 1), released=2, dropped=(0, 1), checkpoints=0)
+
+
 def test_notify_split_across_writes(lab):
     lab.start()
     out, note, pin, sin = connect_all(lab)
