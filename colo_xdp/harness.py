@@ -381,6 +381,21 @@ Step = Send | Sleep | Notify | WaitFor
 
 # --- the driver --------------------------------------------------------------
 
+def connect_unix(path: Path, timeout: float = STARTUP_TIMEOUT_S) -> socket.socket:
+    """A connected unix stream socket; retries while the listener comes up."""
+    deadline = time.monotonic() + timeout
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(str(path))
+            return sock
+        except (FileNotFoundError, ConnectionRefusedError):
+            sock.close()
+            if time.monotonic() > deadline:
+                raise HarnessError(f"nothing listens on {path}") from None
+            time.sleep(0.005)
+
+
 class Driver:
     """Client of a comparator's four sockets: writes script steps, records replies.
 
@@ -419,7 +434,7 @@ class Driver:
     def open(self) -> None:
         """Connect outdev and notify, then the inputs; prove the links with INIT."""
         for channel, name in _SOCKET_OF.items():
-            self._socks[channel] = self._connect(self.comparator.socket_path(name))
+            self._socks[channel] = connect_unix(self.comparator.socket_path(name))
         self._reader = threading.Thread(target=self._read_loop, daemon=True,
                                         name=f"harness-{self.comparator.name}")
         self._reader.start()
@@ -444,23 +459,8 @@ class Driver:
         if channel not in (PRIMARY, SECONDARY):
             raise HarnessError(f"only the inputs can be reconnected, not {channel}")
         self._socks[channel].close()
-        self._socks[channel] = self._connect(
+        self._socks[channel] = connect_unix(
             self.comparator.socket_path(_SOCKET_OF[channel]))
-
-    @staticmethod
-    def _connect(path: Path, timeout: float = STARTUP_TIMEOUT_S) -> socket.socket:
-        """A connected unix stream socket; retries while the listener comes up."""
-        deadline = time.monotonic() + timeout
-        while True:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                sock.connect(str(path))
-                return sock
-            except (FileNotFoundError, ConnectionRefusedError):
-                sock.close()
-                if time.monotonic() > deadline:
-                    raise HarnessError(f"nothing listens on {path}") from None
-                time.sleep(0.005)
 
     # writing
 
