@@ -1,8 +1,9 @@
 """cffi build script for colo_xdp._native (out-of-line API mode).
 
 The C lives in real .c/.h files beside this script; the declarations cffi
-needs are the region of cx_engine.h between the cdef markers, so they are
-written once.  Registered in setup.py with ``cffi_modules``.
+needs are the region of each header between the cdef markers, so they are
+written once.  Registered in setup.py with ``cffi_modules``.  A new part of
+the helper adds its .c to SOURCES and its .h to HEADERS.
 """
 import os
 import re
@@ -11,6 +12,7 @@ from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCES = ["cx_engine.c"]
+HEADERS = ["cx_engine.h"]
 CFLAGS = ["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Werror", "-Wno-unused-parameter"]
 
 
@@ -25,10 +27,10 @@ def _cdef_region(header):
 
 
 ffibuilder = FFI()
-ffibuilder.cdef(_cdef_region("cx_engine.h"))
+ffibuilder.cdef("\n".join(_cdef_region(h) for h in HEADERS))
 ffibuilder.set_source(
     "colo_xdp._native",
-    '#include "cx_engine.h"',
+    "\n".join(f'#include "{h}"' for h in HEADERS),
     sources=[os.path.join("csrc", s) for s in SOURCES],
     include_dirs=[HERE],
     extra_compile_args=CFLAGS,
