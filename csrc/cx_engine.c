@@ -50,6 +50,7 @@ struct cx_frame {
     uint32_t seq, seq_end, ack;
     uint32_t done;         /* payload bytes already matched (QEMU's offset) */
     bool has_ack;
+    bool captured;         /* already given out as miscompare evidence */
     uint8_t data[];
 };
 
@@ -72,6 +73,10 @@ struct cx_conn {
     bool have_ack[2];
     uint32_t compared_seq;         /* end of the highest compared data */
     bool have_compared;
+    bool passthrough;              /* on the passthrough list: not compared */
+    /* for stats */
+    uint64_t created_ms, last_ms;
+    uint64_t matched, released, mismatches, checkpoints;
 };
 
 struct cx_list {
@@ -94,6 +99,10 @@ struct cx_engine {
     size_t out_head, out_len, out_cap, out_rec_left;
     struct cx_event *events;
     size_t nevents;
+    uint8_t *evidence;             /* cfg.evidence_max_bytes, or NULL */
+    size_t evidence_len;
+    struct cx_rule *rules;
+    size_t nrules;
     struct cx_counters ctr;
 };
 
@@ -215,12 +224,15 @@ static void parse_frame(const uint8_t *f, uint32_t len, uint32_t vnet_len,
 
 /* ---- events and output ------------------------------------------------- */
 
-static void emit(struct cx_engine *e, uint8_t kind, uint8_t reason, int side,
-                 const struct cx_key *key)
+#define NO_EVENT 0xffffffffu
+
+/* Append an event; returns its index, or NO_EVENT when the array is full. */
+static uint32_t emit(struct cx_engine *e, uint8_t kind, uint8_t reason, int side,
+                     const struct cx_key *key)
 {
     if (e->nevents >= e->cfg.max_events) {
         e->ctr.events_lost++;
-        return;
+        return NO_EVENT;
     }
     struct cx_event *ev = &e->events[e->nevents++];
     memset(ev, 0, sizeof(*ev));
@@ -231,12 +243,37 @@ static void emit(struct cx_engine *e, uint8_t kind, uint8_t reason, int side,
         ev->has_key = 1;
         ev->key = *key;
     }
+    return (uint32_t)(e->nevents - 1);
 }
 
-static void request_checkpoint(struct cx_engine *e, int reason, const struct cx_key *key)
+static uint32_t request_checkpoint(struct cx_engine *e, int reason, const struct cx_key *key)
 {
     e->ctr.checkpoints[reason]++;
-    emit(e, CX_EV_CHECKPOINT, (uint8_t)reason, CX_PRIMARY, key);
+    return emit(e, CX_EV_CHECKPOINT, (uint8_t)reason, CX_PRIMARY, key);
+}
+
+/* Keep a copy of a frame as evidence for checkpoint request `event`, once. */
+static void capture(struct cx_engine *e, struct cx_frame *f, int side, int reason,
+                    uint32_t event)
+{
+    if (!e->evidence || !f || f->captured)
+        return;
+    size_t need = sizeof(struct cx_evidence) + ((f->len + 7u) & ~7u);
+    if (e->evidence_len + need > e->cfg.evidence_max_bytes) {
+        e->ctr.evidence_lost++;
+        return;
+    }
+    struct cx_evidence *h = (struct cx_evidence *)(e->evidence + e->evidence_len);
+    memset(h, 0, need);
+    h->event = event;
+    h->side = (uint8_t)side;
+    h->reason = (uint8_t)reason;
+    h->vnet_len = f->vnet_len;
+    h->len = f->len;
+    h->born_ms = f->born_ms;
+    memcpy(h + 1, f->data, f->len);
+    e->evidence_len += need;
+    f->captured = true;
 }
 
 static void count_drop(struct cx_engine *e, int side, int reason, const struct cx_key *key)
@@ -332,7 +369,49 @@ static void frame_drop(struct cx_engine *e, struct cx_conn *c, int side, struct 
 static void frame_release(struct cx_engine *e, struct cx_conn *c, struct cx_frame *f, int why)
 {
     release(e, f->data, f->len, f->vnet_len, why);
+    c->released++;
+    if (why == CX_REL_MATCHED)
+        c->matched++;
     frame_drop(e, c, CX_PRIMARY, f);
+}
+
+/* A connection asks for a checkpoint; p and s are the frames to keep as
+ * evidence (either may be NULL). */
+static void conn_checkpoint(struct cx_engine *e, struct cx_conn *c, int reason,
+                            struct cx_frame *p, struct cx_frame *s)
+{
+    uint32_t event = request_checkpoint(e, reason, &c->key);
+    c->checkpoints++;
+    if (reason == CX_CKPT_MISMATCH)
+        c->mismatches++;
+    capture(e, p, CX_PRIMARY, reason, event);
+    capture(e, s, CX_SECONDARY, reason, event);
+}
+
+/* Release every held primary frame of a connection, drop its secondary ones. */
+static void conn_flush(struct cx_engine *e, struct cx_conn *c, int why, int drop_reason)
+{
+    while (c->q[CX_PRIMARY].head)
+        frame_release(e, c, c->q[CX_PRIMARY].head, why);
+    while (c->q[CX_SECONDARY].head) {
+        count_drop(e, CX_SECONDARY, drop_reason, &c->key);
+        frame_drop(e, c, CX_SECONDARY, c->q[CX_SECONDARY].head);
+    }
+}
+
+static bool rule_match(const struct cx_rule *r, const struct cx_key *k)
+{
+    return (!r->proto || r->proto == k->proto) &&
+           !((k->saddr ^ r->saddr) & r->smask) && !((k->daddr ^ r->daddr) & r->dmask) &&
+           (!r->sport || r->sport == k->sport) && (!r->dport || r->dport == k->dport);
+}
+
+static bool on_passthrough_list(const struct cx_engine *e, const struct cx_key *k)
+{
+    for (size_t i = 0; i < e->nrules; i++)
+        if (rule_match(&e->rules[i], k))
+            return true;
+    return false;
 }
 
 /* ---- connection table -------------------------------------------------- */
@@ -405,7 +484,8 @@ static void conn_evict(struct cx_engine *e, struct cx_conn *c)
  * table when full: the least recently idle connection (no frame queued) makes
  * room, and when every connection holds frames NULL says the table is full.
  */
-static struct cx_conn *conn_get(struct cx_engine *e, const struct cx_key *key, uint8_t cmp)
+static struct cx_conn *conn_get(struct cx_engine *e, const struct cx_key *key, uint8_t cmp,
+                                uint64_t now_ms)
 {
     uint32_t h = key_hash(key);
     for (struct cx_conn *c = e->buckets[h & (e->nbuckets - 1)]; c; c = c->hnext)
@@ -423,6 +503,8 @@ static struct cx_conn *conn_get(struct cx_engine *e, const struct cx_key *key, u
     c->key = *key;
     c->hash = h;
     c->cmp = cmp;
+    c->created_ms = now_ms;
+    c->passthrough = on_passthrough_list(e, key);
     c->hnext = e->buckets[h & (e->nbuckets - 1)];
     e->buckets[h & (e->nbuckets - 1)] = c;
     LIST_APPEND(&e->all, c, all_prev, all_next);
@@ -460,7 +542,7 @@ static void compare_dgram(struct cx_engine *e, struct cx_conn *c)
             s = s->next;
         if (!s) {
             e->ctr.mismatches_by_proto[c->cmp == CMP_L4 ? 1 : 2]++;
-            request_checkpoint(e, CX_CKPT_MISMATCH, &c->key);
+            conn_checkpoint(e, c, CX_CKPT_MISMATCH, p, sq->tail);  /* newest: each once */
             return;
         }
         frame_release(e, c, p, CX_REL_MATCHED);
@@ -594,7 +676,7 @@ static void compare_tcp(struct cx_engine *e, struct cx_conn *c)
             return;
         case TCP_DIFFERENT:
             e->ctr.mismatches_by_proto[0]++;
-            request_checkpoint(e, CX_CKPT_MISMATCH, &c->key);
+            conn_checkpoint(e, c, CX_CKPT_MISMATCH, p, s);
             return;
         }
     }
@@ -644,10 +726,21 @@ void cx_engine__feed(struct cx_engine *e, int side, const uint8_t *data,
         return;
     }
 
-    struct cx_conn *c = conn_get(e, &pp.key, pp.cmp);
+    struct cx_conn *c = conn_get(e, &pp.key, pp.cmp, now_ms);
     if (!c) {
         count_drop(e, side, CX_DROP_TABLE_FULL, &pp.key);
         request_checkpoint(e, CX_CKPT_TABLE_FULL, &pp.key);
+        return;
+    }
+    c->last_ms = now_ms;
+    if (c->passthrough) {
+        if (side == CX_PRIMARY) {
+            release(e, data, len, vnet_len, CX_REL_PASSTHROUGH);
+            c->released++;
+        } else {
+            count_drop(e, side, CX_DROP_PASSTHROUGH, &c->key);
+        }
+        conn_touch(e, c);          /* a new passthrough connection is idle */
         return;
     }
     struct cx_queue *q = &c->q[side];
@@ -672,6 +765,7 @@ void cx_engine__feed(struct cx_engine *e, int side, const uint8_t *data,
     f->ack = pp.ack;
     f->has_ack = pp.has_ack;
     f->done = 0;
+    f->captured = false;
     memcpy(f->data, data, len);
 
     if (c->cmp == CMP_TCP && pp.has_ack &&
@@ -684,7 +778,7 @@ void cx_engine__feed(struct cx_engine *e, int side, const uint8_t *data,
     compare_conn(e, c);
     /* Still full after comparing: only a checkpoint can make room. */
     if (q->count >= e->cfg.max_queue_size)
-        request_checkpoint(e, CX_CKPT_QUEUE_FULL, &c->key);
+        conn_checkpoint(e, c, CX_CKPT_QUEUE_FULL, NULL, NULL);
 }
 
 int cx_engine__feed_stream(struct cx_engine *e, int side, const uint8_t *buf,
@@ -714,12 +808,14 @@ int cx_engine__feed_stream(struct cx_engine *e, int side, const uint8_t *buf,
 
 /* ---- time, checkpoint, failover ---------------------------------------- */
 
-static bool queue_has_expired(const struct cx_engine *e, const struct cx_queue *q, uint64_t now)
+/* The first frame of a queue older than compare_timeout, or NULL. */
+static struct cx_frame *queue_expired(const struct cx_engine *e, const struct cx_queue *q,
+                                      uint64_t now)
 {
-    for (const struct cx_frame *f = q->head; f; f = f->next)
+    for (struct cx_frame *f = q->head; f; f = f->next)
         if (now > f->born_ms && now - f->born_ms > e->cfg.compare_timeout_ms)
-            return true;
-    return false;
+            return f;
+    return NULL;
 }
 
 /*
@@ -742,9 +838,10 @@ uint64_t cx_engine__tick(struct cx_engine *e, uint64_t now_ms)
     for (struct cx_conn *c = e->all.head; c; c = c->all_next) {
         if (c->idle)
             continue;
-        if (queue_has_expired(e, &c->q[CX_PRIMARY], now_ms) ||
-            queue_has_expired(e, &c->q[CX_SECONDARY], now_ms)) {
-            request_checkpoint(e, CX_CKPT_TIMEOUT, &c->key);
+        struct cx_frame *p = queue_expired(e, &c->q[CX_PRIMARY], now_ms);
+        struct cx_frame *s = queue_expired(e, &c->q[CX_SECONDARY], now_ms);
+        if (p || s) {
+            conn_checkpoint(e, c, CX_CKPT_TIMEOUT, p, s);
             break;
         }
     }
@@ -756,14 +853,56 @@ uint64_t cx_engine__tick(struct cx_engine *e, uint64_t now_ms)
 static void flush_all(struct cx_engine *e, int why, int drop_reason)
 {
     for (struct cx_conn *c = e->all.head; c; c = c->all_next) {
-        while (c->q[CX_PRIMARY].head)
-            frame_release(e, c, c->q[CX_PRIMARY].head, why);
-        while (c->q[CX_SECONDARY].head) {
-            count_drop(e, CX_SECONDARY, drop_reason, &c->key);
-            frame_drop(e, c, CX_SECONDARY, c->q[CX_SECONDARY].head);
-        }
+        conn_flush(e, c, why, drop_reason);
         conn_touch(e, c);
     }
+}
+
+int cx_engine__set_passthrough(struct cx_engine *e, const struct cx_rule *rules, size_t n)
+{
+    struct cx_rule *copy = NULL;
+    if (n) {
+        copy = malloc(n * sizeof(*copy));
+        if (!copy)
+            return -ENOMEM;
+        memcpy(copy, rules, n * sizeof(*copy));
+    }
+    free(e->rules);
+    e->rules = copy;
+    e->nrules = n;
+    for (struct cx_conn *c = e->all.head; c; c = c->all_next) {
+        bool pt = on_passthrough_list(e, &c->key);
+        if (pt && !c->passthrough)
+            conn_flush(e, c, CX_REL_PASSTHROUGH, CX_DROP_PASSTHROUGH);
+        c->passthrough = pt;
+        conn_touch(e, c);
+    }
+    return 0;
+}
+
+size_t cx_engine__conn_snapshot(struct cx_engine *e, struct cx_conn_info *out, size_t max)
+{
+    size_t i = 0;
+    for (struct cx_conn *c = e->all.head; c && i < max; c = c->all_next, i++) {
+        struct cx_conn_info *ci = &out[i];
+        ci->key = c->key;
+        ci->passthrough = c->passthrough;
+        ci->queued[0] = c->q[0].count;
+        ci->queued[1] = c->q[1].count;
+        ci->created_ms = c->created_ms;
+        ci->last_ms = c->last_ms;
+        ci->matched = c->matched;
+        ci->released = c->released;
+        ci->mismatches = c->mismatches;
+        ci->checkpoints = c->checkpoints;
+    }
+    return e->nconns;
+}
+
+size_t cx_engine__evidence(struct cx_engine *e, const uint8_t **data)
+{
+    *data = e->evidence;
+    return e->evidence_len;
 }
 
 void cx_engine__checkpoint(struct cx_engine *e)
@@ -829,7 +968,11 @@ size_t cx_engine__events(struct cx_engine *e, const struct cx_event **events)
     return e->nevents;
 }
 
-void cx_engine__events_clear(struct cx_engine *e) { e->nevents = 0; }
+void cx_engine__events_clear(struct cx_engine *e)
+{
+    e->nevents = 0;
+    e->evidence_len = 0;
+}
 
 const struct cx_counters *cx_engine__counters(struct cx_engine *e) { return &e->ctr; }
 
@@ -852,6 +995,11 @@ struct cx_engine *cx_engine__new(const struct cx_config *cfg)
     e->events = calloc(cfg->max_events, sizeof(*e->events));
     if (!e->buckets || !e->events)
         goto fail;
+    if (cfg->evidence_max_bytes) {
+        e->evidence = malloc(cfg->evidence_max_bytes);
+        if (!e->evidence)
+            goto fail;
+    }
     return e;
 fail:
     cx_engine__free(e);
@@ -878,6 +1026,8 @@ void cx_engine__free(struct cx_engine *e)
     }
     free(e->buckets);
     free(e->events);
+    free(e->evidence);
+    free(e->rules);
     free(e->out);
     free(e);
 }

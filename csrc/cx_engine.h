@@ -47,7 +47,8 @@
 #define CX_DROP_OVERSIZE 7    /* length over CX_NET_BUFSIZE */
 #define CX_DROP_TRUNCATED 8   /* peer went away mid-frame (reported by a transport) */
 #define CX_DROP_NO_MEMORY 9   /* the frame could not be stored or released */
-#define CX_DROP__COUNT 10
+#define CX_DROP_PASSTHROUGH 10 /* secondary frame of a passthrough flow */
+#define CX_DROP__COUNT 11
 
 /* Why a primary frame was released. */
 #define CX_REL_MATCHED 0      /* compared equal with the secondary */
@@ -56,7 +57,8 @@
 #define CX_REL_RETRANSMIT 3   /* TCP data at or below the compared sequence */
 #define CX_REL_FLUSHED 4      /* released by a checkpoint */
 #define CX_REL_FAILOVER 5     /* after failover, or flushed by it */
-#define CX_REL__COUNT 6
+#define CX_REL_PASSTHROUGH 6  /* a flow on the passthrough list: not compared */
+#define CX_REL__COUNT 7
 
 struct cx_config {
     uint64_t compare_timeout_ms;     /* a frame older than this is expired */
@@ -64,6 +66,8 @@ struct cx_config {
     uint32_t max_queue_size;         /* frames per side of a connection */
     uint32_t max_connections;        /* connection table limit */
     uint32_t max_events;             /* events kept between drains */
+    uint32_t evidence_max_bytes;     /* miscompare evidence kept between drains;
+                                        0: none captured */
     uint8_t vnet_hdr;                /* framing carries a vnet_hdr_len word */
 };
 
@@ -85,6 +89,43 @@ struct cx_event {
     struct cx_key key;
 };
 
+/* A passthrough rule: flows it matches are not compared (primary released at
+ * once, secondary dropped).  Addresses and masks in network byte order;
+ * a zero mask, port or protocol matches anything. */
+struct cx_rule {
+    uint32_t saddr, smask;
+    uint32_t daddr, dmask;
+    uint16_t sport, dport;
+    uint8_t proto;
+};
+
+/* One connection, for stats. */
+struct cx_conn_info {
+    struct cx_key key;
+    uint8_t passthrough;
+    uint32_t queued[2];
+    uint64_t created_ms;
+    uint64_t last_ms;               /* last frame seen */
+    uint64_t matched;               /* primary frames released as matched */
+    uint64_t released;              /* primary frames released, any reason */
+    uint64_t mismatches;
+    uint64_t checkpoints;           /* checkpoint requests it caused */
+};
+
+/* Miscompare evidence: after a checkpoint request for a mismatch or a
+ * timeout, the frames involved (each frame once), as records of this header
+ * followed by len bytes of frame, 8-byte aligned. */
+struct cx_evidence {
+    uint32_t event;                 /* index in the events of the same drain,
+                                       or 0xffffffff if that event was lost */
+    uint8_t side;
+    uint8_t reason;                 /* CX_CKPT_* */
+    uint16_t reserved;
+    uint32_t vnet_len;
+    uint32_t len;
+    uint64_t born_ms;
+};
+
 struct cx_counters {
     uint64_t frames_in[2];
     uint64_t bytes_in[2];
@@ -98,6 +139,7 @@ struct cx_counters {
     uint64_t conns_created;
     uint64_t conns_evicted;
     uint64_t events_lost;               /* events past max_events between drains */
+    uint64_t evidence_lost;             /* evidence frames past evidence_max_bytes */
     uint64_t outdev_cut;                /* released frames cut short by an outdev
                                            that went away mid-record */
 };
@@ -132,6 +174,17 @@ void cx_engine__checkpoint(struct cx_engine *e);
 /* Failover: flush as a checkpoint does, then stop comparing for good:
  * primary frames pass straight through, secondary frames are dropped. */
 void cx_engine__failover(struct cx_engine *e);
+
+/* Replace the passthrough list (n may be 0).  Connections it now covers
+ * release their held primary frames and drop their secondary ones.
+ * Returns 0 or -ENOMEM. */
+int cx_engine__set_passthrough(struct cx_engine *e, const struct cx_rule *rules, size_t n);
+
+/* Fill up to max connections (creation order); returns how many there are. */
+size_t cx_engine__conn_snapshot(struct cx_engine *e, struct cx_conn_info *out, size_t max);
+
+/* Evidence since the last events_clear (cleared with the events). */
+size_t cx_engine__evidence(struct cx_engine *e, const uint8_t **data);
 
 /* A transport lost a partial record (peer gone mid-frame): count it. */
 void cx_engine__note_drop(struct cx_engine *e, int side, int reason);

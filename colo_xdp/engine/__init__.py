@@ -59,6 +59,7 @@ class DropReason(enum.IntEnum):
     OVERSIZE = lib.CX_DROP_OVERSIZE
     TRUNCATED = lib.CX_DROP_TRUNCATED
     NO_MEMORY = lib.CX_DROP_NO_MEMORY
+    PASSTHROUGH = lib.CX_DROP_PASSTHROUGH
 
 
 class ReleaseReason(enum.IntEnum):
@@ -68,6 +69,7 @@ class ReleaseReason(enum.IntEnum):
     RETRANSMIT = lib.CX_REL_RETRANSMIT
     FLUSHED = lib.CX_REL_FLUSHED
     FAILOVER = lib.CX_REL_FAILOVER
+    PASSTHROUGH = lib.CX_REL_PASSTHROUGH
 
 
 def _name(member: enum.Enum) -> str:
@@ -98,9 +100,20 @@ class Release:
 
 
 @dataclass(frozen=True)
+class Evidence:
+    """A frame behind a checkpoint request (EngineConfig.evidence_max_bytes)."""
+
+    side: Side
+    frame: bytes
+    vnet_hdr_len: int
+    born_ms: int
+
+
+@dataclass(frozen=True)
 class CheckpointRequest:
     reason: CheckpointReason
     conn: ConnKey | None
+    evidence: tuple[Evidence, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -108,6 +121,33 @@ class Drop:
     side: Side
     reason: DropReason
     conn: ConnKey | None
+
+
+@dataclass(frozen=True)
+class PassthroughRule:
+    """Flows not to compare.  None (or a /0 prefix) matches anything."""
+
+    proto: int | None = None
+    src: str | None = None          # address or address/prefix
+    dst: str | None = None
+    sport: int | None = None
+    dport: int | None = None
+
+
+@dataclass(frozen=True)
+class ConnInfo:
+    """One connection of the table, for stats."""
+
+    conn: ConnKey
+    passthrough: bool
+    queued_primary: int
+    queued_secondary: int
+    created_ms: int
+    last_ms: int
+    matched: int
+    released: int
+    mismatches: int
+    checkpoints: int
 
 
 @dataclass(frozen=True)
@@ -146,6 +186,7 @@ class EngineConfig:
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     vnet_hdr: bool = False
     max_events: int = DEFAULT_MAX_EVENTS
+    evidence_max_bytes: int = 0      # 0: no miscompare evidence kept
 
     def validate(self) -> None:
         """Raise EngineError with one sentence for the first bad value."""
@@ -156,6 +197,8 @@ class EngineConfig:
                 raise EngineError(f"{name} must be a positive whole number, not {value!r}")
         if self.max_queue_size > 1 << 24 or self.max_connections > 1 << 24:
             raise EngineError("max_queue_size and max_connections must be at most 16777216")
+        if not 0 <= self.evidence_max_bytes < 1 << 32:
+            raise EngineError("evidence_max_bytes must be from 0 to 4294967295")
 
 
 @dataclass
@@ -176,6 +219,7 @@ class Counters:
     conns_created: int = 0
     conns_evicted: int = 0
     events_lost: int = 0
+    evidence_lost: int = 0
     outdev_cut: int = 0
 
     @property
@@ -186,11 +230,31 @@ class Counters:
         return sum(self.dropped[side].values())
 
 
+def _addr(a: int) -> str:
+    return socket.inet_ntoa(struct.pack("=I", a))
+
+
+def _net(text: str | None, what: str) -> tuple[int, int]:
+    """'10.0.0.0/8' -> (address, mask), both in network byte order as ints."""
+    if text is None:
+        return 0, 0
+    addr, _, prefix = text.partition("/")
+    try:
+        raw = socket.inet_aton(addr)
+        bits = int(prefix) if prefix else 32
+    except (OSError, ValueError):
+        raise EngineError(f"{what} {text!r} is not an IPv4 address or address/prefix") from None
+    if not 0 <= bits <= 32:
+        raise EngineError(f"{what} {text!r} has a prefix outside 0..32")
+    mask = struct.pack(">I", (0xFFFFFFFF << (32 - bits)) & 0xFFFFFFFF)
+    return struct.unpack("=I", raw)[0], struct.unpack("=I", mask)[0]
+
+
+_EVIDENCE = struct.Struct("=IBBHIIQ")
+
+
 def _key(k) -> ConnKey:
-    return ConnKey(
-        socket.inet_ntoa(struct.pack("=I", k.saddr)),
-        socket.inet_ntoa(struct.pack("=I", k.daddr)),
-        k.sport, k.dport, k.proto)
+    return ConnKey(_addr(k.saddr), _addr(k.daddr), k.sport, k.dport, k.proto)
 
 
 class Engine:
@@ -205,6 +269,7 @@ class Engine:
             "max_queue_size": self.config.max_queue_size,
             "max_connections": self.config.max_connections,
             "max_events": self.config.max_events,
+            "evidence_max_bytes": self.config.evidence_max_bytes,
             "vnet_hdr": int(self.config.vnet_hdr),
         })
         ptr = lib.cx_engine__new(cfg)
@@ -247,14 +312,18 @@ class Engine:
         return lib.cx_engine__out_peek(self._e, self._data)
 
     def drain_events(self) -> list[Action]:
+        """Events since the last drain, in order; checkpoint requests carry
+        their evidence when the engine keeps it."""
         n = lib.cx_engine__events(self._e, self._events)
         out: list[Action] = []
         evs = self._events[0]
+        evidence = self._take_evidence() if self.config.evidence_max_bytes else {}
         for i in range(n):
             ev = evs[i]
             key = _key(ev.key) if ev.has_key else None
             if ev.kind == lib.CX_EV_CHECKPOINT:
-                out.append(CheckpointRequest(CheckpointReason(ev.reason), key))
+                out.append(CheckpointRequest(CheckpointReason(ev.reason), key,
+                                             tuple(evidence.get(i, ()))))
             elif ev.kind == lib.CX_EV_DROP:
                 out.append(Drop(Side(ev.side), DropReason(ev.reason), key))
             elif ev.kind == lib.CX_EV_CONN_NEW:
@@ -263,6 +332,47 @@ class Engine:
                 out.append(ConnectionEvicted(key))
         lib.cx_engine__events_clear(self._e)
         return out
+
+    def _take_evidence(self) -> dict[int, list[Evidence]]:
+        n = lib.cx_engine__evidence(self._e, self._data)
+        if not n:
+            return {}
+        buf = bytes(ffi.buffer(self._data[0], n))
+        by_event: dict[int, list[Evidence]] = {}
+        pos = 0
+        while pos < n:
+            event, side, _reason, _, vnet, length, born = _EVIDENCE.unpack_from(buf, pos)
+            start = pos + _EVIDENCE.size
+            by_event.setdefault(event, []).append(
+                Evidence(Side(side), buf[start:start + length], vnet, born))
+            pos = start + ((length + 7) & ~7)
+        return by_event
+
+    def set_passthrough(self, rules: list[PassthroughRule]) -> None:
+        """Replace the passthrough list; flows it now covers release what
+        they hold (primary) and drop the rest (secondary)."""
+        arr = ffi.new("struct cx_rule[]", max(len(rules), 1))
+        for i, rule in enumerate(rules):
+            r = arr[i]
+            r.saddr, r.smask = _net(rule.src, "source")
+            r.daddr, r.dmask = _net(rule.dst, "destination")
+            for name in ("sport", "dport", "proto"):
+                value = getattr(rule, name)
+                limit = 255 if name == "proto" else 65535
+                if value is not None and not 0 <= value <= limit:
+                    raise EngineError(f"{name} {value} is outside 0..{limit}")
+                setattr(r, name, value or 0)
+        if lib.cx_engine__set_passthrough(self._e, arr, len(rules)) < 0:
+            raise EngineError("the engine could not allocate the passthrough list")
+
+    def connections(self) -> list[ConnInfo]:
+        """Every connection of the table, in creation order."""
+        n = lib.cx_engine__connections(self._e)
+        arr = ffi.new("struct cx_conn_info[]", max(n, 1))
+        n = min(lib.cx_engine__conn_snapshot(self._e, arr, n), n)
+        return [ConnInfo(_key(c.key), bool(c.passthrough), c.queued[0], c.queued[1],
+                         c.created_ms, c.last_ms, c.matched, c.released, c.mismatches,
+                         c.checkpoints) for c in arr[0:n]]
 
     def note_drop(self, side: Side, reason: DropReason) -> None:
         """Count a frame a transport lost (e.g. a peer gone mid-frame)."""
@@ -305,10 +415,6 @@ class Engine:
 
     # -- state -----------------------------------------------------------
 
-    @property
-    def connections(self) -> int:
-        return lib.cx_engine__connections(self._e)
-
     def counters(self) -> Counters:
         c = lib.cx_engine__counters(self._e)
         sides = {s: _name(s) for s in Side}
@@ -328,6 +434,7 @@ class Engine:
             conns_created=c.conns_created,
             conns_evicted=c.conns_evicted,
             events_lost=c.events_lost,
+            evidence_lost=c.evidence_lost,
             outdev_cut=c.outdev_cut,
         )
 

@@ -126,7 +126,7 @@ def test_connection_key_is_the_5tuple_as_seen_in_the_frame():
     back = g.udp_frame(b"a", src="10.0.0.2", dst="10.0.0.1", sport=6, dport=5)
     assert opened(eng.feed(P, there, 0)) == [ConnKey("10.0.0.1", "10.0.0.2", 5, 6, 17)]
     assert opened(eng.feed(S, back, 0)) == [ConnKey("10.0.0.2", "10.0.0.1", 6, 5, 17)]
-    assert eng.connections == 2
+    assert eng.counters().connections == 2
     assert released(eng.collect()) == []     # not each other's match
     assert eng.counters().queued == {"primary": 1, "secondary": 1}
 
@@ -148,7 +148,7 @@ def test_icmp_and_other_protocols_are_keyed_without_ports():
     # another echo id is still the same connection
     assert opened(eng.feed(P, g.icmp_echo_frame(b"a", ident=8, seq=1), 0)) == []
     assert opened(eng.feed(P, g.ipv4_frame(b"\x12\x34\x56\x78", g.IPPROTO_GRE), 0)) == [GRE_KEY]
-    assert eng.connections == 2
+    assert eng.counters().connections == 2
 
 
 @pytest.mark.parametrize("proto", [33, 132, 136], ids=["dccp", "sctp", "udplite"])
