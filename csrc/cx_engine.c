@@ -781,6 +781,13 @@ void cx_engine__feed(struct cx_engine *e, int side, const uint8_t *data,
         conn_checkpoint(e, c, CX_CKPT_QUEUE_FULL, NULL, NULL);
 }
 
+void cx_engine__feed_burst(struct cx_engine *e, int side, const uint8_t *const *frames,
+                           const uint32_t *lens, size_t n, uint64_t now_ms)
+{
+    for (size_t i = 0; i < n; i++)
+        cx_engine__feed(e, side, frames[i], lens[i], 0, now_ms);
+}
+
 int cx_engine__feed_stream(struct cx_engine *e, int side, const uint8_t *buf,
                            size_t len, uint64_t now_ms, size_t *consumed)
 {

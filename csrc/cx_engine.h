@@ -155,6 +155,10 @@ void cx_engine__free(struct cx_engine *e);
 void cx_engine__feed(struct cx_engine *e, int side, const uint8_t *frame,
                      uint32_t len, uint32_t vnet_len, uint64_t now_ms);
 
+/* Feed a burst of n frames (AF_XDP rx: pointers into UMEM), no vnet header. */
+void cx_engine__feed_burst(struct cx_engine *e, int side, const uint8_t *const *frames,
+                           const uint32_t *lens, size_t n, uint64_t now_ms);
+
 /* Feed whole records of a QEMU-framed stream from buf.  *consumed says how
  * many bytes were used (a partial record at the end is left).  Returns 0, or
  * -EBADMSG for a zero-length record and -EMSGSIZE for one over
