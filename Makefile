@@ -9,6 +9,7 @@ NATIVE_SRC := $(wildcard csrc/*.c csrc/*.h) csrc/build_cffi.py
 .PHONY: setup test demo bench clean
 
 setup: $(STAMP)
+	scripts/setup-bpf.sh
 
 $(STAMP): pyproject.toml setup.py $(NATIVE_SRC) scripts/setup-host.sh
 	scripts/setup-host.sh

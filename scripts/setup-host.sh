@@ -3,7 +3,7 @@
 # Installs nothing when everything is present; says clearly what it cannot do.
 set -euo pipefail
 
-PACKAGES=(python3 python3-venv python3-dev gcc make qemu-system-x86 iproute2 util-linux)
+PACKAGES=(python3 python3-venv python3-dev gcc make qemu-system-x86 iproute2 util-linux tcpdump)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

@@ -1,0 +1,361 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+/*
+ * classify.c - XDP program on a guest's tap (a veth in tests): decides, frame
+ * by frame, whether the engine compares it (redirect to the AF_XDP socket of
+ * its rx queue, with its 5-tuple in the metadata area), or it goes its
+ * normal way (primary) or nowhere (secondary) uncompared.
+ *
+ * Built and loaded by colo_xdp/transport/xdp.py with bcc:
+ *   BPF(src_file="bpf/classify.c", cflags=["-I<bpf dir>", "-DCX_XDP_SIDE=0"])
+ * CX_XDP_SIDE is CX_XDP_SIDE_PRIMARY or CX_XDP_SIDE_SECONDARY (classify.h).
+ * Everything else is in maps that user space fills before attaching: see
+ * classify.h for their layout and for the verdict table.
+ *
+ *  frame ──▶ guest? ──no──▶ NOT_GUEST
+ *             │yes
+ *             ▼
+ *            Ethernet [802.1Q/802.1ad ×2] ──not IPv4──▶ UNSUPPORTED
+ *             │           (tagged, no CX_XDP_CFG_VLAN_COMPARE) ──▶ UNSUPPORTED
+ *             ▼
+ *            IPv4 ─ TCP/UDP/ICMP/other ──cut or inconsistent──▶ MALFORMED
+ *             │ 5-tuple
+ *             ▼
+ *            passthrough rule matches? ──yes──▶ PASSTHROUGH
+ *             │no
+ *             ▼
+ *            metadata ──▶ redirect to xsks[rx_queue] ──no socket──▶ NO_SOCKET
+ *
+ * The parse rules are the engine's (csrc/cx_engine.c, parse_frame): a frame
+ * the engine would compare is COMPARE here, and one it would not compare is
+ * never sent to it (same outcome, without the trip through user space).
+ */
+#include <uapi/linux/bpf.h>
+#include <uapi/linux/if_ether.h>
+#include <uapi/linux/in.h>
+#include <uapi/linux/ip.h>
+#include <uapi/linux/tcp.h>
+#include <uapi/linux/udp.h>
+
+#include "classify.h"
+
+#ifndef CX_XDP_SIDE
+#error "CX_XDP_SIDE must be set: -DCX_XDP_SIDE=0 (primary) or 1 (secondary)"
+#endif
+#if CX_XDP_SIDE != CX_XDP_SIDE_PRIMARY && CX_XDP_SIDE != CX_XDP_SIDE_SECONDARY
+#error "CX_XDP_SIDE must be CX_XDP_SIDE_PRIMARY (0) or CX_XDP_SIDE_SECONDARY (1)"
+#endif
+
+/* ---- named return codes --------------------------------------------------- */
+
+/* Parse helpers return the next header's protocol, or this. */
+#define PARSE_CUT (-1)            /* header cut by data_end or inconsistent */
+
+/* What a frame that is not compared does on this side. */
+#if CX_XDP_SIDE == CX_XDP_SIDE_PRIMARY
+#define ACT_NOT_COMPARED XDP_PASS /* primary: on its normal way */
+#else
+#define ACT_NOT_COMPARED XDP_DROP /* secondary: never reaches the network */
+#endif
+/* What bpf_redirect_map returns when the queue has no socket. */
+#define ACT_NO_SOCKET XDP_DROP
+
+/* Header sizes and protocol numbers the engine uses too. */
+#define IP_HLEN_MIN 20
+#define TCP_HLEN_MIN 20
+#define UDP_HLEN 8
+#define ICMP_HLEN_MIN 4
+#define PORTS_LEN 4               /* source and destination port */
+#define IP_FRAG_OFFSET_MASK 0x1fff
+#define IPPROTO_DCCP_ 33
+#define IPPROTO_SCTP_ 132
+#define IPPROTO_UDPLITE_ 136
+
+/* ---- maps ------------------------------------------------------------------ */
+
+/* xsks: rx queue index -> AF_XDP socket (fd written by user space).
+ * CX_XDP_MAX_QUEUES entries; a queue without a socket gives NO_SOCKET. */
+BPF_XSKMAP(xsks, CX_XDP_MAX_QUEUES);
+
+/* counters: verdict -> struct cx_xdp_counter, one copy per CPU (no atomics);
+ * user space adds the copies up.  CX_XDP_VERDICT__COUNT entries. */
+BPF_PERCPU_ARRAY(counters, struct cx_xdp_counter, CX_XDP_VERDICT__COUNT);
+
+/* config: index 0 -> struct cx_xdp_config (flags, rules in use).  One entry;
+ * all zero (no guest filter, no VLAN compare, no rules) until written. */
+BPF_ARRAY(config, struct cx_xdp_config, 1);
+
+/* rules: index -> struct cx_xdp_rule, passthrough rules in order; the first
+ * config.nrules entries are used.  CX_XDP_MAX_RULES entries. */
+BPF_ARRAY(rules, struct cx_xdp_rule, CX_XDP_MAX_RULES);
+
+/* guest_macs: struct cx_xdp_mac -> __u8 (unused), the guest's source MACs,
+ * consulted with CX_XDP_CFG_GUEST_MACS.  CX_XDP_MAX_GUEST_MACS entries. */
+BPF_HASH(guest_macs, struct cx_xdp_mac, __u8, CX_XDP_MAX_GUEST_MACS);
+
+/* ---- helpers ----------------------------------------------------------------- */
+
+/* An 802.1Q / 802.1ad tag, after the MAC addresses. */
+struct vlan_hdr {
+    __be16 tci;
+    __be16 encapsulated_proto;
+};
+
+/* Where the parse stands: the next header and its offset from the frame start. */
+struct cursor {
+    void *pos;
+    __u16 off;
+};
+
+/* The classification of a frame, copied into the metadata. */
+struct flow {
+    __u32 saddr;
+    __u32 daddr;
+    __u16 sport;
+    __u16 dport;
+    __u8 proto;
+    __u8 flags;
+    __u16 l3_off;
+    __u16 l4_off;
+    __u16 vlan_tci;
+};
+
+static __always_inline int is_vlan(__u16 h_proto)
+{
+    return h_proto == bpf_htons(ETH_P_8021Q) || h_proto == bpf_htons(ETH_P_8021AD);
+}
+
+/* Ethernet and up to CX_XDP_MAX_VLAN_TAGS tags: returns the EtherType after
+ * them (network order), or PARSE_CUT. */
+static __always_inline int parse_ethhdr(struct cursor *c, void *data_end,
+                                        struct flow *f)
+{
+    struct ethhdr *eth = c->pos;
+    if ((void *)(eth + 1) > data_end)
+        return PARSE_CUT;
+    __u16 h_proto = eth->h_proto;
+    c->pos = eth + 1;
+    c->off = sizeof(*eth);
+
+#pragma unroll
+    for (int i = 0; i < CX_XDP_MAX_VLAN_TAGS; i++) {
+        if (!is_vlan(h_proto))
+            break;
+        struct vlan_hdr *vh = c->pos;
+        if ((void *)(vh + 1) > data_end)
+            return PARSE_CUT;
+        if (!(f->flags & CX_XDP_META_F_VLAN))
+            f->vlan_tci = bpf_ntohs(vh->tci);
+        f->flags |= CX_XDP_META_F_VLAN;
+        h_proto = vh->encapsulated_proto;
+        c->pos = vh + 1;
+        c->off += sizeof(*vh);
+    }
+    return h_proto;
+}
+
+/* IPv4 header, checked as the engine checks it: returns the L4 protocol, or
+ * PARSE_CUT.  *l4_len is what the total length leaves after the header. */
+static __always_inline int parse_iphdr(struct cursor *c, void *data_end,
+                                       struct flow *f, __u32 *l4_len)
+{
+    struct iphdr *ip = c->pos;
+    if ((void *)(ip + 1) > data_end)
+        return PARSE_CUT;
+    __u32 ihl = ip->ihl * 4;
+    __u32 tot = bpf_ntohs(ip->tot_len);
+    if (ip->version != 4 || ihl < IP_HLEN_MIN || tot < ihl)
+        return PARSE_CUT;
+    if (c->pos + tot > data_end)    /* total length beyond the frame */
+        return PARSE_CUT;
+
+    f->saddr = ip->saddr;
+    f->daddr = ip->daddr;
+    f->proto = ip->protocol;
+    f->l3_off = c->off;
+    if (bpf_ntohs(ip->frag_off) & IP_FRAG_OFFSET_MASK)
+        f->flags |= CX_XDP_META_F_FRAGMENT;
+    *l4_len = tot - ihl;
+    c->pos += ihl;
+    c->off += ihl;
+    return ip->protocol;
+}
+
+/* L4 header of a first (or only) fragment: ports into f, 0 or PARSE_CUT. */
+static __always_inline int parse_l4(struct cursor *c, void *data_end, int proto,
+                                    __u32 l4_len, struct flow *f)
+{
+    f->l4_off = c->off;
+    switch (proto) {
+    case IPPROTO_TCP: {
+        struct tcphdr *tcp = c->pos;
+        if (l4_len < TCP_HLEN_MIN || (void *)(tcp + 1) > data_end)
+            return PARSE_CUT;
+        __u32 doff = tcp->doff * 4;
+        if (doff < TCP_HLEN_MIN || doff > l4_len)
+            return PARSE_CUT;
+        f->sport = tcp->source;
+        f->dport = tcp->dest;
+        return 0;
+    }
+    case IPPROTO_UDP: {
+        struct udphdr *udp = c->pos;
+        if (l4_len < UDP_HLEN || (void *)(udp + 1) > data_end)
+            return PARSE_CUT;
+        f->sport = udp->source;
+        f->dport = udp->dest;
+        return 0;
+    }
+    case IPPROTO_ICMP:
+        if (l4_len < ICMP_HLEN_MIN || c->pos + ICMP_HLEN_MIN > data_end)
+            return PARSE_CUT;
+        return 0;
+    case IPPROTO_DCCP_:
+    case IPPROTO_SCTP_:
+    case IPPROTO_UDPLITE_: {
+        /* Keyed by their ports where TCP and UDP keep them, as the engine does;
+         * too short for ports: keyed without them, still compared. */
+        __be16 *ports = c->pos;
+        if (l4_len >= PORTS_LEN && (void *)(ports + 2) <= data_end) {
+            f->sport = ports[0];
+            f->dport = ports[1];
+        }
+        return 0;
+    }
+    default:
+        return 0;
+    }
+}
+
+/* Is the source MAC one of the guest's (when the filter is on)? */
+static __always_inline int is_guest(const struct cx_xdp_config *cfg, void *data,
+                                    void *data_end)
+{
+    if (!(cfg->flags & CX_XDP_CFG_GUEST_MACS))
+        return 1;
+    struct ethhdr *eth = data;
+    if ((void *)(eth + 1) > data_end)
+        return 1;    /* not even Ethernet: MALFORMED decides */
+    struct cx_xdp_mac mac = {};
+    __builtin_memcpy(mac.addr, eth->h_source, sizeof(mac.addr));
+    return guest_macs.lookup(&mac) != NULL;
+}
+
+static __always_inline int rule_match(const struct cx_xdp_rule *r, const struct flow *f)
+{
+    return (!r->proto || r->proto == f->proto) &&
+           !((f->saddr ^ r->saddr) & r->smask) && !((f->daddr ^ r->daddr) & r->dmask) &&
+           (!r->sport || r->sport == f->sport) && (!r->dport || r->dport == f->dport);
+}
+
+static __always_inline int on_passthrough_list(const struct cx_xdp_config *cfg,
+                                               const struct flow *f)
+{
+    __u32 n = cfg->nrules;
+    for (__u32 i = 0; i < CX_XDP_MAX_RULES; i++) {
+        if (i >= n)
+            break;
+        struct cx_xdp_rule *r = rules.lookup(&i);
+        if (r && rule_match(r, f))
+            return 1;
+    }
+    return 0;
+}
+
+/* Everything but the redirect: the verdict for the frame at data. */
+static __always_inline int classify(struct xdp_md *ctx, const struct cx_xdp_config *cfg,
+                                    struct flow *f)
+{
+    void *data = (void *)(long)ctx->data;
+    void *data_end = (void *)(long)ctx->data_end;
+    struct cursor c = { .pos = data, .off = 0 };
+    __u32 l4_len = 0;
+
+    if (!is_guest(cfg, data, data_end))
+        return CX_XDP_NOT_GUEST;
+    int h_proto = parse_ethhdr(&c, data_end, f);
+    if (h_proto == PARSE_CUT)
+        return CX_XDP_MALFORMED;
+    if (h_proto != bpf_htons(ETH_P_IP))
+        return CX_XDP_UNSUPPORTED;
+    if ((f->flags & CX_XDP_META_F_VLAN) && !(cfg->flags & CX_XDP_CFG_VLAN_COMPARE))
+        return CX_XDP_UNSUPPORTED;
+    int proto = parse_iphdr(&c, data_end, f, &l4_len);
+    if (proto == PARSE_CUT)
+        return CX_XDP_MALFORMED;
+    if (!(f->flags & CX_XDP_META_F_FRAGMENT) &&
+        parse_l4(&c, data_end, proto, l4_len, f) == PARSE_CUT)
+        return CX_XDP_MALFORMED;
+    if (on_passthrough_list(cfg, f))
+        return CX_XDP_PASSTHROUGH;
+    return CX_XDP_COMPARE;
+}
+
+/* Put the classification in front of the frame: 0, or -1 without room. */
+static __always_inline int put_meta(struct xdp_md *ctx, const struct flow *f)
+{
+    if (bpf_xdp_adjust_meta(ctx, -(int)sizeof(struct cx_xdp_meta)))
+        return -1;
+    /* adjust_meta invalidated every packet pointer: load them again. */
+    void *data = (void *)(long)ctx->data;
+    struct cx_xdp_meta *m = (void *)(long)ctx->data_meta;
+    if ((void *)(m + 1) > data)
+        return -1;
+    m->hash = cx_xdp_flow_hash(f->saddr, f->daddr, f->sport, f->dport, f->proto);
+    m->saddr = f->saddr;
+    m->daddr = f->daddr;
+    m->sport = f->sport;
+    m->dport = f->dport;
+    m->proto = f->proto;
+    m->flags = f->flags;
+    m->l3_off = f->l3_off;
+    m->l4_off = f->l4_off;
+    m->vlan_tci = f->vlan_tci;
+    m->magic = CX_XDP_META_MAGIC;
+    return 0;
+}
+
+static __always_inline int action_of(int verdict)
+{
+    switch (verdict) {
+    case CX_XDP_NOT_GUEST:
+        return XDP_PASS;
+    case CX_XDP_NO_SOCKET:
+        return ACT_NO_SOCKET;
+    default:
+        return ACT_NOT_COMPARED;
+    }
+}
+
+/* ---- entry point --------------------------------------------------------------- */
+
+int xdp_classify(struct xdp_md *ctx)
+{
+    __u32 zero = 0;
+    struct flow f = {};
+    int verdict = CX_XDP_MALFORMED;
+    int action;
+    __u64 len = bpf_xdp_get_buff_len(ctx);
+
+    struct cx_xdp_config *cfg = config.lookup(&zero);
+    if (cfg)
+        verdict = classify(ctx, cfg, &f);
+
+    if (verdict == CX_XDP_COMPARE) {
+        if (put_meta(ctx, &f))
+            verdict = CX_XDP_COMPARE_NO_META;
+        action = xsks.redirect_map(ctx->rx_queue_index, ACT_NO_SOCKET);
+        if (action != XDP_REDIRECT)
+            verdict = CX_XDP_NO_SOCKET;
+    } else {
+        action = action_of(verdict);
+    }
+
+    /* The one exit: every frame is counted under its verdict. */
+    __u32 key = verdict;
+    struct cx_xdp_counter *ctr = counters.lookup(&key);
+    if (ctr) {
+        ctr->frames++;
+        ctr->bytes += len;
+    }
+    return action;
+}

@@ -1,0 +1,193 @@
+"""What ``bpf/classify.h`` defines, for Python: verdicts, configuration,
+passthrough rules, guest MACs and the metadata in front of every frame the
+XDP program sends to an AF_XDP socket.
+
+The header is the source of truth; ``tests/xdp/test_header.py`` parses it and
+checks every value and layout here against it.  Standard library only, so
+that transports and tests can use it without bcc::
+
+    meta = Meta.unpack(buf[addr - META_SIZE:addr])   # AF_XDP buffer
+    if meta is not None:
+        print(meta.proto, meta.saddr, meta.sport, meta.l4_off)
+"""
+from __future__ import annotations
+
+import enum
+import ipaddress
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from colo_xdp.transport.bpfsys import XDP_DROP, XDP_PASS, XDP_REDIRECT
+
+BPF_DIR = Path(__file__).resolve().parents[2] / "bpf"
+CLASSIFY_C = BPF_DIR / "classify.c"
+CLASSIFY_H = BPF_DIR / "classify.h"
+
+# Sizes (classify.h "sizes").
+MAX_QUEUES = 64
+MAX_RULES = 64
+MAX_GUEST_MACS = 16
+MAX_VLAN_TAGS = 2
+
+
+class Side(enum.IntEnum):
+    """Which guest's output the interface carries (-DCX_XDP_SIDE)."""
+
+    PRIMARY = 0
+    SECONDARY = 1
+
+
+class Verdict(enum.IntEnum):
+    """What the program decided for a frame; also its counter index."""
+
+    COMPARE = 0            # redirected to the AF_XDP socket of its rx queue
+    COMPARE_NO_META = 1    # redirected without metadata (no room in the driver)
+    NO_SOCKET = 2          # to be compared, no socket on its queue: dropped
+    PASSTHROUGH = 3        # on the passthrough list: primary pass, secondary drop
+    UNSUPPORTED = 4        # not IPv4 (or tagged): primary pass, secondary drop
+    MALFORMED = 5          # IPv4 the engine would not parse: as UNSUPPORTED
+    NOT_GUEST = 6          # source MAC not a guest's: pass on both sides
+
+
+VERDICT_COUNT = 7
+
+# What the program does with a frame of each verdict, per side (classify.h).
+_NOT_COMPARED = {Side.PRIMARY: XDP_PASS, Side.SECONDARY: XDP_DROP}
+
+
+def action_of(verdict: Verdict, side: Side) -> int:
+    """The XDP action the program takes for ``verdict`` on ``side``."""
+    if verdict in (Verdict.COMPARE, Verdict.COMPARE_NO_META):
+        return XDP_REDIRECT
+    if verdict is Verdict.NO_SOCKET:
+        return XDP_DROP
+    if verdict is Verdict.NOT_GUEST:
+        return XDP_PASS
+    return _NOT_COMPARED[Side(side)]
+
+
+# struct cx_xdp_config flags.
+CFG_GUEST_MACS = 0x1
+CFG_VLAN_COMPARE = 0x2
+
+# Metadata.
+META_MAGIC = 0xC01A0D01
+META_F_VLAN = 0x1
+META_F_FRAGMENT = 0x2
+
+# Layouts, little-endian host (x86_64, arm64): "<" plus explicit padding.
+COUNTER = struct.Struct("<QQ")            # struct cx_xdp_counter
+CONFIG = struct.Struct("<II")             # struct cx_xdp_config
+RULE = struct.Struct("<IIIIHHB3x")        # struct cx_xdp_rule
+MAC = struct.Struct("<6s")                # struct cx_xdp_mac
+# struct cx_xdp_meta: hash, saddr, daddr, sport, dport (network order, kept
+# as bytes), proto, flags, l3_off, l4_off, vlan_tci, magic.
+META = struct.Struct("<I4s4s2s2sBBHHHI")
+META_SIZE = META.size
+
+
+class ClassifyError(ValueError):
+    """A rule or MAC that cannot be written to the program's maps."""
+
+
+def mix32(h: int) -> int:
+    """cx_xdp_mix32: MurmurHash3's 32-bit finaliser."""
+    h &= 0xFFFFFFFF
+    h ^= h >> 16
+    h = (h * 0x85EBCA6B) & 0xFFFFFFFF
+    h ^= h >> 13
+    h = (h * 0xC2B2AE35) & 0xFFFFFFFF
+    h ^= h >> 16
+    return h
+
+
+def flow_hash(saddr: bytes, daddr: bytes, sport: bytes, dport: bytes, proto: int) -> int:
+    """cx_xdp_flow_hash of a 5-tuple given as the frame's bytes."""
+    le = lambda b: int.from_bytes(b, "little")  # noqa: E731 - __u32/__u16 loads
+    h = mix32(proto)
+    h = mix32(h ^ ((le(sport) << 16) | le(dport)))
+    h = mix32(h ^ le(daddr))
+    return mix32(h ^ le(saddr))
+
+
+@dataclass(frozen=True)
+class Meta:
+    """struct cx_xdp_meta, decoded: addresses dotted, ports as numbers."""
+
+    hash: int
+    saddr: str
+    daddr: str
+    sport: int
+    dport: int
+    proto: int
+    flags: int
+    l3_off: int
+    l4_off: int
+    vlan_tci: int
+
+    @classmethod
+    def unpack(cls, raw: bytes | memoryview) -> "Meta | None":
+        """The metadata in ``raw`` (META_SIZE bytes), or None without the magic."""
+        (h, sa, da, sp, dp, proto, flags, l3, l4, tci, magic) = META.unpack(raw)
+        if magic != META_MAGIC:
+            return None
+        return cls(h, str(ipaddress.IPv4Address(sa)), str(ipaddress.IPv4Address(da)),
+                   int.from_bytes(sp, "big"), int.from_bytes(dp, "big"),
+                   proto, flags, l3, l4, tci)
+
+    def expected_hash(self) -> int:
+        """The hash the program must have put in for this 5-tuple."""
+        return flow_hash(ipaddress.IPv4Address(self.saddr).packed,
+                         ipaddress.IPv4Address(self.daddr).packed,
+                         self.sport.to_bytes(2, "big"), self.dport.to_bytes(2, "big"),
+                         self.proto)
+
+
+def _net(text: str | None, what: str) -> tuple[bytes, bytes]:
+    """Address and mask bytes of 'a.b.c.d' or 'a.b.c.d/len'; None matches all."""
+    if text is None:
+        return b"\0" * 4, b"\0" * 4
+    try:
+        net = ipaddress.IPv4Network(text, strict=False)
+    except ValueError:
+        raise ClassifyError(f"{what} {text!r} is not an IPv4 address or address/prefix") \
+            from None
+    return net.network_address.packed, net.netmask.packed
+
+
+def _number(value: int | None, name: str, limit: int) -> int:
+    if value is None:
+        return 0
+    if not isinstance(value, int) or not 0 <= value <= limit:
+        raise ClassifyError(f"{name} {value!r} is outside 0..{limit}")
+    return value
+
+
+def pack_rule(rule) -> bytes:
+    """struct cx_xdp_rule for a passthrough rule.
+
+    ``rule`` has ``proto``, ``src``, ``dst`` (address or address/prefix),
+    ``sport`` and ``dport``, None for anything (the engine's PassthroughRule).
+    Everything goes in network byte order, as the program compares it with
+    the frame's bytes.
+    """
+    saddr, smask = _net(rule.src, "source")
+    daddr, dmask = _net(rule.dst, "destination")
+    le = lambda b: int.from_bytes(b, "little")  # noqa: E731
+    swap16 = lambda v: int.from_bytes(v.to_bytes(2, "big"), "little")  # noqa: E731
+    return RULE.pack(le(saddr), le(smask), le(daddr), le(dmask),
+                     swap16(_number(rule.sport, "source port", 0xFFFF)),
+                     swap16(_number(rule.dport, "destination port", 0xFFFF)),
+                     _number(rule.proto, "protocol", 0xFF))
+
+
+def pack_mac(mac: str | bytes) -> bytes:
+    """struct cx_xdp_mac of 'aa:bb:cc:dd:ee:ff' (or 6 bytes)."""
+    try:
+        raw = mac if isinstance(mac, bytes) else bytes.fromhex(mac.replace(":", ""))
+    except ValueError:
+        raw = b""
+    if len(raw) != 6:
+        raise ClassifyError(f"{mac!r} is not a MAC address")
+    return MAC.pack(raw)

@@ -1,0 +1,255 @@
+"""AF_XDP sockets: the Python face of the C helper (csrc/xsk.c).
+
+One ``XskSocket`` is one socket on one rx queue of one interface, in copy
+mode, with its own UMEM.  Frames cross the cffi boundary in bursts: one call
+takes up to ``max`` received frames (their UMEM offsets and lengths in
+arrays the socket owns), one call hands them back, one call sends a list of
+frames::
+
+    with XskSocket("veth0", queue=0) as xsk:
+        classifier.set_socket(0, xsk.fileno())      # XdpClassifier
+        n = xsk.rx_burst()                          # frames waiting, up to 64
+        for addr, length in xsk.received(n):        # tests and tools only
+            meta = xsk.meta(addr)                   # classify.c's metadata
+            frame = xsk.frame(addr, length)         # a view into the UMEM
+        xsk.rx_done(n)                              # all n back to the kernel
+        xsk.tx_burst([frame1, frame2])              # copied, queued, kicked
+
+A multi-queue interface needs one socket per queue: a socket bound to one
+queue never sees frames that arrive on another.
+
+Errors a user can cause raise ``XskError`` with one sentence saying what to
+do: interface or queue missing, not root, no AF_XDP in the kernel, queue in
+use, UMEM over RLIMIT_MEMLOCK.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import socket
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+from colo_xdp._native import ffi, lib
+from colo_xdp.transport.classify import META_SIZE, Meta
+
+DEFAULT_BURST = 64
+
+
+class XskError(Exception):
+    """An AF_XDP socket could not be opened or used; one sentence."""
+
+
+@dataclass(frozen=True)
+class XskConfig:
+    frame_size: int = lib.XSK__DEFAULT_FRAME_SIZE     # 2048 or 4096
+    frame_count: int = lib.XSK__DEFAULT_FRAME_COUNT   # half rx, half tx
+    ring_size: int = lib.XSK__DEFAULT_RING_SIZE       # power of two
+    bind_timeout_ms: int = lib.XSK__DEFAULT_BIND_TIMEOUT_MS
+    burst: int = DEFAULT_BURST                        # most frames per rx_burst
+
+
+@dataclass(frozen=True)
+class XskInfo:
+    umem_bytes: int
+    rx_frames: int
+    tx_frames: int
+    bind_retries: int
+    memlock_raised: bool
+    memlock_limit: int
+
+    def memlock_note(self) -> str | None:
+        """One sentence for the log when RLIMIT_MEMLOCK had to be raised."""
+        if not self.memlock_raised:
+            return None
+        limit = ("unlimited" if self.memlock_limit >= (1 << 63) or self.memlock_limit < 0
+                 else f"{self.memlock_limit >> 10} KiB")
+        return (f"raised RLIMIT_MEMLOCK to {limit} to register a "
+                f"{self.umem_bytes >> 10} KiB AF_XDP UMEM (no CAP_IPC_LOCK)")
+
+
+def _rx_queues(ifname: str) -> int | None:
+    """The interface's rx queue count, from netlink (/sys may show another
+    network namespace than the caller's)."""
+    try:
+        from pyroute2 import IPRoute
+
+        with IPRoute() as ipr:
+            links = ipr.link("get", index=socket.if_nametoindex(ifname))
+        return links[0].get_attr("IFLA_NUM_RX_QUEUES") if links else None
+    except Exception:                 # only for a better message: never mask the error
+        return None
+
+
+def _open_error(rc: int, ifname: str, queue: int, cfg: XskConfig) -> str:
+    err = -rc
+    if err == errno.EAFNOSUPPORT:
+        return "this kernel has no AF_XDP sockets: use a kernel built with CONFIG_XDP_SOCKETS"
+    if err == errno.EPERM:
+        return "AF_XDP sockets need root (CAP_NET_RAW): run colo-xdp as root"
+    if err == errno.ENODEV:
+        return f"there is no interface {ifname!r}: check the name with 'ip link'"
+    if err == errno.EINVAL:
+        queues = _rx_queues(ifname)
+        if queues is not None and queue >= queues:
+            return (f"{ifname} has no rx queue {queue} (it has {queues}): "
+                    f"bind one socket per queue, 0..{queues - 1}")
+        return (f"the AF_XDP socket on {ifname} queue {queue} was refused (invalid "
+                f"argument): check the frame size ({cfg.frame_size}) and ring size "
+                f"({cfg.ring_size}, a power of two)")
+    if err == errno.EBUSY:
+        return (f"rx queue {queue} of {ifname} is in use by another AF_XDP socket "
+                f"(still after {cfg.bind_timeout_ms} ms): stop its owner")
+    if err == errno.ENOBUFS:
+        umem = cfg.frame_size * cfg.frame_count
+        return (f"the AF_XDP UMEM ({umem >> 10} KiB) is over RLIMIT_MEMLOCK and the limit "
+                "could not be raised: run as root, raise 'ulimit -l', or use fewer frames")
+    if err == errno.EOPNOTSUPP:
+        return f"{ifname} does not take AF_XDP sockets in copy mode"
+    return f"opening an AF_XDP socket on {ifname} queue {queue} failed: {os.strerror(err)}"
+
+
+class XskSocket:
+    """An AF_XDP socket bound to rx queue ``queue`` of ``ifname`` (copy mode)."""
+
+    def __init__(self, ifname: str, queue: int = 0, config: XskConfig | None = None):
+        self.ifname = ifname
+        self.queue = queue
+        self.config = config or XskConfig()
+        self.info: XskInfo | None = None
+        self._x = None
+        burst = max(1, self.config.burst)
+        self._addrs = ffi.new("uint64_t[]", burst)
+        self._lens = ffi.new("uint32_t[]", burst)
+        self._umem = None
+
+    # -- lifecycle --------------------------------------------------------
+
+    def __enter__(self) -> "XskSocket":
+        self.open()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close()
+
+    def open(self) -> None:
+        if self._x is not None:
+            return
+        try:
+            ifindex = socket.if_nametoindex(self.ifname)
+        except OSError:
+            raise XskError(f"there is no interface {self.ifname!r}: check the name with "
+                           "'ip link'") from None
+        c = self.config
+        cfg = ffi.new("struct xsk__config *", {
+            "ifindex": ifindex, "queue": self.queue, "frame_size": c.frame_size,
+            "frame_count": c.frame_count, "ring_size": c.ring_size,
+            "bind_timeout_ms": c.bind_timeout_ms})
+        out = ffi.new("struct xsk **")
+        info = ffi.new("struct xsk__info *")
+        rc = lib.xsk__open(cfg, out, info)
+        if rc < 0:
+            raise XskError(_open_error(rc, self.ifname, self.queue, c))
+        self._x = out[0]
+        self.info = XskInfo(info.umem_bytes, info.rx_frames, info.tx_frames,
+                            info.bind_retries, bool(info.memlock_raised), info.memlock_limit)
+        self._umem = ffi.buffer(lib.xsk__umem(self._x), lib.xsk__umem_size(self._x))
+
+    def close(self) -> None:
+        """Close the socket and free its UMEM; safe to call twice."""
+        x, self._x = self._x, None
+        self._umem = None
+        if x is not None:
+            lib.xsk__close(x)
+
+    def fileno(self) -> int:
+        self._need_open()
+        return lib.xsk__fd(self._x)
+
+    def _need_open(self) -> None:
+        if self._x is None:
+            raise XskError("the AF_XDP socket is not open: use it inside 'with'")
+
+    # -- receive ------------------------------------------------------------
+
+    def rx_burst(self, max_frames: int | None = None) -> int:
+        """Take up to ``max_frames`` (at most the configured burst) received
+        frames; returns how many.  They are ``addrs[:n]``/``lens[:n]`` until
+        the next rx_burst, and the caller's until ``rx_done``."""
+        self._need_open()
+        limit = len(self._addrs) if max_frames is None else min(max_frames, len(self._addrs))
+        return lib.xsk__rx_burst(self._x, self._addrs, self._lens, limit)
+
+    @property
+    def addrs(self):
+        """UMEM offsets of the last burst (a cffi uint64_t array)."""
+        return self._addrs
+
+    @property
+    def lens(self):
+        return self._lens
+
+    def received(self, n: int) -> Iterator[tuple[int, int]]:
+        """(addr, length) of the last burst's n frames."""
+        for i in range(n):
+            yield self._addrs[i], self._lens[i]
+
+    def rx_done(self, n: int) -> None:
+        """Give the last burst's first n frames back to the kernel."""
+        self._need_open()
+        rc = lib.xsk__rx_done(self._x, self._addrs, n)
+        if rc < 0:
+            raise XskError("a frame handed back is not one this socket received "
+                           "(handed back twice?)")
+
+    def frame(self, addr: int, length: int) -> memoryview:
+        """A view of a received frame in the UMEM (valid until rx_done)."""
+        self._need_open()
+        return memoryview(self._umem)[addr:addr + length]
+
+    def meta(self, addr: int) -> Meta | None:
+        """classify.c's metadata in front of a received frame, if it has one."""
+        self._need_open()
+        return Meta.unpack(self._umem[addr - META_SIZE:addr])
+
+    # -- transmit -------------------------------------------------------------
+
+    def tx_burst(self, frames: Sequence[bytes]) -> int:
+        """Copy frames into the UMEM and send them; returns how many were
+        queued (fewer when tx frames run out: call ``tx_reap`` and again)."""
+        self._need_open()
+        if not frames:
+            return 0
+        lens = ffi.new("uint32_t[]", [len(f) for f in frames])
+        rc = lib.xsk__tx_burst(self._x, b"".join(frames), lens, len(frames))
+        if rc == -errno.EMSGSIZE:
+            raise XskError(f"a frame is longer than the AF_XDP frame size "
+                           f"({self.config.frame_size} bytes)")
+        if rc < 0:
+            raise XskError(f"sending on {self.ifname} queue {self.queue} failed: "
+                           f"{os.strerror(-rc)}")
+        return rc
+
+    def tx_reap(self) -> int:
+        """Kick the kernel for queued frames, take completed ones back;
+        returns the tx frames free."""
+        self._need_open()
+        rc = lib.xsk__tx_reap(self._x)
+        if rc < 0:
+            raise XskError(f"sending on {self.ifname} queue {self.queue} failed: "
+                           f"{os.strerror(-rc)}")
+        return rc
+
+    @property
+    def tx_pending(self) -> int:
+        self._need_open()
+        return lib.xsk__tx_pending(self._x)
+
+    def stats(self) -> dict[str, int]:
+        """The kernel's counters for this socket (XDP_STATISTICS)."""
+        self._need_open()
+        st = ffi.new("struct xsk__stats *")
+        rc = lib.xsk__stats(self._x, st)
+        if rc < 0:
+            raise XskError(f"reading AF_XDP statistics failed: {os.strerror(-rc)}")
+        return {name: getattr(st, name) for name, _ in ffi.typeof(st[0]).fields}

@@ -1,0 +1,503 @@
+/*
+ * xsk.c - AF_XDP sockets over raw syscalls (no libxdp): see xsk.h for the
+ * frame pools and the calls.
+ *
+ * The four rings are shared with the kernel.  Each has a producer and a
+ * consumer index in shared memory; we keep cached copies and touch the
+ * shared ones only when the cache runs dry (peek, reserve) or to publish
+ * (submit, release).  The ordering rules, as in the kernel's xsk_queue.h:
+ *
+ *   we consume (rx, completion): load-acquire the producer, then read the
+ *     descriptors; finish reading them, then store-release the consumer.
+ *   we produce (fill, tx): load-acquire the consumer before reusing slots;
+ *     write the descriptors, then store-release the producer.
+ *
+ * Called from the one thread that owns the socket; nothing is locked.
+ */
+#define _GNU_SOURCE
+#include "xsk.h"
+
+#include <errno.h>
+#include <linux/if_xdp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifndef AF_XDP
+#define AF_XDP 44
+#endif
+#ifndef SOL_XDP
+#define SOL_XDP 283
+#endif
+
+/* In copy mode one TX kick moves at most this many frames (the kernel's
+ * TX_BATCH_SIZE) and answers EAGAIN while more wait. */
+#define TX_KICK_BATCH 32
+/* Kicks beyond the ones the queued frames need, for transient EBUSY/EAGAIN. */
+#define TX_KICK_SPARE 4
+/* Backoff between binds refused with EBUSY: from 1 ms, doubling, at most this. */
+#define BIND_BACKOFF_MAX_MS 32
+
+struct ring {
+    uint32_t cached_prod;
+    uint32_t cached_cons;
+    uint32_t mask;
+    uint32_t size;
+    uint32_t *producer;       /* shared with the kernel */
+    uint32_t *consumer;       /* shared with the kernel */
+    void *descs;              /* struct xdp_desc[size] or uint64_t[size] */
+    void *map;
+    size_t map_len;
+};
+
+struct xsk {
+    int fd;
+    uint8_t *umem;
+    uint64_t umem_size;
+    uint32_t frame_size;
+    uint32_t rx_frames;       /* frames 0 .. rx_frames-1 */
+    uint32_t tx_frames;       /* the rest */
+    struct ring fill, comp, rx, tx;
+    uint64_t *tx_free;        /* stack of free tx frame addresses */
+    uint32_t n_tx_free;
+    uint32_t tx_outstanding;  /* submitted, not yet completed */
+};
+
+/* ---- rings ------------------------------------------------------------- */
+
+/* Consumer side (rx, completion): up to n entries from *idx on. */
+static uint32_t cons__peek(struct ring *r, uint32_t n, uint32_t *idx)
+{
+    uint32_t entries = r->cached_prod - r->cached_cons;
+
+    if (entries == 0) {
+        /* Acquire: descriptors written before the kernel moved the
+         * producer are visible once we see the new producer. */
+        r->cached_prod = __atomic_load_n(r->producer, __ATOMIC_ACQUIRE);
+        entries = r->cached_prod - r->cached_cons;
+    }
+    if (entries > n)
+        entries = n;
+    *idx = r->cached_cons;
+    r->cached_cons += entries;
+    return entries;
+}
+
+static void cons__release(struct ring *r, uint32_t n)
+{
+    /* Release: our reads of the n descriptors are done before the kernel
+     * may overwrite their slots. */
+    __atomic_store_n(r->consumer, *r->consumer + n, __ATOMIC_RELEASE);
+}
+
+/* Producer side (fill, tx): reserve up to n slots from *idx on. */
+static uint32_t prod__reserve(struct ring *r, uint32_t n, uint32_t *idx)
+{
+    uint32_t free = r->cached_cons - r->cached_prod;
+
+    if (free < n) {
+        /* Acquire: the kernel has finished with the slots it consumed. */
+        r->cached_cons = __atomic_load_n(r->consumer, __ATOMIC_ACQUIRE) + r->size;
+        free = r->cached_cons - r->cached_prod;
+    }
+    if (n > free)
+        n = free;
+    *idx = r->cached_prod;
+    r->cached_prod += n;
+    return n;
+}
+
+static void prod__submit(struct ring *r, uint32_t n)
+{
+    /* Release: the n descriptors are written before the kernel sees them. */
+    __atomic_store_n(r->producer, *r->producer + n, __ATOMIC_RELEASE);
+}
+
+static int ring__map(int fd, struct ring *r, const struct xdp_ring_offset *off,
+                     uint32_t size, size_t desc_size, off_t pgoff, int producer)
+{
+    size_t len = off->desc + (size_t)size * desc_size;
+    void *map = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, pgoff);
+
+    if (map == MAP_FAILED)
+        return -errno;
+    r->map = map;
+    r->map_len = len;
+    r->producer = (uint32_t *)((uint8_t *)map + off->producer);
+    r->consumer = (uint32_t *)((uint8_t *)map + off->consumer);
+    r->descs = (uint8_t *)map + off->desc;
+    r->size = size;
+    r->mask = size - 1;
+    r->cached_prod = *r->producer;
+    r->cached_cons = *r->consumer + (producer ? size : 0);
+    return 0;
+}
+
+static void ring__unmap(struct ring *r)
+{
+    if (r->map)
+        munmap(r->map, r->map_len);
+    r->map = NULL;
+}
+
+/* ---- setup ---------------------------------------------------------------- */
+
+static void sleep_ms(uint32_t ms)
+{
+    struct timespec ts = { .tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L };
+
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+        ;
+}
+
+static int is_pow2(uint32_t v)
+{
+    return v && !(v & (v - 1));
+}
+
+/* Register the UMEM; over RLIMIT_MEMLOCK (the kernel counts UMEM pages
+ * against it unless we have CAP_IPC_LOCK) raise the limit, to unlimited if
+ * allowed (CAP_SYS_RESOURCE), else to the hard limit, and try once more. */
+static int umem__register(struct xsk *x, struct xsk__info *info)
+{
+    struct xdp_umem_reg reg = {
+        .addr = (uint64_t)(uintptr_t)x->umem,
+        .len = x->umem_size,
+        .chunk_size = x->frame_size,
+        .headroom = 0,
+        .flags = 0,
+    };
+    struct rlimit rl;
+
+    if (setsockopt(x->fd, SOL_XDP, XDP_UMEM_REG, &reg, sizeof(reg)) == 0)
+        return 0;
+    if (errno != ENOBUFS)
+        return -errno;
+    if (getrlimit(RLIMIT_MEMLOCK, &rl) != 0)
+        return -ENOBUFS;
+    struct rlimit unlimited = { RLIM_INFINITY, RLIM_INFINITY };
+    struct rlimit to_hard = { rl.rlim_max, rl.rlim_max };
+    if (setrlimit(RLIMIT_MEMLOCK, &unlimited) != 0) {
+        if (rl.rlim_cur == rl.rlim_max || setrlimit(RLIMIT_MEMLOCK, &to_hard) != 0)
+            return -ENOBUFS;
+    }
+    info->memlock_raised = 1;
+    if (setsockopt(x->fd, SOL_XDP, XDP_UMEM_REG, &reg, sizeof(reg)) == 0)
+        return 0;
+    return -errno;
+}
+
+static int rings__create(struct xsk *x, uint32_t size)
+{
+    struct xdp_mmap_offsets off;
+    socklen_t optlen = sizeof(off);
+    int err;
+
+    if (setsockopt(x->fd, SOL_XDP, XDP_UMEM_FILL_RING, &size, sizeof(size)) ||
+        setsockopt(x->fd, SOL_XDP, XDP_UMEM_COMPLETION_RING, &size, sizeof(size)) ||
+        setsockopt(x->fd, SOL_XDP, XDP_RX_RING, &size, sizeof(size)) ||
+        setsockopt(x->fd, SOL_XDP, XDP_TX_RING, &size, sizeof(size)))
+        return -errno;
+    if (getsockopt(x->fd, SOL_XDP, XDP_MMAP_OFFSETS, &off, &optlen))
+        return -errno;
+    err = ring__map(x->fd, &x->fill, &off.fr, size, sizeof(uint64_t),
+                    XDP_UMEM_PGOFF_FILL_RING, 1);
+    if (!err)
+        err = ring__map(x->fd, &x->comp, &off.cr, size, sizeof(uint64_t),
+                        XDP_UMEM_PGOFF_COMPLETION_RING, 0);
+    if (!err)
+        err = ring__map(x->fd, &x->rx, &off.rx, size, sizeof(struct xdp_desc),
+                        XDP_PGOFF_RX_RING, 0);
+    if (!err)
+        err = ring__map(x->fd, &x->tx, &off.tx, size, sizeof(struct xdp_desc),
+                        XDP_PGOFF_TX_RING, 1);
+    return err;
+}
+
+/* Bind in copy mode; EBUSY (the queue's last socket is still going away,
+ * some 30 ms after its close) is retried with backoff for timeout_ms. */
+static int bind__retry(struct xsk *x, uint32_t ifindex, uint32_t queue, uint32_t timeout_ms,
+                       uint32_t *retries)
+{
+    struct sockaddr_xdp sa = {
+        .sxdp_family = AF_XDP,
+        .sxdp_flags = XDP_COPY,
+        .sxdp_ifindex = ifindex,
+        .sxdp_queue_id = queue,
+    };
+    uint32_t waited = 0, delay = 1;
+
+    for (;;) {
+        if (bind(x->fd, (struct sockaddr *)&sa, sizeof(sa)) == 0)
+            return 0;
+        if (errno != EBUSY || waited >= timeout_ms)
+            return -errno;
+        sleep_ms(delay);
+        waited += delay;
+        (*retries)++;
+        delay = delay * 2 > BIND_BACKOFF_MAX_MS ? BIND_BACKOFF_MAX_MS : delay * 2;
+    }
+}
+
+int xsk__open(const struct xsk__config *cfg, struct xsk **out, struct xsk__info *info)
+{
+    struct xsk__info scratch;
+    struct xsk__config c = *cfg;
+    struct xsk *x;
+    uint32_t idx, i;
+    int err;
+
+    if (!info)
+        info = &scratch;
+    memset(info, 0, sizeof(*info));
+    *out = NULL;
+    if (!c.frame_size)
+        c.frame_size = XSK__DEFAULT_FRAME_SIZE;
+    if (!c.frame_count)
+        c.frame_count = XSK__DEFAULT_FRAME_COUNT;
+    if (!c.ring_size)
+        c.ring_size = XSK__DEFAULT_RING_SIZE;
+    if (!c.bind_timeout_ms)
+        c.bind_timeout_ms = XSK__DEFAULT_BIND_TIMEOUT_MS;
+    if ((c.frame_size != XSK__FRAME_SIZE_MIN && c.frame_size != XSK__FRAME_SIZE_MAX) ||
+        c.frame_count < 2 || !is_pow2(c.ring_size))
+        return -EINVAL;
+
+    x = calloc(1, sizeof(*x));
+    if (!x)
+        return -ENOMEM;
+    x->fd = -1;
+    x->frame_size = c.frame_size;
+    /* Every rx frame fits the fill ring at once, so handing frames back never
+     * finds it full; the rest of the UMEM is for tx. */
+    x->rx_frames = c.frame_count / 2 < c.ring_size ? c.frame_count / 2 : c.ring_size;
+    x->tx_frames = c.frame_count - x->rx_frames;
+    x->umem_size = (uint64_t)c.frame_count * c.frame_size;
+
+    x->fd = socket(AF_XDP, SOCK_RAW | SOCK_CLOEXEC, 0);
+    if (x->fd < 0) {
+        err = -errno;
+        goto fail;
+    }
+    x->umem = mmap(NULL, x->umem_size, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (x->umem == MAP_FAILED) {
+        x->umem = NULL;
+        err = -errno;
+        goto fail;
+    }
+    x->tx_free = calloc(x->tx_frames, sizeof(*x->tx_free));
+    if (!x->tx_free) {
+        err = -ENOMEM;
+        goto fail;
+    }
+    for (i = 0; i < x->tx_frames; i++)
+        x->tx_free[i] = (uint64_t)(x->rx_frames + i) * x->frame_size;
+    x->n_tx_free = x->tx_frames;
+
+    err = umem__register(x, info);
+    if (err)
+        goto fail;
+    err = rings__create(x, c.ring_size);
+    if (err)
+        goto fail;
+
+    /* All rx frames go to the fill ring before bind: nothing is missed. */
+    if (prod__reserve(&x->fill, x->rx_frames, &idx) != x->rx_frames) {
+        err = -ENOSPC;
+        goto fail;
+    }
+    for (i = 0; i < x->rx_frames; i++)
+        ((uint64_t *)x->fill.descs)[(idx + i) & x->fill.mask] = (uint64_t)i * x->frame_size;
+    prod__submit(&x->fill, x->rx_frames);
+
+    err = bind__retry(x, c.ifindex, c.queue, c.bind_timeout_ms, &info->bind_retries);
+    if (err)
+        goto fail;
+
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_MEMLOCK, &rl) == 0)
+        info->memlock_limit = rl.rlim_cur;
+    info->umem_bytes = x->umem_size;
+    info->rx_frames = x->rx_frames;
+    info->tx_frames = x->tx_frames;
+    *out = x;
+    return 0;
+
+fail:
+    xsk__close(x);
+    return err;
+}
+
+void xsk__close(struct xsk *x)
+{
+    if (!x)
+        return;
+    ring__unmap(&x->fill);
+    ring__unmap(&x->comp);
+    ring__unmap(&x->rx);
+    ring__unmap(&x->tx);
+    if (x->fd >= 0)
+        close(x->fd);
+    if (x->umem)
+        munmap(x->umem, x->umem_size);
+    free(x->tx_free);
+    free(x);
+}
+
+int xsk__fd(const struct xsk *x)
+{
+    return x->fd;
+}
+
+uint8_t *xsk__umem(const struct xsk *x)
+{
+    return x->umem;
+}
+
+uint64_t xsk__umem_size(const struct xsk *x)
+{
+    return x->umem_size;
+}
+
+/* ---- receive ------------------------------------------------------------- */
+
+uint32_t xsk__rx_burst(struct xsk *x, uint64_t *addrs, uint32_t *lens, uint32_t max)
+{
+    const struct xdp_desc *descs = x->rx.descs;
+    uint32_t idx, i;
+    uint32_t n = cons__peek(&x->rx, max, &idx);
+
+    for (i = 0; i < n; i++) {
+        const struct xdp_desc *d = &descs[(idx + i) & x->rx.mask];
+        addrs[i] = d->addr;
+        lens[i] = d->len;
+    }
+    if (n)
+        cons__release(&x->rx, n);
+    return n;
+}
+
+int xsk__rx_done(struct xsk *x, const uint64_t *addrs, uint32_t n)
+{
+    uint64_t rx_end = (uint64_t)x->rx_frames * x->frame_size;
+    uint64_t *ring = x->fill.descs;
+    uint32_t idx, i;
+
+    for (i = 0; i < n; i++)
+        if (addrs[i] >= rx_end || addrs[i] % x->frame_size < XSK__META_MAX)
+            return -EINVAL;
+    if (prod__reserve(&x->fill, n, &idx) != n) {
+        /* Only a frame given back twice can overfill the fill ring. */
+        x->fill.cached_prod = idx;
+        return -EINVAL;
+    }
+    for (i = 0; i < n; i++) {
+        /* No stale metadata for the frame that lands here next. */
+        memset(x->umem + addrs[i] - XSK__META_MAX, 0, XSK__META_MAX);
+        ring[(idx + i) & x->fill.mask] = addrs[i] - addrs[i] % x->frame_size;
+    }
+    prod__submit(&x->fill, n);
+    return 0;
+}
+
+/* ---- transmit ------------------------------------------------------------- */
+
+/* Take completed tx frames back onto the free stack. */
+static void comp__reap(struct xsk *x)
+{
+    const uint64_t *ring = x->comp.descs;
+    uint32_t idx, i;
+    uint32_t n = cons__peek(&x->comp, x->comp.size, &idx);
+
+    for (i = 0; i < n; i++)
+        x->tx_free[x->n_tx_free++] = ring[(idx + i) & x->comp.mask];
+    if (n)
+        cons__release(&x->comp, n);
+    x->tx_outstanding -= n;
+}
+
+/* Make the kernel send what the tx ring holds: one sendto moves at most
+ * TX_KICK_BATCH frames in copy mode and says EAGAIN while more wait, so
+ * kick until it does not.  EBUSY/ENOBUFS (the device is busy) leave the
+ * rest for the next kick. */
+static int tx__kick(struct xsk *x)
+{
+    uint32_t kicks = x->tx_outstanding / TX_KICK_BATCH + TX_KICK_SPARE;
+
+    while (kicks--) {
+        if (sendto(x->fd, NULL, 0, MSG_DONTWAIT, NULL, 0) >= 0)
+            return 0;
+        if (errno == EAGAIN || errno == EINTR)
+            continue;
+        if (errno == EBUSY || errno == ENOBUFS)
+            return 0;
+        return -errno;
+    }
+    return 0;
+}
+
+int xsk__tx_burst(struct xsk *x, const uint8_t *buf, const uint32_t *lens, uint32_t n)
+{
+    struct xdp_desc *ring = x->tx.descs;
+    uint32_t idx, i, got;
+    int err;
+
+    for (i = 0; i < n; i++) {
+        if (lens[i] > x->frame_size)
+            return -EMSGSIZE;
+        if (lens[i] == 0)
+            return -EINVAL;
+    }
+    comp__reap(x);
+    got = prod__reserve(&x->tx, n < x->n_tx_free ? n : x->n_tx_free, &idx);
+    for (i = 0; i < got; i++) {
+        uint64_t addr = x->tx_free[--x->n_tx_free];
+        memcpy(x->umem + addr, buf, lens[i]);
+        buf += lens[i];
+        ring[(idx + i) & x->tx.mask] = (struct xdp_desc){ .addr = addr, .len = lens[i] };
+    }
+    if (got) {
+        prod__submit(&x->tx, got);
+        x->tx_outstanding += got;
+    }
+    err = tx__kick(x);
+    comp__reap(x);
+    return err ? err : (int)got;
+}
+
+int xsk__tx_reap(struct xsk *x)
+{
+    int err = 0;
+
+    if (x->tx_outstanding)
+        err = tx__kick(x);
+    comp__reap(x);
+    return err ? err : (int)x->n_tx_free;
+}
+
+uint32_t xsk__tx_pending(const struct xsk *x)
+{
+    return x->tx_outstanding;
+}
+
+int xsk__stats(const struct xsk *x, struct xsk__stats *out)
+{
+    struct xdp_statistics st;
+    socklen_t optlen = sizeof(st);
+
+    memset(&st, 0, sizeof(st));
+    if (getsockopt(x->fd, SOL_XDP, XDP_STATISTICS, &st, &optlen))
+        return -errno;
+    out->rx_dropped = st.rx_dropped;
+    out->rx_invalid_descs = st.rx_invalid_descs;
+    out->tx_invalid_descs = st.tx_invalid_descs;
+    out->rx_ring_full = st.rx_ring_full;
+    out->rx_fill_ring_empty_descs = st.rx_fill_ring_empty_descs;
+    out->tx_ring_empty_descs = st.tx_ring_empty_descs;
+    return 0;
+}

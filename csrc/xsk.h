@@ -1,0 +1,125 @@
+/*
+ * xsk.h - AF_XDP sockets over raw syscalls: UMEM, the four rings, bind in
+ * copy mode, burst receive and burst transmit.  The C side of
+ * colo_xdp/transport/xsk.py.
+ *
+ * One struct xsk is one socket bound to one rx queue of one interface, with
+ * its own UMEM.  The UMEM's frames are split in two pools:
+ *
+ *   UMEM  [ rx frames: 0 .. rx_frames-1 | tx frames: rx_frames .. frame_count-1 ]
+ *
+ *   rx:  fill ring --> kernel --> rx ring --> caller (xsk__rx_burst)
+ *          ^                                    |
+ *          +------------ xsk__rx_done ----------+
+ *
+ *   tx:  caller (xsk__tx_burst) --copy--> free tx frame --> tx ring --> kernel
+ *          free stack <-- completion ring <-----------------------------+
+ *
+ * Received frames stay the caller's until it hands them back with
+ * xsk__rx_done (in any order, in bursts).  Transmitted frames are copied
+ * into free tx frames, which come back through the completion ring.
+ *
+ * Nothing here prints or exits.  Return convention: 0 (or a count) on
+ * success, -errno on failure.  The region between the cdef markers is read
+ * verbatim by csrc/build_cffi.py, so it holds plain declarations only.
+ */
+#ifndef CX_XSK_H
+#define CX_XSK_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* cdef-begin */
+
+/* UMEM frame sizes the kernel takes in aligned mode (powers of two). */
+#define XSK__FRAME_SIZE_MIN 2048
+#define XSK__FRAME_SIZE_MAX 4096
+/* In copy mode a received frame starts this far into its UMEM frame
+ * (XDP_PACKET_HEADROOM); the XDP metadata lies just before it. */
+#define XSK__RX_HEADROOM 256
+/* The most XDP metadata the kernel lets a program put in front of a frame:
+ * xsk__rx_done clears that much in front of each frame it gets back, so a
+ * frame that comes without metadata never shows a stale one. */
+#define XSK__META_MAX 32
+
+/* Defaults for struct xsk__config fields left 0. */
+#define XSK__DEFAULT_FRAME_SIZE 2048
+#define XSK__DEFAULT_FRAME_COUNT 2048
+#define XSK__DEFAULT_RING_SIZE 1024
+#define XSK__DEFAULT_BIND_TIMEOUT_MS 1000
+
+struct xsk__config {
+    uint32_t ifindex;
+    uint32_t queue;              /* rx queue to bind; frames on others are not seen */
+    uint32_t frame_size;         /* XSK__FRAME_SIZE_MIN or _MAX; 0: default */
+    uint32_t frame_count;        /* UMEM frames, half rx, half tx; 0: default */
+    uint32_t ring_size;          /* each of the four rings, power of two; 0: default */
+    uint32_t bind_timeout_ms;    /* keep retrying a bind that gets EBUSY; 0: default */
+};
+
+/* What xsk__open arranged, for the caller to report. */
+struct xsk__info {
+    uint64_t umem_bytes;
+    uint32_t rx_frames;
+    uint32_t tx_frames;
+    uint32_t bind_retries;       /* binds refused with EBUSY before one worked */
+    uint8_t memlock_raised;      /* RLIMIT_MEMLOCK was raised to register the UMEM */
+    uint64_t memlock_limit;      /* the soft limit in force after open */
+};
+
+/* The kernel's per-socket counters (XDP_STATISTICS). */
+struct xsk__stats {
+    uint64_t rx_dropped;
+    uint64_t rx_invalid_descs;
+    uint64_t tx_invalid_descs;
+    uint64_t rx_ring_full;
+    uint64_t rx_fill_ring_empty_descs;
+    uint64_t tx_ring_empty_descs;
+};
+
+struct xsk;
+
+/* Open a socket, register its UMEM, map its rings, fill the fill ring and
+ * bind it in copy mode to cfg->queue of cfg->ifindex.  -EBUSY from bind
+ * (the queue's previous socket is still being torn down) is retried with
+ * backoff for cfg->bind_timeout_ms.  -ENOBUFS: the UMEM is over
+ * RLIMIT_MEMLOCK even after raising it as far as allowed.  *info may be NULL. */
+int xsk__open(const struct xsk__config *cfg, struct xsk **out, struct xsk__info *info);
+void xsk__close(struct xsk *x);
+
+int xsk__fd(const struct xsk *x);
+/* The UMEM: frame data lives at umem + addr. */
+uint8_t *xsk__umem(const struct xsk *x);
+uint64_t xsk__umem_size(const struct xsk *x);
+
+/* Take up to max received frames: addrs[i] is the frame's offset in the
+ * UMEM (its metadata, if any, is just before), lens[i] its length.
+ * Returns the count (0 when none is waiting). */
+uint32_t xsk__rx_burst(struct xsk *x, uint64_t *addrs, uint32_t *lens, uint32_t max);
+
+/* Give received frames back for the kernel to fill again.  Returns 0, or
+ * -EINVAL if an address is not one of this socket's rx frames (nothing is
+ * given back then). */
+int xsk__rx_done(struct xsk *x, const uint64_t *addrs, uint32_t n);
+
+/* Transmit n frames laid back to back in buf (lens[i] bytes each): each is
+ * copied into a free tx frame, queued, and the kernel kicked until it has
+ * taken all it will (one kick sends at most 32 in copy mode).  Returns how
+ * many were queued, which is less than n when tx frames or ring slots run
+ * out (call again after xsk__tx_reap), or -errno: -EMSGSIZE for a frame
+ * longer than a UMEM frame and -EINVAL for an empty one (nothing is sent
+ * then); another -errno if the kick failed (what was queued stays queued,
+ * see xsk__tx_pending). */
+int xsk__tx_burst(struct xsk *x, const uint8_t *buf, const uint32_t *lens, uint32_t n);
+
+/* Kick the kernel for frames still queued and take completed tx frames
+ * back.  Returns the number of tx frames now free. */
+int xsk__tx_reap(struct xsk *x);
+/* Frames queued for transmit and not yet completed. */
+uint32_t xsk__tx_pending(const struct xsk *x);
+
+int xsk__stats(const struct xsk *x, struct xsk__stats *out);
+
+/* cdef-end */
+
+#endif /* CX_XSK_H */

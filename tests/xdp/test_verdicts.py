@@ -1,0 +1,332 @@
+"""bpf/classify.c frame by frame through BPF_PROG_TEST_RUN, on both sides.
+
+Every run is checked whole by ``run``: exactly one verdict counter moved, by
+one frame and the frame's bytes (the program's one exit counts every path);
+the action is the one classify.h's table gives for that verdict and side;
+the frame comes back unchanged; metadata is there (with the right hash)
+exactly for COMPARE, and for NO_SOCKET (put before the redirect was tried).
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+import pytest
+
+from colo_xdp import pktgen
+from colo_xdp.engine import ActionEngine, EngineConfig, Side as EngineSide
+from colo_xdp.pktgen import EtherAddrs, IPv4Fields
+from colo_xdp.transport.bpfsys import XDP_DROP, XDP_PASS, XDP_REDIRECT
+from colo_xdp.transport.classify import (META_F_FRAGMENT, META_F_VLAN, META_SIZE, Meta, Side,
+                                         Verdict, action_of)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Stands for the engine's PassthroughRule (same fields)."""
+
+    proto: int | None = None
+    src: str | None = None
+    dst: str | None = None
+    sport: int | None = None
+    dport: int | None = None
+
+
+@dataclass(frozen=True)
+class Result:
+    verdict: Verdict
+    action: int
+    meta: Meta | None
+
+
+def run(clf, frame: bytes) -> Result:
+    before = clf.counters()
+    out = clf.test_run(frame)
+    after = clf.counters()
+    moved = {v: (after[v].frames - before[v].frames, after[v].bytes - before[v].bytes)
+             for v in Verdict if after[v] != before[v]}
+    assert len(moved) == 1, f"counters moved: {moved}"
+    (verdict, delta), = moved.items()
+    assert delta == (1, len(frame))
+    assert out.action == action_of(verdict, clf.side), (verdict, out.action_name)
+    assert out.frame == frame, "the program changed the frame"
+    meta = None
+    if verdict in (Verdict.COMPARE, Verdict.NO_SOCKET):
+        assert len(out.meta) == META_SIZE
+        meta = Meta.unpack(out.meta)
+        assert meta is not None, "metadata without its magic"
+        assert meta.hash == meta.expected_hash()
+    else:
+        assert out.meta == b"", f"metadata on a {verdict.name} frame"
+    return Result(verdict, out.action, meta)
+
+
+def not_compared(side: Side) -> int:
+    return XDP_PASS if side is Side.PRIMARY else XDP_DROP
+
+
+# --- the guest's IPv4: compared ---------------------------------------------------
+
+GUEST_FRAMES = {
+    "udp": pktgen.udp_frame(b"hello", sport=1000, dport=2000),
+    "tcp": pktgen.tcp_frame(b"data", sport=40000, dport=80, seq=7, flags=pktgen.TCP_ACK),
+    "tcp-syn": pktgen.tcp_frame(flags=pktgen.TCP_SYN, options=b"\x02\x04\x05\xb4"),
+    "icmp": pktgen.icmp_echo_frame(b"ping"),
+    "gre": pktgen.ipv4_frame(b"\0\0\x08\0"),
+    "udp-empty": pktgen.udp_frame(b""),
+    "udp-padded": pktgen.udp_frame(b"x") + b"\0" * 17,      # Ethernet minimum 60
+}
+
+
+@pytest.mark.parametrize("name", GUEST_FRAMES)
+def test_guest_ipv4_is_redirected_on_both_sides(clf, name):
+    r = run(clf, GUEST_FRAMES[name])
+    assert r.verdict is Verdict.COMPARE
+    assert r.action == XDP_REDIRECT
+
+
+def test_udp_metadata(clf):
+    m = run(clf, pktgen.udp_frame(b"x", src="192.168.1.10", dst="10.1.2.3",
+                                  sport=5353, dport=53)).meta
+    assert (m.saddr, m.daddr, m.sport, m.dport, m.proto) == ("192.168.1.10", "10.1.2.3",
+                                                             5353, 53, 17)
+    assert (m.l3_off, m.l4_off, m.flags, m.vlan_tci) == (14, 34, 0, 0)
+
+
+def test_tcp_metadata_with_ip_options(clf):
+    frame = pktgen.tcp_frame(b"abc", sport=1234, dport=443,
+                             ip=IPv4Fields(options=b"\x01\x01\x01\x00"))
+    m = run(clf, frame).meta
+    assert (m.sport, m.dport, m.proto, m.l3_off, m.l4_off) == (1234, 443, 6, 14, 38)
+
+
+def test_icmp_metadata_has_no_ports(clf):
+    m = run(clf, pktgen.icmp_echo_frame(b"ping", ident=77, seq=9)).meta
+    assert (m.proto, m.sport, m.dport, m.l4_off) == (1, 0, 0, 34)
+
+
+def test_non_first_fragment_is_compared_without_ports(clf):
+    frag = pktgen.ipv4_frame(b"rest of a datagram", pktgen.IPPROTO_UDP,
+                             ip=IPv4Fields(flags=0, frag_offset=100))
+    m = run(clf, frag).meta
+    assert (m.proto, m.sport, m.dport, m.l4_off) == (17, 0, 0, 0)
+    assert m.flags == META_F_FRAGMENT
+
+
+def test_first_fragment_keeps_its_ports(clf):
+    frame = pktgen.udp_frame(b"first part", ip=IPv4Fields(flags=pktgen.IP_MF))
+    m = run(clf, frame).meta
+    assert (m.sport, m.dport, m.flags) == (1000, 2000, 0)
+
+
+@pytest.mark.parametrize("proto", [33, 132, 136], ids=["dccp", "sctp", "udplite"])
+def test_protocols_with_ports_are_keyed_by_them(clf, proto):
+    m = run(clf, pktgen.ipv4_frame(struct.pack("!HH", 4000, 5000) + b"\0" * 8, proto)).meta
+    assert (m.proto, m.sport, m.dport) == (proto, 4000, 5000)
+
+
+def test_hash_is_per_direction(clf):
+    a = run(clf, pktgen.udp_frame(b"", src="10.0.0.1", dst="10.0.0.2", sport=1, dport=2)).meta
+    b = run(clf, pktgen.udp_frame(b"", src="10.0.0.2", dst="10.0.0.1", sport=2, dport=1)).meta
+    c = run(clf, pktgen.udp_frame(b"zz", src="10.0.0.1", dst="10.0.0.2", sport=1, dport=2)).meta
+    assert a.hash == c.hash != b.hash
+
+
+# --- not IPv4: not compared -------------------------------------------------------------
+
+NON_IPV4 = {
+    "arp": pktgen.arp_frame(),
+    "ipv6": pktgen.ipv6_frame(b"\0" * 8),
+    "lldp": pktgen.ethernet(b"\0" * 46, 0x88CC),
+    "ethernet-only": pktgen.ethernet(b"", 0x88B5),
+}
+
+
+@pytest.mark.parametrize("name", NON_IPV4)
+def test_non_ipv4_passes_on_primary_and_is_dropped_on_secondary(clf, side, name):
+    r = run(clf, NON_IPV4[name])
+    assert r.verdict is Verdict.UNSUPPORTED
+    assert r.action == not_compared(side)
+
+
+# --- 802.1Q -----------------------------------------------------------------------------
+
+def test_tagged_ipv4_is_not_compared_by_default(clf, side):
+    """As in chardev mode and QEMU: the engine does not compare tagged frames."""
+    r = run(clf, pktgen.vlan_frame(pktgen.udp_frame(b"tagged"), vid=42))
+    assert r.verdict is Verdict.UNSUPPORTED
+    assert r.action == not_compared(side)
+
+
+def test_tagged_ipv4_is_compared_with_vlan_compare(clf):
+    clf.set_config(vlan_compare=True)
+    m = run(clf, pktgen.vlan_frame(pktgen.udp_frame(b"tagged", dport=99), vid=42, pcp=5)).meta
+    assert (m.l3_off, m.l4_off, m.dport) == (18, 38, 99)
+    assert m.flags == META_F_VLAN
+    assert m.vlan_tci == (5 << 13) | 42
+
+
+def test_double_tagged_ipv4_offsets(clf):
+    clf.set_config(vlan_compare=True)
+    inner = pktgen.vlan_frame(pktgen.udp_frame(b"qinq"), vid=7)
+    outer = inner[:12] + struct.pack("!HH", 0x88A8, 300) + inner[12:]
+    m = run(clf, outer).meta
+    assert (m.l3_off, m.l4_off, m.vlan_tci) == (22, 42, 300)
+
+
+def test_three_tags_are_not_compared(clf, side):
+    clf.set_config(vlan_compare=True)
+    frame = pktgen.vlan_frame(pktgen.vlan_frame(pktgen.vlan_frame(pktgen.udp_frame(b"3"))))
+    assert run(clf, frame).verdict is Verdict.UNSUPPORTED
+
+
+def test_tagged_arp_is_not_compared(clf, side):
+    clf.set_config(vlan_compare=True)
+    r = run(clf, pktgen.vlan_frame(pktgen.arp_frame()))
+    assert (r.verdict, r.action) == (Verdict.UNSUPPORTED, not_compared(side))
+
+
+# --- malformed IPv4 ----------------------------------------------------------------------
+
+def _ip_patch(frame: bytes, offset: int, value: bytes) -> bytes:
+    """The frame with bytes of its IPv4 header replaced (checksum left stale:
+    neither the engine nor the program checks it)."""
+    return frame[:14 + offset] + value + frame[14 + offset + len(value):]
+
+
+MALFORMED = {
+    "version-6": _ip_patch(pktgen.udp_frame(b"x"), 0, b"\x65"),
+    "ihl-4": _ip_patch(pktgen.udp_frame(b"x"), 0, b"\x44"),
+    "tot-below-ihl": _ip_patch(pktgen.udp_frame(b"x"), 2, struct.pack("!H", 19)),
+    "tot-beyond-frame": _ip_patch(pktgen.udp_frame(b"x"), 2, struct.pack("!H", 200)),
+    "ihl-beyond-tot": _ip_patch(pktgen.udp_frame(b"x"), 0, b"\x4f"),
+    "udp-shorter-than-header": _ip_patch(pktgen.udp_frame(b"x"), 2, struct.pack("!H", 27)),
+    "tcp-doff-4": pktgen.tcp_frame(b"x")[:46] + b"\x40" + pktgen.tcp_frame(b"x")[47:],
+    "tcp-doff-beyond-packet": pktgen.tcp_frame(b"x")[:46] + b"\xf0" + pktgen.tcp_frame(b"x")[47:],
+    "icmp-3-bytes": pktgen.ipv4_frame(b"\x08\0\0", pktgen.IPPROTO_ICMP),
+}
+
+
+@pytest.mark.parametrize("name", MALFORMED)
+def test_malformed_ipv4_is_not_compared(clf, side, name):
+    r = run(clf, MALFORMED[name])
+    assert r.verdict is Verdict.MALFORMED
+    assert r.action == not_compared(side)
+
+
+CUT_FRAMES = {
+    "udp": pktgen.udp_frame(b"payload"),
+    "tcp": pktgen.tcp_frame(b"payload", options=b"\x01" * 8),
+    "icmp": pktgen.icmp_echo_frame(b"payload"),
+    "ip-options": pktgen.udp_frame(b"p", ip=IPv4Fields(options=b"\x01" * 12)),
+}
+
+
+@pytest.mark.parametrize("name", CUT_FRAMES)
+def test_truncated_at_every_cut(programs, name):
+    """Every cut of a frame from the Ethernet header on (the kernel runs no
+    test on less): the IPv4 total length then reaches beyond the frame."""
+    frame = CUT_FRAMES[name]
+    for side, clf in programs.items():
+        for cut in range(14, len(frame)):
+            r = run(clf, frame[:cut])
+            assert r.verdict is Verdict.MALFORMED, (side.name, cut)
+            assert r.action == not_compared(side)
+        assert run(clf, frame).verdict is Verdict.COMPARE
+
+
+@pytest.mark.parametrize("vlan_compare", [False, True])
+def test_truncated_tagged_at_every_cut(programs, vlan_compare):
+    frame = pktgen.vlan_frame(pktgen.tcp_frame(b"payload"))
+    for side, clf in programs.items():
+        clf.set_config(vlan_compare=vlan_compare)
+        try:
+            for cut in range(14, len(frame)):
+                expected = Verdict.MALFORMED
+                if cut >= 18 and not vlan_compare:
+                    expected = Verdict.UNSUPPORTED
+                assert run(clf, frame[:cut]).verdict is expected, (side.name, cut)
+        finally:
+            clf.set_config(vlan_compare=False)
+
+
+# --- passthrough ---------------------------------------------------------------------------
+
+PASSTHROUGH_CASES = [
+    # (rules, frame, on the list?)
+    ([Rule(proto=17, dport=2000)], pktgen.udp_frame(b"x", dport=2000), True),
+    ([Rule(proto=17, dport=2000)], pktgen.udp_frame(b"x", dport=2001), False),
+    ([Rule(proto=6, dport=2000)], pktgen.udp_frame(b"x", dport=2000), False),
+    ([Rule(src="10.0.0.0/24")], pktgen.tcp_frame(b"x", src="10.0.0.99"), True),
+    ([Rule(src="10.0.0.0/24")], pktgen.tcp_frame(b"x", src="10.0.1.1"), False),
+    ([Rule(dst="10.0.0.2", sport=1000)], pktgen.udp_frame(b"x"), True),
+    ([Rule(dst="10.0.0.2", sport=1001)], pktgen.udp_frame(b"x"), False),
+    ([Rule(proto=1)], pktgen.icmp_echo_frame(b"x"), True),
+    ([Rule()], pktgen.ipv4_frame(b"gre"), True),
+    ([Rule(dport=9), Rule(proto=6), Rule(dst="10.0.0.2/32", dport=2000)],
+     pktgen.udp_frame(b"x"), True),
+    # A non-first fragment carries no ports: a rule with ports misses it.
+    ([Rule(proto=17, dport=2000)],
+     pktgen.ipv4_frame(b"frag", 17, ip=IPv4Fields(flags=0, frag_offset=8)), False),
+]
+
+
+@pytest.mark.parametrize("rules,frame,listed", PASSTHROUGH_CASES)
+def test_passthrough(clf, side, rules, frame, listed):
+    clf.set_rules(rules)
+    r = run(clf, frame)
+    if listed:
+        assert (r.verdict, r.action) == (Verdict.PASSTHROUGH, not_compared(side))
+    else:
+        assert r.verdict is Verdict.COMPARE
+
+
+def test_passthrough_list_shrinks_and_clears(clf):
+    frame = pktgen.udp_frame(b"x", dport=2000)
+    clf.set_rules([Rule(dport=9), Rule(dport=2000)])
+    assert run(clf, frame).verdict is Verdict.PASSTHROUGH
+    clf.set_rules([Rule(dport=9)])
+    assert run(clf, frame).verdict is Verdict.COMPARE
+    clf.set_rules([Rule(dport=2000)] * 64)
+    assert run(clf, frame).verdict is Verdict.PASSTHROUGH
+    clf.set_rules([])
+    assert run(clf, frame).verdict is Verdict.COMPARE
+
+
+# --- guest filter and missing socket -----------------------------------------------------
+
+def test_guest_mac_filter(clf):
+    clf.set_guest_macs(["52:54:00:00:00:01"])
+    assert run(clf, pktgen.udp_frame(b"x")).verdict is Verdict.COMPARE
+    other = pktgen.udp_frame(b"x", eth=EtherAddrs(src="52:54:00:00:00:99"))
+    r = run(clf, other)
+    assert (r.verdict, r.action) == (Verdict.NOT_GUEST, XDP_PASS)
+    r = run(clf, pktgen.arp_frame(eth=EtherAddrs(src="02:00:00:00:00:01", dst="ff:ff:ff:ff:ff:ff")))
+    assert (r.verdict, r.action) == (Verdict.NOT_GUEST, XDP_PASS)
+    clf.set_guest_macs([])
+    assert run(clf, other).verdict is Verdict.COMPARE
+
+
+def test_no_socket_on_the_queue_drops(clf):
+    clf.clear_socket(0)            # the fixture puts it back
+    r = run(clf, pktgen.udp_frame(b"x"))
+    assert (r.verdict, r.action) == (Verdict.NO_SOCKET, XDP_DROP)
+
+
+# --- the engine agrees -------------------------------------------------------------------
+
+ALL_FRAMES = {**{f"guest-{k}": v for k, v in GUEST_FRAMES.items()},
+              **{f"non-ipv4-{k}": v for k, v in NON_IPV4.items()},
+              **{f"malformed-{k}": v for k, v in MALFORMED.items()},
+              "tagged": pktgen.vlan_frame(pktgen.udp_frame(b"t"))}
+
+
+@pytest.mark.parametrize("name", ALL_FRAMES)
+def test_compared_exactly_when_the_engine_compares(programs, name):
+    """The program sends the engine what the engine compares, nothing else."""
+    frame = ALL_FRAMES[name]
+    engine = ActionEngine(EngineConfig())
+    engine.feed(EngineSide.PRIMARY, frame, now_ms=0)
+    engine_compares = engine.counters().released.get("unsupported", 0) == 0
+    verdict = run(programs[Side.PRIMARY], frame).verdict
+    assert (verdict is Verdict.COMPARE) == engine_compares, verdict

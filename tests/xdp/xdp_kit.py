@@ -1,0 +1,111 @@
+"""Helpers of the XDP tests: capability checks, bare AF_XDP sockets,
+network namespaces.  Fixtures are in conftest.py."""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import mmap
+import os
+import socket
+import struct
+import subprocess
+from dataclasses import dataclass
+from typing import Iterator
+
+import pytest
+
+from colo_xdp.transport import xdp
+
+CI = bool(os.environ.get("CI"))
+
+# <linux/if_xdp.h>
+AF_XDP = 44
+SOL_XDP = 283
+XDP_RX_RING = 2
+XDP_UMEM_REG = 4
+CLONE_NEWNET = 0x40000000
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def need(ok: bool, message: str) -> None:
+    """Skip without a capability; under CI, fail instead."""
+    if ok:
+        return
+    if CI:
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+def bpf_problem() -> str | None:
+    if os.geteuid() != 0:
+        return "the XDP tests need root"
+    try:
+        import bcc  # noqa: F401
+    except ImportError:
+        return "bcc is missing: run 'make setup' (Debian's python3-bpfcc)"
+    if not (os.path.isdir(xdp.KERNEL_BUILD_DIR) or os.path.exists(xdp.KHEADERS)):
+        return f"no kernel headers in {xdp.KERNEL_BUILD_DIR}: run scripts/setup-bpf.sh as root"
+    return None
+
+
+@contextlib.contextmanager
+def bare_xsk() -> Iterator[socket.socket]:
+    """An AF_XDP socket with a UMEM and an RX ring, not bound: enough for the
+    XSKMAP to take it, so that a test run can see XDP_REDIRECT."""
+    size = 16 * 4096
+    umem = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    sock = socket.socket(AF_XDP, socket.SOCK_RAW, 0)
+    try:
+        anchor = ctypes.c_char.from_buffer(umem)
+        # struct xdp_umem_reg {addr, len, chunk_size, headroom, flags, tx_metadata_len}
+        reg = struct.pack("QQIIII", ctypes.addressof(anchor), size, 4096, 0, 0, 0)
+        del anchor
+        sock.setsockopt(SOL_XDP, XDP_UMEM_REG, reg)
+        sock.setsockopt(SOL_XDP, XDP_RX_RING, struct.pack("I", 64))
+        yield sock
+    finally:
+        sock.close()
+        umem.close()
+
+
+# --- network namespaces ------------------------------------------------------------
+
+def sh(*args: str, check: bool = True) -> str:
+    return subprocess.run(args, check=check, capture_output=True, text=True).stdout
+
+
+@contextlib.contextmanager
+def in_netns(name: str) -> Iterator[None]:
+    """Run the calling thread in network namespace ``name`` for a while."""
+    with open("/proc/thread-self/ns/net") as home, open(f"/run/netns/{name}") as there:
+        if _libc.setns(there.fileno(), CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns {name}: {os.strerror(err)}")
+        try:
+            yield
+        finally:
+            if _libc.setns(home.fileno(), CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "setns back home failed")
+
+
+def xdp_shown(ns: str, ifname: str) -> bool:
+    """Does 'ip -d link show' list an XDP program on the interface?"""
+    out = sh("ip", "-n", ns, "-d", "link", "show", "dev", ifname)
+    return "prog/xdp" in out or any(w in out.split() for w in ("xdp", "xdpgeneric", "xdpdrv"))
+
+
+@dataclass
+class VethPair:
+    """The XDP end (``host``, in namespace ``host_ns``) and the guest end."""
+
+    host_ns: str
+    guest_ns: str
+    host: str = "veth-h"
+    guest: str = "veth-g"
+    host_ip: str = "10.99.0.1"
+    guest_ip: str = "10.99.0.2"
+
+    def mac(self, which: str) -> str:
+        ns, dev = (self.host_ns, self.host) if which == "host" else (self.guest_ns, self.guest)
+        return sh("ip", "-n", ns, "-br", "link", "show", "dev", dev).split()[2]
