@@ -1,7 +1,10 @@
 """colo-xdp command line: click commands and nothing else."""
 from __future__ import annotations
 
+import json
+import os
 import sys
+import time
 
 import click
 
@@ -14,8 +17,36 @@ from colo_xdp.transport.chardev import EndpointError, SpecError, parse_spec
 
 
 def _fail(message: str, code: int = 2) -> None:
-    click.echo(f"colo-xdp: error: {message}", err=True)
+    if logmod.is_json():
+        click.echo(json.dumps({"event": "error", "level": "error", "error": message}), err=True)
+    else:
+        click.echo(f"colo-xdp: error: {message}", err=True)
     sys.exit(code)
+
+
+def _hostport(option: str, text: str | None):
+    from colo_xdp.loopio import AddressError, parse_hostport
+    if text is None:
+        return None
+    try:
+        return parse_hostport(text, option)
+    except AddressError as exc:
+        _fail(str(exc))
+
+
+def _control_path(text: str | None) -> str | None:
+    """--control given without a path means the default one."""
+    from colo_xdp.control import default_control_path
+    if text is None or text != _DEFAULT:
+        return text
+    path = default_control_path()
+    if path is None:
+        _fail("--control needs a PATH here: there is no default for a non-root user "
+              "without XDG_RUNTIME_DIR")
+    return path
+
+
+_DEFAULT = "\0default"       # --control with no value
 
 
 def _spec(option: str, text: str | None):
@@ -55,17 +86,46 @@ def main() -> None:
 @click.option("--max-connections", type=click.IntRange(min=1, max=1 << 24), metavar="N",
               default=DEFAULT_MAX_CONNECTIONS, show_default=True,
               help="Connection table size; idle connections are evicted to make room.")
+@click.option("--control", "control", is_flag=False, flag_value=_DEFAULT, default=None,
+              metavar="[PATH]",
+              help="Control socket (unix, mode 0600). Without PATH: "
+                   "/run/colo-xdp/colo-xdp.sock as root, else $XDG_RUNTIME_DIR/colo-xdp.sock.")
+@click.option("--control-tcp", metavar="HOST:PORT",
+              help="Also serve the control protocol on TCP; loopback addresses only.")
+@click.option("--metrics", metavar="HOST:PORT",
+              help="Serve Prometheus metrics at http://HOST:PORT/metrics.")
+@click.option("--miscompare-pcap", metavar="FILE", type=click.Path(dir_okay=False),
+              help="Write both frames of every mismatch and timeout to this pcapng file.")
+@click.option("--miscompare-pcap-size", metavar="MB", type=click.FloatRange(min=0.001),
+              default=64, show_default=True,
+              help="Rotate the pcap file past this many megabytes (10^6 bytes).")
+@click.option("--miscompare-pcap-keep", metavar="N", type=click.IntRange(min=1, max=1000),
+              default=4, show_default=True,
+              help="pcap files kept: FILE, FILE.1 .. FILE.<N-1>.")
+@click.option("--passthrough", "passthrough", metavar="FLOW", multiple=True,
+              help="A flow not to compare, e.g. 'udp * > *:53' (repeatable).")
+@click.option("--log-format", type=click.Choice(logmod.LOG_FORMATS), default="text",
+              show_default=True, help="text: colo-xdp: EVENT key=value; json: one object a line.")
 @click.option("-v", "--verbose", is_flag=True, help="Log connection events too.")
 def compare(primary_in, secondary_in, outdev, notify_dev, vnet_hdr_support, compare_timeout,
-            expired_scan_cycle, max_queue_size, max_connections, verbose) -> None:
+            expired_scan_cycle, max_queue_size, max_connections, control, control_tcp, metrics,
+            miscompare_pcap, miscompare_pcap_size, miscompare_pcap_keep, passthrough,
+            log_format, verbose) -> None:
     """Compare primary and secondary output; release matching primary frames.
 
     SPEC is unix:PATH or tcp:HOST:PORT, with ,server=on to listen and
     ,reconnect=SECONDS to keep trying to connect.
     """
+    from colo_xdp.control import FlowError, PassthroughError, parse_flow
     from colo_xdp.service import ServiceConfig, serve
 
-    logmod.setup(verbose)
+    logmod.setup(verbose, log_format)
+    rules = []
+    for flow in passthrough:
+        try:
+            rules.append(parse_flow(flow))
+        except FlowError as exc:
+            _fail(f"--passthrough: {exc}")
     config = ServiceConfig(
         primary_in=_spec("--primary-in", primary_in),
         secondary_in=_spec("--secondary-in", secondary_in),
@@ -75,15 +135,23 @@ def compare(primary_in, secondary_in, outdev, notify_dev, vnet_hdr_support, comp
                             expired_scan_cycle_ms=expired_scan_cycle,
                             max_queue_size=max_queue_size, max_connections=max_connections,
                             vnet_hdr=vnet_hdr_support),
+        control_path=_control_path(control),
+        control_tcp=_hostport("--control-tcp", control_tcp),
+        metrics=_hostport("--metrics", metrics),
+        miscompare_pcap=miscompare_pcap,
+        miscompare_pcap_bytes=int(miscompare_pcap_size * 1_000_000),
+        miscompare_pcap_keep=miscompare_pcap_keep,
+        passthrough=rules,
     )
+    log = EventLog()
     try:
         config.check()
-        svc = serve(config, EventLog(), on_ready=lambda _svc: logmod.logger.info("ready"))
-    except (SpecError, EngineError) as exc:
+        svc = serve(config, log, on_ready=lambda svc: _started(svc, log))
+    except (SpecError, EngineError, PassthroughError, ValueError) as exc:
         _fail(str(exc))
     except EndpointError as exc:
         _fail(exc.strerror, code=1)
-    _summary(svc)
+    _summary(svc, log)
 
 
 @main.command()
@@ -104,12 +172,261 @@ def demo(quiet) -> None:
     sys.exit(0 if ok else 1)
 
 
-def _summary(svc) -> None:
+def _started(svc, log: EventLog) -> None:
+    """Say that this process starts from nothing (a restart after a crash
+    holds no frame from before) and with which configuration; then ready."""
+    c, cfg = svc.engine.counters(), svc.config
+    held = c.queued["primary"] + c.queued["secondary"]
+    seen = c.frames_in["primary"] + c.frames_in["secondary"]
+    e = cfg.engine
+    log.once("started", state="clean" if not (held or seen or c.connections) else "NOT-clean",
+             pid=os.getpid(), held=held, connections=c.connections, frames_in=seen,
+             primary_in=cfg.primary_in, secondary_in=cfg.secondary_in, outdev=cfg.outdev,
+             notify_dev=cfg.notify_dev or "-", vnet_hdr="on" if e.vnet_hdr else "off",
+             compare_timeout_ms=e.compare_timeout_ms,
+             expired_scan_cycle_ms=e.expired_scan_cycle_ms, max_queue_size=e.max_queue_size,
+             max_connections=e.max_connections)
+    log.once("ready")
+
+
+def _summary(svc, log: EventLog) -> None:
     c = svc.engine.counters()
-    logmod.logger.info(
-        "stopped frames_in=%d/%d released=%d dropped=%d/%d checkpoints_requested=%d",
-        c.frames_in["primary"], c.frames_in["secondary"], c.released_total,
-        c.dropped_total("primary"), c.dropped_total("secondary"), sum(c.checkpoints.values()))
+    log.once("stopped", frames_in=f"{c.frames_in['primary']}/{c.frames_in['secondary']}",
+             released=c.released_total,
+             dropped=f"{c.dropped_total('primary')}/{c.dropped_total('secondary')}",
+             checkpoints_requested=sum(c.checkpoints.values()))
+
+
+# -- the control socket's clients ------------------------------------------------------------
+
+def _control_options(func):
+    func = click.option("--control-tcp", metavar="HOST:PORT",
+                        help="Use the TCP control socket instead.")(func)
+    func = click.option("-s", "--control", metavar="PATH", envvar="COLO_XDP_CONTROL",
+                        help="Control socket (default: the one --control uses; "
+                             "env COLO_XDP_CONTROL).")(func)
+    return func
+
+
+def _client(control: str | None, control_tcp: str | None, timeout: float | None = 5.0):
+    from colo_xdp.control import default_control_path
+    from colo_xdp.ctl import ClientError, ControlClient
+    tcp = _hostport("--control-tcp", control_tcp)
+    path = control or (None if tcp else default_control_path())
+    try:
+        return ControlClient.connect(path=path, tcp=tcp, timeout=timeout)
+    except ClientError as exc:
+        _fail(str(exc), code=1)
+
+
+def _ask(ctx: click.Context, request: dict) -> dict:
+    """One request; a refused one ends the command with its error (exit 1)."""
+    from colo_xdp.ctl import ClientError
+    opts = ctx.obj
+    client = _client(opts["control"], opts["control_tcp"], opts["timeout"])
+    try:
+        with client:
+            reply = client.request(request)
+    except ClientError as exc:
+        _fail(str(exc), code=1)
+    if opts["json"]:
+        click.echo(json.dumps(reply))
+    if not reply.get("ok"):
+        if not opts["json"]:
+            click.echo(f"colo-xdp: error: {reply.get('error', 'refused')}", err=True)
+        sys.exit(1)
+    return reply
+
+
+@main.group()
+@_control_options
+@click.option("--json", "as_json", is_flag=True, help="Print the replies as JSON.")
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=5.0, show_default=True,
+              metavar="SECONDS", help="How long to wait for a reply.")
+@click.pass_context
+def ctl(ctx, control, control_tcp, as_json, timeout) -> None:
+    """Drive a running colo-xdp compare through its control socket."""
+    ctx.obj = {"control": control, "control_tcp": control_tcp, "json": as_json,
+               "timeout": timeout}
+
+
+@ctl.command("checkpoint")
+@click.pass_context
+def ctl_checkpoint(ctx) -> None:
+    """A checkpoint happened: release held primary frames, drop secondary ones."""
+    reply = _ask(ctx, {"cmd": "checkpoint"})
+    if not ctx.obj["json"]:
+        click.echo(f"checkpoint: released {reply['released']} primary frame(s), dropped "
+                   f"{reply['dropped_secondary']} secondary frame(s)")
+
+
+@ctl.command("failover")
+@click.pass_context
+def ctl_failover(ctx) -> None:
+    """Stop comparing for good (as SIGUSR1)."""
+    reply = _ask(ctx, {"cmd": "failover"})
+    if not ctx.obj["json"]:
+        click.echo("failover: already done" if reply["already"] else
+                   f"failover: done, released {reply['released']} held primary frame(s)")
+
+
+@ctl.command("stats")
+@click.option("--connections", type=click.IntRange(min=0, max=65536), default=100,
+              show_default=True, metavar="N", help="Connection rows to include.")
+@click.pass_context
+def ctl_stats(ctx, connections) -> None:
+    """Counters, queue depths and the connection table (JSON)."""
+    reply = _ask(ctx, {"cmd": "stats", "connections": connections})
+    if not ctx.obj["json"]:
+        click.echo(json.dumps(reply["stats"], indent=2))
+
+
+@ctl.command("subscribe")
+@click.option("-e", "--event", "events", multiple=True, metavar="NAME",
+              help="Only this event (repeatable); default: all.")
+@click.option("-n", "--count", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Stop after N events.")
+@click.pass_context
+def ctl_subscribe(ctx, events, count) -> None:
+    """Print events as they happen, one per line, until Ctrl-C."""
+    from colo_xdp.ctl import ClientError
+    opts = ctx.obj
+    request = {"cmd": "subscribe"}
+    if events:
+        request["events"] = list(events)
+    client = _client(opts["control"], opts["control_tcp"], opts["timeout"])
+    seen = 0
+    try:
+        with client:
+            reply = client.request(request)
+            if not reply.get("ok"):
+                _fail(reply.get("error", "refused"), code=1)
+            for event in client.events(timeout=None):
+                if opts["json"]:
+                    click.echo(json.dumps(event))
+                else:
+                    fields = {k: v for k, v in event.items() if k not in ("event", "ts")}
+                    stamp = time.strftime("%H:%M:%S", time.localtime(event.get("ts", 0)))
+                    click.echo(f"{stamp} {logmod.format_text(event['event'], fields)}")
+                seen += 1
+                if count and seen >= count:
+                    break
+            else:
+                _fail("the service closed the control connection", code=1)
+    except ClientError as exc:
+        _fail(str(exc), code=1)
+    except KeyboardInterrupt:
+        pass
+
+
+@ctl.group("passthrough")
+def ctl_passthrough() -> None:
+    """Flows not to compare: add, del, list."""
+
+
+@ctl_passthrough.command("add")
+@click.argument("flow", nargs=-1, required=True)
+@click.pass_context
+def ctl_passthrough_add(ctx, flow) -> None:
+    """Add FLOW, e.g. 'udp 10.0.0.0/24:* > *:53' (quote the >)."""
+    reply = _ask(ctx, {"cmd": "passthrough", "op": "add", "flow": " ".join(flow)})
+    if not ctx.obj["json"]:
+        click.echo(f"{'added' if reply['added'] else 'already there'}: {reply['rule']['flow']}")
+
+
+@ctl_passthrough.command("del")
+@click.argument("flow", nargs=-1, required=True)
+@click.pass_context
+def ctl_passthrough_del(ctx, flow) -> None:
+    """Delete FLOW (as added, or as list shows it)."""
+    reply = _ask(ctx, {"cmd": "passthrough", "op": "del", "flow": " ".join(flow)})
+    if not ctx.obj["json"]:
+        click.echo(f"deleted: {reply['rule']['flow']}")
+
+
+@ctl_passthrough.command("list")
+@click.pass_context
+def ctl_passthrough_list(ctx) -> None:
+    """The passthrough rules, one flow a line."""
+    reply = _ask(ctx, {"cmd": "passthrough", "op": "list"})
+    if not ctx.obj["json"]:
+        for rule in reply["rules"]:
+            click.echo(rule["flow"])
+
+
+@ctl.command("send")
+@click.argument("request")
+@click.pass_context
+def ctl_send(ctx, request) -> None:
+    """Send REQUEST, a JSON object, as it is; print the reply as JSON."""
+    try:
+        obj = json.loads(request)
+    except ValueError:
+        _fail("REQUEST is not valid JSON")
+    if not isinstance(obj, dict):
+        _fail("REQUEST must be a JSON object such as '{\"cmd\": \"help\"}'")
+    ctx.obj["json"] = True
+    _ask(ctx, obj)
+
+
+@main.command()
+@_control_options
+@click.option("--interval", type=click.FloatRange(min=0.1), default=1.0, show_default=True,
+              metavar="SECONDS", help="Refresh period.")
+@click.option("--once", is_flag=True, help="Print once and exit.")
+@click.option("--connections", type=click.IntRange(min=0, max=65536), default=20,
+              show_default=True, metavar="N", help="Connection rows to show.")
+@click.option("--json", "as_json", is_flag=True, help="Print the snapshot as JSON.")
+def stats(control, control_tcp, interval, once, connections, as_json) -> None:
+    """A live table of a running colo-xdp compare (from its control socket)."""
+    from colo_xdp.ctl import ClientError
+    from colo_xdp.stats import render
+
+    client = _client(control, control_tcp)
+    before, before_t = None, 0.0
+    live = not once and sys.stdout.isatty()
+    try:
+        with client:
+            while True:
+                reply = client.request({"cmd": "stats", "connections": connections})
+                if not reply.get("ok"):
+                    _fail(reply.get("error", "refused"), code=1)
+                snap, now = reply["stats"], time.monotonic()
+                if as_json:
+                    text = json.dumps(snap) + "\n"
+                else:
+                    text = render(snap, before, now - before_t if before else 0.0)
+                if live:
+                    text = "\x1b[H\x1b[2J" + text
+                click.echo(text, nl=False)
+                if once:
+                    return
+                before, before_t = snap, now
+                time.sleep(interval)
+    except ClientError as exc:
+        _fail(str(exc), code=1)
+    except KeyboardInterrupt:
+        pass
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
+@click.option("--root", default="/", hidden=True, type=click.Path(file_okay=False),
+              help="Look at a host tree under this directory (tests).")
+def doctor(as_json, root) -> None:
+    """Check this host for what chardev and XDP mode need; say how to fix the rest.
+
+    Exits 1 when something chardev mode needs is missing; the XDP and lab
+    checks are informative.
+    """
+    from colo_xdp import doctor as doctor_mod
+
+    checks = doctor_mod.run(doctor_mod.Host(root=root))
+    if as_json:
+        click.echo(json.dumps(doctor_mod.as_json(checks), indent=2))
+    else:
+        click.echo(doctor_mod.render(checks), nl=False)
+    sys.exit(1 if doctor_mod.required_missing(checks) else 0)
 
 
 if __name__ == "__main__":

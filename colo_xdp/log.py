@@ -1,29 +1,104 @@
 """Structured log events with stable names, rate-limited per name.
 
-Every line is ``colo-xdp: EVENT key=value ...``: the event name is stable
-and the fields are machine-readable.  An event that fires in a storm (a
-checkpoint request per arriving frame, say) is logged at most ``burst``
-times a second; the next line of that name says how many were suppressed.
-Counters, not logs, are the exact record.
+Every event has a stable name and machine-readable fields.  In the text
+format (the default) a line is ``colo-xdp: EVENT key=value ...``; in the JSON
+format (``--log-format json``) it is one object per line::
+
+    {"ts": "2026-01-02T03:04:05.678Z", "level": "info", "event": "checkpoint_requested",
+     "reason": "mismatch", "conn": "udp 10.0.0.1:1000 > 10.0.0.2:2000"}
+
+An event that fires in a storm (a checkpoint request per arriving frame, say)
+is logged at most ``burst`` times a second; the next line of that name says
+how many were suppressed.  Counters, not logs, are the exact record.
+
+A ``tap`` sees every event before rate limiting and level filtering: the
+control socket's ``subscribe`` stream is fed from it, so log lines and
+subscribed events share one vocabulary (docs/observability.md lists it).
 """
 from __future__ import annotations
 
+import enum
+import json
 import logging
 import sys
 import time
+from typing import Callable
 
 logger = logging.getLogger("colo_xdp")
 
+LOG_FORMATS = ("text", "json")
 
-def setup(verbose: bool = False) -> None:
+# Every event name the service logs or streams to subscribers.  Names are
+# stable: tools and alerts key on them.  tests/unit/test_log.py checks that
+# the source uses no other.
+EVENT_NAMES = (
+    "started", "ready", "stopped",
+    "connected", "disconnected", "connect_failed", "accept_failed", "stream_broken",
+    "checkpoint_requested", "checkpoint_done", "failover",
+    "connection_opened", "connection_evicted", "frame_dropped",
+    "backpressure", "outdev_cut", "undelivered_at_exit",
+    "notify_init", "notify_unknown_message",
+    "passthrough_changed", "control_refused", "control_error", "miscompare_pcap_failed",
+    "miscompare_pcap_rotated",
+)
+
+Tap = Callable[[str, dict], None]
+
+
+class TextFormatter(logging.Formatter):
+    def __init__(self):
+        super().__init__("colo-xdp: %(message)s")
+
+
+def json_value(value):
+    """A field value as JSON has it: numbers, booleans and None stay, enums
+    by lower-case name, everything else (ConnKey, Spec, ...) as its text."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, enum.Enum):
+        return value.name.lower()
+    return str(value)
+
+
+class JSONFormatter(logging.Formatter):
+    """One JSON object per line: ts (UTC), level, event, then the fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        obj = {"ts": f"{ts}.{int(record.msecs):03d}Z", "level": record.levelname.lower()}
+        name = getattr(record, "cx_event", None)
+        if name is None:
+            obj["event"] = "message"
+            obj["message"] = record.getMessage()
+        else:
+            obj["event"] = name
+            for key, value in record.cx_fields.items():
+                obj[key] = json_value(value)
+        return json.dumps(obj, separators=(",", ":"))
+
+
+_format_in_use = "text"
+
+
+def setup(verbose: bool = False, fmt: str = "text") -> None:
+    """Log to stderr in ``fmt`` ("text" or "json")."""
+    global _format_in_use
+    if fmt not in LOG_FORMATS:
+        raise ValueError(f"log format {fmt!r} is not one of {', '.join(LOG_FORMATS)}")
+    _format_in_use = fmt
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("colo-xdp: %(message)s"))
+    handler.setFormatter(JSONFormatter() if fmt == "json" else TextFormatter())
     logger.handlers[:] = [handler]
     logger.setLevel(logging.DEBUG if verbose else logging.INFO)
     logger.propagate = False
 
 
-def _format(name: str, fields: dict) -> str:
+def is_json() -> bool:
+    return _format_in_use == "json"
+
+
+def format_text(name: str, fields: dict) -> str:
+    """``name key=value ...``; values with spaces (or empty) are quoted."""
     parts = [name]
     for key, value in fields.items():
         text = str(value)
@@ -33,15 +108,21 @@ def _format(name: str, fields: dict) -> str:
     return " ".join(parts)
 
 
+_format = format_text      # the name earlier callers used
+
+
 class EventLog:
     """``log.event("checkpoint_requested", reason="mismatch", conn=...)``."""
 
     def __init__(self, burst: int = 20, clock=time.monotonic):
         self.burst = burst
         self.clock = clock
+        self.tap: Tap | None = None
         self._window: dict[str, tuple[float, int, int]] = {}
 
     def event(self, name: str, level: int = logging.INFO, **fields) -> None:
+        if self.tap is not None:
+            self.tap(name, fields)
         now = self.clock()
         start, seen, suppressed = self._window.get(name, (now, 0, 0))
         if now - start >= 1.0:
@@ -52,7 +133,15 @@ class EventLog:
             self._window[name] = (start, seen, suppressed + 1)
             return
         self._window[name] = (start, seen + 1, suppressed)
-        logger.log(level, _format(name, fields))
+        logger.log(level, format_text(name, fields),
+                   extra={"cx_event": name, "cx_fields": fields})
 
     def warning(self, name: str, **fields) -> None:
         self.event(name, logging.WARNING, **fields)
+
+    def once(self, name: str, level: int = logging.INFO, **fields) -> None:
+        """Log without rate limiting (ready, stopped: lines scripts wait for)."""
+        if self.tap is not None:
+            self.tap(name, fields)
+        logger.log(level, format_text(name, fields),
+                   extra={"cx_event": name, "cx_fields": fields})

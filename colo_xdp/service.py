@@ -12,8 +12,17 @@ Roles and their sockets::
 
     primary-in  ──▶ ┐                     ┌──▶ outdev
                     ├── engine (C core) ──┤
-    secondary-in ─▶ ┘        ▲            └──▶ notify-dev: DO_CHECKPOINT
-                             └──────────────── notify-dev: COLO_CHECKPOINT
+    secondary-in ─▶ ┘        ▲            ├──▶ notify-dev: DO_CHECKPOINT
+                             │            └──▶ attachments: control-socket events,
+                             │                 miscompare pcap, /metrics
+                             ├──────────────── notify-dev: COLO_CHECKPOINT
+                             └──────────────── control socket: checkpoint, failover,
+                                               passthrough, stats
+
+Attachments (``colo_xdp.control_server``, ``colo_xdp.metrics``,
+``colo_xdp.pcap``) are served from the same loop: ``open``/``close`` with the
+service, ``end_batch`` after every batch, ``tick`` every turn, ``stats`` for
+the snapshot.  None of them does per-frame work.
 """
 from __future__ import annotations
 
@@ -23,9 +32,13 @@ import socket
 import time
 from dataclasses import dataclass, field
 
+from colo_xdp.control import PassthroughTable, format_flow
+from colo_xdp.control_server import ControlServer, ServiceTarget
 from colo_xdp.engine import (CheckpointRequest, ConnectionEvicted, ConnectionOpened, Drop,
-                             DropReason, Engine, EngineConfig, FramingError, Side)
+                             DropReason, Engine, EngineConfig, FramingError, PassthroughRule,
+                             Side)
 from colo_xdp.log import EventLog
+from colo_xdp.loopio import is_loopback
 from colo_xdp.notify import DO_CHECKPOINT_RECORD, NotifyEvent, NotifyProtocol
 from colo_xdp.transport import chardev
 from colo_xdp.transport.chardev import EndpointError, Spec
@@ -40,6 +53,7 @@ OUT_LOW_WATER = 1 * 1024 * 1024    # ... and resume below this
 NOTIFY_OUT_MAX = 64 * 1024         # DO_CHECKPOINT bytes kept for a slow peer
 SHUTDOWN_DRAIN_S = 2.0             # how long to try delivering at exit
 MAX_SLEEP_S = 0.5
+EVIDENCE_MAX_BYTES = 4 * 1024 * 1024   # miscompare frames kept per batch for the pcap
 
 
 @dataclass
@@ -49,14 +63,33 @@ class ServiceConfig:
     outdev: Spec
     notify_dev: Spec | None = None
     engine: EngineConfig = field(default_factory=EngineConfig)
+    control_path: str | None = None              # unix control socket, mode 0600
+    control_tcp: tuple[str, int] | None = None   # loopback TCP control socket
+    metrics: tuple[str, int] | None = None       # Prometheus exposition
+    miscompare_pcap: str | None = None
+    miscompare_pcap_bytes: int = 64_000_000
+    miscompare_pcap_keep: int = 4
+    passthrough: list[PassthroughRule] = field(default_factory=list)
 
     def check(self) -> None:
-        """One sentence for the first problem: two roles on one socket."""
+        """One sentence for the first problem: two roles on one socket, a
+        control socket off loopback."""
         roles = {"primary-in": self.primary_in, "secondary-in": self.secondary_in,
                  "outdev": self.outdev}
         if self.notify_dev:
             roles["notify-dev"] = self.notify_dev
+        if self.control_path:
+            roles["control"] = Spec("unix", path=self.control_path)
+        for role, addr in (("control-tcp", self.control_tcp), ("metrics", self.metrics)):
+            if addr:
+                roles[role] = Spec("tcp", host=addr[0], port=addr[1])
         chardev.check_distinct(roles)
+        if self.control_tcp and not is_loopback(self.control_tcp[0]):
+            raise chardev.SpecError(
+                f"--control-tcp must listen on a loopback address such as 127.0.0.1, not "
+                f"{self.control_tcp[0]}: the control socket has no authentication")
+        if self.miscompare_pcap and not self.engine.evidence_max_bytes:
+            self.engine.evidence_max_bytes = EVIDENCE_MAX_BYTES
         self.engine.validate()
 
 
@@ -393,6 +426,37 @@ class Service:
         self.channels: list[Channel] = [self.outdev, *self.inputs]
         if self.notify:
             self.channels.insert(1, self.notify)
+        self.mode = "chardev"
+        self.failed_over = False
+        self.checkpoints_done = 0
+        # XDP mode sets this: () -> {verdict: packets} from the classifier's counters.
+        self.verdict_counters = None
+        # Every passthrough change goes to each sink: here the engine; in XDP
+        # mode the transport adds its BPF map (PassthroughTable.add_sink).
+        self.passthrough = PassthroughTable([self.engine.set_passthrough])
+        self.passthrough.on_change = lambda op, rule: self.log.event(
+            "passthrough_changed", op=op, flow=format_flow(rule),
+            rules=len(self.passthrough.rules))
+        self.passthrough.replace(config.passthrough)
+        self.pcap = None
+        self.attachments = self._attachments(config)
+
+    def _attachments(self, config: ServiceConfig) -> list:
+        """Control socket, /metrics and evidence pcap, as configured (the
+        latter two imported only when asked for)."""
+        parts: list = []
+        if config.control_path or config.control_tcp:
+            parts.append(ControlServer(self, ServiceTarget(self), config.control_path,
+                                       config.control_tcp))
+        if config.metrics:
+            from colo_xdp.metrics import MetricsServer
+            parts.append(MetricsServer(self, *config.metrics))
+        if config.miscompare_pcap:
+            from colo_xdp.pcap import MiscomparePcap
+            self.pcap = MiscomparePcap(self, config.miscompare_pcap,
+                                       config.miscompare_pcap_bytes, config.miscompare_pcap_keep)
+            parts.append(self.pcap)
+        return parts
 
     # -- selector plumbing ----------------------------------------------------
 
@@ -414,15 +478,27 @@ class Service:
     # -- running ----------------------------------------------------------------
 
     def open(self) -> None:
-        """Bind listeners and reach peers; raises EndpointError (one sentence)."""
-        opened = []
+        """Open the attachments, bind listeners and reach peers; raises
+        EndpointError (one sentence)."""
+        opened: list = []
         try:
+            for part in self.attachments:
+                try:
+                    part.open()
+                except EndpointError:
+                    raise
+                except OSError as exc:
+                    raise EndpointError(exc.errno, exc.strerror or str(exc)) from None
+                opened.append(part)
             for ch in self.channels:
                 ch.open()
                 opened.append(ch)
         except EndpointError:
-            for ch in opened:
-                ch.shutdown()
+            for item in reversed(opened):
+                if isinstance(item, Channel):
+                    item.shutdown()
+                else:
+                    item.close()
             raise
 
     def stop(self, *_args) -> None:
@@ -445,6 +521,8 @@ class Service:
             mono = time.monotonic()
             for ch in self.channels:
                 ch.maybe_retry(mono)
+            for part in self.attachments:
+                part.tick(mono)
             if self._failover_requested:
                 self._failover_requested = False
                 self.failover()
@@ -465,6 +543,8 @@ class Service:
             self.log.warning("undelivered_at_exit", bytes=left)
         for ch in self.channels:
             ch.shutdown()
+        for part in self.attachments:
+            part.close()
         self.sel.close()
 
     # -- engine outputs -------------------------------------------------------------
@@ -472,6 +552,8 @@ class Service:
     def after_batch(self) -> None:
         for action in self.engine.drain_events():
             self._handle(action)
+        for part in self.attachments:
+            part.end_batch()
         self.outdev.write_pending()
         pending = self.engine.output_pending()
         if not self.paused and pending > OUT_HIGH_WATER:
@@ -489,6 +571,8 @@ class Service:
         if isinstance(action, CheckpointRequest):
             if self.notify:
                 self.notify.request_checkpoint()
+            if self.pcap is not None and action.evidence:
+                self.pcap.record(action)
             self.log.event("checkpoint_requested", reason=action.reason.name.lower(),
                            conn=action.conn or "-")
         elif isinstance(action, Drop):
@@ -504,16 +588,22 @@ class Service:
         elif isinstance(action, ConnectionEvicted):
             self.log.event("connection_evicted", level=10, conn=action.conn)
 
-    def colo_checkpoint(self) -> None:
+    def colo_checkpoint(self, source: str = "notify-dev") -> None:
         """The COLO frame reports a checkpoint: flush."""
         self.engine.checkpoint()
-        self.log.event("checkpoint_done")
+        self.checkpoints_done += 1
+        self.log.event("checkpoint_done", source=source)
 
-    def failover(self) -> None:
+    def failover(self, source: str = "signal") -> bool:
         """Comparing stops for good: held primary frames are released and
-        later ones pass straight through; secondary frames are dropped."""
+        later ones pass straight through; secondary frames are dropped.
+        False if it had already happened."""
+        if self.failed_over:
+            return False
         self.engine.failover()
-        self.log.warning("failover")
+        self.failed_over = True
+        self.log.warning("failover", source=source)
+        return True
 
 
 def serve(config: ServiceConfig, log: EventLog, on_ready=None) -> Service:
@@ -522,7 +612,7 @@ def serve(config: ServiceConfig, log: EventLog, on_ready=None) -> Service:
     svc.open()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, svc.stop)
-    # Failover until the control socket lands: the COLO frame's
+    # Failover by signal as well as on the control socket: the COLO frame's
     # COLO_EVENT_FAILOVER, which QEMU delivers in-process.
     signal.signal(signal.SIGUSR1, svc.request_failover)
     if on_ready:

@@ -1,0 +1,163 @@
+"""One snapshot of the service's state, and the table ``colo-xdp stats`` shows.
+
+``snapshot(svc)`` is the body of the control socket's ``stats`` reply and what
+the Prometheus exposition is built from, so both always agree.  It runs on
+the service's loop (the engine is not thread-safe), costs one counters call
+plus, when asked for rows, one connection-table snapshot.  ``render`` turns a
+snapshot (as JSON gives it back) into the text table; it is pure.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from colo_xdp.engine import ConnInfo
+
+SIDES = ("primary", "secondary")
+
+
+def _conn_row(info: ConnInfo, now_ms: int) -> dict:
+    key = info.conn
+    proto = {1: "icmp", 6: "tcp", 17: "udp"}.get(key.proto, str(key.proto))
+    return {
+        "conn": str(key), "proto": proto, "src": key.saddr, "sport": key.sport,
+        "dst": key.daddr, "dport": key.dport, "passthrough": info.passthrough,
+        "held": {"primary": info.queued_primary, "secondary": info.queued_secondary},
+        "matched": info.matched, "released": info.released,
+        "mismatches": info.mismatches, "checkpoints": info.checkpoints,
+        "age_ms": max(now_ms - info.created_ms, 0), "idle_ms": max(now_ms - info.last_ms, 0),
+    }
+
+
+def pick_rows(infos: list[ConnInfo], limit: int) -> list[ConnInfo]:
+    """The ``limit`` connections most worth a look: most frames held, then
+    most recently active; in creation order when all fit."""
+    if len(infos) <= limit:
+        return infos
+    ranked = sorted(infos, key=lambda c: (c.queued_primary + c.queued_secondary, c.last_ms),
+                    reverse=True)
+    return ranked[:limit]
+
+
+def snapshot(svc, connections: int = 0) -> dict[str, Any]:
+    """The service's counters and state; ``connections`` rows of the table."""
+    c = svc.engine.counters()
+    now_ms = svc.now_ms()
+    mismatched = sum(c.mismatches.values())
+    matched = c.released.get("matched", 0)
+    rows: list[dict] = []
+    if connections:
+        rows = [_conn_row(i, now_ms) for i in pick_rows(svc.engine.connections(), connections)]
+    snap: dict[str, Any] = {
+        "mode": svc.mode,
+        "uptime_s": round(now_ms / 1000.0, 3),
+        "failover": svc.failed_over,
+        "backpressure": svc.paused,
+        "peers": {ch.role: ch.sock is not None for ch in svc.channels},
+        "frames_in": c.frames_in,
+        "bytes_in": c.bytes_in,
+        "pairs": {"compared": matched + mismatched, "matched": matched,
+                  "mismatched": mismatched},
+        "mismatches": c.mismatches,
+        "released": c.released,
+        "released_total": c.released_total,
+        "released_bytes": c.released_bytes,
+        "secondary": {"matched": c.matched_secondary, "skipped": c.skipped_secondary},
+        "held": c.queued,
+        "outdev_pending_bytes": svc.engine.output_pending(),
+        "max_queue_size": svc.config.engine.max_queue_size,
+        "checkpoint_requests": c.checkpoints,
+        "checkpoints_done": svc.checkpoints_done,
+        "dropped": c.dropped,
+        "connections": {
+            "count": c.connections, "max": svc.config.engine.max_connections,
+            "opened": c.conns_created, "evicted": c.conns_evicted,
+            "shown": len(rows), "table": rows,
+        },
+        "lost": {"events": c.events_lost, "evidence": c.evidence_lost,
+                 "outdev_cut": c.outdev_cut},
+        "passthrough_rules": len(svc.passthrough.rules),
+        # XDP mode: the classifier's verdict counters, by verdict.
+        "verdicts": dict(svc.verdict_counters()) if svc.verdict_counters else {},
+    }
+    for part in svc.attachments:
+        name, value = part.stats()
+        snap[name] = value
+    return snap
+
+
+# -- the table ---------------------------------------------------------------------------
+
+def _n(value: int) -> str:
+    return f"{value:,}".replace(",", " ") if value >= 100000 else str(value)
+
+
+def _by_reason(counts: dict[str, int]) -> str:
+    parts = [f"{k} {_n(v)}" for k, v in counts.items() if v]
+    return ", ".join(parts) if parts else "none"
+
+
+def _rate(now: dict, before: dict | None, dt: float, *path: str) -> str:
+    if not before or dt <= 0:
+        return ""
+    a, b = now, before
+    for key in path:
+        a, b = a[key], b[key]
+    return f" ({(a - b) / dt:.0f}/s)"
+
+
+def _duration(ms: int) -> str:
+    s = ms / 1000.0
+    if s < 60:
+        return f"{s:.1f}s"
+    if s < 3600:
+        return f"{int(s // 60)}m{int(s % 60):02d}s"
+    return f"{int(s // 3600)}h{int(s % 3600 // 60):02d}m"
+
+
+def render(snap: dict, before: dict | None = None, interval: float = 0.0) -> str:
+    """The stats table; with the previous snapshot, per-second rates too."""
+    pairs, held = snap["pairs"], snap["held"]
+    conns = snap["connections"]
+    peers = " ".join(f"{role}{'+' if up else '-'}" for role, up in snap["peers"].items())
+    lines = [
+        f"colo-xdp {snap['mode']}  up {_duration(int(snap['uptime_s'] * 1000))}  "
+        f"failover {'YES' if snap['failover'] else 'no'}  "
+        f"backpressure {'ON' if snap['backpressure'] else 'off'}  peers {peers}",
+        "",
+        f"{'frames in':<21}primary {_n(snap['frames_in']['primary'])}"
+        f"{_rate(snap, before, interval, 'frames_in', 'primary')}  "
+        f"secondary {_n(snap['frames_in']['secondary'])}"
+        f"{_rate(snap, before, interval, 'frames_in', 'secondary')}",
+        f"{'pairs':<21}compared {_n(pairs['compared'])}  matched {_n(pairs['matched'])}  "
+        f"mismatched {_n(pairs['mismatched'])} ({_by_reason(snap['mismatches'])})",
+        f"{'released':<21}{_n(snap['released_total'])}"
+        f"{_rate(snap, before, interval, 'released_total')}: {_by_reason(snap['released'])}",
+        f"{'held':<21}primary {_n(held['primary'])}  secondary {_n(held['secondary'])}  "
+        f"outdev {_n(snap['outdev_pending_bytes'])} B  "
+        f"(queue limit {snap['max_queue_size']} per side)",
+        f"{'checkpoint requests':<21}{_by_reason(snap['checkpoint_requests'])}  "
+        f"(checkpoints done {_n(snap['checkpoints_done'])})",
+        f"{'drops primary':<21}{_by_reason(snap['dropped']['primary'])}",
+        f"{'drops secondary':<21}{_by_reason(snap['dropped']['secondary'])}",
+        f"{'connections':<21}{_n(conns['count'])} of {_n(conns['max'])}  "
+        f"opened {_n(conns['opened'])}  evicted {_n(conns['evicted'])}  "
+        f"passthrough rules {snap['passthrough_rules']}",
+    ]
+    lost = {k: v for k, v in snap["lost"].items() if v}
+    if lost:
+        lines.append(f"{'lost':<21}{_by_reason(lost)}")
+    if snap.get("verdicts"):
+        lines.append(f"{'xdp verdicts':<21}{_by_reason(snap['verdicts'])}")
+    if conns["table"]:
+        lines += ["", f"{'CONNECTION':<44} {'PT':>2} {'HELD P/S':>11} {'MATCHED':>9} "
+                      f"{'RELEASED':>9} {'MISM':>6} {'CKPT':>6} {'IDLE':>7}"]
+        for row in conns["table"]:
+            hp = f"{row['held']['primary']}/{row['held']['secondary']}"
+            lines.append(f"{row['conn'][:44]:<44} {'pt' if row['passthrough'] else '':>2} "
+                         f"{hp:>11} {row['matched']:>9} {row['released']:>9} "
+                         f"{row['mismatches']:>6} {row['checkpoints']:>6} "
+                         f"{_duration(row['idle_ms']):>7}")
+        if conns["shown"] < conns["count"]:
+            lines.append(f"... {conns['count'] - conns['shown']} more "
+                         "(--connections N shows more)")
+    return "\n".join(lines) + "\n"
