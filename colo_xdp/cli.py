@@ -64,10 +64,16 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--primary-in", required=True, metavar="SPEC",
+@click.option("--primary-in", metavar="SPEC",
               help="Primary guest's frames (QEMU primary_in), e.g. tcp:127.0.0.1:9001.")
-@click.option("--secondary-in", required=True, metavar="SPEC",
+@click.option("--secondary-in", metavar="SPEC",
               help="Secondary guest's frames (QEMU secondary_in).")
+@click.option("--primary-xdp", metavar="IFACE",
+              help="XDP mode: take the primary guest's output on its tap with XDP.")
+@click.option("--secondary-xdp", metavar="IFACE",
+              help="XDP mode: take the secondary guest's output on its tap (same host).")
+@click.option("--xdp-mode", type=click.Choice(["native", "generic"]), default="native",
+              show_default=True, help="How the XDP program is attached.")
 @click.option("--outdev", required=True, metavar="SPEC",
               help="Where released primary frames go (QEMU outdev).")
 @click.option("--notify-dev", metavar="SPEC",
@@ -107,14 +113,18 @@ def main() -> None:
 @click.option("--log-format", type=click.Choice(logmod.LOG_FORMATS), default="text",
               show_default=True, help="text: colo-xdp: EVENT key=value; json: one object a line.")
 @click.option("-v", "--verbose", is_flag=True, help="Log connection events too.")
-def compare(primary_in, secondary_in, outdev, notify_dev, vnet_hdr_support, compare_timeout,
+def compare(primary_in, secondary_in, primary_xdp, secondary_xdp, xdp_mode, outdev,
+            notify_dev, vnet_hdr_support, compare_timeout,
             expired_scan_cycle, max_queue_size, max_connections, control, control_tcp, metrics,
             miscompare_pcap, miscompare_pcap_size, miscompare_pcap_keep, passthrough,
             log_format, verbose) -> None:
     """Compare primary and secondary output; release matching primary frames.
 
     SPEC is unix:PATH or tcp:HOST:PORT, with ,server=on to listen and
-    ,reconnect=SECONDS to keep trying to connect.
+    ,reconnect=SECONDS to keep trying to connect.  Each guest's output comes
+    from a chardev (--primary-in, --secondary-in) or, in XDP mode, from its
+    tap (--primary-xdp, --secondary-xdp); --outdev may be xdp:IFACE to send
+    released frames with AF_XDP.
     """
     from colo_xdp.control import FlowError, PassthroughError, parse_flow
     from colo_xdp.service import ServiceConfig, serve
@@ -127,9 +137,9 @@ def compare(primary_in, secondary_in, outdev, notify_dev, vnet_hdr_support, comp
         except FlowError as exc:
             _fail(f"--passthrough: {exc}")
     config = ServiceConfig(
-        primary_in=_spec("--primary-in", primary_in),
-        secondary_in=_spec("--secondary-in", secondary_in),
-        outdev=_spec("--outdev", outdev),
+        primary_in=_endpoint("primary", primary_in, primary_xdp, xdp_mode),
+        secondary_in=_endpoint("secondary", secondary_in, secondary_xdp, xdp_mode),
+        outdev=_outdev_endpoint(outdev, xdp_mode),
         notify_dev=_spec("--notify-dev", notify_dev),
         engine=EngineConfig(compare_timeout_ms=compare_timeout,
                             expired_scan_cycle_ms=expired_scan_cycle,
@@ -152,6 +162,56 @@ def compare(primary_in, secondary_in, outdev, notify_dev, vnet_hdr_support, comp
     except EndpointError as exc:
         _fail(exc.strerror, code=1)
     _summary(svc, log)
+
+
+def _endpoint(side: str, spec: str | None, iface: str | None, xdp_mode: str):
+    """--SIDE-in SPEC or --SIDE-xdp IFACE, exactly one of them."""
+    from colo_xdp.service import XdpIface
+    if (spec is None) == (iface is None):
+        _fail(f"give exactly one of --{side}-in SPEC and --{side}-xdp IFACE")
+    return XdpIface(iface, xdp_mode) if iface else _spec(f"--{side}-in", spec)
+
+
+def _outdev_endpoint(text: str, xdp_mode: str):
+    from colo_xdp.service import XdpIface
+    if text.startswith("xdp:"):
+        if not text[4:]:
+            _fail("--outdev: xdp: needs an interface name, e.g. xdp:eth1")
+        return XdpIface(text[4:], xdp_mode)
+    return _spec("--outdev", text)
+
+
+@main.command()
+@click.option("--xdp", "iface", required=True, metavar="IFACE",
+              help="The secondary guest's tap: its output is taken here with XDP.")
+@click.option("--to", "to", required=True, metavar="SPEC",
+              help="The primary's --secondary-in, e.g. tcp:primary-host:9004,reconnect=1.")
+@click.option("--vnet-hdr-support", is_flag=True,
+              help="Send the framing's vnet_hdr_len word (as 0), like the primary expects.")
+@click.option("--xdp-mode", type=click.Choice(["native", "generic"]), default="native",
+              show_default=True, help="How the XDP program is attached.")
+@click.option("--log-format", type=click.Choice(logmod.LOG_FORMATS), default="text",
+              show_default=True)
+def forward(iface, to, vnet_hdr_support, xdp_mode, log_format) -> None:
+    """Secondary host: send the secondary guest's output to the primary.
+
+    Replaces QEMU's filter-redirector on the secondary: frames the guest
+    sends on IFACE are taken with XDP (they never reach the network) and
+    sent, in QEMU's chardev framing, to the primary's colo-xdp.
+    """
+    from colo_xdp.forward import ForwardConfig, serve_forward
+    from colo_xdp.service import XdpIface
+
+    logmod.setup(False, log_format)
+    log = EventLog()
+    config = ForwardConfig(XdpIface(iface, xdp_mode), _spec("--to", to), vnet_hdr_support)
+    try:
+        fwd = serve_forward(config, log, on_ready=lambda _f: log.once("ready"))
+    except EndpointError as exc:
+        _fail(exc.strerror, code=1)
+    c = fwd.engine.counters()
+    log.once("stopped", frames_in=c.frames_in["primary"], forwarded=c.released_total,
+             cut=c.outdev_cut)
 
 
 @main.command()

@@ -26,6 +26,8 @@ the snapshot.  None of them does per-frame work.
 """
 from __future__ import annotations
 
+import errno
+import select
 import selectors
 import signal
 import socket
@@ -56,11 +58,25 @@ MAX_SLEEP_S = 0.5
 EVIDENCE_MAX_BYTES = 4 * 1024 * 1024   # miscompare frames kept per batch for the pcap
 
 
+@dataclass(frozen=True)
+class XdpIface:
+    """A guest's (or an uplink's) interface in XDP mode, as a role's endpoint."""
+
+    name: str
+    mode: str = "native"          # or "generic"
+
+    def __str__(self) -> str:
+        return f"xdp:{self.name}"
+
+
+Endpoint = Spec | XdpIface
+
+
 @dataclass
 class ServiceConfig:
-    primary_in: Spec
-    secondary_in: Spec
-    outdev: Spec
+    primary_in: Endpoint
+    secondary_in: Endpoint
+    outdev: Endpoint
     notify_dev: Spec | None = None
     engine: EngineConfig = field(default_factory=EngineConfig)
     control_path: str | None = None              # unix control socket, mode 0600
@@ -76,6 +92,11 @@ class ServiceConfig:
         control socket off loopback."""
         roles = {"primary-in": self.primary_in, "secondary-in": self.secondary_in,
                  "outdev": self.outdev}
+        ifaces = {role: end.name for role, end in roles.items() if isinstance(end, XdpIface)}
+        if len(set(ifaces.values())) < len(ifaces):
+            raise chardev.SpecError(f"{' and '.join(ifaces)} name the same interface; "
+                                    "each role needs its own")
+        roles = {role: end for role, end in roles.items() if isinstance(end, Spec)}
         if self.notify_dev:
             roles["notify-dev"] = self.notify_dev
         if self.control_path:
@@ -283,6 +304,14 @@ class Outdev(Channel):
 
     writing = False
 
+    @property
+    def connected(self) -> bool:
+        return self.sock is not None
+
+    def wait_writable(self, timeout: float) -> None:
+        if self.sock:
+            select.select([], [self.sock], [], timeout)
+
     def connected(self) -> None:
         self.writing = False
         self.svc.watch(self.sock, READ, self._ready)
@@ -405,32 +434,210 @@ class Notify(Channel):
         self.svc.watch(self.sock, READ | (WRITE if self.out else 0), self._ready)
 
 
-class Service:
-    """colo-xdp compare in chardev mode."""
+class XdpInput:
+    """A guest interface in XDP mode: the classifier and an AF_XDP socket per
+    rx queue; each ready socket gives one burst per loop turn to the engine.
+    ``classify_as`` is the classifier's side, ``feed_as`` the engine's (they
+    differ only for ``forward``)."""
+
+    def __init__(self, svc, role: str, iface: XdpIface, classify_as: Side,
+                 feed_as: Side | None = None):
+        self.svc = svc
+        self.role = role
+        self.iface = iface
+        self.classify_as = classify_as
+        self.side = classify_as if feed_as is None else feed_as
+        self.port = None
+
+    def open(self) -> None:
+        from colo_xdp.transport.xdp import Mode
+        from colo_xdp.transport.xdpio import XdpPort, XdpPortError
+        table = getattr(self.svc, "passthrough", None)
+        self.port = XdpPort(self.iface.name, self.classify_as, mode=Mode(self.iface.mode),
+                            rules=table.rules if table else ())
+        try:
+            self.port.open()
+        except XdpPortError as exc:
+            self.port = None
+            raise EndpointError(errno.EIO, f"{self.role}: {exc}") from None
+        if table:
+            table.add_sink(self.port.set_rules)
+        self.pause(self.svc.paused)
+        self.svc.log.event("xdp_attached", role=self.role, iface=self.iface.name,
+                           mode=self.iface.mode, queues=len(self.port.sockets))
+
+    def _reader(self, sock):
+        from colo_xdp.transport.xdpio import XdpPortError, rx_to_engine
+
+        def readable(mask: int) -> None:
+            try:
+                rx_to_engine(sock, self.svc.engine, self.side, self.svc.now_ms())
+            except XdpPortError as exc:
+                self.svc.log.warning("xdp_rx_failed", role=self.role, error=str(exc))
+            self.svc.after_batch()
+        return readable
+
+    def pause(self, paused: bool) -> None:
+        """Backpressure: unread frames wait in the rx rings (the kernel drops
+        and counts past them: a guest cannot be told to wait)."""
+        for sock in self.port.sockets if self.port else ():
+            if paused:
+                self.svc.unwatch(sock)
+            else:
+                self.svc.watch(sock, READ, self._reader(sock))
+
+    def maybe_retry(self, now: float) -> None:
+        pass
+
+    def verdicts(self) -> dict[str, int]:
+        return self.port.verdicts() if self.port else {}
+
+    def shutdown(self) -> None:
+        if self.port:
+            self.pause(True)
+            self.port.close()
+            self.port = None
+            self.svc.log.event("xdp_detached", role=self.role, iface=self.iface.name)
+
+
+class XdpOutdev:
+    """Released frames sent with AF_XDP on an interface (``xdp:IFACE``)."""
+
+    def __init__(self, svc, role: str, iface: XdpIface):
+        self.svc = svc
+        self.role = role
+        self.iface = iface
+        self.sock = None
+        self.writing = False
+
+    @property
+    def connected(self) -> bool:
+        return self.sock is not None
+
+    def open(self) -> None:
+        from colo_xdp.transport.xsk import XskError, XskSocket
+        sock = XskSocket(self.iface.name, 0)
+        try:
+            sock.open()
+        except XskError as exc:
+            raise EndpointError(errno.EIO, f"{self.role}: {exc}") from None
+        self.sock = sock
+        self.svc.log.event("connected", role=self.role, endpoint=self.iface)
+
+    def write_pending(self) -> None:
+        from colo_xdp.transport.xdpio import XdpPortError, tx_from_engine
+        if not self.sock:
+            return
+        engine = self.svc.engine
+        try:
+            while engine.output_pending() and tx_from_engine(self.sock, engine):
+                pass
+        except XdpPortError as exc:
+            self.svc.log.warning("disconnected", role=self.role, endpoint=self.iface,
+                                 why=str(exc))
+            self.shutdown()
+            return
+        want = bool(engine.output_pending())     # the tx ring is full: wait for room
+        if want != self.writing:
+            self.writing = want
+            if want:
+                self.svc.watch(self.sock, WRITE, lambda mask: self.write_pending())
+            else:
+                self.svc.unwatch(self.sock)
+
+    def wait_writable(self, timeout: float) -> None:
+        if self.sock:
+            select.select([], [self.sock], [], timeout)
+
+    def maybe_retry(self, now: float) -> None:
+        pass
+
+    def shutdown(self) -> None:
+        if self.sock:
+            self.svc.unwatch(self.sock)
+            self.sock.close()
+            self.sock = None
+
+
+def _sum_verdicts(inputs: list[XdpInput]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for inp in inputs:
+        for verdict, packets in inp.verdicts().items():
+            total[verdict] = total.get(verdict, 0) + packets
+    return total
+
+
+def _input(svc, role: str, end: Endpoint, side: Side):
+    if isinstance(end, XdpIface):
+        return XdpInput(svc, role, end, side)
+    return Input(svc, role, end, side)
+
+
+def _outdev(svc, end: Endpoint):
+    if isinstance(end, XdpIface):
+        return XdpOutdev(svc, "outdev", end)
+    return Outdev(svc, "outdev", end)
+
+
+class Loop:
+    """One thread, one selector, one engine: what every role is served by.
+    Roles call ``watch``/``unwatch`` with a handler taking the event mask, read
+    the engine's clock with ``now_ms`` and report with ``after_batch``."""
+
+    def __init__(self, engine: Engine, log: EventLog):
+        self.engine = engine
+        self.log = log
+        self.sel = selectors.DefaultSelector()
+        self.paused = False              # inputs not read: the output is backed up
+        self._stop = False
+        self._t0 = time.monotonic()
+
+    def watch(self, sock, events: int, handler) -> None:
+        try:
+            self.sel.modify(sock, events, handler)
+        except KeyError:
+            self.sel.register(sock, events, handler)
+
+    def unwatch(self, sock) -> None:
+        try:
+            self.sel.unregister(sock)
+        except (KeyError, ValueError):
+            pass
+
+    def now_ms(self) -> int:
+        return int((time.monotonic() - self._t0) * 1000)
+
+    def stop(self, *_args) -> None:
+        self._stop = True
+
+    def after_batch(self) -> None:
+        raise NotImplementedError
+
+
+class Service(Loop):
+    """colo-xdp compare: chardev sockets or XDP interfaces around one engine."""
 
     def __init__(self, config: ServiceConfig, log: EventLog | None = None):
         config.check()
+        super().__init__(Engine(config.engine), log or EventLog())
         self.config = config
-        self.log = log or EventLog()
-        self.engine = Engine(config.engine)
-        self.sel = selectors.DefaultSelector()
-        self.paused = False
-        self._stop = False
         self._failover_requested = False
-        self._t0 = time.monotonic()
-        self.inputs = [Input(self, "primary-in", config.primary_in, Side.PRIMARY),
-                       Input(self, "secondary-in", config.secondary_in, Side.SECONDARY)]
-        self.outdev = Outdev(self, "outdev", config.outdev)
+        self.inputs = [_input(self, "primary-in", config.primary_in, Side.PRIMARY),
+                       _input(self, "secondary-in", config.secondary_in, Side.SECONDARY)]
+        self.outdev = _outdev(self, config.outdev)
         self.notify = (Notify(self, "notify-dev", config.notify_dev, config.engine.vnet_hdr)
                        if config.notify_dev else None)
-        self.channels: list[Channel] = [self.outdev, *self.inputs]
+        self.channels: list = [self.outdev, *self.inputs]
         if self.notify:
             self.channels.insert(1, self.notify)
         self.mode = "chardev"
         self.failed_over = False
         self.checkpoints_done = 0
-        # XDP mode sets this: () -> {verdict: packets} from the classifier's counters.
-        self.verdict_counters = None
+        # In XDP mode: () -> {verdict: packets}, the classifiers' counters summed.
+        xdp_inputs = [i for i in self.inputs if isinstance(i, XdpInput)]
+        self.verdict_counters = (lambda: _sum_verdicts(xdp_inputs)) if xdp_inputs else None
+        if xdp_inputs or isinstance(self.outdev, XdpOutdev):
+            self.mode = "xdp"
         # Every passthrough change goes to each sink: here the engine; in XDP
         # mode the transport adds its BPF map (PassthroughTable.add_sink).
         self.passthrough = PassthroughTable([self.engine.set_passthrough])
@@ -458,23 +665,6 @@ class Service:
             parts.append(self.pcap)
         return parts
 
-    # -- selector plumbing ----------------------------------------------------
-
-    def watch(self, sock: socket.socket, events: int, handler) -> None:
-        try:
-            self.sel.modify(sock, events, handler)
-        except KeyError:
-            self.sel.register(sock, events, handler)
-
-    def unwatch(self, sock: socket.socket) -> None:
-        try:
-            self.sel.unregister(sock)
-        except (KeyError, ValueError):
-            pass
-
-    def now_ms(self) -> int:
-        return int((time.monotonic() - self._t0) * 1000)
-
     # -- running ----------------------------------------------------------------
 
     def open(self) -> None:
@@ -500,9 +690,6 @@ class Service:
                 else:
                     item.close()
             raise
-
-    def stop(self, *_args) -> None:
-        self._stop = True
 
     def request_failover(self, *_args) -> None:
         """Signal-safe: the loop fails over at its next turn."""
@@ -534,10 +721,9 @@ class Service:
         self.engine.checkpoint()
         self.after_batch()
         end = time.monotonic() + SHUTDOWN_DRAIN_S
-        while self.engine.output_pending() and self.outdev.sock and time.monotonic() < end:
-            for key, mask in self.sel.select(0.05):
-                if key.data == self.outdev._ready:
-                    key.data(mask)
+        while self.engine.output_pending() and self.outdev.connected and time.monotonic() < end:
+            self.outdev.wait_writable(0.05)
+            self.outdev.write_pending()
         left = self.engine.output_pending()
         if left:
             self.log.warning("undelivered_at_exit", bytes=left)

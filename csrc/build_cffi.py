@@ -11,8 +11,8 @@ import re
 from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SOURCES = ["cx_engine.c", "xsk.c"]
-HEADERS = ["cx_engine.h", "xsk.h"]
+SOURCES = ["cx_engine.c", "xsk.c", "xdp_glue.c"]
+HEADERS = ["cx_engine.h", "xsk.h", "xdp_glue.h"]
 CFLAGS = ["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Werror", "-Wno-unused-parameter"]
 
 

@@ -969,6 +969,20 @@ int cx_engine__out_abandon_partial(struct cx_engine *e)
     return 1;
 }
 
+void cx_engine__out_skip_record(struct cx_engine *e)
+{
+    size_t hdr = e->cfg.vnet_hdr ? 8 : 4;
+    if (e->out_head == e->out_len || e->out_rec_left)
+        return;                    /* empty, or in the middle of a record */
+    cx_engine__out_consume(e, hdr + rd32(e->out + e->out_head));
+    e->ctr.outdev_cut++;
+}
+
+uint32_t cx_engine__out_header_len(const struct cx_engine *e)
+{
+    return e->cfg.vnet_hdr ? 8 : 4;
+}
+
 size_t cx_engine__events(struct cx_engine *e, const struct cx_event **events)
 {
     *events = e->events;

@@ -200,6 +200,11 @@ void cx_engine__out_consume(struct cx_engine *e, size_t n);
  * the next peer starts on a record boundary, and count it (outdev_cut; the
  * frame stays counted as released).  Returns 1 if a record was cut, else 0. */
 int cx_engine__out_abandon_partial(struct cx_engine *e);
+/* Drop the whole record at the head of the out buffer (an outdev that cannot
+ * carry it, e.g. larger than an AF_XDP frame): counted in outdev_cut. */
+void cx_engine__out_skip_record(struct cx_engine *e);
+/* Bytes in front of each frame in the out buffer: 4, or 8 with vnet. */
+uint32_t cx_engine__out_header_len(const struct cx_engine *e);
 
 /* Events since the last clear. */
 size_t cx_engine__events(struct cx_engine *e, const struct cx_event **events);

@@ -354,6 +354,11 @@ int xsk__fd(const struct xsk *x)
     return x->fd;
 }
 
+uint32_t xsk__frame_size(const struct xsk *x)
+{
+    return x->frame_size;
+}
+
 uint8_t *xsk__umem(const struct xsk *x)
 {
     return x->umem;

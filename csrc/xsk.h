@@ -91,6 +91,7 @@ int xsk__fd(const struct xsk *x);
 /* The UMEM: frame data lives at umem + addr. */
 uint8_t *xsk__umem(const struct xsk *x);
 uint64_t xsk__umem_size(const struct xsk *x);
+uint32_t xsk__frame_size(const struct xsk *x);
 
 /* Take up to max received frames: addrs[i] is the frame's offset in the
  * UMEM (its metadata, if any, is just before), lens[i] its length.

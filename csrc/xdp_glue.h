@@ -1,0 +1,31 @@
+/*
+ * xdp_glue.h - AF_XDP sockets meet the engine and the chardev framing.
+ *
+ * One call per burst, so Python never touches a frame in XDP mode: frames go
+ * from the rx ring into the engine, and from the engine's releases into the
+ * tx ring.  (forward uses the engine too, with comparing stopped, as framer.)
+ */
+#ifndef CX_XDP_GLUE_H
+#define CX_XDP_GLUE_H
+
+#include "cx_engine.h"
+#include "xsk.h"
+
+/* cdef-begin */
+
+/* Frames moved per call at most. */
+#define XDP_GLUE__BURST 256
+
+/* Receive up to max frames and feed them to the engine; return how many. */
+int xdp_glue__rx_to_engine(struct xsk *x, struct cx_engine *e, int side, uint64_t now_ms,
+                           uint32_t max);
+
+/* Transmit up to max released frames from the engine's out buffer (vnet
+ * headers stripped) and consume what was sent.  A record too large for an
+ * AF_XDP frame is skipped and counted (outdev_cut).  Returns frames sent, or
+ * -errno; 0 with frames pending means the tx ring is full for now. */
+int xdp_glue__tx_from_engine(struct xsk *x, struct cx_engine *e, uint32_t max);
+
+/* cdef-end */
+
+#endif /* CX_XDP_GLUE_H */

@@ -1,0 +1,264 @@
+"""colo-xdp in XDP mode end to end: the real CLI in a namespace whose veth ends
+stand for the guests' taps, the guests sending from their own namespaces.
+
+    ns guest-p: p-g ──veth── p-h ┐
+                                 ├─ ns host: colo-xdp compare --primary-xdp p-h
+    ns guest-s: s-g ──veth── s-h ┘             --secondary-xdp s-h --outdev ...
+    ns uplink:  u-g ──veth── u-h ── (--outdev xdp:u-h)
+
+The outdev and notify-dev are unix sockets in a temp dir, which every
+namespace shares.  Every namespace, program and process is removed on every
+path; after each test no XDP program is left on any interface.
+"""
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from colo_xdp import pktgen as g
+from colo_xdp.transport.framing import Decoder
+from xdp_kit import in_netns, sh, xdp_shown
+
+ROOT = Path(__file__).resolve().parents[2]
+EXE = str(ROOT / ".venv" / "bin" / "colo-xdp")
+TIMEOUT = 10.0
+DO_CHECKPOINT = b"\x00\x00\x00\x0dDO_CHECKPOINT"
+
+_counter = itertools.count()
+
+
+class Lab:
+    """Namespaces host/guest-p/guest-s/uplink joined by veth pairs."""
+
+    LINKS = {"p": "guest_p", "s": "guest_s", "u": "uplink"}
+
+    def __init__(self):
+        tag = f"{os.getpid() % 10000}{next(_counter)}"
+        self.ns = {name: f"cx{name[0]}{name[-1]}-{tag}"
+                   for name in ("host", "guest_p", "guest_s", "uplink")}
+        self.dir = Path(tempfile.mkdtemp(prefix="cx-xdp-"))
+        self.procs: list[subprocess.Popen] = []
+        self.socks: list[socket.socket] = []
+        self.made: list[str] = []
+
+    def build(self) -> None:
+        for ns in self.ns.values():
+            sh("ip", "netns", "add", ns)
+            self.made.append(ns)
+            sh("ip", "netns", "exec", ns, "sysctl", "-q", "-w",
+               "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
+        for short, where in self.LINKS.items():
+            host_end, far_end = f"{short}-h", f"{short}-g"
+            sh("ip", "-n", self.ns["host"], "link", "add", host_end, "numtxqueues", "1",
+               "numrxqueues", "1", "type", "veth", "peer", "name", far_end,
+               "netns", self.ns[where], "numtxqueues", "1", "numrxqueues", "1")
+            sh("ip", "-n", self.ns["host"], "link", "set", host_end, "up")
+            sh("ip", "-n", self.ns[where], "link", "set", far_end, "up")
+
+    def start(self, *args: str, ready: bool = True) -> subprocess.Popen:
+        proc = subprocess.Popen(["ip", "netns", "exec", self.ns["host"], EXE, *args],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+        self.procs.append(proc)
+        proc.log = []
+        threading.Thread(target=lambda: proc.log.extend(proc.stderr), daemon=True).start()
+        if ready:
+            deadline = time.monotonic() + TIMEOUT
+            while not any(line.strip().endswith("ready") for line in proc.log):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail("colo-xdp did not come up:\n" + "".join(proc.log))
+                time.sleep(0.02)
+        return proc
+
+    def unix(self, name: str, server: bool = True) -> str:
+        return f"unix:{self.dir / name}" + (",server=on" if server else "")
+
+    def connect(self, name: str) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(TIMEOUT)
+        sock.connect(str(self.dir / name))
+        self.socks.append(sock)
+        return sock
+
+    def listen(self, name: str) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(str(self.dir / name))
+        sock.listen(1)
+        sock.settimeout(TIMEOUT)
+        self.socks.append(sock)
+        return sock
+
+    def packet_socket(self, link: str) -> socket.socket:
+        """An AF_PACKET socket on the far end of ``link`` (p, s or u)."""
+        with in_netns(self.ns[self.LINKS[link]]):
+            sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
+        sock.bind((f"{link}-g", 0))
+        sock.settimeout(TIMEOUT)
+        self.socks.append(sock)
+        return sock
+
+    def send(self, link: str, *frames: bytes) -> None:
+        sock = self.packet_socket(link)
+        for frame in frames:
+            sock.send(frame)
+
+    def attached(self) -> list[str]:
+        return [f"{short}-h" for short in self.LINKS
+                if xdp_shown(self.ns["host"], f"{short}-h")]
+
+    def close(self) -> None:
+        for sock in self.socks:
+            sock.close()
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(5)
+        for ns in self.made:
+            sh("ip", "netns", "del", ns, check=False)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def lab(bpf_ready, netns_available) -> Iterator[Lab]:
+    lab = Lab()
+    try:
+        lab.build()
+        yield lab
+    finally:
+        lab.close()
+
+
+def records(sock: socket.socket, n: int) -> list[bytes]:
+    """n chardev records from sock, their frames."""
+    dec, out = Decoder(vnet=False), []
+    deadline = time.monotonic() + TIMEOUT
+    while len(out) < n:
+        assert time.monotonic() < deadline, f"got {len(out)} of {n} frames"
+        out += [r.frame for r in dec.feed(sock.recv(65536))]
+    return out
+
+
+def quiet(sock: socket.socket, seconds: float = 0.3) -> bool:
+    sock.settimeout(seconds)
+    try:
+        return sock.recv(65536) == b""
+    except socket.timeout:
+        return True
+    finally:
+        sock.settimeout(TIMEOUT)
+
+
+def udp(tag: bytes, sport: int = 4000) -> bytes:
+    return g.udp_frame(tag, src="10.98.0.2", dst="10.98.0.1", sport=sport, dport=53)
+
+
+def stop(proc: subprocess.Popen) -> str:
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(TIMEOUT) == 0, "".join(proc.log)
+    return "".join(proc.log)
+
+
+def compare_args(lab: Lab, outdev: str | None = None, *extra: str) -> list[str]:
+    return ["compare", "--primary-xdp", "p-h", "--secondary-xdp", "s-h",
+            "--outdev", outdev or lab.unix("out.sock"),
+            "--notify-dev", lab.unix("notify.sock"), *extra]
+
+
+def test_xdp_mode_releases_matching_frames_in_order_and_detaches(lab):
+    proc = lab.start(*compare_args(lab))
+    out, _note = lab.connect("out.sock"), lab.connect("notify.sock")
+    assert sorted(lab.attached()) == ["p-h", "s-h"]
+    frames = [udp(b"reply %d" % i, sport=4000 + i % 3) for i in range(40)]
+    lab.send("p", *frames[:20])
+    lab.send("s", *frames)
+    lab.send("p", *frames[20:])
+    assert records(out, 40) == frames
+    log = stop(proc)
+    assert "stopped frames_in=40/40 released=40 dropped=0/0 checkpoints_requested=0" in log
+    assert lab.attached() == []
+
+
+def test_xdp_mode_mismatch_requests_a_checkpoint(lab):
+    lab.start(*compare_args(lab))
+    out, note = lab.connect("out.sock"), lab.connect("notify.sock")
+    lab.send("p", udp(b"primary says A"))
+    lab.send("s", udp(b"second says B"))
+    note.settimeout(TIMEOUT)
+    assert note.recv(len(DO_CHECKPOINT)) == DO_CHECKPOINT
+    assert quiet(out)
+    note.sendall(b"\x00\x00\x00\x0fCOLO_CHECKPOINT")
+    assert records(out, 1) == [udp(b"primary says A")]
+
+
+def test_xdp_mode_tcp_with_different_segmentation(lab):
+    lab.start(*compare_args(lab))
+    out, _note = lab.connect("out.sock"), lab.connect("notify.sock")
+    data = bytes(range(200)) * 3
+    seg = lambda off, n: g.tcp_frame(data[off:off + n], src="10.98.0.2", dst="10.98.0.1",
+                                     sport=80, dport=5555, seq=1000 + off, ack=7)
+    primary = [seg(0, 200), seg(200, 200), seg(400, 200)]
+    lab.send("p", *primary)
+    lab.send("s", seg(0, 300), seg(300, 300))
+    assert records(out, 3) == primary
+
+
+def test_xdp_outdev_sends_released_frames_on_the_uplink(lab):
+    proc = lab.start(*compare_args(lab, "xdp:u-h"))
+    lab.connect("notify.sock")
+    sniff = lab.packet_socket("u")
+    frames = [udp(b"to the client %d" % i) for i in range(10)]
+    lab.send("p", *frames)
+    lab.send("s", *frames)
+    got, deadline = [], time.monotonic() + TIMEOUT
+    while len(got) < len(frames) and time.monotonic() < deadline:
+        frame = sniff.recv(65536)
+        if frame in frames:
+            got.append(frame)
+    assert got == frames
+    stop(proc)
+    assert lab.attached() == []
+
+
+def test_forward_sends_the_secondary_guests_frames_to_the_primary(lab):
+    listener = lab.listen("sin.sock")
+    proc = lab.start("forward", "--xdp", "s-h", "--to", lab.unix("sin.sock", server=False))
+    peer, _ = listener.accept()
+    lab.socks.append(peer)
+    frames = [udp(b"secondary %d" % i) for i in range(25)]
+    lab.send("s", *frames, g.arp_frame())
+    assert records(peer, 25) == frames        # ARP: dropped in the kernel, never sent
+    log = stop(proc)
+    assert "frames_in=25 forwarded=25" in log
+    assert lab.attached() == []
+
+
+def test_sigkill_leaves_nothing_attached(lab):
+    proc = lab.start(*compare_args(lab))
+    assert sorted(lab.attached()) == ["p-h", "s-h"]
+    proc.kill()
+    proc.wait(TIMEOUT)
+    deadline = time.monotonic() + 2
+    while lab.attached() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert lab.attached() == []
+
+
+def test_missing_interface_is_one_sentence(lab):
+    proc = lab.start("compare", "--primary-xdp", "nope0", "--secondary-xdp", "s-h",
+                     "--outdev", lab.unix("out.sock"), ready=False)
+    assert proc.wait(TIMEOUT) == 1
+    lines = [line for line in proc.log if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("colo-xdp: error: primary-in: nope0")
+    assert lab.attached() == []
