@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 from colo_xdp.engine import Engine, EngineConfig, Side
 from colo_xdp.log import EventLog
-from colo_xdp.service import (MAX_SLEEP_S, OUT_HIGH_WATER, OUT_LOW_WATER, SHUTDOWN_DRAIN_S,
-                              EndpointError, Loop, Outdev, XdpIface, XdpInput)
+from colo_xdp.service import (MAX_SLEEP_S, OUT_HIGH_WATER, OUT_LOW_WATER, EndpointError, Loop,
+                              Outdev, XdpIface, XdpInput)
 from colo_xdp.transport.chardev import Spec
 
 
@@ -60,19 +60,14 @@ class Forwarder(Loop):
         self.engine.drain_events()           # no compare: nothing to act on
         self.outdev.write_pending()
         pending = self.engine.output_pending()
-        if self.paused != (pending > (OUT_LOW_WATER if self.paused else OUT_HIGH_WATER)):
+        if (not self.paused and pending > OUT_HIGH_WATER) or (
+                self.paused and pending < OUT_LOW_WATER):
             self.paused = not self.paused
             self.log.event("backpressure", on=self.paused, pending_bytes=pending)
             self.input.pause(self.paused)
 
     def close(self) -> None:
-        end = time.monotonic() + SHUTDOWN_DRAIN_S
-        while self.engine.output_pending() and self.outdev.connected and time.monotonic() < end:
-            self.outdev.wait_writable(0.05)
-            self.outdev.write_pending()
-        left = self.engine.output_pending()
-        if left:
-            self.log.warning("undelivered_at_exit", bytes=left)
+        self.drain_output()
         self.input.shutdown()
         self.outdev.shutdown()
         self.sel.close()

@@ -305,7 +305,7 @@ class Outdev(Channel):
     writing = False
 
     @property
-    def connected(self) -> bool:
+    def has_peer(self) -> bool:
         return self.sock is not None
 
     def wait_writable(self, timeout: float) -> None:
@@ -511,7 +511,7 @@ class XdpOutdev:
         self.writing = False
 
     @property
-    def connected(self) -> bool:
+    def has_peer(self) -> bool:
         return self.sock is not None
 
     def open(self) -> None:
@@ -612,6 +612,16 @@ class Loop:
 
     def after_batch(self) -> None:
         raise NotImplementedError
+
+    def drain_output(self) -> None:
+        """At exit: try, for a moment, to deliver what the engine released."""
+        end = time.monotonic() + SHUTDOWN_DRAIN_S
+        while self.engine.output_pending() and self.outdev.has_peer and time.monotonic() < end:
+            self.outdev.wait_writable(0.05)
+            self.outdev.write_pending()
+        left = self.engine.output_pending()
+        if left:
+            self.log.warning("undelivered_at_exit", bytes=left)
 
 
 class Service(Loop):
@@ -720,13 +730,7 @@ class Service(Loop):
         try to deliver it for a moment, then close every socket."""
         self.engine.checkpoint()
         self.after_batch()
-        end = time.monotonic() + SHUTDOWN_DRAIN_S
-        while self.engine.output_pending() and self.outdev.connected and time.monotonic() < end:
-            self.outdev.wait_writable(0.05)
-            self.outdev.write_pending()
-        left = self.engine.output_pending()
-        if left:
-            self.log.warning("undelivered_at_exit", bytes=left)
+        self.drain_output()
         for ch in self.channels:
             ch.shutdown()
         for part in self.attachments:
