@@ -65,6 +65,8 @@ struct xsk {
     uint64_t *tx_free;        /* stack of free tx frame addresses */
     uint32_t n_tx_free;
     uint32_t tx_outstanding;  /* submitted, not yet completed */
+    uint64_t *fill_wait;      /* rx frames handed back, not yet in the fill ring */
+    uint32_t n_fill_wait;
 };
 
 /* ---- rings ------------------------------------------------------------- */
@@ -291,7 +293,8 @@ int xsk__open(const struct xsk__config *cfg, struct xsk **out, struct xsk__info 
         goto fail;
     }
     x->tx_free = calloc(x->tx_frames, sizeof(*x->tx_free));
-    if (!x->tx_free) {
+    x->fill_wait = calloc(x->rx_frames, sizeof(*x->fill_wait));
+    if (!x->tx_free || !x->fill_wait) {
         err = -ENOMEM;
         goto fail;
     }
@@ -346,6 +349,7 @@ void xsk__close(struct xsk *x)
     if (x->umem)
         munmap(x->umem, x->umem_size);
     free(x->tx_free);
+    free(x->fill_wait);
     free(x);
 }
 
@@ -371,8 +375,12 @@ uint64_t xsk__umem_size(const struct xsk *x)
 
 /* ---- receive ------------------------------------------------------------- */
 
+static void fill__flush(struct xsk *x);
+
 uint32_t xsk__rx_burst(struct xsk *x, uint64_t *addrs, uint32_t *lens, uint32_t max)
 {
+    if (x->n_fill_wait)
+        fill__flush(x);
     const struct xdp_desc *descs = x->rx.descs;
     uint32_t idx, i;
     uint32_t n = cons__peek(&x->rx, max, &idx);
@@ -387,26 +395,41 @@ uint32_t xsk__rx_burst(struct xsk *x, uint64_t *addrs, uint32_t *lens, uint32_t 
     return n;
 }
 
+/* Move waiting frames into the fill ring, as many as it takes now.  The
+ * kernel publishes how far it consumed the fill ring lazily, so the ring can
+ * look full while its frames already sit in the rx ring: the rest waits for
+ * the next call instead of being lost. */
+static void fill__flush(struct xsk *x)
+{
+    uint64_t *ring = x->fill.descs;
+    uint32_t idx, i;
+    uint32_t n = prod__reserve(&x->fill, x->n_fill_wait, &idx);
+
+    for (i = 0; i < n; i++)
+        ring[(idx + i) & x->fill.mask] = x->fill_wait[i];
+    if (!n)
+        return;
+    prod__submit(&x->fill, n);
+    x->n_fill_wait -= n;
+    memmove(x->fill_wait, x->fill_wait + n, (size_t)x->n_fill_wait * sizeof(*x->fill_wait));
+}
+
 int xsk__rx_done(struct xsk *x, const uint64_t *addrs, uint32_t n)
 {
     uint64_t rx_end = (uint64_t)x->rx_frames * x->frame_size;
-    uint64_t *ring = x->fill.descs;
-    uint32_t idx, i;
+    uint32_t i;
 
+    if (n > x->rx_frames - x->n_fill_wait)
+        return -EINVAL;                 /* more than could be out: given back twice */
     for (i = 0; i < n; i++)
         if (addrs[i] >= rx_end || addrs[i] % x->frame_size < XSK__META_MAX)
             return -EINVAL;
-    if (prod__reserve(&x->fill, n, &idx) != n) {
-        /* Only a frame given back twice can overfill the fill ring. */
-        x->fill.cached_prod = idx;
-        return -EINVAL;
-    }
     for (i = 0; i < n; i++) {
         /* No stale metadata for the frame that lands here next. */
         memset(x->umem + addrs[i] - XSK__META_MAX, 0, XSK__META_MAX);
-        ring[(idx + i) & x->fill.mask] = addrs[i] - addrs[i] % x->frame_size;
+        x->fill_wait[x->n_fill_wait++] = addrs[i] - addrs[i] % x->frame_size;
     }
-    prod__submit(&x->fill, n);
+    fill__flush(x);
     return 0;
 }
 
