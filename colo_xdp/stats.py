@@ -15,6 +15,14 @@ from colo_xdp.engine import ConnInfo
 SIDES = ("primary", "secondary")
 
 
+def _has_peer(ch) -> bool:
+    """A chardev channel has its peer when connected; an XDP input when its
+    interface's sockets are open (it has no ``sock``)."""
+    if hasattr(ch, "sock"):
+        return ch.sock is not None
+    return getattr(ch, "port", None) is not None
+
+
 def _conn_row(info: ConnInfo, now_ms: int) -> dict:
     key = info.conn
     proto = {1: "icmp", 6: "tcp", 17: "udp"}.get(key.proto, str(key.proto))
@@ -52,7 +60,7 @@ def snapshot(svc, connections: int = 0) -> dict[str, Any]:
         "uptime_s": round(now_ms / 1000.0, 3),
         "failover": svc.failed_over,
         "backpressure": svc.paused,
-        "peers": {ch.role: ch.sock is not None for ch in svc.channels},
+        "peers": {ch.role: _has_peer(ch) for ch in svc.channels},
         "frames_in": c.frames_in,
         "bytes_in": c.bytes_in,
         "pairs": {"compared": matched + mismatched, "matched": matched,

@@ -3,7 +3,9 @@
 # Installs nothing when everything is present; says clearly what it cannot do.
 set -euo pipefail
 
-PACKAGES=(python3 python3-venv python3-dev gcc make qemu-system-x86 iproute2 util-linux tcpdump)
+PACKAGES=(python3 python3-venv python3-dev gcc make qemu-system-x86 iproute2 util-linux tcpdump
+          clang libclang-rt-dev    # clang, libclang-rt-dev: make fuzz, the sanitizer tests
+          vagrant vagrant-libvirt shellcheck)   # tests/lab: vagrant validate, the provisioning scripts
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

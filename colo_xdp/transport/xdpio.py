@@ -76,7 +76,7 @@ class XdpPort:
 
     def verdicts(self) -> dict[str, int]:
         """Frames per verdict since the program was loaded."""
-        return {v.name.lower(): c.packets for v, c in self.classifier.counters().items()}
+        return {v.name.lower(): c.frames for v, c in self.classifier.counters().items()}
 
 
 def rx_to_engine(sock: XskSocket, engine: Engine, side: Side, now_ms: int) -> int:

@@ -18,10 +18,11 @@ DEMO_BUDGET_S = 10.0
 
 
 def _demo_argv(*args: str) -> list[str]:
-    """The command `make demo` runs: the colo-xdp script of this Python."""
+    """The chardev demo (`colo-xdp demo --chardev`, `make demo`'s fallback), run by
+    the colo-xdp script of this Python."""
     script = Path(sys.executable).with_name("colo-xdp")
     head = [str(script)] if script.exists() else [sys.executable, "-m", "colo_xdp.cli"]
-    return [*head, "demo", *args]
+    return [*head, "demo", "--chardev", *args]
 
 
 def _header_value(text: str, name: str) -> str:
