@@ -756,6 +756,9 @@ def parser() -> argparse.ArgumentParser:
                    help="colo-xdp executable (default: .venv/bin/colo-xdp of the repository)")
     p.add_argument("--no-ceiling", dest="ceiling", action="store_false",
                    help="skip measuring the driver against a sink that compares nothing")
+    p.add_argument("--no-xdp", dest="xdp", action="store_false",
+                   help="skip the XDP mode rows (colo-xdp on veths, AF_XDP and XDP_DROP "
+                        "ceilings; root and bcc)")
     p.add_argument("--sink", type=Path, metavar="DIR", help=argparse.SUPPRESS)
     return p
 
@@ -839,7 +842,49 @@ def main(argv: list[str] | None = None) -> int:
           f"the comparator used; driver max: the same driver against a sink that "
           f"forwards the primary unchanged; {time.monotonic() - started:.0f} s in all)")
     failed = any(r.errors[name] for r in results for name in r.errors)
+    if args.xdp:
+        try:
+            failed = _xdp_section(args, results, comparator_cpu) or failed
+        except KeyboardInterrupt:
+            return 130
     return 1 if failed else 0
+
+
+def _xdp_section(args, results: list[RowResult], comparator_cpu: str | None) -> bool:
+    """XDP mode rows (colo_xdp.bench_xdp) in the same run; True if one failed."""
+    from colo_xdp import bench_xdp
+
+    print()
+    reason = ("--only qemu" if args.only == QEMU else bench_xdp.problem())
+    if reason:
+        print(f"XDP mode: skipped: {reason}")
+        return False
+    exe = args.colo_xdp or default_colo_xdp_exe()
+    seconds = min(args.seconds, bench_xdp.MAX_SECONDS)
+    print(f"XDP mode: colo-xdp compare --primary-xdp p-h --secondary-xdp s-h on veths "
+          f"in namespaces (cpu {comparator_cpu}), AF_XDP TX from p-g/s-g by the driver; "
+          f"median of {args.runs} windows of {seconds:g} s after {args.warmup:g} s",
+          flush=True)
+    started = time.monotonic()
+    try:
+        xdp = bench_xdp.run(args.rows, exe, args.runs, args.warmup, args.seconds,
+                            sys.modules[__name__], lambda line: print(line, flush=True),
+                            cpu=comparator_cpu)
+    except Exception as err:      # noqa: BLE001  the lab itself could not be built
+        print(f"XDP mode: failed: {err}")
+        return True
+    qemu = {r.row.number: r.median(QEMU, "released") for r in results}
+    print()
+    print(bench_xdp.table(xdp, qemu.get))
+    for line in bench_xdp.notes(xdp):
+        print(f"note: {line}")
+    print(f"(XDP pairs/s: pairs released on the outdev per second; frames/s: 2 x pairs/s, "
+          f"both guests' frames; AF_XDP rx max: frames/s that classify.c + an AF_XDP socket "
+          f"per interface deliver to a process on cpu {comparator_cpu} doing only rx_burst/"
+          f"rx_done; XDP_DROP max: frames/s an XDP program dropping everything counts, i.e. "
+          f"what the driver can send; x QEMU: against this run's QEMU chardev pairs/s; "
+          f"{time.monotonic() - started:.0f} s)")
+    return any(not r.runs for r in xdp)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,623 @@
+"""XDP mode in `make bench`: pairs/s of ``colo-xdp compare --primary-xdp
+--secondary-xdp`` for the chardev rows, next to two ceilings of the same veths.
+
+Used by ``colo_xdp.bench`` (``--no-xdp`` skips it). The lab is the one of
+``tests/xdp/test_service_xdp.py``::
+
+    ns guest-p: p-g ──veth── p-h ┐  ns host: colo-xdp compare --primary-xdp p-h
+    ns guest-s: s-g ──veth── s-h ┘    --secondary-xdp s-h --outdev unix:out.sock
+        ▲                                    (taskset -c 1)
+        driver (cpu 0): AF_XDP TX on p-g and s-g, reads out.sock, drains notify
+
+Method, per row:
+- The frames are built before the clock starts (the chardev rows' frames,
+  unframed). The driver sends them with ``XskSocket.tx_burst`` on p-g and
+  s-g, ``BURST`` at a time, the same frames on both sides. One side leads
+  (as in the chardev bench: the secondary by 0 frames in rows 1-4, the
+  primary by ``LEAD_FRAMES`` in row 5): the follower never passes the leader
+  less the lead, the leader is at most one burst ahead of that, and neither
+  side is more than ``WINDOW_FRAMES`` beyond the pairs released, so the
+  comparator's rx rings (1024) never overflow.
+- XDP mode: one comparator per row; after ``--warmup`` s, ``--runs``
+  consecutive windows of ``--seconds`` s each (median reported). Released
+  pairs = outdev bytes / framed size; the first frames released and the last
+  are checked against the stream as in the chardev bench.
+- Ceilings, one short unpaced run each (both sides blasting, alternating
+  bursts): ``drop``: an XDP program on p-h and s-h that drops every frame and
+  counts it in a per-CPU array; ``AF_XDP rx``: classify.c on p-h/s-h
+  redirecting to an ``XskSocket`` per interface in a process on cpu 1 that
+  only does ``rx_burst`` + ``rx_done`` (no engine). Both in frames/s (both
+  interfaces together), like the XDP mode's frames/s (2 x pairs/s).
+
+Note that veth runs the receiving side's XDP (and AF_XDP's copy into the
+UMEM) in the sender's softirq: on the driver's cpu 0, not the comparator's.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import select
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+
+BURST = 64                # frames per tx_burst call
+WINDOW_FRAMES = 512       # sent on a side, beyond pairs released (rx ring: 1024)
+CEILING_SECONDS = 1.0
+MAX_SECONDS = 1.0         # XDP mode's windows: keeps the section under a minute
+CEILING_WARMUP = 0.3
+TCP_LAPS_KEPT = 4
+HOST_CPU = "1"
+CLONE_NEWNET = 0x40000000
+READY_TIMEOUT = 20.0
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+DROP_PROG = r"""
+BPF_PERCPU_ARRAY(dropped, u64, 1);
+int drop_all(struct xdp_md *ctx) {
+    int zero = 0;
+    u64 *n = dropped.lookup(&zero);
+    if (n)
+        *n += 1;
+    return XDP_DROP;
+}
+"""
+
+
+def problem() -> str | None:
+    """Why XDP rows cannot run here, in one line; None if they can."""
+    if os.geteuid() != 0:
+        return "XDP rows need root (namespaces, XDP, AF_XDP)"
+    try:
+        import bcc  # noqa: F401
+    except ImportError:
+        return "XDP rows need bcc: run 'make setup' (Debian's python3-bpfcc)"
+    from colo_xdp.transport import xdp
+    if not (os.path.isdir(xdp.KERNEL_BUILD_DIR) or os.path.exists(xdp.KHEADERS)):
+        return f"XDP rows need kernel headers in {xdp.KERNEL_BUILD_DIR}: run scripts/setup-bpf.sh"
+    if shutil.which("ip") is None or shutil.which("taskset") is None:
+        return "XDP rows need 'ip' (iproute2) and 'taskset' (util-linux)"
+    return None
+
+
+# --- namespaces ---------------------------------------------------------------------------
+
+def _sh(*args: str, check: bool = True) -> str:
+    return subprocess.run(args, check=check, capture_output=True, text=True).stdout
+
+
+@contextlib.contextmanager
+def in_netns(name: str) -> Iterator[None]:
+    """Run the calling thread in network namespace ``name`` for a while."""
+    with open("/proc/thread-self/ns/net") as home, open(f"/run/netns/{name}") as there:
+        if _libc.setns(there.fileno(), CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns {name}: {os.strerror(err)}")
+        try:
+            yield
+        finally:
+            if _libc.setns(home.fileno(), CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "setns back home failed")
+
+
+class Lab:
+    """Namespaces host / guest-p / guest-s, veth p-h/p-g and s-h/s-g (1 queue)."""
+
+    LINKS = {"p": "gp", "s": "gs"}
+
+    def __init__(self, cpu: str | None = HOST_CPU):
+        self.cpu = cpu
+        tag = os.getpid() % 100000
+        self.ns = {name: f"cxb{name}-{tag}" for name in ("host", "gp", "gs")}
+        self.dir = Path(tempfile.mkdtemp(prefix="cx-bench-xdp-"))
+        self.made: list[str] = []
+
+    def __enter__(self) -> "Lab":
+        try:
+            for ns in self.ns.values():
+                _sh("ip", "netns", "add", ns)
+                self.made.append(ns)
+                _sh("ip", "netns", "exec", ns, "sysctl", "-q", "-w",
+                    "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
+            for short, where in self.LINKS.items():
+                _sh("ip", "-n", self.ns["host"], "link", "add", f"{short}-h",
+                    "numtxqueues", "1", "numrxqueues", "1", "type", "veth", "peer", "name",
+                    f"{short}-g", "netns", self.ns[where], "numtxqueues", "1",
+                    "numrxqueues", "1")
+                _sh("ip", "-n", self.ns["host"], "link", "set", f"{short}-h", "up")
+                _sh("ip", "-n", self.ns[where], "link", "set", f"{short}-g", "up")
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for ns in self.made:
+            _sh("ip", "netns", "del", ns, check=False)
+        self.made = []
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def host_argv(self, argv: list[str]) -> list[str]:
+        """``argv`` in the host namespace, pinned to the comparator's cpu."""
+        pin = ["taskset", "-c", self.cpu] if self.cpu is not None else []
+        return ["ip", "netns", "exec", self.ns["host"], *pin, *argv]
+
+
+# --- frames -------------------------------------------------------------------------------
+
+class Frames:
+    """Frame n of a row's stream (unframed), handed out as lists of bytes."""
+
+    def __init__(self, row, build_stream: Callable):
+        self.row = row
+        self.stream = build_stream(row)
+        self.record = self.stream.record
+        self.check_stream = build_stream(row)   # for check_output: its own lap buffers
+        if row.proto == "udp":
+            block = self.stream._block
+            rec = self.record
+            self._block = [bytes(block[i + 4:i + rec]) for i in range(0, len(block), rec)]
+            self._laps = None
+        else:
+            self._block = None
+            self._lap_len = self.stream.lap_bytes // self.record
+            self._laps: dict[int, list[bytes]] = {}
+
+    def _lap(self, lap: int) -> list[bytes]:
+        frames = self._laps.get(lap)
+        if frames is None:
+            view = self.stream.view(lap * self.stream.lap_bytes, self.stream.lap_bytes)
+            rec = self.record
+            frames = [bytes(view[i + 4:i + rec]) for i in range(0, len(view), rec)]
+            self._laps[lap] = frames
+            for old in [k for k in self._laps if k < lap - TCP_LAPS_KEPT]:
+                del self._laps[old]
+        return frames
+
+    def take(self, start: int, n: int) -> list[bytes]:
+        """Up to ``n`` (at least 1) frames from frame ``start`` on."""
+        if self._block is not None:
+            i = start % len(self._block)
+            return self._block[i:i + n]
+        lap, i = divmod(start, self._lap_len)
+        return self._lap(lap)[i:i + n]
+
+
+class Sender:
+    """An XskSocket in a guest namespace, sending a stream a burst at a time."""
+
+    def __init__(self, ns: str, ifname: str):
+        from colo_xdp.transport.xsk import XskSocket
+        with in_netns(ns):
+            self.sock = XskSocket(ifname, 0)
+            self.sock.open()
+        self.sent = 0
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def send(self, frames: Frames, n: int) -> int:
+        """Send up to ``n`` frames from where this side is; how many went."""
+        batch = frames.take(self.sent, min(n, BURST))
+        got = self.sock.tx_burst(batch)
+        if got < len(batch):
+            self.sock.tx_reap()
+        self.sent += got
+        return got
+
+
+@contextlib.contextmanager
+def senders(lab: Lab) -> Iterator[dict[str, Sender]]:
+    made: dict[str, Sender] = {}
+    try:
+        made["pin"] = Sender(lab.ns["gp"], "p-g")
+        made["sin"] = Sender(lab.ns["gs"], "s-g")
+        yield made
+    finally:
+        for s in made.values():
+            s.close()
+
+
+# --- XDP mode -------------------------------------------------------------------------------
+
+@dataclass
+class XdpRowResult:
+    row: object
+    runs: list = field(default_factory=list)       # bench.Measurement per window
+    errors: list[str] = field(default_factory=list)
+    drop_ceiling: float | None = None              # frames/s
+    xsk_ceiling: float | None = None               # frames/s
+    xsk_drops: float | None = None                 # frames/s the AF_XDP sink's rx rings dropped
+    driver_rate: float | None = None               # frames/s the driver sent in the drop run
+    output: str = "-"
+
+    def median(self, what: str) -> float | None:
+        return statistics.median(getattr(m, what) for m in self.runs) if self.runs else None
+
+
+def _ready(proc_log: Path, directory: Path) -> bool:
+    text = proc_log.read_text(errors="replace") if proc_log.exists() else ""
+    return (any(line.split()[-1:] == ["ready"] for line in text.splitlines())
+            and (directory / "out.sock").exists() and (directory / "notify.sock").exists())
+
+
+@contextlib.contextmanager
+def comparator(lab: Lab, exe: Path, tag: str) -> Iterator[subprocess.Popen]:
+    """colo-xdp compare on p-h/s-h in the host namespace, on cpu 1; always stopped."""
+    directory = lab.dir / tag
+    directory.mkdir()
+    log_path = directory / "log"
+    argv = lab.host_argv([str(exe), "compare", "--primary-xdp", "p-h",
+                          "--secondary-xdp", "s-h",
+                          "--outdev", f"unix:{directory / 'out.sock'},server=on",
+                          "--notify-dev", f"unix:{directory / 'notify.sock'},server=on"])
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    proc.directory = directory
+    proc.cpu = lab.cpu
+    proc.log_path = log_path
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT
+        while not _ready(log_path, directory):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("colo-xdp compare did not come up: " + _tail(log_path))
+            time.sleep(0.01)
+        yield proc
+    finally:
+        _stop(proc)
+
+
+def _tail(path: Path) -> str:
+    text = path.read_text(errors="replace") if path.exists() else ""
+    return " | ".join(text.strip().splitlines()[-3:]) or "(empty log)"
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(3)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def run_xdp_mode(lab: Lab, exe: Path, row, frames: Frames, warmup: float, seconds: float,
+                 runs: int, bench) -> tuple[list, str]:
+    """Drive one comparator for warmup + runs x seconds; a Measurement per window."""
+    with comparator(lab, exe, f"row{row.number}") as proc, senders(lab) as tx:
+        socks = {}
+        try:
+            for name in ("out", "notify"):
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                socks[name] = s
+                s.connect(str(proc.directory / f"{name}.sock"))
+                s.setblocking(False)
+            time.sleep(0.05)
+            return _drive(proc, socks, tx, row, frames, warmup, seconds, runs, bench)
+        finally:
+            for s in socks.values():
+                s.close()
+
+
+def _drive(proc, socks, tx, row, frames: Frames, warmup, seconds, runs, bench):
+    record = frames.record
+    leader, follower = (tx["pin"], tx["sin"]) if row.leader == "pin" else (tx["sin"], tx["pin"])
+    lead = row.lead
+    out_recv, notify_recv = socks["out"].recv_into, socks["notify"].recv_into
+    out_buf, notify_buf = bytearray(1 << 20), bytearray(1 << 16)
+    head, head_bytes = bytearray(), bench.HEAD_FRAMES * record
+    got_out = got_notify = last_read = 0
+    pid = proc.pid
+    cpu = None if proc.cpu is None else int(proc.cpu)
+    start = time.monotonic()
+    marks_at = [start + warmup + i * seconds for i in range(runs + 1)]
+    marks = []
+    next_alive = start
+    while True:
+        released = got_out // record
+        # leader: at most one burst beyond follower + lead, and the window
+        room = min(follower.sent + lead + BURST, released + lead + WINDOW_FRAMES) - leader.sent
+        if room > 0:
+            leader.send(frames, room)
+        room = min(leader.sent - lead, released + WINDOW_FRAMES) - follower.sent
+        if room > 0:
+            follower.send(frames, room)
+        try:
+            while True:
+                n = out_recv(out_buf)
+                if not n:
+                    raise RuntimeError("colo-xdp closed its outdev: " + _tail(proc.log_path))
+                if len(head) < head_bytes:
+                    head += out_buf[:min(n, head_bytes - len(head))]
+                got_out += n
+                last_read = n
+                if n < len(out_buf):
+                    break
+        except BlockingIOError:
+            pass
+        try:
+            n = notify_recv(notify_buf)
+            if not n:
+                raise RuntimeError("colo-xdp closed its notify_dev: " + _tail(proc.log_path))
+            got_notify += n
+        except BlockingIOError:
+            pass
+        now = time.monotonic()
+        if now >= next_alive:
+            if proc.poll() is not None:
+                raise RuntimeError(f"colo-xdp exited ({proc.returncode}): "
+                                   + _tail(proc.log_path))
+            next_alive = now + 0.1
+        if now >= marks_at[len(marks)]:
+            marks.append((now, got_out, got_notify, follower.sent,
+                          bench.session_cpu_seconds(pid), bench.cpu_busy_seconds(cpu)))
+            if len(marks) == len(marks_at):
+                break
+    last = (bytes(out_buf[last_read - record + 4:last_read])
+            if got_out % record == 0 and last_read >= record else None)
+    output = bench.check_output(bytes(head), last, frames.check_stream)
+    out = []
+    for a, b in zip(marks, marks[1:]):
+        el = b[0] - a[0]
+        ccpu = b[4] - a[4]
+        out.append(bench.Measurement(
+            released=(b[1] - a[1]) / record / el, sent=(b[3] - a[3]) / el,
+            comparator_cpu=ccpu / el,
+            foreign_cpu=max(0.0, (b[5] - a[5]) - ccpu) / el,
+            checkpoints=(b[2] - a[2]) / bench.NOTIFY_RECORD / el, output=output))
+    return out, output
+
+
+# --- ceilings --------------------------------------------------------------------------------
+
+def _blast(tx: dict[str, Sender], frames: Frames, seconds: float,
+           count: Callable[[], int]) -> tuple[float, float]:
+    """Both sides unpaced, alternating bursts; (counted frames/s, sent frames/s)."""
+    p, s = tx["pin"], tx["sin"]
+    end_warm = time.monotonic() + CEILING_WARMUP
+    while time.monotonic() < end_warm:
+        p.send(frames, BURST)
+        s.send(frames, BURST)
+    t0, c0, s0 = time.monotonic(), count(), p.sent + s.sent
+    end = t0 + seconds
+    while True:
+        for _ in range(16):
+            p.send(frames, BURST)
+            s.send(frames, BURST)
+        if time.monotonic() >= end:
+            break
+    t1, c1, s1 = time.monotonic(), count(), p.sent + s.sent
+    return (c1 - c0) / (t1 - t0), (s1 - s0) / (t1 - t0)
+
+
+def drop_ceiling(lab: Lab, frames: Frames, seconds: float) -> tuple[float, float]:
+    """Frames/s an XDP_DROP program on p-h and s-h counts, and what was sent."""
+    from bcc import BPF
+    b = BPF(text=DROP_PROG)
+    attached = []
+    try:
+        fn = b.load_func("drop_all", BPF.XDP)
+        with in_netns(lab.ns["host"]):
+            for dev in ("p-h", "s-h"):
+                b.attach_xdp(dev, fn, 1 << 2)     # XDP_FLAGS_DRV_MODE
+                attached.append(dev)
+        table = b["dropped"]
+
+        def count() -> int:
+            return sum(table[0])     # per-CPU values
+        with senders(lab) as tx:
+            return _blast(tx, frames, seconds, count)
+    finally:
+        with in_netns(lab.ns["host"]):
+            for dev in attached:
+                with contextlib.suppress(Exception):
+                    b.remove_xdp(dev, 1 << 2)
+        b.cleanup()
+
+
+def xsk_ceiling(lab: Lab, frames: Frames, seconds: float) -> tuple[float, float]:
+    """Frames/s an AF_XDP sink (classify.c + XskSocket, rx_burst/rx_done, no engine)
+    receives on p-h and s-h on cpu 1; and the frames/s its rx rings dropped."""
+    argv = lab.host_argv([sys.executable, "-m", "colo_xdp.bench_xdp", "--xsk-sink",
+                          "p-h", "s-h"])
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, bufsize=1,
+                            start_new_session=True,
+                            cwd=str(Path(__file__).resolve().parent.parent))
+    try:
+        line = proc.stdout.readline()
+        if line.strip() != "ready":
+            raise RuntimeError("AF_XDP sink did not come up: "
+                               + (line + proc.stderr.read()).strip().replace("\n", " | "))
+
+        def query() -> tuple[int, int]:
+            try:
+                proc.stdin.write("?\n")
+                got, dropped = proc.stdout.readline().split()
+                return int(got), int(dropped)
+            except (OSError, ValueError):
+                proc.wait(2)
+                raise RuntimeError(f"AF_XDP sink exited ({proc.returncode}): "
+                                   + proc.stderr.read().strip()[-300:].replace("\n", " | "))
+        drops = []
+
+        def count() -> int:
+            got, dropped = query()
+            drops.append((time.monotonic(), dropped))
+            return got
+        with senders(lab) as tx:
+            rate, _sent = _blast(tx, frames, seconds, count)
+        (t0, d0), (t1, d1) = drops[-2:]
+        return rate, (d1 - d0) / (t1 - t0)
+    finally:
+        with contextlib.suppress(Exception):
+            proc.stdin.close()
+        _stop(proc)
+
+
+def run_xsk_sink(ifaces: list[str]) -> int:
+    """The ``--xsk-sink`` process: classify.c on each interface (first primary,
+    others secondary), rx_burst + rx_done on their sockets; answers '?' on stdin
+    with 'received dropped'."""
+    from colo_xdp.engine import Side
+    from colo_xdp.transport.xdpio import XdpPort
+    ports = []
+    try:
+        for i, ifname in enumerate(ifaces):
+            port = XdpPort(ifname, Side.PRIMARY if i == 0 else Side.SECONDARY)
+            port.open()
+            ports.append(port)
+        socks = [s for p in ports for s in p.sockets]
+        by_fd = {s.fileno(): s for s in socks}
+        poller = select.poll()
+        for fd in by_fd:
+            poller.register(fd, select.POLLIN)
+        stdin = sys.stdin.fileno()
+        poller.register(stdin, select.POLLIN)
+        print("ready", flush=True)
+        total = 0
+        while True:
+            for fd, _ in poller.poll(1000):
+                if fd == stdin:
+                    if not os.read(stdin, 64):
+                        return 0
+                    dropped = sum(s.stats()["rx_dropped"] for s in socks)
+                    print(total, dropped, flush=True)
+                    continue
+                s = by_fd[fd]
+                n = s.rx_burst()
+                while n:
+                    s.rx_done(n)
+                    total += n
+                    n = s.rx_burst()
+    finally:
+        for p in ports:
+            p.close()
+
+
+# --- the section of make bench -------------------------------------------------------------
+
+def run(rows, exe: Path, runs: int, warmup: float, seconds: float, bench,
+        report: Callable[[str], None], cpu: str | None = HOST_CPU) -> list[XdpRowResult]:
+    """Every row: the two ceilings, then XDP mode (windows of at most MAX_SECONDS)."""
+    seconds = min(seconds, MAX_SECONDS)
+    results = []
+    # SIGTERM unwinds like Ctrl-C, so the lab (namespaces, programs, processes) goes too.
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        _run(rows, exe, runs, warmup, seconds, bench, report, cpu, results)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return results
+
+
+def _raise_interrupt(*_args) -> None:
+    raise KeyboardInterrupt
+
+
+def _run(rows, exe, runs, warmup, seconds, bench, report, cpu, results) -> None:
+    with Lab(cpu) as lab:
+        for row in rows:
+            frames = Frames(row, bench.build_stream)
+            r = XdpRowResult(row)
+            results.append(r)
+            try:
+                r.drop_ceiling, r.driver_rate = drop_ceiling(lab, frames, CEILING_SECONDS)
+                report(f"  row {row.number} xdp-drop {r.drop_ceiling:>12,.0f} frames/s "
+                       f"dropped in XDP (driver sent {r.driver_rate:,.0f})")
+            except Exception as err:      # noqa: BLE001  a ceiling failing is a note
+                r.errors.append(f"drop ceiling: {err}")
+                report(f"  row {row.number} xdp-drop failed: {err}")
+            try:
+                r.xsk_ceiling, r.xsk_drops = xsk_ceiling(lab, frames, CEILING_SECONDS)
+                report(f"  row {row.number} af_xdp   {r.xsk_ceiling:>12,.0f} frames/s "
+                       f"received (rx ring dropped {r.xsk_drops:,.0f}/s)")
+            except Exception as err:      # noqa: BLE001
+                r.errors.append(f"AF_XDP ceiling: {err}")
+                report(f"  row {row.number} af_xdp   failed: {err}")
+            try:
+                r.runs, r.output = run_xdp_mode(lab, exe, row, frames, warmup, seconds,
+                                                runs, bench)
+                for m in r.runs:
+                    report(f"  row {row.number} xdp-mode {m.released:>12,.0f} pairs/s  "
+                           f"(sent {m.sent:,.0f})  cpu {m.comparator_cpu:4.0%} "
+                           f"(others {m.foreign_cpu:3.0%})  DO_CHECKPOINT/s "
+                           f"{m.checkpoints:<8,.0f} output: {m.output}")
+            except Exception as err:      # noqa: BLE001
+                r.errors.append(f"XDP mode: {err}")
+                report(f"  row {row.number} xdp-mode failed: {err}")
+
+
+def table(results: list[XdpRowResult], qemu_pairs: Callable[[int], float | None]) -> str:
+    head = ("row", "XDP pairs/s", "XDP frames/s", "AF_XDP rx max", "% of AF_XDP",
+            "XDP_DROP max", "x QEMU", "XDP cpu")
+    lines = [head]
+    for r in results:
+        pairs = r.median("released")
+        frames = None if pairs is None else 2 * pairs
+        q = qemu_pairs(r.row.number)
+        lines.append((
+            f"{r.row.number} {r.row.label}",
+            "failed" if pairs is None else f"{pairs:,.0f}",
+            "-" if frames is None else f"{frames:,.0f}",
+            "-" if r.xsk_ceiling is None else f"{r.xsk_ceiling:,.0f}",
+            "-" if frames is None or not r.xsk_ceiling else f"{frames / r.xsk_ceiling:.0%}",
+            "-" if r.drop_ceiling is None else f"{r.drop_ceiling:,.0f}",
+            "n/a" if pairs is None or not q else f"{pairs / q:.2f}",
+            "-" if pairs is None else f"{r.median('comparator_cpu'):.0%}"))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+    text = []
+    for n, line in enumerate(lines):
+        text.append("  ".join([line[0].ljust(widths[0])]
+                              + [c.rjust(w) for c, w in zip(line[1:], widths[1:])]))
+        if n == 0:
+            text.append("  ".join("-" * w for w in widths))
+    return "\n".join(text)
+
+
+def notes(results: list[XdpRowResult]) -> list[str]:
+    out = []
+    for r in results:
+        where = f"row {r.row.number} xdp"
+        out += [f"{where}: {e}" for e in r.errors]
+        if r.output not in ("ok", "-"):
+            out.append(f"{where}: output: {r.output}")
+        cp = r.median("checkpoints") or 0
+        if cp >= 1:
+            out.append(f"{where}: {cp:,.0f} DO_CHECKPOINT/s")
+        if r.xsk_drops:
+            out.append(f"{where}: the AF_XDP sink's rx rings dropped {r.xsk_drops:,.0f} "
+                       "frames/s: the driver outran it, its ceiling is the receiver's")
+    return out
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["--xsk-sink"]:
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        try:
+            return run_xsk_sink(argv[1:])
+        except KeyboardInterrupt:
+            return 130
+    print("usage: python -m colo_xdp.bench (XDP rows are part of it)", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
