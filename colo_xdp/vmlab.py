@@ -1,0 +1,273 @@
+"""Real guests for the VM tests: Debian's kernel and a busybox initramfs.
+
+``build_guest()`` makes, idempotently and cached under ``.cache/vm/`` of the
+repository (or ``$COLO_XDP_VM_CACHE``):
+
+- ``vmlinuz``: from Debian's versioned ``linux-image-6.1.*-amd64`` package
+  (the one ``linux-image-amd64`` depends on), fetched with ``apt-get download``;
+- ``initrd.gz``: a newc cpio made here (no root, no cpio binary) holding
+  busybox-static (``apt-get download busybox-static``), the virtio-net modules
+  of that kernel (Debian builds virtio, virtio_pci and virtio_net as modules),
+  ``colo-echo`` (a 40-line static UDP echo compiled from the C source below
+  with the host's gcc and glibc's libc.a) and ``/init``.
+
+The guest's ``/init`` loads the modules, gives ``eth0`` the address in
+``colo.ip=ADDR/LEN``, a static ARP entry for ``colo.peer=IP,MAC`` (no
+ARP needed: frames of both replicas stay identical), and runs
+``colo-echo 7 DIVERGE`` where DIVERGE is ``colo.diverge=`` (default 0). The
+echo answers every datagram with ``echo:`` and the payload; with diverge on,
+a payload starting with ``!`` is answered with its letters' case flipped, so
+one boot serves both matching traffic and a forced divergence. When ready it
+prints ``COLO-GUEST-READY`` on the serial console.
+
+Nothing is downloaded from anywhere but Debian's apt mirrors.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import os
+import re
+import shutil
+import stat
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+READY = "COLO-GUEST-READY"
+
+# Load order matters: dependencies first (modules.dep is not shipped unbuilt).
+MODULES = ("virtio_ring", "virtio", "virtio_pci_legacy_dev", "virtio_pci_modern_dev",
+           "virtio_pci", "failover", "net_failover", "virtio_net")
+
+ECHO_C = r"""
+/* colo-echo PORT [DIVERGE]: UDP echo for the COLO VM tests. */
+#include <netinet/in.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+int main(int argc, char **argv)
+{
+    int port = argc > 1 ? atoi(argv[1]) : 7;
+    int diverge = argc > 2 && atoi(argv[2]);
+    int s = socket(AF_INET, SOCK_DGRAM, 0);
+    struct sockaddr_in me = {0};
+    me.sin_family = AF_INET;
+    me.sin_port = htons(port);
+    if (s < 0 || bind(s, (struct sockaddr *)&me, sizeof me) < 0)
+        return 1;
+    for (;;) {
+        char in[2048], out[2048 + 5];
+        struct sockaddr_in peer;
+        socklen_t plen = sizeof peer;
+        ssize_t n = recvfrom(s, in, sizeof in, 0, (struct sockaddr *)&peer, &plen);
+        if (n < 0)
+            continue;
+        memcpy(out, "echo:", 5);
+        memcpy(out + 5, in, n);
+        if (diverge && n > 0 && in[0] == '!')
+            for (ssize_t i = 5; i < n + 5; i++)
+                if ((out[i] | 0x20) >= 'a' && (out[i] | 0x20) <= 'z')
+                    out[i] ^= 0x20;
+        sendto(s, out, n + 5, 0, (struct sockaddr *)&peer, plen);
+    }
+}
+"""
+
+INIT_SH = r"""#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin
+mkdir -p /proc /sys /dev /tmp
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+for m in %(modules)s; do insmod /lib/modules/$m.ko || echo "colo-guest: insmod $m failed"; done
+ip=; peer=; diverge=0
+for arg in $(cat /proc/cmdline); do
+    case "$arg" in
+        colo.ip=*) ip=${arg#colo.ip=} ;;
+        colo.peer=*) peer=${arg#colo.peer=} ;;
+        colo.diverge=*) diverge=${arg#colo.diverge=} ;;
+    esac
+done
+i=0
+while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+ip link set lo up
+ip addr add "$ip" dev eth0
+ip link set eth0 up
+[ -n "$peer" ] && arp -i eth0 -s "${peer%%%%,*}" "${peer#*,}"
+/bin/colo-echo 7 "$diverge" &
+echo "%(ready)s ip=$ip diverge=$diverge"
+while true; do sleep 3600; done
+"""
+
+
+class VmBuildError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Guest:
+    kernel: Path
+    initrd: Path
+    version: str
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("COLO_XDP_VM_CACHE", ROOT / ".cache" / "vm"))
+
+
+def _run(*args: str, cwd: Path | None = None) -> str:
+    try:
+        out = subprocess.run(args, cwd=cwd, check=True, capture_output=True, text=True)
+    except FileNotFoundError as exc:
+        raise VmBuildError(f"{args[0]} is missing") from exc
+    except subprocess.CalledProcessError as exc:
+        raise VmBuildError(f"{' '.join(args)} failed: {exc.stderr.strip()[-400:]}") from exc
+    return out.stdout
+
+
+def _download(debs: Path, pattern: str, package: str) -> Path:
+    """The cached .deb matching pattern, else apt-get download package."""
+    debs.mkdir(parents=True, exist_ok=True)
+    found = sorted(p for p in debs.glob("*.deb") if re.match(pattern, p.name))
+    if not found:
+        _run("apt-get", "download", package, cwd=debs)
+        found = sorted(p for p in debs.glob("*.deb") if re.match(pattern, p.name))
+    if not found:
+        raise VmBuildError(f"apt-get download {package} left no {pattern} in {debs}")
+    return found[-1]
+
+
+def kernel_package() -> str:
+    """The versioned package linux-image-amd64 depends on."""
+    out = _run("apt-cache", "depends", "linux-image-amd64")
+    match = re.search(r"Depends: (linux-image-6\.1\.\S+-amd64)\b", out)
+    if not match:
+        raise VmBuildError("apt-cache depends linux-image-amd64 names no linux-image-6.1.*-amd64")
+    return match.group(1)
+
+
+class _Cpio:
+    """newc archive writer: files, directories, symlinks, device nodes."""
+
+    def __init__(self) -> None:
+        self.buf = io.BytesIO()
+        self.ino = 1
+
+    def _entry(self, name: str, mode: int, data: bytes = b"", rdev: tuple[int, int] = (0, 0)) -> None:
+        nb = name.encode() + b"\0"
+        fields = (self.ino, mode, 0, 0, 1, 0, len(data), 0, 0, rdev[0], rdev[1], len(nb), 0)
+        self.ino += 1
+        self.buf.write(b"070701" + b"".join(b"%08X" % f for f in fields) + nb)
+        self.buf.write(b"\0" * (-(110 + len(nb)) % 4))
+        self.buf.write(data)
+        self.buf.write(b"\0" * (-len(data) % 4))
+
+    def dir(self, name: str) -> None:
+        self._entry(name, stat.S_IFDIR | 0o755)
+
+    def file(self, name: str, data: bytes, perm: int = 0o644) -> None:
+        self._entry(name, stat.S_IFREG | perm, data)
+
+    def chardev(self, name: str, major: int, minor: int) -> None:
+        self._entry(name, stat.S_IFCHR | 0o600, rdev=(major, minor))
+
+    def finish(self) -> bytes:
+        self._entry("TRAILER!!!", 0)
+        return self.buf.getvalue()
+
+
+def _fingerprint(*parts: bytes) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(hashlib.sha256(part).digest())
+    return h.hexdigest()[:16]
+
+
+def build_guest(cache: Path | None = None) -> Guest:
+    """Kernel and initramfs, built once and reused while their inputs hold."""
+    cache = cache or cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    debs = cache / "debs"
+    kpkg = kernel_package() if not any(debs.glob("linux-image-6.1.*-amd64_*.deb")) else None
+    kdeb = _download(debs, r"linux-image-6\.1\.\S+-amd64_.*\.deb$", kpkg or "linux-image-amd64")
+    bdeb = _download(debs, r"busybox-static_.*\.deb$", "busybox-static")
+    version = kdeb.name.split("_")[0][len("linux-image-"):]
+    init = (INIT_SH % {"modules": " ".join(MODULES), "ready": READY}).encode()
+    stamp = _fingerprint(kdeb.name.encode(), bdeb.name.encode(), init, ECHO_C.encode())
+    out = cache / stamp
+    guest = Guest(out / "vmlinuz", out / "initrd.gz", version)
+    if guest.kernel.exists() and guest.initrd.exists():
+        return guest
+
+    with tempfile.TemporaryDirectory(dir=cache) as tmp:
+        tmp = Path(tmp)
+        _run("dpkg-deb", "-x", str(kdeb), str(tmp / "k"))
+        _run("dpkg-deb", "-x", str(bdeb), str(tmp / "bb"))
+        vmlinuz = next((tmp / "k" / "boot").glob("vmlinuz-*"))
+        moddir = next((tmp / "k" / "lib" / "modules").iterdir())
+        kos = {p.stem: p for p in moddir.rglob("*.ko")}
+        missing = [m for m in MODULES if m not in kos]
+        if missing:
+            raise VmBuildError(f"{kdeb.name} has no {', '.join(missing)}.ko")
+        (tmp / "colo-echo.c").write_text(ECHO_C)
+        _run("gcc", "-static", "-Os", "-Wall", "-o", str(tmp / "colo-echo"), str(tmp / "colo-echo.c"))
+
+        arc = _Cpio()
+        for d in ("bin", "dev", "proc", "sys", "tmp", "lib", "lib/modules"):
+            arc.dir(d)
+        arc.chardev("dev/console", 5, 1)
+        arc.chardev("dev/null", 1, 3)
+        arc.file("bin/busybox", (tmp / "bb" / "bin" / "busybox").read_bytes(), 0o755)
+        arc.file("bin/colo-echo", (tmp / "colo-echo").read_bytes(), 0o755)
+        for m in MODULES:
+            arc.file(f"lib/modules/{m}.ko", kos[m].read_bytes())
+        arc.file("init", init, 0o755)
+
+        stage = tmp / "out"
+        stage.mkdir()
+        shutil.copyfile(vmlinuz, stage / "vmlinuz")
+        with gzip.open(stage / "initrd.gz", "wb", compresslevel=6) as f:
+            f.write(arc.finish())
+        if out.exists():
+            shutil.rmtree(out)
+        stage.rename(out)
+    return guest
+
+
+def qemu_problem() -> str | None:
+    """Why real-guest tests cannot run here, or None."""
+    if os.geteuid() != 0:
+        return "the VM tests need root (taps, namespaces)"
+    if not shutil.which("qemu-system-x86_64"):
+        return "qemu-system-x86_64 is missing (apt-get install qemu-system-x86)"
+    if not os.path.exists("/dev/net/tun"):
+        return "/dev/net/tun is missing: no tap devices"
+    for tool in ("apt-get", "dpkg-deb", "gcc", "ip", "tc"):
+        if not shutil.which(tool):
+            return f"{tool} is missing"
+    return None
+
+
+def qemu_argv(guest: Guest, name: str, *, mac: str, cmdline: str, netdev: str,
+              serial_log: Path, extra: tuple[str, ...] = ()) -> list[str]:
+    """A TCG guest: one virtio-net NIC on ``netdev`` (id hn0), serial to a file."""
+    return ["qemu-system-x86_64", "-name", name, "-accel", "tcg", "-m", "256",
+            "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+            "-kernel", str(guest.kernel), "-initrd", str(guest.initrd),
+            "-append", f"console=ttyS0 quiet panic=-1 ipv6.disable=1 {cmdline}",
+            "-serial", f"file:{serial_log}",
+            "-netdev", netdev,
+            "-device", f"virtio-net-pci,netdev=hn0,mac={mac},romfile=,csum=off,gso=off",
+            *extra]
+
+
+if __name__ == "__main__":  # pragma: no cover
+    g = build_guest()
+    print(g.kernel, g.initrd, g.version)

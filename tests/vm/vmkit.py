@@ -1,0 +1,271 @@
+"""The lab of the VM tests: namespaces, taps, a bridge, TCG guests, a client.
+
+Everything lives in two network namespaces made per test (``host``: the
+guests' taps, the bridge, colo-xdp, and in test B QEMU's chardev sockets on
+its loopback; ``client``: the client's end of a veth).  ``close()`` removes
+every process, socket, namespace (and with them every tap, bridge, veth and
+tc filter) on every path.  See docs/vm-tests.md for the pictures.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import itertools
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from colo_xdp import vmlab
+
+ROOT = Path(__file__).resolve().parents[2]
+EXE = str(ROOT / ".venv" / "bin" / "colo-xdp")
+CI = bool(os.environ.get("CI"))
+BOOT_TIMEOUT = float(os.environ.get("COLO_XDP_VM_BOOT_TIMEOUT", "90"))
+TIMEOUT = 10.0
+
+GUEST_MAC = "52:54:00:c0:10:02"      # both replicas: same MAC, same IP
+GUEST_IP = "10.77.0.2"
+CLIENT_MAC = "02:00:00:77:00:01"
+CLIENT_IP = "10.77.0.1"
+PORT = 7
+
+DO_CHECKPOINT = b"\x00\x00\x00\x0dDO_CHECKPOINT"
+COLO_CHECKPOINT = b"\x00\x00\x00\x0fCOLO_CHECKPOINT"
+
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+_counter = itertools.count()
+
+
+def need(ok: bool, message: str) -> None:
+    """Skip without a capability; under CI, fail instead."""
+    if ok:
+        return
+    if CI:
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+def sh(*args: str, check: bool = True) -> str:
+    res = subprocess.run(args, capture_output=True, text=True)
+    if check and res.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)}: {res.stderr.strip()}")
+    return res.stdout
+
+
+@contextlib.contextmanager
+def in_netns(name: str) -> Iterator[None]:
+    """The calling thread in network namespace ``name`` for a while."""
+    with open("/proc/thread-self/ns/net") as home, open(f"/run/netns/{name}") as there:
+        if _libc.setns(there.fileno(), CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"setns {name}")
+        try:
+            yield
+        finally:
+            if _libc.setns(home.fileno(), CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "setns back home failed")
+
+
+class Lab:
+    def __init__(self, guest: vmlab.Guest):
+        tag = f"{os.getpid() % 10000}{next(_counter)}"
+        self.guest = guest
+        self.host, self.client_ns = f"cxvh-{tag}", f"cxvc-{tag}"
+        self.dir = Path(tempfile.mkdtemp(prefix="cx-vm-"))
+        self.procs: list[subprocess.Popen] = []
+        self.socks: list[socket.socket] = []
+        self.made: list[str] = []
+        self.timings: dict[str, float] = {}
+
+    # --- namespaces and links ---------------------------------------------------
+    def build(self) -> None:
+        for ns in (self.host, self.client_ns):
+            sh("ip", "netns", "add", ns)
+            self.made.append(ns)
+            sh("ip", "netns", "exec", ns, "sysctl", "-q", "-w",
+               "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+        sh("ip", "-n", self.host, "link", "add", "c-h", "numtxqueues", "1", "numrxqueues", "1",
+           "type", "veth", "peer", "name", "c-g", "netns", self.client_ns,
+           "numtxqueues", "1", "numrxqueues", "1")
+        sh("ip", "-n", self.client_ns, "link", "set", "c-g", "address", CLIENT_MAC)
+        sh("ip", "-n", self.client_ns, "addr", "add", f"{CLIENT_IP}/24", "dev", "c-g")
+        sh("ip", "-n", self.client_ns, "link", "set", "c-g", "up")
+        sh("ip", "-n", self.client_ns, "neigh", "replace", GUEST_IP, "lladdr", GUEST_MAC,
+           "dev", "c-g", "nud", "permanent")
+        sh("ip", "-n", self.host, "link", "add", "br0", "type", "bridge")
+        sh("ip", "-n", self.host, "link", "set", "c-h", "master", "br0", "up")
+        sh("ip", "-n", self.host, "link", "set", "br0", "up")
+
+    def wait_link(self, dev: str) -> None:
+        deadline = time.monotonic() + TIMEOUT
+        while subprocess.run(["ip", "-n", self.host, "link", "show", "dev", dev],
+                             capture_output=True).returncode != 0:
+            if time.monotonic() > deadline:
+                pytest.fail(f"{dev} did not appear:\n{self.logs()}")
+            time.sleep(0.05)
+
+    def plug_tap(self, tap: str, bridge: bool) -> None:
+        self.wait_link(tap)
+        if bridge:
+            sh("ip", "-n", self.host, "link", "set", tap, "master", "br0")
+        sh("ip", "-n", self.host, "link", "set", tap, "up")
+
+    def mirror_client_to(self, tap: str) -> None:
+        """Every frame the client sends is also written into ``tap`` (u32
+        match-all: this kernel has no cls_matchall)."""
+        sh("ip", "netns", "exec", self.host, "tc", "qdisc", "add", "dev", "c-h", "clsact")
+        sh("ip", "netns", "exec", self.host, "tc", "filter", "add", "dev", "c-h", "ingress",
+           "protocol", "all", "u32", "match", "u32", "0", "0", "action", "mirred", "egress", "mirror", "dev", tap)
+
+    # --- processes ----------------------------------------------------------------
+    def spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
+        proc = subprocess.Popen(["ip", "netns", "exec", self.host, *argv],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+        proc.name, proc.log = name, []
+        threading.Thread(target=lambda: proc.log.extend(proc.stderr), daemon=True).start()
+        self.procs.append(proc)
+        return proc
+
+    def serial(self, name: str) -> Path:
+        return self.dir / f"{name}.serial"
+
+    def boot(self, name: str, *, diverge: bool, netdev: str, extra: tuple[str, ...] = ()
+             ) -> subprocess.Popen:
+        cmdline = (f"colo.ip={GUEST_IP}/24 colo.peer={CLIENT_IP},{CLIENT_MAC} "
+                   f"colo.diverge={int(diverge)}")
+        argv = vmlab.qemu_argv(self.guest, name, mac=GUEST_MAC, cmdline=cmdline,
+                               netdev=netdev, serial_log=self.serial(name), extra=extra)
+        self.timings[f"{name}_start"] = time.monotonic()
+        return self.spawn(f"qemu-{name}", argv)
+
+    def wait_ready(self, *names: str) -> None:
+        deadline = time.monotonic() + BOOT_TIMEOUT
+        pending = set(names)
+        while pending:
+            for name in list(pending):
+                path = self.serial(name)
+                if path.exists() and vmlab.READY in path.read_text(errors="replace"):
+                    pending.discard(name)
+                    self.timings[f"{name}_boot_s"] = round(
+                        time.monotonic() - self.timings[f"{name}_start"], 1)
+            dead = [p for p in self.procs if p.poll() is not None]
+            if dead or time.monotonic() > deadline:
+                pytest.fail(f"guests {sorted(pending)} not ready:\n{self.logs()}")
+            time.sleep(0.1)
+
+    def colo_xdp(self, *args: str) -> subprocess.Popen:
+        proc = self.spawn("colo-xdp", [EXE, *args])
+        deadline = time.monotonic() + TIMEOUT
+        while not any(line.strip().endswith("ready") for line in proc.log):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail("colo-xdp did not come up:\n" + "".join(proc.log))
+            time.sleep(0.02)
+        return proc
+
+    def stop(self, proc: subprocess.Popen) -> str:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(TIMEOUT) == 0, "".join(proc.log)
+        time.sleep(0.05)   # the reader thread's last lines
+        return "".join(proc.log)
+
+    def logs(self) -> str:
+        out = []
+        for proc in self.procs:
+            out.append(f"--- {proc.name} (rc={proc.poll()}):\n" + "".join(proc.log)[-2000:])
+        for path in sorted(self.dir.glob("*.serial")):
+            out.append(f"--- {path.name}:\n" + path.read_text(errors="replace")[-1500:])
+        return "\n".join(out)
+
+    # --- sockets --------------------------------------------------------------------
+    def unix(self, name: str) -> str:
+        return f"unix:{self.dir / name},server=on"
+
+    def connect(self, name: str) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(TIMEOUT)
+        sock.connect(str(self.dir / name))
+        self.socks.append(sock)
+        return sock
+
+    def client(self) -> socket.socket:
+        """A UDP socket in the client namespace, talking to the guests' echo."""
+        with in_netns(self.client_ns):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind((CLIENT_IP, 40007))
+        sock.connect((GUEST_IP, PORT))
+        sock.settimeout(TIMEOUT)
+        self.socks.append(sock)
+        return sock
+
+    def close(self) -> None:
+        for sock in self.socks:
+            sock.close()
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        for ns in self.made:
+            sh("ip", "netns", "del", ns, check=False)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def silent(sock: socket.socket, seconds: float) -> bool:
+    """Nothing arrives on sock for a while."""
+    sock.settimeout(seconds)
+    try:
+        sock.recv(65536)
+        return False
+    except socket.timeout:
+        return True
+    finally:
+        sock.settimeout(TIMEOUT)
+
+
+def exchange_and_diverge(lab: Lab, notify: socket.socket, n: int = 5, vnet: bool = False) -> None:
+    """The checks both tests make, from the client's side:
+
+    1. n requests answered, in order, with the guests' (equal) replies, and
+       no checkpoint requested;
+    2. a request the secondary answers differently: DO_CHECKPOINT on the
+       notify socket and the primary's reply held back from the client;
+    3. COLO_CHECKPOINT sent back: the primary's reply reaches the client
+       (with vnet_hdr on, QEMU's notify reader wants a zero vnet_hdr_len
+       field before the message, and so does colo-xdp's).
+    """
+    client = lab.client()
+    t0 = time.monotonic()
+    for i in range(n):
+        client.send(b"request %d" % i)
+        assert client.recv(65536) == b"echo:request %d" % i, lab.logs()
+    lab.timings["round_trip_ms"] = round((time.monotonic() - t0) / n * 1000, 1)
+    assert silent(notify, 0.3), "a checkpoint was requested for matching replies"
+
+    t0 = time.monotonic()
+    client.send(b"!Diverge now")
+    notify.settimeout(TIMEOUT)
+    try:
+        got = notify.recv(len(DO_CHECKPOINT))
+    except socket.timeout:
+        got = b"(nothing)"
+    assert got == DO_CHECKPOINT, lab.logs()
+    lab.timings["checkpoint_after_ms"] = round((time.monotonic() - t0) * 1000, 1)
+    assert silent(client, 0.5), "the primary's reply left although the secondary differed"
+    notify.sendall(COLO_CHECKPOINT[:4] + b"\0\0\0\0" + COLO_CHECKPOINT[4:] if vnet
+                   else COLO_CHECKPOINT)
+    assert client.recv(65536) == b"echo:!Diverge now"
