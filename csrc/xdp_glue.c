@@ -11,6 +11,58 @@ static inline uint32_t rd32(const uint8_t *p)
     return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
 }
 
+static inline uint16_t rd16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
+
+static uint32_t csum_add(uint32_t sum, const uint8_t *p, size_t n)
+{
+    for (; n > 1; p += 2, n -= 2)
+        sum += (uint32_t)p[0] << 8 | p[1];
+    if (n)
+        sum += (uint32_t)p[0] << 8;
+    return sum;
+}
+
+static uint16_t csum_fold(uint32_t sum)
+{
+    while (sum >> 16)
+        sum = (sum & 0xffff) + (sum >> 16);
+    return (uint16_t)~sum;
+}
+
+/*
+ * A guest that offloads checksums (virtio-net's default) hands its tap TCP
+ * and UDP frames holding only the pseudo-header sum: the kernel would finish
+ * them from skb state that XDP and AF_XDP do not carry.  So before AF_XDP
+ * sends a frame its IPv4 TCP/UDP checksum is computed in full; a frame whose
+ * checksum was right keeps the same value.  UDP without a checksum (0) and
+ * fragments are left alone.
+ */
+static void l4_checksum_finish(uint8_t *f, uint32_t len)
+{
+    if (len < 14 + 20 || rd16(f + 12) != 0x0800)
+        return;
+    uint8_t *ip = f + 14;
+    uint32_t ihl = (ip[0] & 0x0f) * 4u, tot = rd16(ip + 2);
+    if ((ip[0] >> 4) != 4 || ihl < 20 || tot < ihl || 14 + tot > len || (rd16(ip + 6) & 0x3fff))
+        return;
+    uint8_t proto = ip[9];
+    uint8_t *l4 = ip + ihl;
+    uint32_t l4_len = tot - ihl, at;
+    if (proto == 6 && l4_len >= 20)
+        at = 16;
+    else if (proto == 17 && l4_len >= 8 && (l4[6] || l4[7]))
+        at = 6;
+    else
+        return;
+    l4[at] = l4[at + 1] = 0;
+    uint32_t sum = csum_add(0, ip + 12, 8) + proto + l4_len;
+    uint16_t c = csum_fold(csum_add(sum, l4, l4_len));
+    if (proto == 17 && c == 0)
+        c = 0xffff;
+    l4[at] = c >> 8;
+    l4[at + 1] = c & 0xff;
+}
+
 static uint32_t burst_cap(uint32_t max)
 {
     return max && max < XDP_GLUE__BURST ? max : XDP_GLUE__BURST;
@@ -60,6 +112,7 @@ int xdp_glue__tx_from_engine(struct xsk *x, struct cx_engine *e, uint32_t max)
         lens[n] = len - vnet;
         rec_len[n] = hdr + len;
         memcpy(scratch + scratch_pos, out + pos + hdr + vnet, lens[n]);
+        l4_checksum_finish(scratch + scratch_pos, lens[n]);
         scratch_pos += lens[n];
         pos += hdr + len;
         n++;

@@ -21,7 +21,8 @@ int xdp_glue__rx_to_engine(struct xsk *x, struct cx_engine *e, int side, uint64_
                            uint32_t max);
 
 /* Transmit up to max released frames from the engine's out buffer (vnet
- * headers stripped) and consume what was sent.  A record too large for an
+ * headers stripped, IPv4 TCP/UDP checksums finished) and consume what was
+ * sent.  A record too large for an
  * AF_XDP frame is skipped and counted (outdev_cut).  Returns frames sent, or
  * -errno; 0 with frames pending means the tx ring is full for now. */
 int xdp_glue__tx_from_engine(struct xsk *x, struct cx_engine *e, uint32_t max);
