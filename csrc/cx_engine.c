@@ -174,7 +174,10 @@ static void parse_frame(const uint8_t *f, uint32_t len, uint32_t vnet_len,
     pp->cmp_off = vnet_len;
 
     if (later_fragment) {
-        /* No L4 header here: compare the whole frame, key without ports. */
+        /* No L4 header here: compare the whole frame, keyed without ports and
+         * apart from the protocol's own flows (a TCP flow with ports 0 would
+         * otherwise take it for a segment). */
+        pp->key.frag = 1;
         pp->supported = true;
         return;
     }
@@ -420,7 +423,7 @@ static uint32_t key_hash(const struct cx_key *k)
 {
     uint64_t h = (uint64_t)k->saddr * 0x9e3779b97f4a7c15ull;
     h ^= ((uint64_t)k->daddr << 32 | (uint32_t)k->sport << 16 | k->dport) + (h << 6) + (h >> 2);
-    h ^= k->proto;
+    h ^= (uint64_t)k->proto << 8 | k->frag;
     h ^= h >> 33;
     h *= 0xff51afd7ed558ccdull;
     h ^= h >> 33;
@@ -430,7 +433,7 @@ static uint32_t key_hash(const struct cx_key *k)
 static bool key_eq(const struct cx_key *a, const struct cx_key *b)
 {
     return a->saddr == b->saddr && a->daddr == b->daddr && a->sport == b->sport &&
-           a->dport == b->dport && a->proto == b->proto;
+           a->dport == b->dport && a->proto == b->proto && a->frag == b->frag;
 }
 
 #define LIST_UNLINK(list, c, prev, next) do {                     \
@@ -595,11 +598,15 @@ static void tcp_skip_compared(const struct cx_conn *c, struct cx_frame *f)
 static enum tcp_step tcp_match_heads(const struct cx_conn *c, struct cx_frame *p,
                                      struct cx_frame *s)
 {
-    if (p->seq == s->seq && p->seq_end == s->seq_end && !p->done && !s->done)
-        return tcp_bytes_equal(p, 0, s, 0, p->pay_len) ? TCP_BOTH : TCP_DIFFERENT;
-
     tcp_skip_compared(c, p);
     tcp_skip_compared(c, s);
+    if (p->seq == s->seq && p->seq_end == s->seq_end) {
+        /* The same segment on both sides: what is left of it is compared,
+         * and the ACKs do not matter (they differ with timing alone). */
+        uint32_t from = p->done > s->done ? p->done : s->done;
+        return tcp_bytes_equal(p, from, s, from, p->pay_len - from) ? TCP_BOTH
+                                                                     : TCP_DIFFERENT;
+    }
     if (p->seq + p->done != s->seq + s->done)
         return TCP_WAIT;
 
@@ -935,7 +942,7 @@ void cx_engine__note_drop(struct cx_engine *e, int side, int reason)
 
 size_t cx_engine__out_peek(struct cx_engine *e, const uint8_t **data)
 {
-    *data = e->out + e->out_head;
+    *data = e->out ? e->out + e->out_head : NULL;   /* nothing released yet: NULL */
     return e->out_len - e->out_head;
 }
 

@@ -79,6 +79,7 @@ struct cx_key {
     uint16_t sport;
     uint16_t dport;
     uint8_t proto;
+    uint8_t frag;        /* 1: IP fragments after the first (no L4 header) */
 };
 
 struct cx_event {
