@@ -6,7 +6,7 @@ STAMP     := $(VENV)/.installed
 SYSPY     := /usr/bin/python3
 NATIVE_SRC := $(wildcard csrc/*.c csrc/*.h) csrc/build_cffi.py
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test demo bench fuzz soak clean
 
 setup: $(STAMP)
 	scripts/setup-bpf.sh
@@ -25,6 +25,18 @@ demo: setup
 
 bench: setup
 	$(PY) -m colo_xdp.bench
+
+# Each fuzzer (the engine under libFuzzer+ASan+UBSan, the Python parsers under
+# atheris) for FUZZ_SECONDS, then the property tests with many more examples.
+FUZZ_SECONDS ?= 60
+fuzz: setup
+	FUZZ_SECONDS=$(FUZZ_SECONDS) $(PY) tests/fuzz/fuzzlib.py
+	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q tests/property
+
+# Minutes of mixed traffic through chardev mode; not part of `make test`.
+SOAK_SECONDS ?= 600
+soak: setup
+	$(PY) -m colo_xdp.soak --seconds $(SOAK_SECONDS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info colo_xdp/_native*.so colo_xdp/_native.c

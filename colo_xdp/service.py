@@ -632,6 +632,7 @@ class Service(Loop):
         super().__init__(Engine(config.engine), log or EventLog())
         self.config = config
         self._failover_requested = False
+        self._resumed_ms = -(1 << 62)      # last end of backpressure
         self.inputs = [_input(self, "primary-in", config.primary_in, Side.PRIMARY),
                        _input(self, "secondary-in", config.secondary_in, Side.SECONDARY)]
         self.outdev = _outdev(self, config.outdev)
@@ -714,7 +715,7 @@ class Service(Loop):
                 key.data(mask)
             now = self.now_ms()
             if now >= deadline:
-                deadline = self.engine.run_timers(now)
+                deadline = self._scan_for_expired(now)
             mono = time.monotonic()
             for ch in self.channels:
                 ch.maybe_retry(mono)
@@ -751,7 +752,19 @@ class Service(Loop):
         elif self.paused and pending < OUT_LOW_WATER:
             self._pause(False, pending)
 
+    def _scan_for_expired(self, now: int) -> int:
+        """Run the expired-frame scan, unless the inputs are not being read
+        (backpressure) or were resumed less than a cycle ago: a frame is not
+        old because its secondary copy waits unread in our own socket buffer.
+        Returns when to come back."""
+        cycle = self.config.engine.expired_scan_cycle_ms
+        if self.paused or now - self._resumed_ms < cycle:
+            return now + cycle
+        return self.engine.run_timers(now)
+
     def _pause(self, paused: bool, pending: int) -> None:
+        if not paused:
+            self._resumed_ms = self.now_ms()
         self.paused = paused
         self.log.event("backpressure", on=paused, pending_bytes=pending)
         for inp in self.inputs:

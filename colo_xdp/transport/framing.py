@@ -25,6 +25,8 @@ class Record(NamedTuple):
 class FramingError(ValueError):
     """A byte stream that is not QEMU chardev framing."""
 
+    records: tuple = ()   # Decoder.feed sets the records completed before it
+
 
 def encode(frame: bytes, vnet_hdr_len: int | None = None) -> bytes:
     """One record; pass ``vnet_hdr_len`` (possibly 0) when vnet is on."""
@@ -55,9 +57,17 @@ class Decoder:
     def feed(self, data: bytes) -> list[Record]:
         """Take ``data``; return every record it completes, in order.
 
-        Raises FramingError on a zero-length or oversized record."""
+        Raises FramingError on a zero-length or oversized record; the records
+        completed before it are on the exception (``records``)."""
         self.push(data)
-        return list(self.records())
+        done: list[Record] = []
+        try:
+            for record in self.records():
+                done.append(record)
+        except FramingError as exc:
+            exc.records = done
+            raise
+        return done
 
     def push(self, data: bytes) -> None:
         """Take ``data`` without decoding yet."""
