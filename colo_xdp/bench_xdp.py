@@ -35,7 +35,6 @@ UMEM) in the sender's softirq: on the driver's cpu 0, not the comparator's.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import select
 import shutil
@@ -50,6 +49,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
+from colo_xdp.netns import in_netns
+from colo_xdp.netns import sh as _sh
+
 
 BURST = 64                # frames per tx_burst call
 WINDOW_FRAMES = 512       # sent on a side, beyond pairs released (rx ring: 1024)
@@ -58,10 +60,8 @@ MAX_SECONDS = 1.0         # XDP mode's windows: keeps the section under a minute
 CEILING_WARMUP = 0.3
 TCP_LAPS_KEPT = 4
 HOST_CPU = "1"
-CLONE_NEWNET = 0x40000000
 READY_TIMEOUT = 20.0
 
-_libc = ctypes.CDLL(None, use_errno=True)
 
 DROP_PROG = r"""
 BPF_PERCPU_ARRAY(dropped, u64, 1);
@@ -92,24 +92,6 @@ def problem() -> str | None:
 
 
 # --- namespaces ---------------------------------------------------------------------------
-
-def _sh(*args: str, check: bool = True) -> str:
-    return subprocess.run(args, check=check, capture_output=True, text=True).stdout
-
-
-@contextlib.contextmanager
-def in_netns(name: str) -> Iterator[None]:
-    """Run the calling thread in network namespace ``name`` for a while."""
-    with open("/proc/thread-self/ns/net") as home, open(f"/run/netns/{name}") as there:
-        if _libc.setns(there.fileno(), CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"setns {name}: {os.strerror(err)}")
-        try:
-            yield
-        finally:
-            if _libc.setns(home.fileno(), CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "setns back home failed")
-
 
 class Lab:
     """Namespaces host / guest-p / guest-s, veth p-h/p-g and s-h/s-g (1 queue)."""

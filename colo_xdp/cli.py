@@ -228,13 +228,14 @@ def demo(quiet, chardev) -> None:
     """
     from colo_xdp import demo as demo_mod
     from colo_xdp import lab
+    from colo_xdp.netns import NetnsError
 
     if not chardev:
         problem = lab.xdp_problem()
         if problem is None:
             try:
                 ok = lab.run(echo=click.echo)
-            except lab.LabError as exc:
+            except NetnsError as exc:          # LabError, or an ip/tc command's
                 _fail(str(exc), code=1)
             except KeyboardInterrupt:
                 _fail("demo interrupted; its namespaces and processes are removed", code=130)

@@ -26,7 +26,6 @@ per request, a pure function of the request (and of the flag).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import hashlib
 import itertools
 import os
@@ -43,6 +42,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
+from colo_xdp.netns import NetnsError, in_netns
+from colo_xdp.netns import sh as _sh
+
 # Addresses: both guests are 10.77.0.2 with one MAC, as a COLO pair is.
 CLIENT_IP, GUEST_IP = "10.77.0.1", "10.77.0.2"
 CLIENT_MAC, GUEST_MAC = "02:c0:10:00:00:01", "02:c0:10:00:00:02"
@@ -58,16 +60,15 @@ READY_TIMEOUT_S = 15.0      # for colo-xdp to compile, attach and log "ready"
 STOP_TIMEOUT_S = 5.0
 COMPARE_TIMEOUT_MS = 5000   # longer than the demo holds a frame: the request is a mismatch
 
-CLONE_NEWNET = 0x40000000
 SO_NO_CHECK = 11            # <asm-generic/socket.h>: UDP checksum 0 (legal in IPv4)
 DIVERGED = b"DIVERGED"
 
-_libc = ctypes.CDLL(None, use_errno=True)
 _counter = itertools.count()
 
 
-class LabError(Exception):
-    """The lab could not be built or run; the message is one sentence."""
+class LabError(NetnsError):
+    """The lab could not be built or run; the message is one sentence (as
+    the NetnsError a failing ip or tc command raises)."""
 
 
 # --- the guests' service ---------------------------------------------------------------
@@ -113,27 +114,6 @@ def xdp_problem() -> str | None:
 
 
 # --- the lab ---------------------------------------------------------------------------
-
-def _sh(*args: str, check: bool = True) -> str:
-    proc = subprocess.run(args, capture_output=True, text=True)
-    if check and proc.returncode != 0:
-        raise LabError(f"'{' '.join(args)}' failed: {proc.stderr.strip() or proc.returncode}")
-    return proc.stdout
-
-
-@contextlib.contextmanager
-def in_netns(name: str) -> Iterator[None]:
-    """Run the calling thread in network namespace ``name`` for a while
-    (sockets made meanwhile stay there)."""
-    with open("/proc/thread-self/ns/net") as home, open(f"/run/netns/{name}") as there:
-        if _libc.setns(there.fileno(), CLONE_NEWNET) != 0:
-            raise LabError(f"cannot enter namespace {name}: {os.strerror(ctypes.get_errno())}")
-        try:
-            yield
-        finally:
-            if _libc.setns(home.fileno(), CLONE_NEWNET) != 0:
-                raise LabError("cannot return to the home network namespace")
-
 
 def lab_namespaces() -> list[str]:
     """The lab's namespaces present on this host (any run's)."""

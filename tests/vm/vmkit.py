@@ -8,8 +8,6 @@ tc filter) on every path.  See docs/vm-tests.md for the pictures.
 """
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import itertools
 import os
 import shutil
@@ -20,11 +18,11 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 from colo_xdp import vmlab
+from colo_xdp.netns import in_netns, sh
 
 ROOT = Path(__file__).resolve().parents[2]
 EXE = str(ROOT / ".venv" / "bin" / "colo-xdp")
@@ -41,8 +39,6 @@ PORT = 7
 DO_CHECKPOINT = b"\x00\x00\x00\x0dDO_CHECKPOINT"
 COLO_CHECKPOINT = b"\x00\x00\x00\x0fCOLO_CHECKPOINT"
 
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
 _counter = itertools.count()
 
 
@@ -53,26 +49,6 @@ def need(ok: bool, message: str) -> None:
     if CI:
         pytest.fail(message, pytrace=False)
     pytest.skip(message)
-
-
-def sh(*args: str, check: bool = True) -> str:
-    res = subprocess.run(args, capture_output=True, text=True)
-    if check and res.returncode != 0:
-        raise RuntimeError(f"{' '.join(args)}: {res.stderr.strip()}")
-    return res.stdout
-
-
-@contextlib.contextmanager
-def in_netns(name: str) -> Iterator[None]:
-    """The calling thread in network namespace ``name`` for a while."""
-    with open("/proc/thread-self/ns/net") as home, open(f"/run/netns/{name}") as there:
-        if _libc.setns(there.fileno(), CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), f"setns {name}")
-        try:
-            yield
-        finally:
-            if _libc.setns(home.fileno(), CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "setns back home failed")
 
 
 class Lab:

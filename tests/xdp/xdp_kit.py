@@ -8,12 +8,12 @@ import mmap
 import os
 import socket
 import struct
-import subprocess
 from dataclasses import dataclass
 from typing import Iterator
 
 import pytest
 
+from colo_xdp.netns import in_netns, sh  # noqa: F401 (the tests import them from here)
 from colo_xdp.transport import xdp
 
 CI = bool(os.environ.get("CI"))
@@ -23,9 +23,7 @@ AF_XDP = 44
 SOL_XDP = 283
 XDP_RX_RING = 2
 XDP_UMEM_REG = 4
-CLONE_NEWNET = 0x40000000
 
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def need(ok: bool, message: str) -> None:
@@ -70,24 +68,6 @@ def bare_xsk() -> Iterator[socket.socket]:
 
 
 # --- network namespaces ------------------------------------------------------------
-
-def sh(*args: str, check: bool = True) -> str:
-    return subprocess.run(args, check=check, capture_output=True, text=True).stdout
-
-
-@contextlib.contextmanager
-def in_netns(name: str) -> Iterator[None]:
-    """Run the calling thread in network namespace ``name`` for a while."""
-    with open("/proc/thread-self/ns/net") as home, open(f"/run/netns/{name}") as there:
-        if _libc.setns(there.fileno(), CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"setns {name}: {os.strerror(err)}")
-        try:
-            yield
-        finally:
-            if _libc.setns(home.fileno(), CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "setns back home failed")
-
 
 def xdp_shown(ns: str, ifname: str) -> bool:
     """Does 'ip -d link show' list an XDP program on the interface?"""
