@@ -77,15 +77,10 @@ int drop_all(struct xdp_md *ctx) {
 
 def problem() -> str | None:
     """Why XDP rows cannot run here, in one line; None if they can."""
-    if os.geteuid() != 0:
-        return "XDP rows need root (namespaces, XDP, AF_XDP)"
-    try:
-        import bcc  # noqa: F401
-    except ImportError:
-        return "XDP rows need bcc: run 'make setup' (Debian's python3-bpfcc)"
     from colo_xdp.transport import xdp
-    if not (os.path.isdir(xdp.KERNEL_BUILD_DIR) or os.path.exists(xdp.KHEADERS)):
-        return f"XDP rows need kernel headers in {xdp.KERNEL_BUILD_DIR}: run scripts/setup-bpf.sh"
+    why = xdp.unavailable()
+    if why:
+        return why
     if shutil.which("ip") is None or shutil.which("taskset") is None:
         return "XDP rows need 'ip' (iproute2) and 'taskset' (util-linux)"
     return None

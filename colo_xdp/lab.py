@@ -99,18 +99,10 @@ def responder(port: int, flag: str | None) -> None:
 
 def xdp_problem() -> str | None:
     """Why the XDP lab cannot run here, in one sentence; None when it can."""
-    if os.geteuid() != 0:
-        return "the XDP lab needs root (network namespaces, XDP programs)"
+    from colo_xdp.transport import xdp
     if not shutil.which("ip") or not shutil.which("tc"):
         return "the XDP lab needs iproute2's ip and tc: run 'make setup'"
-    try:
-        import bcc  # noqa: F401
-    except ImportError:
-        return "bcc is missing: run 'make setup' (Debian's python3-bpfcc)"
-    from colo_xdp.transport import xdp
-    if not (os.path.isdir(xdp.KERNEL_BUILD_DIR) or os.path.exists(xdp.KHEADERS)):
-        return f"no kernel headers in {xdp.KERNEL_BUILD_DIR}: run 'make setup' as root"
-    return None
+    return xdp.unavailable()
 
 
 # --- the lab ---------------------------------------------------------------------------

@@ -182,6 +182,19 @@ def _check_headers() -> None:
                    "'scripts/setup-bpf.sh' as root (it links Debian's linux-headers-amd64 there)")
 
 
+def unavailable() -> str | None:
+    """Why an XDP program cannot be loaded here, in one sentence (what to
+    do included); None when it can: root, bcc and kernel headers."""
+    if os.geteuid() != 0:
+        return "XDP needs root: run as root"
+    try:
+        _import_bcc()
+        _check_headers()
+    except XdpError as exc:
+        return str(exc)
+    return None
+
+
 @contextlib.contextmanager
 def _stderr_captured() -> Iterator[list[str]]:
     """Collect what libbcc and clang print on fd 2; the list is filled on exit."""

@@ -36,15 +36,7 @@ def need(ok: bool, message: str) -> None:
 
 
 def bpf_problem() -> str | None:
-    if os.geteuid() != 0:
-        return "the XDP tests need root"
-    try:
-        import bcc  # noqa: F401
-    except ImportError:
-        return "bcc is missing: run 'make setup' (Debian's python3-bpfcc)"
-    if not (os.path.isdir(xdp.KERNEL_BUILD_DIR) or os.path.exists(xdp.KHEADERS)):
-        return f"no kernel headers in {xdp.KERNEL_BUILD_DIR}: run scripts/setup-bpf.sh as root"
-    return None
+    return xdp.unavailable()
 
 
 @contextlib.contextmanager
