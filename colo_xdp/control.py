@@ -221,6 +221,11 @@ class PassthroughTable:
         sink(list(self.rules))
         self.sinks.append(sink)
 
+    def remove_sink(self, sink: PassthroughSink) -> None:
+        """Detach a sink (a transport going away); unknown sinks are ignored."""
+        if sink in self.sinks:
+            self.sinks.remove(sink)
+
     def replace(self, rules: list[PassthroughRule]) -> None:
         unique = list(dict.fromkeys(rules))
         if len(unique) > self.max_rules:

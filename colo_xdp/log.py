@@ -40,7 +40,7 @@ EVENT_NAMES = (
     "notify_init", "notify_unknown_message",
     "passthrough_changed", "control_refused", "control_error", "miscompare_pcap_failed",
     "miscompare_pcap_rotated",
-    "xdp_attached", "xdp_detached", "xdp_rx_failed",
+    "xdp_attached", "xdp_detached", "xdp_rx_failed", "xdp_iface_gone", "xdp_attach_failed",
 )
 
 Tap = Callable[[str, dict], None]

@@ -54,6 +54,7 @@ OUT_HIGH_WATER = 8 * 1024 * 1024   # stop reading inputs above this much output
 OUT_LOW_WATER = 1 * 1024 * 1024    # ... and resume below this
 NOTIFY_OUT_MAX = 64 * 1024         # DO_CHECKPOINT bytes kept for a slow peer
 SHUTDOWN_DRAIN_S = 2.0             # how long to try delivering at exit
+IFACE_CHECK_S = 1.0                # XDP mode: how often to look for a vanished interface
 MAX_SLEEP_S = 0.5
 EVIDENCE_MAX_BYTES = 4 * 1024 * 1024   # miscompare frames kept per batch for the pcap
 
@@ -448,6 +449,8 @@ class XdpInput:
         self.classify_as = classify_as
         self.side = classify_as if feed_as is None else feed_as
         self.port = None
+        self.ifindex = 0
+        self.next_check = 0.0
 
     def open(self) -> None:
         from colo_xdp.transport.xdp import Mode
@@ -462,6 +465,7 @@ class XdpInput:
             raise EndpointError(errno.EIO, f"{self.role}: {exc}") from None
         if table:
             table.add_sink(self.port.set_rules)
+        self.ifindex = socket.if_nametoindex(self.iface.name)
         self.pause(self.svc.paused)
         self.svc.log.event("xdp_attached", role=self.role, iface=self.iface.name,
                            mode=self.iface.mode, queues=len(self.port.sockets))
@@ -487,7 +491,24 @@ class XdpInput:
                 self.svc.watch(sock, READ, self._reader(sock))
 
     def maybe_retry(self, now: float) -> None:
-        pass
+        """Once a second: is the interface still the one attached to?  One
+        that went away (or was made anew) is given up with a log line, and
+        attached to again as soon as it is back."""
+        if now < self.next_check:
+            return
+        self.next_check = now + IFACE_CHECK_S
+        try:
+            index = socket.if_nametoindex(self.iface.name)
+        except OSError:
+            index = 0
+        if self.port and index != self.ifindex:
+            self.svc.log.warning("xdp_iface_gone", role=self.role, iface=self.iface.name)
+            self.shutdown()
+        if not self.port and index:
+            try:
+                self.open()
+            except EndpointError as exc:
+                self.svc.log.warning("xdp_attach_failed", role=self.role, error=exc.strerror)
 
     def verdicts(self) -> dict[str, int]:
         return self.port.verdicts() if self.port else {}
@@ -495,6 +516,9 @@ class XdpInput:
     def shutdown(self) -> None:
         if self.port:
             self.pause(True)
+            table = getattr(self.svc, "passthrough", None)
+            if table:
+                table.remove_sink(self.port.set_rules)
             self.port.close()
             self.port = None
             self.svc.log.event("xdp_detached", role=self.role, iface=self.iface.name)

@@ -69,15 +69,31 @@ class XskInfo:
 
 
 def _rx_queues(ifname: str) -> int | None:
-    """The interface's rx queue count, from netlink (/sys may show another
-    network namespace than the caller's)."""
+    """The interface's rx queues in use (real_num_rx_queues), or None.
+
+    /sys/class/net/IF/queues lists exactly those; netlink only has the count
+    allocated (a veth made without numrxqueues has 1 in use of 2 or more, and
+    binding to the others is refused).  /sys is read when it shows the
+    caller's network namespace (its ifindex matches), else netlink is the
+    fallback."""
+    try:
+        index = socket.if_nametoindex(ifname)
+    except OSError:
+        return None
+    base = f"/sys/class/net/{ifname}"
+    try:
+        with open(f"{base}/ifindex") as f:
+            if int(f.read()) == index:
+                return sum(1 for q in os.listdir(f"{base}/queues") if q.startswith("rx-")) or None
+    except (OSError, ValueError):
+        pass
     try:
         from pyroute2 import IPRoute
 
         with IPRoute() as ipr:
-            links = ipr.link("get", index=socket.if_nametoindex(ifname))
+            links = ipr.link("get", index=index)
         return links[0].get_attr("IFLA_NUM_RX_QUEUES") if links else None
-    except Exception:                 # only for a better message: never mask the error
+    except Exception:                 # only a count: never mask the caller's own error
         return None
 
 

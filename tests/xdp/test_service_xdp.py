@@ -275,6 +275,49 @@ def test_forward_sends_the_secondary_guests_frames_to_the_primary(lab):
     assert lab.attached() == []
 
 
+def test_an_interface_that_goes_away_is_attached_again_when_back(lab):
+    """The primary guest's tap goes away (the guest is stopped, say): the
+    service says so and keeps serving; when the tap is back it attaches again
+    and comparing goes on; passthrough changes still work meanwhile."""
+    proc = lab.start(*compare_args(lab, None, "--control", str(lab.dir / "ctl.sock")))
+    out, _note = lab.connect("out.sock"), lab.connect("notify.sock")
+    sh("ip", "-n", lab.ns["host"], "link", "del", "p-h")
+    deadline = time.monotonic() + TIMEOUT
+    while not any("xdp_iface_gone role=primary-in iface=p-h" in line for line in proc.log):
+        assert time.monotonic() < deadline and proc.poll() is None, "".join(proc.log)
+        time.sleep(0.05)
+    ctl = subprocess.run([EXE, "ctl", "--control", str(lab.dir / "ctl.sock"), "passthrough",
+                          "add", "udp * > *:9"], capture_output=True, text=True)
+    assert ctl.returncode == 0, ctl.stderr
+    sh("ip", "-n", lab.ns["host"], "link", "add", "p-h", "numtxqueues", "1", "numrxqueues",
+       "1", "type", "veth", "peer", "name", "p-g", "netns", lab.ns["guest_p"],
+       "numtxqueues", "1", "numrxqueues", "1")
+    sh("ip", "-n", lab.ns["host"], "link", "set", "p-h", "up")
+    sh("ip", "-n", lab.ns["guest_p"], "link", "set", "p-g", "up")
+    while sum("xdp_attached role=primary-in" in line for line in proc.log) < 2:
+        assert time.monotonic() < deadline + TIMEOUT, "".join(proc.log)
+        time.sleep(0.05)
+    frames = [udp(b"after the tap came back %d" % i) for i in range(5)]
+    lab.send("p", *frames)
+    lab.send("s", *frames)
+    assert records(out, 5) == frames
+    stop(proc)
+    assert lab.attached() == []
+
+
+def test_a_veth_made_with_default_queue_counts(lab):
+    """'ip link add ... type veth' allocates several rx queues but uses one;
+    AF_XDP refuses the unused ones, so only the queues in use get a socket."""
+    sh("ip", "-n", lab.ns["host"], "link", "add", "d-h", "type", "veth", "peer", "name", "d-g")
+    for dev in ("d-h", "d-g"):
+        sh("ip", "-n", lab.ns["host"], "link", "set", dev, "up")
+    proc = lab.start("compare", "--primary-xdp", "d-h", "--secondary-xdp", "s-h",
+                     "--outdev", lab.unix("out.sock"))
+    assert any("xdp_attached role=primary-in iface=d-h mode=native queues=1" in line
+               for line in proc.log), "".join(proc.log)
+    stop(proc)
+
+
 def test_sigkill_leaves_nothing_attached(lab):
     proc = lab.start(*compare_args(lab))
     assert sorted(lab.attached()) == ["p-h", "s-h"]
