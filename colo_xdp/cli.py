@@ -211,7 +211,7 @@ def forward(iface, to, vnet_hdr_support, xdp_mode, log_format) -> None:
         _fail(exc.strerror, code=1)
     c = fwd.engine.counters()
     log.once("stopped", frames_in=c.frames_in["primary"], forwarded=c.released_total,
-             cut=c.outdev_cut)
+             cut=c.outdev_cut, kernel_dropped=sum(fwd.input.kernel_drops().values()))
 
 
 @main.command()
@@ -273,7 +273,16 @@ def _summary(svc, log: EventLog) -> None:
     log.once("stopped", frames_in=f"{c.frames_in['primary']}/{c.frames_in['secondary']}",
              released=c.released_total,
              dropped=f"{c.dropped_total('primary')}/{c.dropped_total('secondary')}",
-             checkpoints_requested=sum(c.checkpoints.values()))
+             checkpoints_requested=sum(c.checkpoints.values()), **_kernel_dropped(svc))
+
+
+def _kernel_dropped(svc) -> dict:
+    """XDP mode: ``kernel_dropped=P/S`` (frames that never reached us)."""
+    if not getattr(svc, "kernel_drops", None):
+        return {}
+    drops = svc.kernel_drops()
+    side = lambda name: sum(drops.get(name, {}).values())  # noqa: E731
+    return {"kernel_dropped": f"{side('primary')}/{side('secondary')}"}
 
 
 # -- the control socket's clients ------------------------------------------------------------

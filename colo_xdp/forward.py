@@ -53,7 +53,9 @@ class Forwarder(Loop):
         while not self._stop:
             for key, mask in self.sel.select(MAX_SLEEP_S):
                 key.data(mask)
-            self.outdev.maybe_retry(time.monotonic())
+            mono = time.monotonic()
+            self.outdev.maybe_retry(mono)
+            self.input.maybe_retry(mono)       # the interface went away, or came back
             self.after_batch()
 
     def after_batch(self) -> None:

@@ -41,6 +41,7 @@ EVENT_NAMES = (
     "passthrough_changed", "control_refused", "control_error", "miscompare_pcap_failed",
     "miscompare_pcap_rotated",
     "xdp_attached", "xdp_detached", "xdp_rx_failed", "xdp_iface_gone", "xdp_attach_failed",
+    "xdp_kernel_dropped",
 )
 
 Tap = Callable[[str, dict], None]

@@ -143,6 +143,13 @@ def families(s: dict) -> list:
     for verdict, n in s["verdicts"].items():
         m.add_metric([verdict], n)
     out.append(m)
+    m = _counter("xdp_kernel_dropped", "XDP mode: frames the classifier redirected that "
+                 "the kernel dropped before we read them (AF_XDP rx ring full, no UMEM "
+                 "frame); not in frames_in.", ("side", "reason"))
+    for side, drops in s.get("kernel_dropped", {}).items():
+        for reason, n in drops.items():
+            m.add_metric([side, reason], n)
+    out.append(m)
 
     control = s.get("control")
     if control:

@@ -32,6 +32,7 @@ import selectors
 import signal
 import socket
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 from colo_xdp.control import PassthroughTable, format_flow
@@ -451,6 +452,11 @@ class XdpInput:
         self.port = None
         self.ifindex = 0
         self.next_check = 0.0
+        # Counters of ports given up (the interface went away): the live
+        # port's counters start from zero, these keep the totals whole.
+        self.carried_verdicts: Counter = Counter()
+        self.carried_drops: Counter = Counter()
+        self.drops_logged = 0
 
     def open(self) -> None:
         from colo_xdp.transport.xdp import Mode
@@ -497,6 +503,7 @@ class XdpInput:
         if now < self.next_check:
             return
         self.next_check = now + IFACE_CHECK_S
+        self.log_kernel_drops()
         try:
             index = socket.if_nametoindex(self.iface.name)
         except OSError:
@@ -511,10 +518,32 @@ class XdpInput:
                 self.svc.log.warning("xdp_attach_failed", role=self.role, error=exc.strerror)
 
     def verdicts(self) -> dict[str, int]:
-        return self.port.verdicts() if self.port else {}
+        live = self.port.verdicts() if self.port else {}
+        return {v: self.carried_verdicts[v] + live.get(v, 0)
+                for v in {**self.carried_verdicts, **live}}
+
+    def kernel_drops(self) -> dict[str, int]:
+        """Frames the kernel dropped on their way to our sockets, by reason."""
+        from colo_xdp.transport.xdpio import KERNEL_DROP_REASONS
+        live = self.port.kernel_drops() if self.port else {}
+        return {r: self.carried_drops[r] + live.get(r, 0) for r in KERNEL_DROP_REASONS}
+
+    def log_kernel_drops(self) -> None:
+        """A warning when the kernel dropped frames since the last one (once
+        a second at most: the counters are exact in stats and metrics)."""
+        drops = self.kernel_drops()
+        total = sum(drops.values())
+        if total > self.drops_logged:
+            self.svc.log.warning("xdp_kernel_dropped", role=self.role,
+                                 side=self.side.name.lower(), new=total - self.drops_logged,
+                                 total=total, **drops)
+            self.drops_logged = total
 
     def shutdown(self) -> None:
         if self.port:
+            self.log_kernel_drops()
+            self.carried_verdicts.update(self.port.verdicts())
+            self.carried_drops.update(self.port.kernel_drops())
             self.pause(True)
             table = getattr(self.svc, "passthrough", None)
             if table:
@@ -671,6 +700,10 @@ class Service(Loop):
         # In XDP mode: () -> {verdict: packets}, the classifiers' counters summed.
         xdp_inputs = [i for i in self.inputs if isinstance(i, XdpInput)]
         self.verdict_counters = (lambda: _sum_verdicts(xdp_inputs)) if xdp_inputs else None
+        # In XDP mode: () -> {side: {reason: frames}} the kernel dropped after
+        # the classifier redirected them (AF_XDP rx ring full, no UMEM frame).
+        self.kernel_drops = (lambda: {i.side.name.lower(): i.kernel_drops()
+                                      for i in xdp_inputs}) if xdp_inputs else None
         if xdp_inputs or isinstance(self.outdev, XdpOutdev):
             self.mode = "xdp"
         # Every passthrough change goes to each sink: here the engine; in XDP

@@ -86,6 +86,9 @@ def snapshot(svc, connections: int = 0) -> dict[str, Any]:
         "passthrough_rules": len(svc.passthrough.rules),
         # XDP mode: the classifier's verdict counters, by verdict.
         "verdicts": dict(svc.verdict_counters()) if svc.verdict_counters else {},
+        # XDP mode: frames redirected to us that the kernel dropped, by side
+        # and reason (they never reached the engine: not in frames_in).
+        "kernel_dropped": svc.kernel_drops() if getattr(svc, "kernel_drops", None) else {},
     }
     for part in svc.attachments:
         name, value = part.stats()
@@ -156,6 +159,8 @@ def render(snap: dict, before: dict | None = None, interval: float = 0.0) -> str
         lines.append(f"{'lost':<21}{_by_reason(lost)}")
     if snap.get("verdicts"):
         lines.append(f"{'xdp verdicts':<21}{_by_reason(snap['verdicts'])}")
+    for side, drops in snap.get("kernel_dropped", {}).items():
+        lines.append(f"{'kernel drops ' + side:<21}{_by_reason(drops)}")
     if conns["table"]:
         lines += ["", f"{'CONNECTION':<44} {'PT':>2} {'HELD P/S':>11} {'MATCHED':>9} "
                       f"{'RELEASED':>9} {'MISM':>6} {'CKPT':>6} {'IDLE':>7}"]

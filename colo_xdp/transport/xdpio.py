@@ -21,6 +21,8 @@ from colo_xdp.transport.xdp import Mode, XdpClassifier, XdpError
 from colo_xdp.transport.xsk import XskConfig, XskError, XskSocket, _rx_queues
 
 BURST = lib.XDP_GLUE__BURST
+# XDP_STATISTICS counters that are frames lost after the redirect.
+KERNEL_DROP_REASONS = ("rx_ring_full", "rx_dropped")
 
 
 class XdpPortError(Exception):
@@ -77,6 +79,21 @@ class XdpPort:
     def verdicts(self) -> dict[str, int]:
         """Frames per verdict since the program was loaded."""
         return {v.name.lower(): c.frames for v, c in self.classifier.counters().items()}
+
+    def kernel_drops(self) -> dict[str, int]:
+        """Frames the classifier redirected that the kernel then dropped,
+        by reason, summed over the sockets (XDP_STATISTICS): ``rx_ring_full``
+        (the rx ring was full: we were not reading fast enough) and
+        ``rx_dropped`` (no free UMEM frame, or a frame larger than one)."""
+        total = dict.fromkeys(KERNEL_DROP_REASONS, 0)
+        for sock in self.sockets:
+            try:
+                st = sock.stats()
+            except XskError:
+                continue
+            for reason in KERNEL_DROP_REASONS:
+                total[reason] += st[reason]
+        return total
 
 
 def rx_to_engine(sock: XskSocket, engine: Engine, side: Side, now_ms: int) -> int:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import re
 import shutil
 import signal
 import socket
@@ -275,6 +276,38 @@ def test_forward_sends_the_secondary_guests_frames_to_the_primary(lab):
     assert lab.attached() == []
 
 
+def remake_link(lab: Lab, short: str) -> None:
+    host_end, far_end, far_ns = f"{short}-h", f"{short}-g", lab.ns[lab.LINKS[short]]
+    sh("ip", "-n", lab.ns["host"], "link", "add", host_end, "numtxqueues", "1", "numrxqueues",
+       "1", "type", "veth", "peer", "name", far_end, "netns", far_ns,
+       "numtxqueues", "1", "numrxqueues", "1")
+    sh("ip", "-n", lab.ns["host"], "link", "set", host_end, "up")
+    sh("ip", "-n", far_ns, "link", "set", far_end, "up")
+
+
+def wait_log(proc: subprocess.Popen, text: str, count: int = 1) -> None:
+    deadline = time.monotonic() + TIMEOUT
+    while sum(text in line for line in proc.log) < count:
+        assert time.monotonic() < deadline and proc.poll() is None, "".join(proc.log)
+        time.sleep(0.05)
+
+
+def test_forward_attaches_again_to_an_interface_that_comes_back(lab):
+    listener = lab.listen("sin.sock")
+    proc = lab.start("forward", "--xdp", "s-h", "--to", lab.unix("sin.sock", server=False))
+    peer, _ = listener.accept()
+    lab.socks.append(peer)
+    sh("ip", "-n", lab.ns["host"], "link", "del", "s-h")
+    wait_log(proc, "xdp_iface_gone role=secondary-xdp iface=s-h")
+    remake_link(lab, "s")
+    wait_log(proc, "xdp_attached role=secondary-xdp", 2)
+    frames = [udp(b"after the tap came back %d" % i) for i in range(5)]
+    lab.send("s", *frames)
+    assert records(peer, 5) == frames
+    assert "frames_in=5 forwarded=5 cut=0 kernel_dropped=0" in stop(proc)
+    assert lab.attached() == []
+
+
 def test_an_interface_that_goes_away_is_attached_again_when_back(lab):
     """The primary guest's tap goes away (the guest is stopped, say): the
     service says so and keeps serving; when the tap is back it attaches again
@@ -336,3 +369,28 @@ def test_missing_interface_is_one_sentence(lab):
     lines = [line for line in proc.log if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("colo-xdp: error: primary-in: nope0")
     assert lab.attached() == []
+
+
+def test_frames_the_kernel_drops_are_counted_not_lost(lab):
+    """The service is stopped (SIGSTOP) while a guest sends more than its rx
+    ring holds: the kernel drops the overflow.  Those frames are reported
+    (a warning, the summary's kernel_dropped), and with frames_in they make
+    up every frame the guest sent."""
+    sent = 3000                                   # the rx ring holds 1024
+    proc = lab.start(*compare_args(lab, None, "--max-queue-size", "4096"))
+    _out, _note = lab.connect("out.sock"), lab.connect("notify.sock")
+    os.kill(proc.pid, signal.SIGSTOP)
+    try:
+        lab.send("p", *[udp(b"overflow %d" % i, sport=4000 + i % 7) for i in range(sent)])
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+    deadline = time.monotonic() + TIMEOUT
+    while not any("xdp_kernel_dropped role=primary-in side=primary" in ln for ln in proc.log):
+        assert time.monotonic() < deadline and proc.poll() is None, "".join(proc.log)
+        time.sleep(0.05)
+    log = stop(proc)
+    m = re.search(r"stopped frames_in=(\d+)/0 .* kernel_dropped=(\d+)/0", log)
+    assert m, log
+    frames_in, kernel_dropped = map(int, m.groups())
+    assert kernel_dropped > 0 and frames_in >= 1024
+    assert frames_in + kernel_dropped == sent, log
