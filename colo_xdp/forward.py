@@ -56,6 +56,7 @@ class Forwarder(Loop):
             mono = time.monotonic()
             self.outdev.maybe_retry(mono)
             self.input.maybe_retry(mono)       # the interface went away, or came back
+            self.log.tick()
             self.after_batch()
 
     def after_batch(self) -> None:
@@ -73,6 +74,7 @@ class Forwarder(Loop):
         self.input.shutdown()
         self.outdev.shutdown()
         self.sel.close()
+        self.log.tick(final=True)
 
 
 def serve_forward(config: ForwardConfig, log: EventLog, on_ready=None) -> Forwarder:

@@ -9,7 +9,9 @@ format (``--log-format json``) it is one object per line::
 
 An event that fires in a storm (a checkpoint request per arriving frame, say)
 is logged at most ``burst`` times a second; the next line of that name says
-how many were suppressed.  Counters, not logs, are the exact record.
+how many were suppressed, or, if none comes, an ``events_suppressed`` line
+from ``tick`` (the service calls it every loop turn and at exit).  Counters,
+not logs, are the exact record.
 
 A ``tap`` sees every event before rate limiting and level filtering: the
 control socket's ``subscribe`` stream is fed from it, so log lines and
@@ -41,7 +43,7 @@ EVENT_NAMES = (
     "passthrough_changed", "control_refused", "control_error", "miscompare_pcap_failed",
     "miscompare_pcap_rotated",
     "xdp_attached", "xdp_detached", "xdp_rx_failed", "xdp_iface_gone", "xdp_attach_failed",
-    "xdp_kernel_dropped",
+    "xdp_kernel_dropped", "events_suppressed",
 )
 
 Tap = Callable[[str, dict], None]
@@ -121,6 +123,7 @@ class EventLog:
         self.clock = clock
         self.tap: Tap | None = None
         self._window: dict[str, tuple[float, int, int]] = {}
+        self._next_tick = 0.0
 
     def event(self, name: str, level: int = logging.INFO, **fields) -> None:
         if self.tap is not None:
@@ -140,6 +143,22 @@ class EventLog:
 
     def warning(self, name: str, **fields) -> None:
         self.event(name, logging.WARNING, **fields)
+
+    def tick(self, final: bool = False) -> None:
+        """Say how many lines were suppressed in windows that are over (all
+        of them when ``final``), so that no count waits for a next line that
+        never comes."""
+        now = self.clock()
+        if not final and now < self._next_tick:
+            return
+        self._next_tick = now + 1.0
+        for name, (start, _seen, suppressed) in list(self._window.items()):
+            if suppressed and (final or now - start >= 1.0):
+                del self._window[name]
+                logger.warning(format_text("events_suppressed",
+                                           {"event": name, "suppressed": suppressed}),
+                               extra={"cx_event": "events_suppressed",
+                                      "cx_fields": {"event": name, "suppressed": suppressed}})
 
     def once(self, name: str, level: int = logging.INFO, **fields) -> None:
         """Log without rate limiting (ready, stopped: lines scripts wait for)."""

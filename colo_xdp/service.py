@@ -778,6 +778,7 @@ class Service(Loop):
                 ch.maybe_retry(mono)
             for part in self.attachments:
                 part.tick(mono)
+            self.log.tick()
             if self._failover_requested:
                 self._failover_requested = False
                 self.failover()
@@ -794,6 +795,7 @@ class Service(Loop):
         for part in self.attachments:
             part.close()
         self.sel.close()
+        self.log.tick(final=True)
 
     # -- engine outputs -------------------------------------------------------------
 

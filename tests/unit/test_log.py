@@ -78,6 +78,28 @@ def test_rate_limit_holds_in_json_and_the_tap_sees_everything(captured):
     assert len(tapped) == 11                       # subscribers get every one
 
 
+def test_suppressed_counts_are_said_even_when_no_next_line_comes(captured):
+    stream = captured("text")
+    now = [0.0]
+    log = EventLog(burst=2, clock=lambda: now[0])
+    for _ in range(5):
+        log.warning("frame_dropped", side="primary", reason="queue_full")
+    log.event("checkpoint_requested", reason="mismatch")
+    log.tick()                                      # the window is not over yet
+    assert "events_suppressed" not in stream.getvalue()
+    now[0] = 1.2
+    log.tick()
+    assert stream.getvalue().splitlines()[-1] == \
+        "colo-xdp: events_suppressed event=frame_dropped suppressed=3"
+    log.warning("frame_dropped", side="primary", reason="queue_full")
+    assert "suppressed=" not in stream.getvalue().splitlines()[-1]   # said once, not twice
+    for _ in range(3):
+        log.warning("frame_dropped", side="primary", reason="queue_full")
+    log.tick(final=True)                            # at exit: whatever window
+    assert stream.getvalue().splitlines()[-1] == \
+        "colo-xdp: events_suppressed event=frame_dropped suppressed=2"
+
+
 def test_service_logs_json(lab):
     cmp = lab.start(args=("--log-format", "json"), ready=False)
     first = json.loads(cmp.wait_line(r'"event":"ready"'))
