@@ -33,7 +33,7 @@ fuzz: setup
 	FUZZ_SECONDS=$(FUZZ_SECONDS) $(PY) tests/fuzz/fuzzlib.py
 	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q tests/property
 
-# Minutes of mixed traffic through chardev mode; not part of `make test`.
+# Minutes of mixed traffic through chardev and XDP mode at once; not part of `make test`.
 SOAK_SECONDS ?= 600
 soak: setup
 	$(PY) -m colo_xdp.soak --seconds $(SOAK_SECONDS)
