@@ -362,6 +362,27 @@ def test_sigkill_leaves_nothing_attached(lab):
     assert lab.attached() == []
 
 
+def test_killed_and_restarted_at_once_it_starts_clean_and_serves(lab):
+    """SIGKILL with frames held, then a new service on the same interfaces
+    straight away (the old sockets' queues are still being torn down: bind
+    says EBUSY for a moment): it says it starts clean and compares."""
+    proc = lab.start(*compare_args(lab))
+    lab.connect("out.sock"), lab.connect("notify.sock")
+    lab.send("p", *[udp(b"held when killed %d" % i) for i in range(5)])
+    proc.kill()
+    proc.wait(TIMEOUT)
+    proc = lab.start(*compare_args(lab))        # same socket paths, left behind
+    started = next(line for line in proc.log if " started " in line)
+    assert "state=clean" in started and "held=0" in started, started
+    out, _note = lab.connect("out.sock"), lab.connect("notify.sock")
+    frames = [udp(b"after the restart %d" % i) for i in range(5)]
+    lab.send("p", *frames)
+    lab.send("s", *frames)
+    assert records(out, 5) == frames
+    assert "stopped frames_in=5/5 released=5" in stop(proc)
+    assert lab.attached() == []
+
+
 def test_missing_interface_is_one_sentence(lab):
     proc = lab.start("compare", "--primary-xdp", "nope0", "--secondary-xdp", "s-h",
                      "--outdev", lab.unix("out.sock"), ready=False)
