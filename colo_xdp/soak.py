@@ -904,6 +904,10 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _interrupt(*_args) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     modes = list(MODES) if args.mode == "both" else [args.mode]
@@ -914,6 +918,7 @@ def main(argv: list[str] | None = None) -> int:
                   "('--mode chardev' soaks chardev mode alone)", file=sys.stderr)
             return 2
     lock = threading.Lock()
+    signal.signal(signal.SIGTERM, _interrupt)   # clean up as on ^C: no namespace left
 
     def echo(text: str) -> None:
         with lock:
