@@ -12,7 +12,6 @@ path; after each test no XDP program is left on any interface.
 """
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
 import re
