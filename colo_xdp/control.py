@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
@@ -58,6 +59,11 @@ class FlowError(ValueError):
     """A flow spec that names no flow; the message is one sentence."""
 
 
+def _shorten(digits: str) -> str:
+    """A number too long to repeat whole in an error sentence."""
+    return digits if len(digits) <= 12 else f"{digits[:8]}... ({len(digits)} digits)"
+
+
 def _proto(value: Any) -> int | None:
     if value is None:
         return None
@@ -73,7 +79,10 @@ def _proto(value: Any) -> int | None:
             return PROTO_NAMES[text]
         if not (text.isascii() and text.isdigit()):
             raise FlowError(f"protocol {value!r} is not tcp, udp, icmp, a number or *")
-        number = int(text)
+        digits = text.lstrip("0") or "0"      # int() refuses over 4300 digits
+        if len(digits) > 3:
+            raise FlowError(f"protocol number {_shorten(digits)} is outside 1..255")
+        number = int(digits)
     if not 1 <= number <= 255:
         raise FlowError(f"protocol number {number} is outside 1..255")
     return number
@@ -108,7 +117,11 @@ def _port(value: Any, what: str) -> int | None:
             return None
         if not (text.isascii() and text.isdigit()):
             raise FlowError(f"{what} {value!r} is not a port number or *")
-        number = int(text)
+        digits = text.lstrip("0") or "0"      # int() refuses over 4300 digits
+        if len(digits) > 5:
+            raise FlowError(f"{what} {_shorten(digits)} is outside 1..65535 "
+                            "(use * for any port)")
+        number = int(digits)
     if not 1 <= number <= 65535:
         raise FlowError(f"{what} {number} is outside 1..65535 (use * for any port)")
     return number
@@ -351,7 +364,8 @@ def parse_request(line: bytes) -> Request | BadRequest | None:
     if not isinstance(obj, dict):
         return BadRequest("the request must be a JSON object such as {\"cmd\": \"stats\"}")
     rid = obj.pop("id", None)
-    if not isinstance(rid, (str, int, float, type(None))) or isinstance(rid, bool):
+    if not isinstance(rid, (str, int, float, type(None))) or isinstance(rid, bool) \
+            or (isinstance(rid, float) and not math.isfinite(rid)):   # NaN, 1e999: no JSON
         return BadRequest("id must be a string or a number")
     cmd = obj.pop("cmd", None)
     if not isinstance(cmd, str):

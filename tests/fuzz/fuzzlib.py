@@ -4,8 +4,8 @@
 
 Targets: ``engine`` (tests/fuzz/fuzz_engine.c with the csrc/ sources,
 libFuzzer + ASan + UBSan, Debian's clang) and ``framing``, ``notify``,
-``spec`` (tests/fuzz/fuzz_parsers.py under atheris).  Each runs for
-``--seconds`` (FUZZ_SECONDS, default 60) from its corpus in
+``spec``, ``control`` (tests/fuzz/fuzz_parsers.py under atheris).  Each
+runs for ``--seconds`` (FUZZ_SECONDS, default 60) from its corpus in
 tests/fuzz/corpus/<target>/; what it found that adds coverage is merged back
 into that corpus, and a crash is written to tests/fuzz/crashes/<target>/,
 where the tests replay it from then on.  Exits 1 if any target crashed.
@@ -33,7 +33,7 @@ BUILD = ROOT / "build" / "fuzz"
 SHORT_RUN_S = int(os.environ.get("FUZZ_TEST_SECONDS", "4"))
 
 ENGINE = "engine"
-PYTHON_TARGETS = ("framing", "notify", "spec")
+PYTHON_TARGETS = ("framing", "notify", "spec", "control")
 TARGETS = (ENGINE, *PYTHON_TARGETS)
 
 # The cffi build's warnings, as errors (csrc/build_cffi.py CFLAGS), plus the
@@ -151,9 +151,12 @@ class Result:
 
 def fuzz(target: str, seconds: int, work: Path, artifacts: Path) -> Result:
     """Fuzz for ``seconds``: new inputs go to ``work``, the target's corpus
-    is read too; a crash is written under ``artifacts``."""
+    is read too; a crash is written under ``artifacts``.  Only the crashes
+    this run wrote count: the reproducers kept there from earlier ones are
+    regression tests."""
     work.mkdir(parents=True, exist_ok=True)
     artifacts.mkdir(parents=True, exist_ok=True)
+    kept = set(artifacts.iterdir())
     corpus = CORPUS / target
     corpus.mkdir(parents=True, exist_ok=True)
     cmd = command(target) + dictionary(target) + [
@@ -162,7 +165,8 @@ def fuzz(target: str, seconds: int, work: Path, artifacts: Path) -> Result:
                              "-max_len=4096", str(work), str(corpus)]
     proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace", env=env(),
                           timeout=seconds + 120)
-    crashes = sorted(p for p in artifacts.iterdir() if p.name.startswith(REPRODUCER_PREFIXES))
+    crashes = sorted(p for p in artifacts.iterdir()
+                     if p.name.startswith(REPRODUCER_PREFIXES) and p not in kept)
     return Result(target, proc.returncode, proc.stdout + proc.stderr, crashes)
 
 

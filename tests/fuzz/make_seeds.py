@@ -12,13 +12,17 @@ test also checks, from the counters each seed prints, that together they
 reach every release, drop and checkpoint reason.  Files not named seed-* in
 that directory are the fuzzer's own finds and are left alone.
 
-The parser seeds (corpus/framing, corpus/notify, corpus/spec) follow
-tests/fuzz/fuzz_parsers.py: for framing and notify a flags byte (bit 0: vnet
-word; bit 1: 64-byte record limit; the rest: how the stream is cut) and then
-the stream; for spec the text.
+The parser seeds (corpus/framing, corpus/notify, corpus/spec,
+corpus/control) follow tests/fuzz/fuzz_parsers.py: for framing and notify a
+flags byte (bit 0: vnet word; bit 1: 64-byte record limit; the rest: how the
+stream is cut) and then the stream; for spec the text; for control a flags
+byte (bits 0-1: the line limit; bit 2: one line per read; bit 3: a 3-rule
+passthrough table; bit 4: a sink that refuses more than 2 rules; bits 5-7:
+how the stream is cut) and then request lines.
 """
 from __future__ import annotations
 
+import json
 import struct
 import sys
 from pathlib import Path
@@ -203,6 +207,89 @@ PARSER_SEEDS: dict[str, dict[str, bytes]] = {
         "bad": b"tcp:host:0,reconnect=nan,bogus=1",
     },
 }
+
+
+# control: flags (fuzz_parsers.fuzz_control), then request lines.
+LIMIT_24, LIMIT_96, LIMIT_400, LAZY, SMALL_TABLE, REFUSING_SINK = 1, 2, 3, 4, 8, 16
+WHOLE, BY_1, BY_7, BY_61 = 7 << 5, 0 << 5, 3 << 5, 5 << 5
+
+
+def control(flags: int, *lines, end: bytes = b"\n") -> bytes:
+    """A flags byte, then each line (a dict as JSON, bytes as they are)."""
+    return bytes([flags]) + b"\n".join(
+        line if isinstance(line, bytes) else json.dumps(line).encode() for line in lines) + end
+
+
+def pt(op: str, flow=None, **fields) -> dict:
+    return {"cmd": "passthrough", "op": op, **({"flow": flow} if flow is not None else {}),
+            **fields}
+
+
+CONTROL_SEEDS = {
+    "commands": control(WHOLE, {"cmd": "checkpoint"}, {"cmd": "failover"}, {"cmd": "failover"},
+                        {"cmd": "stats"}, {"cmd": "stats", "connections": 0},
+                        {"cmd": "stats", "connections": 65536},
+                        {"cmd": "stats", "connections": -1}, {"cmd": "stats", "connections": True},
+                        {"cmd": "subscribe"},
+                        {"cmd": "subscribe", "events": ["checkpoint_requested", "frame_dropped"]},
+                        {"cmd": "subscribe", "events": []},
+                        {"cmd": "subscribe", "events": ["bogus"]},
+                        {"cmd": "subscribe", "events": "all"}, {"cmd": "help"},
+                        {"cmd": "reboot"}, {"cmd": "checkpoint", "force": True}),
+    "ids": control(BY_7, {"cmd": "help", "id": "a1"}, {"cmd": "stats", "id": 7},
+                   {"cmd": "checkpoint", "id": 1.5}, {"cmd": "nope", "id": -3},
+                   {"cmd": "help", "id": None}, {"cmd": "help", "id": True},
+                   {"cmd": "help", "id": [1]}, {"cmd": "help", "id": {"n": 1}},
+                   {"cmd": 1, "id": 8}, {"id": "no-cmd"}, b'{"cmd":"help","id":1e999}',
+                   b'{"cmd":"help","id":NaN}', b'{"cmd":"help","id":-Infinity}',
+                   b'{"cmd":"help","id":' + b"9" * 40 + b"}"),
+    "passthrough-spec": control(WHOLE, pt("add", "udp 10.0.0.0/24:* > *:53"),
+                                pt("add", "tcp * > 10.0.0.2:22"), pt("add", "10.0.0.9 > *"),
+                                pt("add", "icmp"), pt("add", "47 10.1.0.0/16 > 10.2.0.0/16"),
+                                pt("add", "  UDP   1.2.3.4:1000>5.6.7.8:2000 "),
+                                pt("add", "udp 10.0.0.7/24 > *:53"), pt("list"),
+                                pt("del", "udp 10.0.0.0/24 > *:53"), pt("del", "udp"),
+                                pt("del", "icmp * > *"), pt("list")),
+    "passthrough-fields": control(BY_61, pt("add", proto="tcp", dst="10.0.0.2", dport=22),
+                                  pt("add", proto=17, src="10.0.0.9/24", dst="*", dport="53"),
+                                  pt("add", proto="any", sport=None, dst="0.0.0.0/0"),
+                                  pt("add", proto="132", src="192.168.1.1/255.255.255.0",
+                                     sport=5000),
+                                  pt("del", proto=6, dst="10.0.0.2/32", dport=22),
+                                  pt("del", proto="udp", src="10.0.0.0/24", dport=53),
+                                  pt("list")),
+    "passthrough-bad": control(WHOLE, {"cmd": "passthrough"}, pt("flip", "udp"), pt("add"),
+                               pt("add", "udp", dport=5), pt("list", "udp"),
+                               pt("list", proto="tcp"), pt("add", "udp 1.2.3.4 >"),
+                               pt("add", 7), pt("add", dport=70000),
+                               pt("add", proto="icmp", dport=1), pt("add", src="10.0.0.300"),
+                               pt("add", "udp * > *:http"), pt("add", "256"), pt("add", "0"),
+                               pt("add", "udp :53 > *"), pt("add", "udp a > b > c"),
+                               pt("add", proto=True), pt("add", sport=1.5),
+                               pt("add", src=["10.0.0.1"])),
+    "table-full": control(WHOLE | SMALL_TABLE, pt("add", "tcp"), pt("add", "udp"),
+                          pt("add", "icmp"), pt("add", "47"), pt("add", "tcp"), pt("del", "udp"),
+                          pt("add", "47"), pt("list")),
+    "sink-refuses": control(BY_61 | REFUSING_SINK, pt("add", "tcp"), pt("add", "udp"),
+                            pt("add", "icmp"), pt("del", "tcp"), pt("add", "icmp"),
+                            pt("add", "udp")),
+    "bad-lines": control(BY_7, b"{not json", b"\xff\xfe", b"[1, 2]", b'"stats"', b"{}",
+                         b'{"cmd": 5}', b"", b" \t ", b'{"cmd": "help"}\r', b"[" * 50,
+                         b'{"cmd": "\\ud800"}', b'{"cmd": "help", "cmd": "stats"}',
+                         b'\xef\xbb\xbf{"cmd": "help"}'),
+    "oversized": control(BY_1 | LIMIT_24, b'{"cmd": "help", "pad": "' + b"x" * 30 + b'"}',
+                         b'{"cmd":"help"}', b'{"cmd":"checkpoint"}' + b" " * 3,
+                         b'{"cmd": "stats"', end=b"x" * 40),
+    "oversized-pieces": control(BY_7 | LIMIT_96, {"cmd": "stats", "id": "x" * 100},
+                                {"cmd": "failover", "id": 2}, b"y" * 200),
+    "lazy": control((6 << 5) | LAZY | LIMIT_400, {"cmd": "help"}, pt("add", "udp * > *:53"),
+                    b"z" * 500, {"cmd": "stats", "id": 3}, end=b'{"cmd":'),
+    "flow-text": control(WHOLE, b"udp 10.0.0.0/24:* > *:53", b"tcp * > 10.0.0.2:22",
+                         b"10.0.0.9 > *", b"icmp", b"any", b"icmp * > *:1", b"sctp 1.2.3.4:9 > *",
+                         b"udp 1.2.3.4/33 > *", b"udp 1.2.3.4:0 > *"),
+    "unfinished": control(BY_1, {"cmd": "help"}, b'{"cmd": "checkpoint"}', end=b""),
+}
+PARSER_SEEDS["control"] = CONTROL_SEEDS
 
 
 def main() -> None:

@@ -1,9 +1,9 @@
 """The parsers of what peers and users send, fuzzed (tests/fuzz/fuzz_parsers.py).
 
-For each of framing (transport.framing.Decoder), notify (notify.NotifyProtocol)
-and spec (transport.chardev.parse_spec): its corpus and crash reproducers
-replay as plain calls, and a short atheris run (FUZZ_TEST_SECONDS, default
-4) finds nothing.
+For each of framing (transport.framing.Decoder), notify (notify.NotifyProtocol),
+spec (transport.chardev.parse_spec) and control (the control socket's
+protocol, colo_xdp.control): its corpus and crash reproducers replay as plain
+calls, and a short atheris run (FUZZ_TEST_SECONDS, default 4) finds nothing.
 """
 from __future__ import annotations
 

@@ -138,6 +138,20 @@ def test_id_is_echoed_on_success_and_error():
     assert "id" not in ask('{"cmd": "help"}')
 
 
+@pytest.mark.parametrize("raw_id", [b"NaN", b"Infinity", b"-Infinity", b"1e999"])
+def test_an_id_that_json_cannot_carry_is_refused(raw_id):
+    """Found writing the control fuzz target: Python's json reads NaN, Infinity
+    and 1e999 (as inf), and the reply echoed them back, which is not JSON."""
+    item = parse_request(b'{"cmd": "help", "id": ' + raw_id + b"}")
+    assert isinstance(item, BadRequest) and item.id is None
+    reply = Commands(FakeTarget()).reply(item, FakeSession())
+    assert "id must be a string or a number" in one_sentence(reply)
+
+    def strict(name):
+        raise ValueError(f"{name} is not JSON")
+    assert json.loads(encode(reply), parse_constant=strict) == reply
+
+
 def test_unknown_field_is_refused():
     error = one_sentence(ask('{"cmd": "checkpoint", "force": true}'))
     assert "checkpoint takes no field 'force'" in error
@@ -256,6 +270,24 @@ def test_bad_flow_specs_are_one_sentence(text):
     with pytest.raises(FlowError) as info:
         parse_flow(text)
     assert "\n" not in str(info.value) and str(info.value)
+
+
+@pytest.mark.parametrize("fields, fragment", [
+    ({"proto": "7" * 5000}, "protocol number 777"),
+    ({"dport": "9" * 5000}, "destination port 999"),
+    ({"sport": "0" * 5000}, "source port 0 is outside"),
+    ({"flow": "1" * 5000}, "protocol number 111"),
+    ({"flow": "udp * > *:" + "5" * 5000}, "destination port 555"),
+])
+def test_numbers_too_long_for_int_are_out_of_range(fields, fragment):
+    """Found writing the control fuzz target: int() refuses more than 4300
+    digits with a ValueError, which escaped Commands.reply (the server's
+    "internal error") for a request well under MAX_LINE."""
+    error = one_sentence(ask(json.dumps({"cmd": "passthrough", "op": "add", **fields})))
+    assert fragment in error and "outside" in error
+    # Leading zeros still count for nothing.
+    assert flow_from_fields({"proto": "0" * 5000 + "6", "dport": "0" * 5000 + "53"}) == \
+        PassthroughRule(proto=6, dport=53)
 
 
 def test_flow_fields_match_flow_text():
