@@ -136,6 +136,7 @@ class XskSocket:
         self._x = None
         burst = max(1, self.config.burst)
         self._addrs = ffi.new("uint64_t[]", burst)
+        self._last_burst = 0
         self._lens = ffi.new("uint32_t[]", burst)
         self._umem = None
 
@@ -194,7 +195,8 @@ class XskSocket:
         the next rx_burst, and the caller's until ``rx_done``."""
         self._need_open()
         limit = len(self._addrs) if max_frames is None else min(max_frames, len(self._addrs))
-        return lib.xsk__rx_burst(self._x, self._addrs, self._lens, limit)
+        self._last_burst = max(lib.xsk__rx_burst(self._x, self._addrs, self._lens, limit), 0)
+        return self._last_burst
 
     @property
     def addrs(self):
@@ -213,6 +215,10 @@ class XskSocket:
     def rx_done(self, n: int) -> None:
         """Give the last burst's first n frames back to the kernel."""
         self._need_open()
+        if not 0 <= n <= self._last_burst:      # the C side reads addrs[:n]
+            raise XskError(f"cannot hand back {n} frames: the last burst took "
+                           f"{self._last_burst}")
+        self._last_burst = 0                  # each burst is given back once
         rc = lib.xsk__rx_done(self._x, self._addrs, n)
         if rc < 0:
             raise XskError("a frame handed back is not one this socket received "

@@ -127,9 +127,35 @@ def test_handing_frames_back_clears_their_metadata(path):
     assert bytes(path.xsk.frame(addr - 32, 32)) == bytes(32)
 
 
+def _one_burst(path) -> int:
+    path.send([pktgen.udp_frame(b"one")])
+    n, deadline = 0, time.monotonic() + 2
+    while not n and time.monotonic() < deadline:
+        n = path.xsk.rx_burst()
+    assert n == 1
+    return n
+
+
 def test_handing_back_a_foreign_address_is_refused(path):
+    _one_burst(path)
     path.xsk.addrs[0] = path.xsk.info.umem_bytes - 1024      # a tx frame
     with pytest.raises(XskError, match="not one this socket received"):
+        path.xsk.rx_done(1)
+
+
+def test_handing_back_more_than_the_burst_took_is_refused(path):
+    """The C side reads addrs[:n]: n past the burst would read past the array
+    (or hand back frames the kernel still owns)."""
+    with pytest.raises(XskError, match="hand back 1 frames: the last burst took 0"):
+        path.xsk.rx_done(1)
+    _one_burst(path)
+    with pytest.raises(XskError, match="hand back 2 frames: the last burst took 1"):
+        path.xsk.rx_done(2)
+    too_many = len(path.xsk.addrs) + 1
+    with pytest.raises(XskError, match=f"hand back {too_many} frames"):
+        path.xsk.rx_done(too_many)
+    path.xsk.rx_done(1)
+    with pytest.raises(XskError, match="last burst took 0"):   # not twice
         path.xsk.rx_done(1)
 
 
