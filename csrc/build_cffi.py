@@ -26,15 +26,24 @@ def _cdef_region(header):
     return re.sub(r"(#define\s+\w+\s+\w+)\s*/\*.*?\*/", r"\1", match.group(1))
 
 
-ffibuilder = FFI()
-ffibuilder.cdef("\n".join(_cdef_region(h) for h in HEADERS))
-ffibuilder.set_source(
-    "colo_xdp._native",
-    "\n".join(f'#include "{h}"' for h in HEADERS),
-    sources=[os.path.join("csrc", s) for s in SOURCES],
-    include_dirs=[HERE],
-    extra_compile_args=CFLAGS,
-)
+def make_ffibuilder(extra_compile_args=(), extra_link_args=()):
+    """The FFI of colo_xdp._native; other builds of the same module (the
+    sanitized one of tests/sanitize) add their compile and link flags.
+    Sources are relative to the repository root: build from there."""
+    builder = FFI()
+    builder.cdef("\n".join(_cdef_region(h) for h in HEADERS))
+    builder.set_source(
+        "colo_xdp._native",
+        "\n".join(f'#include "{h}"' for h in HEADERS),
+        sources=[os.path.join("csrc", s) for s in SOURCES],
+        include_dirs=[HERE],
+        extra_compile_args=[*CFLAGS, *extra_compile_args],
+        extra_link_args=list(extra_link_args),
+    )
+    return builder
+
+
+ffibuilder = make_ffibuilder()
 
 if __name__ == "__main__":
     ffibuilder.compile(verbose=True)
