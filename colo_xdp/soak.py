@@ -738,8 +738,10 @@ class Soak:
             state = (f" held={st['held']['primary']}/{st['held']['secondary']}"
                      f" conns={st['connections']['count']}"
                      f" evicted={st['connections']['evicted']}")
+        other = (f" (not compared {self.other['primary']}/{self.other['secondary']})"
+                 if self.mode == "xdp" else "")
         self.say(f"t={t:6.0f}s rss={rss / 1024:7.1f}MiB in={self.sent['primary']}/"
-                 f"{self.sent['secondary']} out={out.received}{state} "
+                 f"{self.sent['secondary']}{other} out={out.received}{state} "
                  f"checkpoints: requested={note.requests} done={note.checkpoints} [{ckpt}] "
                  f"drops: [{drops}]")
 
