@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from colo_xdp.netns import in_netns
+from colo_xdp.netns import add_netns, add_veth, in_netns
 from colo_xdp.netns import sh as _sh
 
 
@@ -103,17 +103,10 @@ class Lab:
     def __enter__(self) -> "Lab":
         try:
             for ns in self.ns.values():
-                _sh("ip", "netns", "add", ns)
                 self.made.append(ns)
-                _sh("ip", "netns", "exec", ns, "sysctl", "-q", "-w",
-                    "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
+                add_netns(ns)
             for short, where in self.LINKS.items():
-                _sh("ip", "-n", self.ns["host"], "link", "add", f"{short}-h",
-                    "numtxqueues", "1", "numrxqueues", "1", "type", "veth", "peer", "name",
-                    f"{short}-g", "netns", self.ns[where], "numtxqueues", "1",
-                    "numrxqueues", "1")
-                _sh("ip", "-n", self.ns["host"], "link", "set", f"{short}-h", "up")
-                _sh("ip", "-n", self.ns[where], "link", "set", f"{short}-g", "up")
+                add_veth(self.ns["host"], f"{short}-h", self.ns[where], f"{short}-g")
         except BaseException:
             self.close()
             raise

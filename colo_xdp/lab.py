@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from colo_xdp.netns import NetnsError, in_netns
+from colo_xdp.netns import NetnsError, add_netns, add_veth, in_netns
 from colo_xdp.netns import sh as _sh
 
 # Addresses: both guests are 10.77.0.2 with one MAC, as a COLO pair is.
@@ -134,15 +134,11 @@ class Lab:
 
     def build(self) -> None:
         for name in ("host", *self.LINKS.values()):
-            _sh("ip", "netns", "add", self.ns(name))
             self.made.append(self.ns(name))
-            _sh("ip", "netns", "exec", self.ns(name), "sysctl", "-q", "-w",
-                "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
+            add_netns(self.ns(name))
         host = self.ns("host")
-        for short, where in self.LINKS.items():
-            _sh("ip", "-n", host, "link", "add", f"{short}-h", "numtxqueues", "1",
-                "numrxqueues", "1", "type", "veth", "peer", "name", f"{short}-g",
-                "netns", self.ns(where), "numtxqueues", "1", "numrxqueues", "1")
+        for short, where in self.LINKS.items():      # the far ends: MAC and address first
+            add_veth(host, f"{short}-h", self.ns(where), f"{short}-g", up=False)
             _sh("ip", "-n", host, "link", "set", f"{short}-h", "up")
         for short, where, ip, mac, peer_ip, peer_mac in (
                 ("c", "client", CLIENT_IP, CLIENT_MAC, GUEST_IP, GUEST_MAC),

@@ -1,10 +1,12 @@
 """Network namespaces for the lab, the benchmark and the tests.
 
 ``sh`` runs a command (``ip``, ``tc``, ...) and says in one sentence what
-failed; ``in_netns`` runs the calling thread in a namespace for a while, so
-that sockets made meanwhile (AF_PACKET, AF_XDP) live there::
+failed; ``add_netns`` and ``add_veth`` make the namespaces and links every
+lab here uses; ``in_netns`` runs the calling thread in a namespace for a
+while, so that sockets made meanwhile (AF_PACKET, AF_XDP) live there::
 
-    sh("ip", "netns", "add", "guest")
+    add_netns("guest")
+    add_veth("host", "g-h", "guest", "g-g")
     with in_netns("guest"):
         sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
 """
@@ -30,6 +32,27 @@ def sh(*args: str, check: bool = True) -> str:
     if check and proc.returncode != 0:
         raise NetnsError(f"'{' '.join(args)}' failed: {proc.stderr.strip() or proc.returncode}")
     return proc.stdout
+
+
+def add_netns(name: str) -> None:
+    """A network namespace with IPv6 off (no router solicitations or DAD
+    frames on its links to surprise a test).  A caller that cleans up should
+    note ``name`` before calling: the namespace may exist when this fails."""
+    sh("ip", "netns", "add", name)
+    sh("ip", "netns", "exec", name, "sysctl", "-q", "-w",
+       "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
+
+
+def add_veth(ns: str, name: str, peer_ns: str, peer: str, up: bool = True) -> None:
+    """A veth pair, ``name`` in ``ns`` and ``peer`` in ``peer_ns``, with one
+    queue each way (an AF_XDP socket on queue 0 then sees every frame); both
+    ends up unless ``up`` is false (to set an address or MAC first)."""
+    sh("ip", "-n", ns, "link", "add", name, "numtxqueues", "1", "numrxqueues", "1",
+       "type", "veth", "peer", "name", peer, "netns", peer_ns,
+       "numtxqueues", "1", "numrxqueues", "1")
+    if up:
+        sh("ip", "-n", ns, "link", "set", name, "up")
+        sh("ip", "-n", peer_ns, "link", "set", peer, "up")
 
 
 def _setns(fd: int, what: str) -> None:

@@ -65,7 +65,7 @@ from typing import Callable
 
 from colo_xdp import pktgen as g
 from colo_xdp.harness import default_colo_xdp_exe
-from colo_xdp.netns import NetnsError, in_netns, sh
+from colo_xdp.netns import NetnsError, add_netns, add_veth, in_netns, sh
 
 MAX_QUEUE = 256
 MAX_CONNECTIONS = 4096
@@ -481,10 +481,8 @@ class XdpRig:
         self.tx: dict[str, socket.socket] = {}
         try:
             for ns in self.ns.values():
-                sh("ip", "netns", "add", ns)
                 self.made.append(ns)
-                sh("ip", "netns", "exec", ns, "sysctl", "-q", "-w",
-                   "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
+                add_netns(ns)
             for short in self.LINKS:
                 self.make_link(short)
         except NetnsError as exc:
@@ -492,12 +490,7 @@ class XdpRig:
             raise SoakError(str(exc)) from None
 
     def make_link(self, short: str) -> None:
-        host, far = self.ns["host"], self.ns[self.LINKS[short]]
-        sh("ip", "-n", host, "link", "add", f"{short}-h", "numtxqueues", "1", "numrxqueues",
-           "1", "type", "veth", "peer", "name", f"{short}-g", "netns", far,
-           "numtxqueues", "1", "numrxqueues", "1")
-        sh("ip", "-n", host, "link", "set", f"{short}-h", "up")
-        sh("ip", "-n", far, "link", "set", f"{short}-g", "up")
+        add_veth(self.ns["host"], f"{short}-h", self.ns[self.LINKS[short]], f"{short}-g")
 
     def packet_socket(self, short: str) -> socket.socket:
         with in_netns(self.ns[self.LINKS[short]]):

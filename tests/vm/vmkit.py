@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from colo_xdp import vmlab
-from colo_xdp.netns import in_netns, sh
+from colo_xdp.netns import add_netns, add_veth, in_netns, sh
 
 ROOT = Path(__file__).resolve().parents[2]
 EXE = str(ROOT / ".venv" / "bin" / "colo-xdp")
@@ -65,14 +65,10 @@ class Lab:
     # --- namespaces and links ---------------------------------------------------
     def build(self) -> None:
         for ns in (self.host, self.client_ns):
-            sh("ip", "netns", "add", ns)
             self.made.append(ns)
-            sh("ip", "netns", "exec", ns, "sysctl", "-q", "-w",
-               "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
+            add_netns(ns)
             sh("ip", "-n", ns, "link", "set", "lo", "up")
-        sh("ip", "-n", self.host, "link", "add", "c-h", "numtxqueues", "1", "numrxqueues", "1",
-           "type", "veth", "peer", "name", "c-g", "netns", self.client_ns,
-           "numtxqueues", "1", "numrxqueues", "1")
+        add_veth(self.host, "c-h", self.client_ns, "c-g", up=False)
         sh("ip", "-n", self.client_ns, "link", "set", "c-g", "address", CLIENT_MAC)
         sh("ip", "-n", self.client_ns, "addr", "add", f"{CLIENT_IP}/24", "dev", "c-g")
         sh("ip", "-n", self.client_ns, "link", "set", "c-g", "up")

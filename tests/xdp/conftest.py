@@ -15,6 +15,7 @@ from typing import Iterator
 
 import pytest
 
+from colo_xdp.netns import add_netns, add_veth
 from colo_xdp.transport import xdp
 from colo_xdp.transport.classify import Side
 from xdp_kit import VethPair, bare_xsk, bpf_problem, need, sh
@@ -85,13 +86,9 @@ def veth(netns_available) -> Iterator[VethPair]:
     made = []
     try:
         for ns in (pair.host_ns, pair.guest_ns):
-            sh("ip", "netns", "add", ns)
             made.append(ns)
-            sh("ip", "netns", "exec", ns, "sysctl", "-q", "-w",
-               "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
-        sh("ip", "-n", pair.host_ns, "link", "add", pair.host, "numtxqueues", "1",
-           "numrxqueues", "1", "type", "veth", "peer", "name", pair.guest,
-           "netns", pair.guest_ns, "numtxqueues", "1", "numrxqueues", "1")
+            add_netns(ns)
+        add_veth(pair.host_ns, pair.host, pair.guest_ns, pair.guest, up=False)
         for ns, dev, ip in ((pair.host_ns, pair.host, pair.host_ip),
                             (pair.guest_ns, pair.guest, pair.guest_ip)):
             sh("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", dev)

@@ -29,6 +29,7 @@ import pytest
 
 from colo_xdp import pktgen as g
 from colo_xdp.transport.framing import Decoder
+from colo_xdp.netns import add_netns, add_veth
 from xdp_kit import in_netns, sh, xdp_shown
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,17 +56,14 @@ class Lab:
 
     def build(self) -> None:
         for ns in self.ns.values():
-            sh("ip", "netns", "add", ns)
             self.made.append(ns)
-            sh("ip", "netns", "exec", ns, "sysctl", "-q", "-w",
-               "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
-        for short, where in self.LINKS.items():
-            host_end, far_end = f"{short}-h", f"{short}-g"
-            sh("ip", "-n", self.ns["host"], "link", "add", host_end, "numtxqueues", "1",
-               "numrxqueues", "1", "type", "veth", "peer", "name", far_end,
-               "netns", self.ns[where], "numtxqueues", "1", "numrxqueues", "1")
-            sh("ip", "-n", self.ns["host"], "link", "set", host_end, "up")
-            sh("ip", "-n", self.ns[where], "link", "set", far_end, "up")
+            add_netns(ns)
+        for short in self.LINKS:
+            self.link(short)
+
+    def link(self, short: str) -> None:
+        """The veth pair {short}-h (host) / {short}-g, both ends up."""
+        add_veth(self.ns["host"], f"{short}-h", self.ns[self.LINKS[short]], f"{short}-g")
 
     def start(self, *args: str, ready: bool = True) -> subprocess.Popen:
         proc = subprocess.Popen(["ip", "netns", "exec", self.ns["host"], EXE, *args],
@@ -275,15 +273,6 @@ def test_forward_sends_the_secondary_guests_frames_to_the_primary(lab):
     assert lab.attached() == []
 
 
-def remake_link(lab: Lab, short: str) -> None:
-    host_end, far_end, far_ns = f"{short}-h", f"{short}-g", lab.ns[lab.LINKS[short]]
-    sh("ip", "-n", lab.ns["host"], "link", "add", host_end, "numtxqueues", "1", "numrxqueues",
-       "1", "type", "veth", "peer", "name", far_end, "netns", far_ns,
-       "numtxqueues", "1", "numrxqueues", "1")
-    sh("ip", "-n", lab.ns["host"], "link", "set", host_end, "up")
-    sh("ip", "-n", far_ns, "link", "set", far_end, "up")
-
-
 def wait_log(proc: subprocess.Popen, text: str, count: int = 1) -> None:
     deadline = time.monotonic() + TIMEOUT
     while sum(text in line for line in proc.log) < count:
@@ -298,7 +287,7 @@ def test_forward_attaches_again_to_an_interface_that_comes_back(lab):
     lab.socks.append(peer)
     sh("ip", "-n", lab.ns["host"], "link", "del", "s-h")
     wait_log(proc, "xdp_iface_gone role=secondary-xdp iface=s-h")
-    remake_link(lab, "s")
+    lab.link("s")
     wait_log(proc, "xdp_attached role=secondary-xdp", 2)
     frames = [udp(b"after the tap came back %d" % i) for i in range(5)]
     lab.send("s", *frames)
@@ -321,11 +310,7 @@ def test_an_interface_that_goes_away_is_attached_again_when_back(lab):
     ctl = subprocess.run([EXE, "ctl", "--control", str(lab.dir / "ctl.sock"), "passthrough",
                           "add", "udp * > *:9"], capture_output=True, text=True)
     assert ctl.returncode == 0, ctl.stderr
-    sh("ip", "-n", lab.ns["host"], "link", "add", "p-h", "numtxqueues", "1", "numrxqueues",
-       "1", "type", "veth", "peer", "name", "p-g", "netns", lab.ns["guest_p"],
-       "numtxqueues", "1", "numrxqueues", "1")
-    sh("ip", "-n", lab.ns["host"], "link", "set", "p-h", "up")
-    sh("ip", "-n", lab.ns["guest_p"], "link", "set", "p-g", "up")
+    lab.link("p")
     while sum("xdp_attached role=primary-in" in line for line in proc.log) < 2:
         assert time.monotonic() < deadline + TIMEOUT, "".join(proc.log)
         time.sleep(0.05)
