@@ -199,18 +199,24 @@ def test_xdp_hooks_verdicts_and_a_second_passthrough_sink(tmp_path):
     from colo_xdp.control import PassthroughError, parse_flow
     from colo_xdp.metrics import ServiceCollector
     from colo_xdp.service import Service, ServiceConfig
-    from colo_xdp.stats import snapshot
+    from colo_xdp.stats import render, snapshot
     from colo_xdp.transport.chardev import parse_spec
 
     specs = [parse_spec(f"unix:{tmp_path}/{name},server=on") for name in ("p", "s", "o")]
     svc = Service(ServiceConfig(*specs, passthrough=[parse_flow("icmp")]))
+    assert snapshot(svc)["kernel_dropped"] == {}                # chardev inputs
     svc.verdict_counters = lambda: {"redirect": 7, "pass": 5}
+    svc.kernel_drops = lambda: {"primary": {"rx_ring_full": 3, "rx_dropped": 1}}
     snap = snapshot(svc)
     assert snap["verdicts"] == {"redirect": 7, "pass": 5}
+    assert snap["kernel_dropped"] == {"primary": {"rx_ring_full": 3, "rx_dropped": 1}}
+    assert "kernel drops primary rx_ring_full 3, rx_dropped 1" in render(snap)
     registry = CollectorRegistry()
     registry.register(ServiceCollector(svc))
     text = generate_latest(registry).decode()
     assert 'colo_xdp_xdp_verdicts_total{verdict="redirect"} 7.0' in text
+    assert ('colo_xdp_xdp_kernel_dropped_total{reason="rx_ring_full",side="primary"} 3.0'
+            in text)
 
     pushed: list = []
 
