@@ -22,6 +22,8 @@ service's control socket (``stats``, exact).  The traffic mixes
 * TCP flows cut into segments differently on each side, with pure ACKs;
 * now and then a mismatch, a primary frame with no secondary (timeout) and a
   flood past --max-queue-size;
+* a UDP flow put on the passthrough list and taken off it in turn, through
+  the control socket, its frames sent only while it is on;
 * chardev: a zero-length record on the secondary input and a primary peer
   that leaves mid-frame (both reconnect at once);
 * xdp: IPv4 frames cut short (the classifier's MALFORMED: passed on the
@@ -36,8 +38,8 @@ last line for the run:
 * alive: the process ran until told to stop, exited 0 and printed its summary;
 * accounted: every frame this driver wrote is counted: chardev, each record
   on both inputs; xdp, each compared frame in frames_in or as dropped by the
-  kernel (AF_XDP rx ring full), each other frame in the classifier's verdict
-  counters.  The outdev got exactly the frames the service says it released,
+  kernel (AF_XDP rx ring full), each other frame (ARP, cut short,
+  passthrough) in the classifier's verdict counters.  The outdev got exactly the frames the service says it released,
   each once, each flow's in order, none unknown; and released + dropped =
   primary frames in (nothing held after the exit flush);
 * RSS bounded: the peak of the last fifth of the run is within 10% + 16 MiB
@@ -76,7 +78,9 @@ SCAN_MS = 100
 CHECKPOINT_DELAY_S = 0.01  # the notify peer's answer to DO_CHECKPOINT
 MAX_ROUND_S = 0.05         # pairs owed after a pause are capped to this much time
 MAGIC = b"SOAK"
-UDP_DPORT, MISMATCH_DPORT, LONELY_DPORT, FLOOD_DPORT = 5000, 5001, 5002, 5003
+UDP_DPORT, MISMATCH_DPORT, LONELY_DPORT, FLOOD_DPORT, PT_DPORT = 5000, 5001, 5002, 5003, 5004
+PT_FLOW = f"udp * > *:{PT_DPORT}"   # on the passthrough list every other PT_SECONDS
+PT_SECONDS = 7.0
 TCP_SPORT = 20000
 WRAP = 1 << 32
 SIDES = ("primary", "secondary")
@@ -369,20 +373,24 @@ class Service:
         m = re.search(r"VmRSS:\s+(\d+) kB", text)
         return int(m.group(1)) if m else 0
 
-    def stats(self) -> dict | None:
-        """The control socket's ``stats`` (no connection rows); None when the
+    def ask(self, request: dict) -> dict | None:
+        """One request on the control socket; its reply, None when the
         service does not answer."""
         from colo_xdp.ctl import ClientError, ControlClient
         try:
             if self._client is None:
                 self._client = ControlClient.connect(path=str(self.control), timeout=10)
-            reply = self._client.request({"cmd": "stats", "connections": 0})
+            return self._client.request(request)
         except (ClientError, OSError):
             if self._client:
                 self._client.close()
             self._client = None
             return None
-        return reply.get("stats")
+
+    def stats(self) -> dict | None:
+        """The control socket's ``stats`` (no connection rows)."""
+        reply = self.ask({"cmd": "stats", "connections": 0})
+        return reply.get("stats") if reply else None
 
     def wait_event(self, event: str, role: str, count: int, timeout: float) -> bool:
         """Until ``event`` for ``role`` was logged ``count`` times."""
@@ -539,6 +547,7 @@ class Soak:
         self.problems: list[str] = []  # the service failed an event
         self.notes = Counter()         # events done
         self.stop_event = stop or threading.Event()
+        self.passthrough_on = False
         self.ok: bool | None = None
         self.verdict = ""
 
@@ -570,7 +579,8 @@ class Soak:
         alive = True
         pairs_due = 0.0
         last = start
-        events = {"mismatch": 2.0, "lonely": 3.0, "flood": 11.0, **self.rig.EVENTS}
+        events = {"mismatch": 2.0, "lonely": 3.0, "flood": 11.0, "passthrough": PT_SECONDS,
+                  **self.rig.EVENTS}
         # Each event at least once, even in a short run.
         next_event = {k: start + min(v, 0.4 * self.args.seconds) for k, v in events.items()}
         rnd = Round()
@@ -609,7 +619,11 @@ class Soak:
 
     def _mixed(self, rnd: Round) -> None:
         r = self.rnd.random()
-        if r < 0.80:
+        if self.passthrough_on and r < 0.02:
+            rnd.pair(*self.traffic.udp(self.rnd.randrange(8), PT_DPORT))
+            if self.mode == "xdp":          # the classifier passes them: not compared
+                rnd.other.update(SIDES)
+        elif r < 0.80:
             rnd.pair(*self.traffic.udp(self.rnd.randrange(UDP_FLOWS)))
         elif r < 0.90:
             prim, sec = self.traffic.tcp(self.rnd.randrange(TCP_FLOWS))
@@ -623,6 +637,19 @@ class Soak:
         else:
             rnd.pair(g.arp_frame(), g.arp_frame())
             rnd.other.update(SIDES)
+
+    def _passthrough(self, rnd: Round, svc: Service) -> None:
+        """Put PT_FLOW on the passthrough list, or take it off, with the
+        control socket (in XDP mode the classifier's map changes too); its
+        frames are sent only while the list is known to hold it."""
+        self._send(rnd)
+        op = "del" if self.passthrough_on else "add"
+        reply = svc.ask({"cmd": "passthrough", "op": op, "flow": PT_FLOW})
+        if not reply or not reply.get("ok"):
+            self.problems.append(f"passthrough {op} {PT_FLOW!r} failed: {reply}")
+            return
+        self.passthrough_on = op == "add"
+        self.notes["passthrough changes"] += 1
 
     def _mismatch(self, rnd: Round, svc: Service) -> None:
         rnd.pair(*self.traffic.udp(0, MISMATCH_DPORT, corrupt=True))
@@ -785,10 +812,11 @@ class Soak:
         if v["compare"] + v["compare_no_meta"] != compared:
             problems.append(f"the classifiers sent {v['compare'] + v['compare_no_meta']} "
                             f"frames to be compared, {compared} were")
-        if v["unsupported"] + v["malformed"] != sum(self.other.values()):
+        not_compared = v["unsupported"] + v["malformed"] + v["passthrough"]
+        if not_compared != sum(self.other.values()):
             problems.append(f"the classifiers passed or dropped {v['unsupported']} + "
-                            f"{v['malformed']} frames not compared, {sum(self.other.values())} "
-                            "were sent")
+                            f"{v['malformed']} + {v['passthrough']} (passthrough) frames not "
+                            f"compared, {sum(self.other.values())} were sent")
         if v["no_socket"]:
             problems.append(f"{v['no_socket']} frames met a queue without a socket")
         return problems

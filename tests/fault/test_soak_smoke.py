@@ -10,8 +10,9 @@ import pytest
 from colo_xdp.transport import xdp
 
 # Events each mode's soak must have gone through, as its summary line says.
-EVENTS = {"chardev": ("1 primary records cut", "1 zero-length secondary records"),
-          "xdp": ("frames cut short", "1 interface removed and back")}
+EVENTS = {"chardev": ("1 primary records cut", "1 zero-length secondary records",
+                      "passthrough changes"),
+          "xdp": ("frames cut short", "1 interface removed and back", "passthrough changes")}
 
 
 @pytest.mark.parametrize("mode", ["chardev", "xdp"])
