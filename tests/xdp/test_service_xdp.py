@@ -158,6 +158,14 @@ def quiet(sock: socket.socket, seconds: float = 0.3) -> bool:
         sock.settimeout(TIMEOUT)
 
 
+def wait_log(proc: subprocess.Popen, text: str, count: int = 1) -> None:
+    """Until ``text`` is in ``count`` lines of the service's log."""
+    deadline = time.monotonic() + TIMEOUT
+    while sum(text in line for line in proc.log) < count:
+        assert time.monotonic() < deadline and proc.poll() is None, "".join(proc.log)
+        time.sleep(0.05)
+
+
 def udp(tag: bytes, sport: int = 4000) -> bytes:
     return g.udp_frame(tag, src="10.98.0.2", dst="10.98.0.1", sport=sport, dport=53)
 
@@ -273,13 +281,6 @@ def test_forward_sends_the_secondary_guests_frames_to_the_primary(lab):
     assert lab.attached() == []
 
 
-def wait_log(proc: subprocess.Popen, text: str, count: int = 1) -> None:
-    deadline = time.monotonic() + TIMEOUT
-    while sum(text in line for line in proc.log) < count:
-        assert time.monotonic() < deadline and proc.poll() is None, "".join(proc.log)
-        time.sleep(0.05)
-
-
 def test_forward_attaches_again_to_an_interface_that_comes_back(lab):
     listener = lab.listen("sin.sock")
     proc = lab.start("forward", "--xdp", "s-h", "--to", lab.unix("sin.sock", server=False))
@@ -303,17 +304,12 @@ def test_an_interface_that_goes_away_is_attached_again_when_back(lab):
     proc = lab.start(*compare_args(lab, None, "--control", str(lab.dir / "ctl.sock")))
     out, _note = lab.connect("out.sock"), lab.connect("notify.sock")
     sh("ip", "-n", lab.ns["host"], "link", "del", "p-h")
-    deadline = time.monotonic() + TIMEOUT
-    while not any("xdp_iface_gone role=primary-in iface=p-h" in line for line in proc.log):
-        assert time.monotonic() < deadline and proc.poll() is None, "".join(proc.log)
-        time.sleep(0.05)
+    wait_log(proc, "xdp_iface_gone role=primary-in iface=p-h")
     ctl = subprocess.run([EXE, "ctl", "--control", str(lab.dir / "ctl.sock"), "passthrough",
                           "add", "udp * > *:9"], capture_output=True, text=True)
     assert ctl.returncode == 0, ctl.stderr
     lab.link("p")
-    while sum("xdp_attached role=primary-in" in line for line in proc.log) < 2:
-        assert time.monotonic() < deadline + TIMEOUT, "".join(proc.log)
-        time.sleep(0.05)
+    wait_log(proc, "xdp_attached role=primary-in", 2)
     frames = [udp(b"after the tap came back %d" % i) for i in range(5)]
     lab.send("p", *frames)
     lab.send("s", *frames)
@@ -454,10 +450,7 @@ def test_frames_the_kernel_drops_are_counted_not_lost(lab):
         lab.send("p", *[udp(b"overflow %d" % i, sport=4000 + i % 7) for i in range(sent)])
     finally:
         os.kill(proc.pid, signal.SIGCONT)
-    deadline = time.monotonic() + TIMEOUT
-    while not any("xdp_kernel_dropped role=primary-in side=primary" in ln for ln in proc.log):
-        assert time.monotonic() < deadline and proc.poll() is None, "".join(proc.log)
-        time.sleep(0.05)
+    wait_log(proc, "xdp_kernel_dropped role=primary-in side=primary")
     log = stop(proc)
     m = re.search(r"stopped frames_in=(\d+)/0 .* kernel_dropped=(\d+)/0", log)
     assert m, log
