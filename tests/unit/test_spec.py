@@ -7,8 +7,8 @@ import os
 import pytest
 
 from colo_xdp.engine import EngineConfig
-from colo_xdp.service import ServiceConfig
-from colo_xdp.transport.chardev import Spec, SpecError, check_distinct, parse_spec
+from colo_xdp.service.compare import ServiceConfig
+from colo_xdp.transport.chardev.endpoint import Spec, SpecError, check_distinct, parse_spec
 
 
 def one_sentence(message: str) -> bool:

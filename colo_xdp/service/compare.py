@@ -19,8 +19,8 @@ Roles and their sockets::
                              └──────────────── control socket: checkpoint, failover,
                                                passthrough, stats
 
-Attachments (``colo_xdp.control_server``, ``colo_xdp.metrics``,
-``colo_xdp.pcap``) are served from the same loop: ``open``/``close`` with the
+Attachments (``colo_xdp.observe.control_server``, ``colo_xdp.observe.metrics``,
+``colo_xdp.observe.pcap``) are served from the same loop: ``open``/``close`` with the
 service, ``end_batch`` after every batch, ``tick`` every turn, ``stats`` for
 the snapshot.  None of them does per-frame work.
 """
@@ -35,17 +35,17 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from colo_xdp.control import PassthroughTable, format_flow
-from colo_xdp.control_server import ControlServer, ServiceTarget
+from colo_xdp.proto.control import PassthroughTable, format_flow
+from colo_xdp.observe.control_server import ControlServer, ServiceTarget
 from colo_xdp.engine import (CheckpointRequest, ConnectionEvicted, ConnectionOpened, Drop,
                              DropReason, Engine, EngineConfig, FramingError, PassthroughRule,
                              Side)
-from colo_xdp.log import EventLog
-from colo_xdp.loopio import is_loopback
-from colo_xdp.notify import DO_CHECKPOINT_RECORD, NotifyEvent, NotifyProtocol
-from colo_xdp.transport import chardev
-from colo_xdp.transport.chardev import EndpointError, Spec
-from colo_xdp.transport.framing import NET_BUFSIZE
+from colo_xdp.observe.log import EventLog
+from colo_xdp.observe.listener import is_loopback
+from colo_xdp.proto.notify import DO_CHECKPOINT_RECORD, NotifyEvent, NotifyProtocol
+from colo_xdp.transport.chardev import endpoint as chardev
+from colo_xdp.transport.chardev.endpoint import EndpointError, Spec
+from colo_xdp.proto.framing import NET_BUFSIZE
 
 READ = selectors.EVENT_READ
 WRITE = selectors.EVENT_WRITE
@@ -459,8 +459,8 @@ class XdpInput:
         self.drops_logged = 0
 
     def open(self) -> None:
-        from colo_xdp.transport.xdp import Mode
-        from colo_xdp.transport.xdpio import XdpPort, XdpPortError
+        from colo_xdp.transport.xdp.classifier import Mode
+        from colo_xdp.transport.xdp.port import XdpPort, XdpPortError
         table = getattr(self.svc, "passthrough", None)
         self.port = XdpPort(self.iface.name, self.classify_as, mode=Mode(self.iface.mode),
                             rules=table.rules if table else ())
@@ -477,7 +477,7 @@ class XdpInput:
                            mode=self.iface.mode, queues=len(self.port.sockets))
 
     def _reader(self, sock):
-        from colo_xdp.transport.xdpio import XdpPortError, rx_to_engine
+        from colo_xdp.transport.xdp.port import XdpPortError, rx_to_engine
 
         def readable(mask: int) -> None:
             try:
@@ -524,7 +524,7 @@ class XdpInput:
 
     def kernel_drops(self) -> dict[str, int]:
         """Frames the kernel dropped on their way to our sockets, by reason."""
-        from colo_xdp.transport.xdpio import KERNEL_DROP_REASONS
+        from colo_xdp.transport.xdp.port import KERNEL_DROP_REASONS
         live = self.port.kernel_drops() if self.port else {}
         return {r: self.carried_drops[r] + live.get(r, 0) for r in KERNEL_DROP_REASONS}
 
@@ -568,7 +568,7 @@ class XdpOutdev:
         return self.sock is not None
 
     def open(self) -> None:
-        from colo_xdp.transport.xsk import XskError, XskSocket
+        from colo_xdp.transport.xdp.xsk import XskError, XskSocket
         sock = XskSocket(self.iface.name, 0)
         try:
             sock.open()
@@ -578,7 +578,7 @@ class XdpOutdev:
         self.svc.log.event("connected", role=self.role, endpoint=self.iface)
 
     def write_pending(self) -> None:
-        from colo_xdp.transport.xdpio import XdpPortError, tx_from_engine
+        from colo_xdp.transport.xdp.port import XdpPortError, tx_from_engine
         if not self.sock:
             return
         engine = self.svc.engine
@@ -724,10 +724,10 @@ class Service(Loop):
             parts.append(ControlServer(self, ServiceTarget(self), config.control_path,
                                        config.control_tcp))
         if config.metrics:
-            from colo_xdp.metrics import MetricsServer
+            from colo_xdp.observe.metrics import MetricsServer
             parts.append(MetricsServer(self, *config.metrics))
         if config.miscompare_pcap:
-            from colo_xdp.pcap import MiscomparePcap
+            from colo_xdp.observe.pcap import MiscomparePcap
             self.pcap = MiscomparePcap(self, config.miscompare_pcap,
                                        config.miscompare_pcap_bytes, config.miscompare_pcap_keep)
             parts.append(self.pcap)

@@ -18,10 +18,10 @@ import time
 from dataclasses import dataclass
 
 from colo_xdp.engine import Engine, EngineConfig, Side
-from colo_xdp.log import EventLog
-from colo_xdp.service import (MAX_SLEEP_S, OUT_HIGH_WATER, OUT_LOW_WATER, EndpointError, Loop,
+from colo_xdp.observe.log import EventLog
+from colo_xdp.service.compare import (MAX_SLEEP_S, OUT_HIGH_WATER, OUT_LOW_WATER, EndpointError, Loop,
                               Outdev, XdpIface, XdpInput)
-from colo_xdp.transport.chardev import Spec
+from colo_xdp.transport.chardev.endpoint import Spec
 
 
 @dataclass

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from colo_xdp._native import lib
 from colo_xdp.engine import Engine, Side
-from colo_xdp.transport.xdp import Mode, XdpClassifier, XdpError
-from colo_xdp.transport.xsk import XskConfig, XskError, XskSocket, _rx_queues
+from colo_xdp.transport.xdp.classifier import Mode, XdpClassifier, XdpError
+from colo_xdp.transport.xdp.xsk import XskConfig, XskError, XskSocket, _rx_queues
 
 BURST = lib.XDP_GLUE__BURST
 # XDP_STATISTICS counters that are frames lost after the redirect.

@@ -1,7 +1,7 @@
 """make soak: minutes of mixed traffic through a real `colo-xdp compare`,
 in chardev mode and in XDP mode at the same time.
 
-    python -m colo_xdp.soak [--mode both|chardev|xdp] [--seconds 600] [--rate 4000]
+    python -m tools.soak [--mode both|chardev|xdp] [--seconds 600] [--rate 4000]
                             [--report-every 30]
 
 Each mode soaks its own service, with every peer played here:
@@ -65,9 +65,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from colo_xdp import pktgen as g
-from colo_xdp.harness import default_colo_xdp_exe
-from colo_xdp.netns import NetnsError, add_netns, add_veth, in_netns, sh
+from colo_xdp.lab import pktgen as g
+from tools.harness import default_colo_xdp_exe
+from colo_xdp.lab.netns import NetnsError, add_netns, add_veth, in_netns, sh
 
 MAX_QUEUE = 256
 MAX_CONNECTIONS = 4096
@@ -376,7 +376,7 @@ class Service:
     def ask(self, request: dict) -> dict | None:
         """One request on the control socket; its reply, None when the
         service does not answer."""
-        from colo_xdp.ctl import ClientError, ControlClient
+        from colo_xdp.cli.ctl_client import ClientError, ControlClient
         try:
             if self._client is None:
                 self._client = ControlClient.connect(path=str(self.control), timeout=10)
@@ -874,7 +874,7 @@ MODES = ("chardev", "xdp")
 
 def xdp_problem() -> str | None:
     """Why XDP mode cannot be soaked here, in one sentence; None if it can."""
-    from colo_xdp.transport import xdp
+    from colo_xdp.transport.xdp import classifier as xdp
     return xdp.unavailable()
 
 
@@ -914,7 +914,7 @@ def soak(modes: list[str], args, echo: Callable[[str], None] = print) -> bool:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m colo_xdp.soak",
+    p = argparse.ArgumentParser(prog="python -m tools.soak",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--mode", choices=("both", *MODES), default="both",
                    help="which services to soak (default both, at the same time)")

@@ -27,7 +27,7 @@ import struct
 import time
 
 from colo_xdp.engine import CheckpointRequest
-from colo_xdp.log import format_text
+from colo_xdp.observe.log import format_text
 
 LINKTYPE_ETHERNET = 1
 SNAPLEN = 262144                    # above any chardev frame (NET_BUFSIZE 69632)
