@@ -127,7 +127,8 @@ def compare(primary_in, secondary_in, primary_xdp, secondary_xdp, xdp_mode, outd
     released frames with AF_XDP.
     """
     from colo_xdp.proto.control import FlowError, PassthroughError, parse_flow
-    from colo_xdp.service.compare import ServiceConfig, serve
+    from colo_xdp.service.compare import serve
+    from colo_xdp.service.config import CompareConfig
 
     logmod.setup(verbose, log_format)
     rules = []
@@ -136,7 +137,7 @@ def compare(primary_in, secondary_in, primary_xdp, secondary_xdp, xdp_mode, outd
             rules.append(parse_flow(flow))
         except FlowError as exc:
             _fail(f"--passthrough: {exc}")
-    config = ServiceConfig(
+    config = CompareConfig(
         primary_in=_endpoint("primary", primary_in, primary_xdp, xdp_mode),
         secondary_in=_endpoint("secondary", secondary_in, secondary_xdp, xdp_mode),
         outdev=_outdev_endpoint(outdev, xdp_mode),
@@ -155,7 +156,7 @@ def compare(primary_in, secondary_in, primary_xdp, secondary_xdp, xdp_mode, outd
     )
     log = EventLog()
     try:
-        config.check()
+        config.validate()
         svc = serve(config, log, on_ready=lambda svc: _started(svc, log))
     except (SpecError, EngineError, PassthroughError, ValueError) as exc:
         _fail(str(exc))
@@ -166,14 +167,14 @@ def compare(primary_in, secondary_in, primary_xdp, secondary_xdp, xdp_mode, outd
 
 def _endpoint(side: str, spec: str | None, iface: str | None, xdp_mode: str):
     """--SIDE-in SPEC or --SIDE-xdp IFACE, exactly one of them."""
-    from colo_xdp.service.compare import XdpIface
+    from colo_xdp.transport.xdp.port import XdpIface
     if (spec is None) == (iface is None):
         _fail(f"give exactly one of --{side}-in SPEC and --{side}-xdp IFACE")
     return XdpIface(iface, xdp_mode) if iface else _spec(f"--{side}-in", spec)
 
 
 def _outdev_endpoint(text: str, xdp_mode: str):
-    from colo_xdp.service.compare import XdpIface
+    from colo_xdp.transport.xdp.port import XdpIface
     if text.startswith("xdp:"):
         if not text[4:]:
             _fail("--outdev: xdp: needs an interface name, e.g. xdp:eth1")
@@ -200,7 +201,7 @@ def forward(iface, to, vnet_hdr_support, xdp_mode, log_format) -> None:
     sent, in QEMU's chardev framing, to the primary's colo-xdp.
     """
     from colo_xdp.service.forward import ForwardConfig, serve_forward
-    from colo_xdp.service.compare import XdpIface
+    from colo_xdp.transport.xdp.port import XdpIface
 
     logmod.setup(False, log_format)
     log = EventLog()

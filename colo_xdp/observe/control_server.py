@@ -101,7 +101,7 @@ class ControlSession(Client):
 
 
 class ControlServer:
-    """The service's control socket(s): an attachment of the Service."""
+    """The service's control socket(s): an attachment of CompareService."""
 
     name = "control"
 

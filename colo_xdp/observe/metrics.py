@@ -246,7 +246,7 @@ class HttpSession(Client):
 
 
 class MetricsServer:
-    """``--metrics HOST:PORT``: an attachment of the Service."""
+    """``--metrics HOST:PORT``: an attachment of CompareService."""
 
     name = "metrics"
 

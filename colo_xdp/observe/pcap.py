@@ -159,7 +159,7 @@ class RotatingFile:
 
 
 class MiscomparePcap:
-    """Writes the evidence of every checkpoint request: an attachment of the Service."""
+    """Writes the evidence of every checkpoint request: an attachment of CompareService."""
 
     name = "miscompare_pcap"
 

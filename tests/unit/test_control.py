@@ -489,13 +489,14 @@ def test_default_control_path(monkeypatch):
 def test_a_bug_in_a_command_is_an_error_reply_not_a_crash(tmp_path):
     """In-process: the service's loop turned by hand, a command that raises."""
     from colo_xdp.observe.log import EventLog
-    from colo_xdp.service.compare import Service, ServiceConfig
+    from colo_xdp.service.compare import CompareService
+    from colo_xdp.service.config import CompareConfig
     from colo_xdp.transport.chardev.endpoint import parse_spec
 
     specs = [parse_spec(f"unix:{tmp_path}/{name},server=on") for name in ("p", "s", "o")]
     log = EventLog()
     seen: list = []
-    svc = Service(ServiceConfig(*specs, control_path=str(tmp_path / CTL)), log)
+    svc = CompareService(CompareConfig(*specs, control_path=str(tmp_path / CTL)), log)
     svc.open()
     try:
         svc.attachments[0].commands._cmd_stats = lambda req, session: 1 / 0

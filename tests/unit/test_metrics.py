@@ -198,12 +198,13 @@ def test_xdp_hooks_verdicts_and_a_second_passthrough_sink(tmp_path):
 
     from colo_xdp.proto.control import PassthroughError, parse_flow
     from colo_xdp.observe.metrics import ServiceCollector
-    from colo_xdp.service.compare import Service, ServiceConfig
+    from colo_xdp.service.compare import CompareService
+    from colo_xdp.service.config import CompareConfig
     from colo_xdp.observe.stats import render, snapshot
     from colo_xdp.transport.chardev.endpoint import parse_spec
 
     specs = [parse_spec(f"unix:{tmp_path}/{name},server=on") for name in ("p", "s", "o")]
-    svc = Service(ServiceConfig(*specs, passthrough=[parse_flow("icmp")]))
+    svc = CompareService(CompareConfig(*specs, passthrough=[parse_flow("icmp")]))
     assert snapshot(svc)["kernel_dropped"] == {}                # chardev inputs
     svc.verdict_counters = lambda: {"redirect": 7, "pass": 5}
     svc.kernel_drops = lambda: {"primary": {"rx_ring_full": 3, "rx_dropped": 1}}
