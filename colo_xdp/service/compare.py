@@ -21,6 +21,7 @@ doing per-frame work.
 from __future__ import annotations
 
 import signal
+from collections import Counter
 
 from colo_xdp.engine import (CheckpointRequest, ConnectionEvicted, ConnectionOpened, Drop,
                              DropReason, Engine, Side)
@@ -29,8 +30,12 @@ from colo_xdp.observe.log import EventLog
 from colo_xdp.proto.control import PassthroughTable, format_flow
 from colo_xdp.service.config import CompareConfig, Endpoint
 from colo_xdp.service.loop import Loop
+from colo_xdp.transport.chardev.qmp import QmpMonitor
 from colo_xdp.transport.chardev.roles import Input, Notify, Outdev
 from colo_xdp.transport.xdp.port import XdpIface, XdpInput, XdpOutdev
+
+
+DRAIN_ROUNDS_MAX = 256      # chunks per input read at a checkpoint: bounded, as every turn
 
 
 def _input(svc, role: str, end: Endpoint, side: Side):
@@ -66,11 +71,13 @@ class CompareService(Loop):
         self.outdev = _outdev(self, config.outdev)
         self.notify = (Notify(self, "notify-dev", config.notify_dev, config.engine.vnet_hdr)
                        if config.notify_dev else None)
-        self.channels = [self.outdev, *self.inputs]
-        if self.notify:
-            self.channels.insert(1, self.notify)
+        self.qmp = QmpMonitor(self, config.qmp) if config.qmp else None
+        # The COLO frame's drivers: checkpoint requests out, checkpoints done in.
+        self.colo_drivers = [d for d in (self.notify, self.qmp) if d]
+        self.channels = [self.outdev, *self.colo_drivers, *self.inputs]
         self.failed_over = False
-        self.checkpoints_done = 0
+        self.checkpoints_done: Counter = Counter()      # by source
+        self.draining = False            # reading what the inputs hold at a checkpoint
         xdp_inputs = [i for i in self.inputs if isinstance(i, XdpInput)]
         self.mode = "xdp" if xdp_inputs or isinstance(self.outdev, XdpOutdev) else "chardev"
         # In XDP mode: () -> {verdict: packets}, the classifiers' counters summed.
@@ -127,8 +134,11 @@ class CompareService(Loop):
     def on_events(self, actions: list) -> None:
         for action in actions:
             if isinstance(action, CheckpointRequest):
-                if self.notify:
-                    self.notify.request_checkpoint()
+                # While a checkpoint's drain reads the frames from before it,
+                # that very checkpoint answers what they ask for.
+                if not self.draining:
+                    for driver in self.colo_drivers:
+                        driver.request_checkpoint()
                 if self.pcap is not None and action.evidence:
                     self.pcap.record(action)
                 self.log.event("checkpoint_requested", reason=action.reason.name.lower(),
@@ -146,13 +156,29 @@ class CompareService(Loop):
             elif isinstance(action, ConnectionEvicted):
                 self.log.event("connection_evicted", level=10, conn=action.conn)
 
-    def colo_checkpoint(self, source: str = "notify-dev") -> None:
+    def colo_checkpoint(self, source: str = "notify-dev", **fields) -> None:
         """The COLO frame reports a checkpoint: flush."""
         self.engine.checkpoint()
-        self.checkpoints_done += 1
-        self.log.event("checkpoint_done", source=source)
+        self.checkpoints_done[source] += 1
+        self.log.event("checkpoint_done", source=source, **fields)
 
-    def failover(self, source: str = "signal") -> bool:
+    def checkpoint_at_stop(self, **fields) -> None:
+        """The primary stopped for a checkpoint (QMP): every frame it sent
+        before is in our inputs already, none after it can be.  Read what
+        the inputs hold, flushing as we go, then count the checkpoint."""
+        self.draining = True
+        try:
+            for _ in range(DRAIN_ROUNDS_MAX):
+                got = sum(inp.read_now() for inp in self.inputs)
+                self.engine.checkpoint()
+                self.after_batch()
+                if not got:
+                    break
+        finally:
+            self.draining = False
+        self.colo_checkpoint("qmp", **fields)
+
+    def failover(self, source: str = "signal", why: str | None = None) -> bool:
         """Comparing stops for good: held primary frames are released and
         later ones pass straight through; secondary frames are dropped.
         False if it had already happened."""
@@ -160,7 +186,7 @@ class CompareService(Loop):
             return False
         self.engine.failover()
         self.failed_over = True
-        self.log.warning("failover", source=source)
+        self.log.warning("failover", source=source, **({"why": why} if why else {}))
         return True
 
 

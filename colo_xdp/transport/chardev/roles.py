@@ -185,6 +185,14 @@ class Input(Channel):
             self.svc.watch(self.sock, READ, self._readable)
 
     def _readable(self, mask: int) -> None:
+        self.read_now()
+        self.svc.after_batch()
+
+    def read_now(self) -> int:
+        """Read one chunk, paused or not, and feed its whole records to the
+        engine; returns the bytes read (0: nothing was waiting)."""
+        if not self.sock:
+            return 0
         if self.end + CHUNK > len(self.buf):      # slide the partial record down
             n = self.end - self.start
             self.buf[:n] = bytes(self.view[self.start:self.end])
@@ -192,13 +200,13 @@ class Input(Channel):
         try:
             n = self.sock.recv_into(self.view[self.end:self.end + CHUNK])
         except (BlockingIOError, InterruptedError):
-            return
+            return 0
         except OSError as exc:
             self.lost(exc.strerror or str(exc))
-            return
+            return 0
         if n == 0:
             self.lost("peer closed the stream")
-            return
+            return 0
         self.end += n
         try:
             used = self.svc.engine.feed_stream(self.side, self.view[self.start:self.end],
@@ -208,12 +216,11 @@ class Input(Channel):
             self.svc.log.warning("stream_broken", role=self.role, reason=exc.reason.name.lower(),
                                  error=str(exc))
             self.lost("framing lost", reconnect_now=True)
-            self.svc.after_batch()
-            return
+            return n
         self.start += used
         if self.start == self.end:
             self.start = self.end = 0
-        self.svc.after_batch()
+        return n
 
 
 class Outdev(Channel):

@@ -179,12 +179,20 @@ class XdpInput:
 
     def _reader(self, sock):
         def readable(mask: int) -> None:
-            try:
-                rx_to_engine(sock, self.svc.engine, self.side, self.svc.now_ms())
-            except XdpPortError as exc:
-                self.svc.log.warning("xdp_rx_failed", role=self.role, error=str(exc))
+            self._read(sock)
             self.svc.after_batch()
         return readable
+
+    def _read(self, sock) -> int:
+        try:
+            return rx_to_engine(sock, self.svc.engine, self.side, self.svc.now_ms())
+        except XdpPortError as exc:
+            self.svc.log.warning("xdp_rx_failed", role=self.role, error=str(exc))
+            return 0
+
+    def read_now(self) -> int:
+        """One burst from each socket, paused or not; returns the frames read."""
+        return sum(self._read(sock) for sock in (self.port.sockets if self.port else ()))
 
     def pause(self, paused: bool) -> None:
         """Backpressure: unread frames wait in the rx rings (the kernel drops
