@@ -255,12 +255,13 @@ def test_the_checkpoint_reads_what_backpressure_left_in_the_sockets(lab, qmp):
     cmp.wait_line(r"qmp_colo_active")
     out, _, pin, sin = connect_all(lab, notify=False)
     sent = 0
-    while not cmp.count(r"backpressure on=True"):
-        pairs = [udp(b"%06d" % (sent + i) + b"x" * 1394, sport=3000) for i in range(50)]
+    while not cmp.count(r"backpressure on=True"):     # small steps: sends never block
+        pairs = [udp(b"%06d" % (sent + i) + b"x" * 1394, sport=3000) for i in range(10)]
         pin.send(*pairs)
         sin.send(*pairs)
-        sent += 50
+        sent += 10
         assert sent < 20000, "the outdev never backed up"
+        time.sleep(0.002)
     late = [udp(b"late %03d" % i, sport=9999) for i in range(100)]
     pin.send(*late)
     time.sleep(0.2)
