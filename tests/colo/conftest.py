@@ -41,13 +41,16 @@ def colo_lab(guest: vmlab.Guest, qemu: str, request, **kwargs) -> Iterator[ColoP
     """A lab (namespaces cxc-h-N / cxc-c-N, /tmp/cxc-*) and a pair in it;
     both removed on every path."""
     lab = Lab(guest, prefix="cxc-", dir_prefix="cxc-")
-    pair = ColoPair(lab, qemu, **kwargs)
+    pair = None
     try:
+        pair = ColoPair(lab, qemu, **kwargs)
         lab.build()
         yield pair
     finally:
-        print(f"\n{request.node.name}: " + " ".join(f"{k}={v}" for k, v in pair.timings.items()))
-        pair.close()
+        if pair:
+            print(f"\n{request.node.name}: "
+                  + " ".join(f"{k}={v}" for k, v in pair.timings.items()))
+            pair.close()
         lab.close()
 
 
