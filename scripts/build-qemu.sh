@@ -33,7 +33,15 @@ set -euo pipefail
 HERE=$(cd "$(dirname "$0")/.." && pwd)
 PATCH_DIR=$HERE/tests/colo/patches
 CACHE=${COLO_XDP_QEMU_CACHE:-/var/cache/colo-xdp/qemu}
-DEB_VERSION=${COLO_XDP_QEMU_DEB_VERSION:-1:7.2+dfsg-7+deb12u18}
+# The source of the QEMU Debian has now (the one scripts/setup-host.sh
+# installs): a mirror keeps the current source, not every old one.  A binNMU
+# suffix (+bN) names a rebuild of the same source.
+DEB_VERSION=${COLO_XDP_QEMU_DEB_VERSION:-}
+if [ -z "$DEB_VERSION" ]; then
+    DEB_VERSION=$(apt-cache policy qemu-system-x86 2>/dev/null | awk '/Candidate:/ {print $2}')
+    DEB_VERSION=${DEB_VERSION%+b[0-9]*}
+    case "$DEB_VERSION" in 1:7.2+dfsg-*) ;; *) DEB_VERSION=1:7.2+dfsg-7+deb12u18 ;; esac
+fi
 CONFIGURE_OPTS=(
     --target-list=x86_64-softmmu
     --without-default-features

@@ -42,6 +42,7 @@ EVENT_NAMES = (
     "notify_init", "notify_unknown_message",
     "qmp_connected", "qmp_colo_active", "qmp_waiting_for_colo", "qmp_no_colo",
     "qmp_protocol_error", "qmp_checkpoint_retry", "qmp_checkpoint_failed", "qmp_vm_stopped",
+    "checkpoint_stop_late",
     "passthrough_changed", "control_refused", "control_error", "miscompare_pcap_failed",
     "miscompare_pcap_rotated",
     "xdp_attached", "xdp_detached", "xdp_rx_failed", "xdp_iface_gone", "xdp_attach_failed",

@@ -90,6 +90,10 @@ class QmpClient:
             msg["arguments"] = arguments
         return Command(cid, name, json.dumps(msg, separators=(",", ":")).encode() + b"\n")
 
+    def buffered_has(self, text: bytes) -> bool:
+        """Is ``text`` in what was received but not yet returned as a message?"""
+        return text in self._buf
+
     def receive(self, data: bytes) -> list[Message]:
         self._buf += data
         out: list[Message] = []

@@ -40,9 +40,17 @@ The comparator is one of:
                     --primary-in unix:DIR/pri-in.sock \\
                     --secondary-in unix:DIR/sec-in.sock --vnet-hdr-support
 
-              A checkpoint the external comparator wants must reach QEMU's
-              COLO thread by QMP (``request_checkpoint()``); QEMU has no
-              notify path for KVM/TCG guests.
+              A checkpoint the external comparator wants reaches QEMU's
+              COLO thread through a QMP monitor of its own on the primary
+              (``qmp-cx.sock``: ``colo-xdp compare --qmp``).
+``xdp``       no redirectors and no colo-compare: each guest's output goes
+              to its tap (the secondary keeps filter-redirector f1 for the
+              mirrored input and the filter-rewriter), where colo-xdp's XDP
+              program takes it; released frames leave by AF_XDP on the
+              client's bridge port ``c-h``::
+
+                colo-xdp compare --primary-xdp ccp0 --secondary-xdp ccs0 \
+                    --outdev xdp:c-h --qmp unix:DIR/qmp-cx.sock
 """
 from __future__ import annotations
 
@@ -58,9 +66,9 @@ from pathlib import Path
 
 import pytest
 
-from colo_xdp import vmlab
-from colo_xdp.netns import sh
-from vmkit import CLIENT_IP, CLIENT_MAC, COLO_CHECKPOINT, DO_CHECKPOINT, GUEST_IP, GUEST_MAC, Lab
+from tools import vmlab
+from colo_xdp.lab.netns import sh
+from vmkit import CLIENT_IP, CLIENT_MAC, GUEST_IP, GUEST_MAC, Lab
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD_QEMU = ROOT / "scripts" / "build-qemu.sh"
@@ -70,7 +78,7 @@ COLO_TIMEOUT = 30.0
 BOOT_TIMEOUT = float(os.environ.get("COLO_XDP_VM_BOOT_TIMEOUT", "90"))
 DEFAULT_CHECKPOINT_DELAY_MS = 20000      # QEMU's x-checkpoint-delay default
 TAP_PRIMARY, TAP_SECONDARY = "ccp0", "ccs0"
-COMPARATORS = ("qemu", "external")
+COMPARATORS = ("qemu", "external", "xdp")
 
 
 class QmpError(RuntimeError):
@@ -236,10 +244,12 @@ class ColoPair:
 
     @property
     def comparator_endpoints(self) -> dict[str, str]:
-        """Where an external comparator connects (``external`` wiring)."""
+        """Where an external comparator connects (``external`` wiring), and
+        its QMP monitor on the primary (``external`` and ``xdp``)."""
         return {"primary_in": f"unix:{self.sock('pri-in.sock')}",
                 "secondary_in": f"unix:{self.sock('sec-in.sock')}",
-                "outdev": f"unix:{self.sock('out.sock')}"}
+                "outdev": f"unix:{self.sock('out.sock')}",
+                "qmp": f"unix:{self.sock('qmp-cx.sock')}"}
 
     # --- command lines ------------------------------------------------------------
     def _argv(self, side: str, extra: list[str]) -> list[str]:
@@ -260,9 +270,15 @@ class ColoPair:
         s = self.sock
         args = [
             "-chardev", f"socket,id=mirror0,path={s('mirror.sock')},server=on,wait=off",
+            "-object", f"filter-mirror,id=m0,netdev=hn0,queue=tx,outdev=mirror0,{vnet}",
+        ]
+        if self.comparator != "qemu":       # the comparator's own monitor
+            args += ["-qmp", f"unix:{s('qmp-cx.sock')},server=on,wait=off"]
+        if self.comparator == "xdp":        # the guest's output goes to its tap
+            return args + ["-S"]
+        args += [
             "-chardev", f"socket,id=compare0,path={s('pri-in.sock')},server=on,wait=off",
             "-chardev", f"socket,id=compare_out,path={s('out.sock')},server=on,wait=off",
-            "-object", f"filter-mirror,id=m0,netdev=hn0,queue=tx,outdev=mirror0,{vnet}",
             "-object", f"filter-redirector,id=redire0,netdev=hn0,queue=rx,indev=compare_out,{vnet}",
             "-object", f"filter-redirector,id=redire1,netdev=hn0,queue=rx,outdev=compare0,{vnet}",
         ]
@@ -282,11 +298,14 @@ class ColoPair:
         s = self.sock
         red1 = (f"socket,id=red1,path={s('sec-in.sock')},reconnect=1" if self.comparator == "qemu"
                 else f"socket,id=red1,path={s('sec-in.sock')},server=on,wait=off")
-        return [
+        args = [
             "-chardev", f"socket,id=red0,path={s('mirror.sock')},reconnect=1",
-            "-chardev", red1,
             "-object", f"filter-redirector,id=f1,netdev=hn0,queue=tx,indev=red0,{vnet}",
-            "-object", f"filter-redirector,id=f2,netdev=hn0,queue=rx,outdev=red1,{vnet}",
+        ]
+        if self.comparator != "xdp":        # in XDP mode the output goes to the tap
+            args += ["-chardev", red1,
+                     "-object", f"filter-redirector,id=f2,netdev=hn0,queue=rx,outdev=red1,{vnet}"]
+        return args + [
             "-object", f"filter-rewriter,id=rew0,netdev=hn0,queue=all,{vnet}",
             "-incoming", f"unix:{s('migrate.sock')}",
         ]
@@ -409,59 +428,25 @@ class ColoPair:
         return Checkpoint(stop.t, resume.t)
 
     # --- failover -------------------------------------------------------------------
-    def failover(self) -> float:
-        """The primary dies; the secondary takes over: lost-heartbeat, its
-        redirectors removed, its tap on the bridge.  Returns the kill time."""
+    def failover(self, *dies_with_primary: subprocess.Popen) -> float:
+        """The primary dies (with the processes of its host given); the
+        secondary takes over: lost-heartbeat, its redirectors removed, its
+        tap on the bridge.  Returns the kill time."""
         t_kill = time.monotonic()
-        self.primary.send_signal(signal.SIGKILL)
-        self.primary.wait(10)
+        for proc in (self.primary, *dies_with_primary):
+            proc.send_signal(signal.SIGKILL)
+        for proc in (self.primary, *dies_with_primary):
+            proc.wait(10)
         t0 = time.monotonic()
         self.qmp_s.cmd("x-colo-lost-heartbeat")
         self.timings["lost_heartbeat_ms"] = round((time.monotonic() - t0) * 1000, 1)
-        for obj in ("f2", "f1"):
+        for obj in ("f2", "f1") if self.comparator != "xdp" else ("f1",):
             self.qmp_s.cmd("object-del", id=obj)
         sh("ip", "-n", self.lab.host, "link", "set", TAP_SECONDARY, "master", "br0")
         self.failed_over = True
         return t_kill
 
-    def serve_notify(self, notify: socket.socket, vnet: bool = True) -> list[float]:
-        """Stand in for the QMP link an external comparator does not have yet:
-        on each DO_CHECKPOINT read from its notify_dev socket, request a
-        checkpoint by QMP, and when the primary resumes answer
-        COLO_CHECKPOINT (with the zero vnet_hdr_len field QEMU's notify
-        framing has when vnet is on).  A thread does it until the socket
-        closes; the returned list gets the receive time of each request."""
-        seen: list[float] = []
-        reply = COLO_CHECKPOINT[:4] + (b"\0\0\0\0" if vnet else b"") + COLO_CHECKPOINT[4:]
-
-        def run() -> None:
-            notify.settimeout(None)
-            try:
-                while True:
-                    msg = _recv_exact(notify, len(DO_CHECKPOINT))
-                    if msg != DO_CHECKPOINT:
-                        return
-                    seen.append(time.monotonic())
-                    cp = self.wait_checkpoint(self.request_checkpoint())
-                    notify.sendall(reply)
-                    self.timings.setdefault("notify_checkpoints_ms", []).append(round(cp.ms, 1))
-            except (OSError, QmpError):
-                return
-
-        threading.Thread(target=run, daemon=True).start()
-        return seen
-
     def close(self) -> None:
         for qmp in (self.qmp_p, self.qmp_s):
             if qmp:
                 qmp.close()
-
-
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    buf = b""
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            break
-        buf += chunk
-    return buf

@@ -13,7 +13,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "vm"))
 
-from colo_xdp import vmlab  # noqa: E402
+from tools import vmlab  # noqa: E402
 from colopair import ColoPair, cached_qemu  # noqa: E402
 from vmkit import Lab, need  # noqa: E402
 
@@ -66,20 +66,48 @@ def reference_pair(colo_guest, colo_qemu, request) -> Iterator[ColoPair]:
         yield pair
 
 
+def start_colo_xdp(pair: ColoPair, *roles: str):
+    """colo-xdp compare with ``roles`` and the pair's QMP monitor for it, a
+    control socket (``pair.cx_ctl``) and timeouts long enough for a TCG guest."""
+    pair.cx_ctl = str(pair.lab.dir / "cx-ctl.sock")
+    pair.cx = pair.lab.colo_xdp(
+        "compare", *roles, "--qmp", pair.comparator_endpoints["qmp"] + ",reconnect=1",
+        "--control", pair.cx_ctl, ready_timeout=60)
+    return pair.cx
+
+
 @pytest.fixture(scope="module")
-def external_pair(colo_guest, colo_qemu, request) -> Iterator[ColoPair]:
-    """A pair without colo-compare: colo-xdp in chardev mode connects to the
-    three comparator sockets QEMU serves; its notify_dev requests reach the
-    primary by QMP through ColoPair.serve_notify.  ``pair.cx`` is colo-xdp's
-    process (the lab stops it), ``pair.notify_seen`` the DO_CHECKPOINT times."""
+def chardev_pair(colo_guest, colo_qemu, request) -> Iterator[ColoPair]:
+    """colo-xdp in chardev mode where -object colo-compare would be: it
+    connects to the three comparator sockets QEMU serves and drives the
+    primary's COLO through its own QMP monitor (``--qmp``)."""
     with colo_lab(colo_guest, colo_qemu, request, comparator="external",
                   checkpoint_delay_ms=60000) as pair:
         pair.start()
         ep = pair.comparator_endpoints
-        pair.cx = pair.lab.colo_xdp(
-            "compare", "--outdev", ep["outdev"], "--primary-in", ep["primary_in"],
-            "--secondary-in", ep["secondary_in"], "--notify-dev", pair.lab.unix("notify.sock"),
-            "--vnet-hdr-support")
-        pair.notify_seen = pair.serve_notify(pair.lab.connect("notify.sock"))
+        start_colo_xdp(pair, "--outdev", ep["outdev"] + ",reconnect=1",
+                       "--primary-in", ep["primary_in"] + ",reconnect=1",
+                       "--secondary-in", ep["secondary_in"] + ",reconnect=1",
+                       "--vnet-hdr-support")
         pair.run_colo()
         yield pair
+
+
+@pytest.fixture(scope="module")
+def xdp_pair(colo_guest, colo_qemu, xdp_available, request) -> Iterator[ColoPair]:
+    """colo-xdp in XDP mode on both guests' taps, released frames sent by
+    AF_XDP on the client's bridge port, COLO driven through ``--qmp``."""
+    with colo_lab(colo_guest, colo_qemu, request, comparator="xdp",
+                  checkpoint_delay_ms=60000) as pair:
+        pair.start()
+        start_colo_xdp(pair, "--primary-xdp", "ccp0", "--secondary-xdp", "ccs0",
+                       "--outdev", "xdp:c-h")
+        pair.run_colo()
+        yield pair
+
+
+@pytest.fixture(scope="session")
+def xdp_available() -> None:
+    from colo_xdp.transport.xdp import classifier as xdp
+    problem = xdp.unavailable()
+    need(problem is None, f"XDP mode cannot run here: {problem}")

@@ -138,9 +138,9 @@ class Lab:
                 pytest.fail(f"guests {sorted(pending)} not ready:\n{self.logs()}")
             time.sleep(0.1)
 
-    def colo_xdp(self, *args: str) -> subprocess.Popen:
+    def colo_xdp(self, *args: str, ready_timeout: float = TIMEOUT) -> subprocess.Popen:
         proc = self.spawn("colo-xdp", [EXE, *args])
-        deadline = time.monotonic() + TIMEOUT
+        deadline = time.monotonic() + ready_timeout
         while not any(line.strip().endswith("ready") for line in proc.log):
             if proc.poll() is not None or time.monotonic() > deadline:
                 pytest.fail("colo-xdp did not come up:\n" + "".join(proc.log))
