@@ -38,6 +38,8 @@ NET_BUFSIZE = native.CX_NET_BUFSIZE
 
 
 class Side(enum.IntEnum):
+    """Which guest a frame comes from; also classify.c's -DCX_XDP_SIDE."""
+
     PRIMARY = native.CX_PRIMARY
     SECONDARY = native.CX_SECONDARY
 

@@ -3,7 +3,8 @@ passthrough rules, guest MACs and the metadata in front of every frame the
 XDP program sends to an AF_XDP socket.
 
 The header is the source of truth; ``tests/xdp/test_header.py`` parses it and
-checks every value and layout here against it.  Standard library only, so
+checks every value and layout here against it.  Standard library and the
+engine's ``Side`` only (classify.h numbers the sides as the engine does), so
 that transports and tests can use it without bcc::
 
     meta = Meta.unpack(buf[addr - META_SIZE:addr])   # AF_XDP buffer
@@ -18,6 +19,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from colo_xdp.engine import Side
 from colo_xdp.transport.xdp.bpfsys import XDP_DROP, XDP_PASS, XDP_REDIRECT
 
 BPF_DIR = Path(__file__).resolve().parents[3] / "bpf"
@@ -29,13 +31,6 @@ MAX_QUEUES = 64
 MAX_RULES = 64
 MAX_GUEST_MACS = 16
 MAX_VLAN_TAGS = 2
-
-
-class Side(enum.IntEnum):
-    """Which guest's output the interface carries (-DCX_XDP_SIDE)."""
-
-    PRIMARY = 0
-    SECONDARY = 1
 
 
 class Verdict(enum.IntEnum):
