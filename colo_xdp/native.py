@@ -24,6 +24,7 @@ import errno
 import os
 
 from colo_xdp._native import ffi, lib
+from colo_xdp.errors import ColoXdpError
 
 # -- constants (csrc/*.h, the cdef regions) ----------------------------------
 
@@ -69,7 +70,7 @@ XSK_DEFAULT_BIND_TIMEOUT_MS = lib.XSK__DEFAULT_BIND_TIMEOUT_MS
 XDP_GLUE_BURST = lib.XDP_GLUE__BURST
 
 
-class NativeError(OSError):
+class NativeError(ColoXdpError, OSError):
     """A C helper call returned -errno; ``errno`` says which, ``call`` where."""
 
     def __init__(self, err: int, call: str):

@@ -26,6 +26,7 @@ import struct
 from dataclasses import dataclass, field
 
 from colo_xdp import native
+from colo_xdp.errors import EngineError, FramingError
 
 # Defaults carry QEMU's property names (net/colo-compare.c).
 DEFAULT_COMPARE_TIMEOUT_MS = 3000
@@ -165,19 +166,14 @@ class ConnectionEvicted:
 Action = Release | CheckpointRequest | Drop | ConnectionOpened | ConnectionEvicted
 
 
-class EngineError(Exception):
-    """The engine could not be created or was fed something it refuses."""
-
-
-class FramingError(EngineError):
-    """A chardev stream carried a record that breaks its framing."""
-
-    def __init__(self, reason: DropReason, consumed: int):
-        what = "a zero-length frame" if reason is DropReason.EMPTY else (
-            f"a frame longer than {NET_BUFSIZE} bytes")
-        super().__init__(f"the stream carried {what}; its framing is lost")
-        self.reason = reason
-        self.consumed = consumed
+def _framing_error(reason: DropReason, consumed: int) -> FramingError:
+    """The FramingError of a stream the engine refused at ``consumed``."""
+    what = "a zero-length frame" if reason is DropReason.EMPTY else (
+        f"a frame longer than {NET_BUFSIZE} bytes")
+    err = FramingError(f"the stream carried {what}; its framing is lost")
+    err.reason = reason
+    err.consumed = consumed
+    return err
 
 
 @dataclass
@@ -297,7 +293,7 @@ class Engine:
             return self._e.feed_stream(side, chunk, now_ms)
         except native.NativeError as exc:
             reason = DropReason.EMPTY if exc.errno == errno.EBADMSG else DropReason.OVERSIZE
-            raise FramingError(reason, self._e.consumed) from None
+            raise _framing_error(reason, self._e.consumed) from None
 
     def output(self) -> memoryview:
         """Released frames, in the outdev's framing, not yet consumed."""

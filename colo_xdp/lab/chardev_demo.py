@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
+from colo_xdp.errors import LabError
 from colo_xdp.proto.notify import CHECKPOINT_DONE, DO_CHECKPOINT, PROXY_INIT, PROXY_INIT_REPLY
 from colo_xdp.lab.pktgen import (ARP_REPLY, ETH_P_ARP, ETH_P_IP, IPPROTO_ICMP, IPPROTO_TCP,
                              IPPROTO_UDP, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, TCP_URG,
@@ -69,7 +70,7 @@ NOTIFY = "notify"    # a message from the service on notify-dev
 LOG = "log"          # a line of the service's stderr
 
 
-class DemoError(Exception):
+class DemoError(LabError):
     """The demo could not run (the service did not start, a socket failed);
     the message is one sentence."""
 

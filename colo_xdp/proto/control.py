@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
 from colo_xdp.engine import PassthroughRule
+from colo_xdp.errors import ConfigError, ControlError
 from colo_xdp.observe.log import EVENT_NAMES, json_value
 
 MAX_LINE = 64 * 1024              # bytes in one request line, newline included
@@ -55,7 +56,7 @@ def default_control_path() -> str | None:
 
 # -- flow specs ------------------------------------------------------------------------
 
-class FlowError(ValueError):
+class FlowError(ConfigError):
     """A flow spec that names no flow; the message is one sentence."""
 
 
@@ -206,7 +207,7 @@ def rule_json(rule: PassthroughRule) -> dict:
 PassthroughSink = Callable[[list[PassthroughRule]], None]
 
 
-class PassthroughError(Exception):
+class PassthroughError(ControlError):
     """A passthrough change that was refused; the message is one sentence."""
 
 
@@ -392,7 +393,7 @@ class Session(Protocol):
     def subscribe(self, events: frozenset[str]) -> None: ...
 
 
-class CommandError(Exception):
+class CommandError(ControlError):
     """A request that cannot be carried out; the message is one sentence."""
 
 

@@ -41,6 +41,7 @@ import threading
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
+from colo_xdp.errors import XdpError
 from colo_xdp.transport.xdp import bpfsys
 from colo_xdp.transport.xdp.classify_abi import (CFG_GUEST_MACS, CFG_VLAN_COMPARE, CLASSIFY_C,
                                          CONFIG, MAX_GUEST_MACS, MAX_QUEUES, MAX_RULES,
@@ -51,10 +52,6 @@ ENTRY_POINT = b"xdp_classify"
 # Where bcc looks for the running kernel's headers.
 KERNEL_BUILD_DIR = f"/lib/modules/{os.uname().release}/build"
 KHEADERS = "/sys/kernel/kheaders.tar.xz"
-
-
-class XdpError(Exception):
-    """XDP could not be set up; the message is one sentence saying what to do."""
 
 
 class Terminated(SystemExit):

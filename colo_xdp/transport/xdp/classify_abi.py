@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from colo_xdp.engine import Side
+from colo_xdp.errors import ConfigError
 from colo_xdp.transport.xdp.bpfsys import XDP_DROP, XDP_PASS, XDP_REDIRECT
 
 BPF_DIR = Path(__file__).resolve().parents[3] / "bpf"
@@ -82,7 +83,7 @@ META = struct.Struct("<I4s4s2s2sBBHHHI")
 META_SIZE = META.size
 
 
-class ClassifyError(ValueError):
+class ClassifyError(ConfigError):
     """A rule or MAC that cannot be written to the program's maps."""
 
 

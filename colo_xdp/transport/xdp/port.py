@@ -26,8 +26,8 @@ from dataclasses import dataclass
 
 from colo_xdp import native
 from colo_xdp.engine import Engine, Side
-from colo_xdp.transport.chardev.endpoint import EndpointError
-from colo_xdp.transport.xdp.classifier import Mode, XdpClassifier, XdpError
+from colo_xdp.errors import EndpointError, XdpError
+from colo_xdp.transport.xdp.classifier import Mode, XdpClassifier
 from colo_xdp.transport.xdp.xsk import XskConfig, XskError, XskSocket, _rx_queues
 
 READ = selectors.EVENT_READ
@@ -50,7 +50,7 @@ class XdpIface:
         return f"xdp:{self.name}"
 
 
-class XdpPortError(Exception):
+class XdpPortError(XdpError):
     """An XDP port could not be opened or used; one sentence."""
 
 

@@ -31,12 +31,13 @@ from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 from colo_xdp import native
+from colo_xdp.errors import XdpError
 from colo_xdp.transport.xdp.classify_abi import META_SIZE, Meta
 
 DEFAULT_BURST = 64
 
 
-class XskError(Exception):
+class XskError(XdpError):
     """An AF_XDP socket could not be opened or used; one sentence."""
 
 
