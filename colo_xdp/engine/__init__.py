@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 from colo_xdp import native
 from colo_xdp.errors import EngineError, FramingError
+from colo_xdp.proto.ipv4 import PROTO_BY_NUMBER, net_bytes
 
 # Defaults carry QEMU's property names (net/colo-compare.c).
 DEFAULT_COMPARE_TIMEOUT_MS = 3000
@@ -90,7 +91,7 @@ class ConnKey:
     proto: int
 
     def __str__(self) -> str:
-        proto = {1: "icmp", 6: "tcp", 17: "udp"}.get(self.proto, f"ip{self.proto}")
+        proto = PROTO_BY_NUMBER.get(self.proto, f"ip{self.proto}")
         return f"{proto} {self.saddr}:{self.sport} > {self.daddr}:{self.dport}"
 
 
@@ -234,18 +235,11 @@ def _addr(a: int) -> str:
 
 def _net(text: str | None, what: str) -> tuple[int, int]:
     """'10.0.0.0/8' -> (address, mask), both in network byte order as ints."""
-    if text is None:
-        return 0, 0
-    addr, _, prefix = text.partition("/")
     try:
-        raw = socket.inet_aton(addr)
-        bits = int(prefix) if prefix else 32
-    except (OSError, ValueError):
-        raise EngineError(f"{what} {text!r} is not an IPv4 address or address/prefix") from None
-    if not 0 <= bits <= 32:
-        raise EngineError(f"{what} {text!r} has a prefix outside 0..32")
-    mask = struct.pack(">I", (0xFFFFFFFF << (32 - bits)) & 0xFFFFFFFF)
-    return struct.unpack("=I", raw)[0], struct.unpack("=I", mask)[0]
+        addr, mask = net_bytes(text, what)
+    except ValueError as exc:
+        raise EngineError(str(exc)) from None
+    return struct.unpack("=I", addr)[0], struct.unpack("=I", mask)[0]
 
 
 _EVIDENCE = struct.Struct("=IBBHIIQ")

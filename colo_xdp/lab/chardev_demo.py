@@ -48,6 +48,7 @@ from colo_xdp.lab.pktgen import (ARP_REPLY, ETH_P_ARP, ETH_P_IP, IPPROTO_ICMP, I
                              EtherAddrs, IPv4Fields, arp_frame, icmp_echo_frame, tcp_frame,
                              udp_frame)
 from colo_xdp.proto.framing import Decoder, FramingError, encode
+from colo_xdp.proto.ipv4 import PROTO_BY_NUMBER
 
 # The service runs with short timers so that the timeout phase takes < 0.5 s.
 COMPARE_TIMEOUT_MS = 300
@@ -92,7 +93,6 @@ class Decoded:
 _TCP_FLAGS = ((TCP_FIN, "F"), (TCP_SYN, "S"), (TCP_RST, "R"), (TCP_PSH, "P"),
               (TCP_ACK, "."), (TCP_URG, "U"))     # tcpdump's notation and order
 _ICMP_TYPES = {0: "echo-reply", 8: "echo-request"}
-_PROTO_NAMES = {IPPROTO_ICMP: "icmp", IPPROTO_TCP: "tcp", IPPROTO_UDP: "udp"}
 
 
 def _ip4(raw: bytes) -> str:
@@ -115,7 +115,7 @@ def decode(frame: bytes) -> Decoded:
     (total,) = struct.unpack_from("!H", ip, 2)
     proto, saddr, daddr = ip[9], _ip4(ip[12:16]), _ip4(ip[16:20])
     l4 = ip[ihl:total]
-    name = _PROTO_NAMES.get(proto, f"ip{proto}")
+    name = PROTO_BY_NUMBER.get(proto, f"ip{proto}")
     if proto in (IPPROTO_TCP, IPPROTO_UDP) and len(l4) >= 8:
         sport, dport = struct.unpack_from("!HH", l4)
         conn = f"{name} {saddr}:{sport} > {daddr}:{dport}"

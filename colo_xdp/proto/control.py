@@ -21,7 +21,6 @@ that the kernel fast path and the engine never disagree.
 """
 from __future__ import annotations
 
-import ipaddress
 import json
 import math
 import os
@@ -30,6 +29,7 @@ from typing import Any, Callable, Protocol
 
 from colo_xdp.engine import PassthroughRule
 from colo_xdp.errors import ConfigError, ControlError
+from colo_xdp.proto.ipv4 import PROTO_BY_NUMBER, PROTO_NAMES, network
 from colo_xdp.observe.log import EVENT_NAMES, json_value
 
 MAX_LINE = 64 * 1024              # bytes in one request line, newline included
@@ -37,8 +37,6 @@ MAX_PASSTHROUGH_RULES = 1024      # the engine scans them per new connection
 DEFAULT_STATS_CONNECTIONS = 100   # connection rows in a stats reply unless asked
 MAX_STATS_CONNECTIONS = 65536
 
-PROTO_NAMES = {"icmp": 1, "tcp": 6, "udp": 17}
-PROTO_BY_NUMBER = {v: k for k, v in PROTO_NAMES.items()}
 # Protocols the engine keys by port (compare-rules.md: DCCP, SCTP, UDP-Lite too).
 PORTED_PROTOS = {6, 17, 33, 132, 136}
 WILDCARDS = {"*", "any"}
@@ -97,7 +95,7 @@ def _net(value: Any, what: str) -> str | None:
     if text.lower() in WILDCARDS:
         return None
     try:
-        net = ipaddress.IPv4Network(text, strict=False)
+        net = network(text, what)
     except ValueError:
         raise FlowError(f"{what} {text!r} is not an IPv4 address, address/prefix or *") from None
     if net.prefixlen == 0:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from colo_xdp.engine import Side
 from colo_xdp.errors import ConfigError
+from colo_xdp.proto.ipv4 import net_bytes
 from colo_xdp.transport.xdp.bpfsys import XDP_DROP, XDP_PASS, XDP_REDIRECT
 
 BPF_DIR = Path(__file__).resolve().parents[3] / "bpf"
@@ -140,18 +141,6 @@ class Meta:
                          self.proto)
 
 
-def _net(text: str | None, what: str) -> tuple[bytes, bytes]:
-    """Address and mask bytes of 'a.b.c.d' or 'a.b.c.d/len'; None matches all."""
-    if text is None:
-        return b"\0" * 4, b"\0" * 4
-    try:
-        net = ipaddress.IPv4Network(text, strict=False)
-    except ValueError:
-        raise ClassifyError(f"{what} {text!r} is not an IPv4 address or address/prefix") \
-            from None
-    return net.network_address.packed, net.netmask.packed
-
-
 def _number(value: int | None, name: str, limit: int) -> int:
     if value is None:
         return 0
@@ -168,8 +157,11 @@ def pack_rule(rule) -> bytes:
     Everything goes in network byte order, as the program compares it with
     the frame's bytes.
     """
-    saddr, smask = _net(rule.src, "source")
-    daddr, dmask = _net(rule.dst, "destination")
+    try:
+        saddr, smask = net_bytes(rule.src, "source")
+        daddr, dmask = net_bytes(rule.dst, "destination")
+    except ValueError as exc:
+        raise ClassifyError(str(exc)) from None
     le = lambda b: int.from_bytes(b, "little")  # noqa: E731
     swap16 = lambda v: int.from_bytes(v.to_bytes(2, "big"), "little")  # noqa: E731
     return RULE.pack(le(saddr), le(smask), le(daddr), le(dmask),
