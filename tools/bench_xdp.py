@@ -90,7 +90,7 @@ def problem() -> str | None:
 
 # --- namespaces ---------------------------------------------------------------------------
 
-class Lab:
+class BenchNetwork:
     """Namespaces host / guest-p / guest-s, veth p-h/p-g and s-h/s-g (1 queue)."""
 
     LINKS = {"p": "gp", "s": "gs"}
@@ -102,7 +102,7 @@ class Lab:
         self.dir = Path(tempfile.mkdtemp(prefix="cx-bench-xdp-"))
         self.made: list[str] = []
 
-    def __enter__(self) -> "Lab":
+    def __enter__(self) -> "BenchNetwork":
         try:
             for ns in self.ns.values():
                 self.made.append(ns)
@@ -196,7 +196,7 @@ class Sender:
 
 
 @contextlib.contextmanager
-def senders(lab: Lab) -> Iterator[dict[str, Sender]]:
+def senders(lab: BenchNetwork) -> Iterator[dict[str, Sender]]:
     made: dict[str, Sender] = {}
     try:
         made["pin"] = Sender(lab.ns["gp"], "p-g")
@@ -230,7 +230,7 @@ def _ready(proc: SupervisedProcess, directory: Path) -> bool:
 
 
 @contextlib.contextmanager
-def comparator(lab: Lab, exe: Path, tag: str) -> Iterator[SupervisedProcess]:
+def comparator(lab: BenchNetwork, exe: Path, tag: str) -> Iterator[SupervisedProcess]:
     """colo-xdp compare on p-h/s-h in the host namespace, on cpu 1; always stopped."""
     directory = lab.dir / tag
     directory.mkdir()
@@ -256,7 +256,7 @@ def _tail(proc: SupervisedProcess) -> str:
     return proc.tail(3, empty="(empty log)")
 
 
-def run_xdp_mode(lab: Lab, exe: Path, row, frames: Frames, warmup: float, seconds: float,
+def run_xdp_mode(lab: BenchNetwork, exe: Path, row, frames: Frames, warmup: float, seconds: float,
                  runs: int, bench) -> tuple[list, str]:
     """Drive one comparator for warmup + runs x seconds; a Measurement per window."""
     with comparator(lab, exe, f"row{row.number}") as proc, senders(lab) as tx:
@@ -365,7 +365,7 @@ def _blast(tx: dict[str, Sender], frames: Frames, seconds: float,
     return (c1 - c0) / (t1 - t0), (s1 - s0) / (t1 - t0)
 
 
-def drop_ceiling(lab: Lab, frames: Frames, seconds: float) -> tuple[float, float]:
+def drop_ceiling(lab: BenchNetwork, frames: Frames, seconds: float) -> tuple[float, float]:
     """Frames/s an XDP_DROP program on p-h and s-h counts, and what was sent."""
     from bcc import BPF
     b = BPF(text=DROP_PROG)
@@ -390,7 +390,7 @@ def drop_ceiling(lab: Lab, frames: Frames, seconds: float) -> tuple[float, float
         b.cleanup()
 
 
-def xsk_ceiling(lab: Lab, frames: Frames, seconds: float) -> tuple[float, float]:
+def xsk_ceiling(lab: BenchNetwork, frames: Frames, seconds: float) -> tuple[float, float]:
     """Frames/s an AF_XDP sink (classify.c + XskSocket, rx_burst/rx_done, no engine)
     receives on p-h and s-h on cpu 1; and the frames/s its rx rings dropped."""
     proc = SupervisedProcess(["-m", "tools.bench_xdp", "--xsk-sink", "p-h", "s-h"],
@@ -492,7 +492,7 @@ def _raise_interrupt(*_args) -> None:
 
 
 def _run(rows, exe, runs, warmup, seconds, bench, report, cpu, results) -> None:
-    with Lab(cpu) as lab:
+    with BenchNetwork(cpu) as lab:
         for row in rows:
             frames = Frames(row, bench.build_stream)
             r = XdpRowResult(row)

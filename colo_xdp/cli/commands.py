@@ -236,7 +236,7 @@ def demo(quiet, chardev) -> None:
         if problem is None:
             try:
                 ok = lab.run(echo=click.echo)
-            except NetnsError as exc:          # LabError, or an ip/tc command's
+            except NetnsError as exc:          # XdpDemoError, or an ip/tc command's
                 _fail(str(exc), code=1)
             except KeyboardInterrupt:
                 _fail("demo interrupted; its namespaces and processes are removed", code=130)

@@ -66,7 +66,7 @@ DIVERGED = b"DIVERGED"
 _counter = itertools.count()
 
 
-class LabError(NetnsError):
+class XdpDemoError(NetnsError):
     """The lab could not be built or run; the message is one sentence (as
     the NetnsError a failing ip or tc command raises)."""
 
@@ -114,7 +114,7 @@ def lab_namespaces() -> list[str]:
 
 
 @dataclass
-class Lab:
+class DemoNetwork:
     """Namespaces client, host, guest-p, guest-s; veth pairs c, p, s between
     host and the others; tc mirroring of the client's frames to both guests."""
 
@@ -168,7 +168,7 @@ class Lab:
         try:
             return proc.start()
         except ProcessError as exc:
-            raise LabError(str(exc)) from None
+            raise XdpDemoError(str(exc)) from None
 
     def responders(self) -> None:
         for where, flag in (("guest-p", None), ("guest-s", self.flag)):
@@ -176,7 +176,7 @@ class Lab:
             proc = self.start(where, argv + ([str(flag)] if flag else []), "responder",
                               stdout=subprocess.PIPE)
             if proc.stdout.readline().strip() != b"responder ready":
-                raise LabError(f"the responder in {where} did not start")
+                raise XdpDemoError(f"the responder in {where} did not start")
 
     def xdp_attached(self) -> list[str]:
         """Host-side links that still carry an XDP program."""
@@ -314,7 +314,7 @@ def udp_payload(frame: bytes) -> bytes:
 
 
 class Demo:
-    def __init__(self, lab: Lab, echo: Callable[[str], None], live: bool):
+    def __init__(self, lab: DemoNetwork, echo: Callable[[str], None], live: bool):
         self.lab, self.echo = lab, echo
         self.table = Table(echo, live)
         self.result = Result()
@@ -335,7 +335,7 @@ class Demo:
         try:
             proc.wait_ready(READY_TIMEOUT_S)
         except ProcessError:
-            raise LabError("colo-xdp compare did not come up: "
+            raise XdpDemoError("colo-xdp compare did not come up: "
                            + proc.tail(3, empty="no output")) from None
         return proc
 
@@ -345,9 +345,9 @@ class Demo:
             with ControlClient.connect(path=self.control) as client:
                 reply = client.request(request)
         except ClientError as exc:
-            raise LabError(str(exc)) from None
+            raise XdpDemoError(str(exc)) from None
         if not reply.get("ok"):
-            raise LabError(f"colo-xdp refused {request['cmd']}: {reply.get('error')}")
+            raise XdpDemoError(f"colo-xdp refused {request['cmd']}: {reply.get('error')}")
         return reply
 
     def stats(self) -> dict:
@@ -490,12 +490,12 @@ def _sigterm_interrupts() -> Iterator[None]:
 
 def run(echo: Callable[[str], None] = print, live: bool | None = None) -> bool:
     """Build the lab, play the scenario, remove the lab.  True when what
-    happened is what COLO promises.  Raises LabError when the lab cannot be
+    happened is what COLO promises.  Raises XdpDemoError when the lab cannot be
     built or run, KeyboardInterrupt on Ctrl-C or SIGTERM; the lab is gone on
     every path."""
     began = time.monotonic()
     live = sys.stdout.isatty() if live is None else live
-    lab = Lab()
+    lab = DemoNetwork()
     echo("colo-xdp demo: XDP mode on a lab of network namespaces on this host")
     echo(f"  client {CLIENT_IP} -> guests {GUEST_IP} (primary and secondary, same MAC "
          f"{GUEST_MAC}), UDP port {SERVICE_PORT}; namespaces cxlab-*-{lab.tag}")

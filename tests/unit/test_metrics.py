@@ -13,12 +13,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from colo_xdp.lab.pktgen import arp_frame
-from test_service import Lab, connect_all, free_tcp_ports, udp
+from test_service import ServiceSandbox, connect_all, free_tcp_ports, udp
 
 TIMEOUT = 5.0
 
 
-def start(lab: Lab, *args: str):
+def start(lab: ServiceSandbox, *args: str):
     (port,) = free_tcp_ports(1)
     cmp = lab.start(args=("--metrics", f"127.0.0.1:{port}", *args))
     return cmp, port

@@ -184,7 +184,7 @@ class Peer:
         self.sock.close()
 
 
-class Lab:
+class ServiceSandbox:
     """A temp directory, the processes and sockets of one test; all undone by close()."""
 
     def __init__(self):
@@ -256,7 +256,7 @@ class Lab:
 
 @pytest.fixture
 def lab():
-    lab = Lab()
+    lab = ServiceSandbox()
     try:
         yield lab
     finally:
@@ -276,7 +276,7 @@ def free_tcp_ports(n: int) -> list[int]:
             sock.close()
 
 
-def connect_all(lab: Lab, vnet: bool = False, notify: bool = True):
+def connect_all(lab: ServiceSandbox, vnet: bool = False, notify: bool = True):
     """Outdev first (as with QEMU), then notify-dev, then both inputs."""
     out = lab.connect("out.sock", vnet)
     note = lab.connect("notify.sock") if notify else None

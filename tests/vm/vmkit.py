@@ -48,7 +48,7 @@ def need(ok: bool, message: str) -> None:
     pytest.skip(message)
 
 
-class Lab:
+class VmNetwork:
     def __init__(self, guest: vmlab.Guest):
         tag = f"{os.getpid() % 10000}{next(_counter)}"
         self.guest = guest
@@ -197,7 +197,8 @@ def silent(sock: socket.socket, seconds: float) -> bool:
         sock.settimeout(TIMEOUT)
 
 
-def exchange_and_diverge(lab: Lab, notify: socket.socket, n: int = 5, vnet: bool = False) -> None:
+def exchange_and_diverge(lab: VmNetwork, notify: socket.socket, n: int = 5,
+                         vnet: bool = False) -> None:
     """The checks both tests make, from the client's side:
 
     1. n requests answered, in order, with the guests' (equal) replies, and

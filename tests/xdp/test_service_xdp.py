@@ -40,7 +40,7 @@ DO_CHECKPOINT = b"\x00\x00\x00\x0dDO_CHECKPOINT"
 _counter = itertools.count()
 
 
-class Lab:
+class XdpServiceNetwork:
     """Namespaces host/guest-p/guest-s/uplink joined by veth pairs."""
 
     LINKS = {"p": "guest_p", "s": "guest_s", "u": "uplink"}
@@ -122,8 +122,8 @@ class Lab:
 
 
 @pytest.fixture
-def lab(bpf_ready, netns_available) -> Iterator[Lab]:
-    lab = Lab()
+def lab(bpf_ready, netns_available) -> Iterator[XdpServiceNetwork]:
+    lab = XdpServiceNetwork()
     try:
         lab.build()
         yield lab
@@ -168,7 +168,7 @@ def stop(proc: SupervisedProcess) -> str:
     return proc.log
 
 
-def compare_args(lab: Lab, outdev: str | None = None, *extra: str) -> list[str]:
+def compare_args(lab: XdpServiceNetwork, outdev: str | None = None, *extra: str) -> list[str]:
     return ["compare", "--primary-xdp", "p-h", "--secondary-xdp", "s-h",
             "--outdev", outdev or lab.unix("out.sock"),
             "--notify-dev", lab.unix("notify.sock"), *extra]

@@ -73,7 +73,7 @@ class Mode(str, enum.Enum):
 
 
 @dataclass(frozen=True)
-class Counter:
+class VerdictCount:
     frames: int = 0
     bytes: int = 0
 
@@ -429,13 +429,14 @@ class XdpClassifier:
         with contextlib.suppress(KeyError):
             del table[ctypes.c_int(queue)]
 
-    def counters(self) -> dict[Verdict, Counter]:
+    def counters(self) -> dict[Verdict, VerdictCount]:
         """Frames and bytes per verdict, added up over the CPUs."""
         table = self._table(b"counters")
         out = {}
         for verdict in Verdict:
             per_cpu = table[ctypes.c_int(verdict)]
-            out[verdict] = Counter(sum(c.frames for c in per_cpu), sum(c.bytes for c in per_cpu))
+            out[verdict] = VerdictCount(sum(c.frames for c in per_cpu),
+                                        sum(c.bytes for c in per_cpu))
         return out
 
     def test_run(self, frame: bytes, rx_queue: int = 0) -> bpfsys.TestRun:
