@@ -126,7 +126,7 @@ def compare(primary_in, secondary_in, primary_xdp, secondary_xdp, xdp_mode, outd
     tap (--primary-xdp, --secondary-xdp); --outdev may be xdp:IFACE to send
     released frames with AF_XDP.
     """
-    from colo_xdp.proto.control import FlowError, parse_flow
+    from colo_xdp.proto.flows import FlowError, parse_flow
     from colo_xdp.service.compare import serve
     from colo_xdp.service.config import CompareConfig
 

@@ -196,7 +196,7 @@ def test_xdp_hooks_verdicts_and_a_second_passthrough_sink(tmp_path):
     when it refuses one the engine is put back as it was."""
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from colo_xdp.proto.control import PassthroughError, parse_flow
+    from colo_xdp.proto.flows import PassthroughError, parse_flow
     from colo_xdp.observe.metrics import ServiceCollector
     from colo_xdp.service.compare import CompareService
     from colo_xdp.service.config import CompareConfig
