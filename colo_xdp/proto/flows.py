@@ -187,7 +187,7 @@ class PassthroughTable:
     Every change is pushed, as the whole new list, to each sink in order: in
     chardev mode the engine (``Engine.set_passthrough``); in XDP mode the
     transport adds the classifier's rules map too
-    (``add_sink(classifier.set_rules)``, colo_xdp/transport/xdp.py).  A sink
+    (``add_sink(classifier.set_rules)``, colo_xdp/transport/xdp/port.py).  A sink
     refuses a change by raising (EngineError, XdpError, ...; the message
     becomes the reply's error): the sinks already updated are given the old
     list back and the change is refused as a whole.
