@@ -241,7 +241,7 @@ class SupervisedProcess:
                             return line
                 elif until():
                     return None
-                if self.proc.poll() is not None and not self._reader.is_alive():
+                if self.proc.poll() is not None and not (self._reader and self._reader.is_alive()):
                     raise ProcessError(f"{self.name} exited with status {self.proc.returncode}"
                                        f" before it was {what}: {self.tail(5)}")
                 left = deadline - time.monotonic()
