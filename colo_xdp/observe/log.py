@@ -26,6 +26,8 @@ import sys
 import time
 from typing import Callable
 
+from colo_xdp.errors import ConfigError
+
 logger = logging.getLogger("colo_xdp")
 
 LOG_FORMATS = ("text", "json")
@@ -91,7 +93,7 @@ def setup(verbose: bool = False, fmt: str = "text") -> None:
     """Log to stderr in ``fmt`` ("text" or "json")."""
     global _format_in_use
     if fmt not in LOG_FORMATS:
-        raise ValueError(f"log format {fmt!r} is not one of {', '.join(LOG_FORMATS)}")
+        raise ConfigError(f"log format {fmt!r} is not one of {', '.join(LOG_FORMATS)}")
     _format_in_use = fmt
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JSONFormatter() if fmt == "json" else TextFormatter())

@@ -28,7 +28,7 @@ from colo_xdp.engine import (CheckpointRequest, ConnectionEvicted, ConnectionOpe
                              DropReason, Engine, Side)
 from colo_xdp.observe.control_server import ControlServer, ServiceTarget
 from colo_xdp.observe.log import EventLog
-from colo_xdp.proto.control import PassthroughTable, format_flow
+from colo_xdp.proto.flows import PassthroughTable, format_flow
 from colo_xdp.service.config import CompareConfig, Endpoint
 from colo_xdp.service.loop import Loop
 from colo_xdp.transport.chardev.qmp import QmpMonitor

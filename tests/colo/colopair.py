@@ -1,6 +1,6 @@
 """A real QEMU COLO pair on one host, under TCG, for the tests in tests/colo.
 
-Built on tests/vm/vmkit.py's ``Lab`` (two namespaces, a bridge, a client on a
+Built on tests/vm/vmkit.py's ``VmNetwork`` (two namespaces, a bridge, a client on a
 veth; its ``close()`` removes every process, socket, namespace and the temp
 dir).  ``ColoPair`` adds what COLO needs:
 
@@ -68,7 +68,7 @@ import pytest
 
 from tools import vmlab
 from colo_xdp.lab.netns import sh
-from vmkit import CLIENT_IP, CLIENT_MAC, GUEST_IP, GUEST_MAC, Lab
+from vmkit import CLIENT_IP, CLIENT_MAC, GUEST_IP, GUEST_MAC, VmNetwork
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD_QEMU = ROOT / "scripts" / "build-qemu.sh"
@@ -220,7 +220,7 @@ class ColoPair:
     the processes, namespaces and temp dir; the pair owns its QMP clients and
     closes them in ``close()`` (the ``pair`` fixture calls both)."""
 
-    lab: Lab
+    lab: VmNetwork
     qemu: str
     comparator: str = "qemu"
     secondary_diverges: bool = True

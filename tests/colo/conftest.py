@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "vm"))
 
 from tools import vmlab  # noqa: E402
 from colopair import ColoPair, cached_qemu  # noqa: E402
-from vmkit import Lab, need  # noqa: E402
+from vmkit import VmNetwork, need  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -40,7 +40,7 @@ def colo_guest(colo_qemu) -> vmlab.Guest:
 def colo_lab(guest: vmlab.Guest, qemu: str, request, **kwargs) -> Iterator[ColoPair]:
     """A lab (namespaces cxc-h-N / cxc-c-N, /tmp/cxc-*) and a pair in it;
     both removed on every path."""
-    lab = Lab(guest, prefix="cxc-", dir_prefix="cxc-")
+    lab = VmNetwork(guest, prefix="cxc-", dir_prefix="cxc-")
     pair = None
     try:
         pair = ColoPair(lab, qemu, **kwargs)

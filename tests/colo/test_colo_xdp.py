@@ -79,7 +79,7 @@ def test_divergence_gets_a_checkpoint_and_the_primarys_reply(pair: ColoPair):
         reply, _, _ = ask(client, b"after %d" % i)       # in step again
         assert reply == b"echo:after %d" % i
     after = settled(pair)
-    log = "".join(pair.cx.log)
+    log = pair.cx.log
     request_to_stop = [float(w.split("=")[1]) for line in log.splitlines()
                        if "checkpoint_done source=qmp" in line
                        for w in line.split() if w.startswith("request_to_stop_ms=")]
