@@ -15,7 +15,8 @@ do.  Kinds keep the builtin base their callers already rely on
     ├── EngineError                 the engine refused a setting or could not allocate
     ├── XdpError                    XDP: classifier, AF_XDP socket (XskError), port
     ├── ControlError                control socket: a refused command or change,
-    │     CommandError, PassthroughError, ClientError
+    │     CommandError, PassthroughError, ClientError; a QMP monitor that
+    │     breaks the protocol (QmpError, also a ValueError)
     └── LabError                    the namespace lab or a demo (NetnsError, DemoError)
 
 The more specific classes live with the code that raises them.
@@ -58,7 +59,8 @@ class XdpError(ColoXdpError):
 
 
 class ControlError(ColoXdpError):
-    """The control socket refused a request, or cannot be used."""
+    """The control socket refused a request, or cannot be used; or a monitor
+    colo-xdp controls (QMP) broke its protocol."""
 
 
 class LabError(ColoXdpError):

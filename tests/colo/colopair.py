@@ -68,6 +68,7 @@ import pytest
 
 from tools import vmlab
 from colo_xdp.lab.netns import sh
+from colo_xdp.lab.process import SupervisedProcess
 from vmkit import CLIENT_IP, CLIENT_MAC, GUEST_IP, GUEST_MAC, VmNetwork
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -231,8 +232,8 @@ class ColoPair:
         if self.comparator not in COMPARATORS:
             raise ValueError(f"comparator {self.comparator!r}: use one of {COMPARATORS}")
         self.dir = self.lab.dir
-        self.primary: subprocess.Popen | None = None
-        self.secondary: subprocess.Popen | None = None
+        self.primary: SupervisedProcess | None = None
+        self.secondary: SupervisedProcess | None = None
         self.qmp_p: Qmp | None = None
         self.qmp_s: Qmp | None = None
         self.failed_over = False
@@ -428,7 +429,7 @@ class ColoPair:
         return Checkpoint(stop.t, resume.t)
 
     # --- failover -------------------------------------------------------------------
-    def failover(self, *dies_with_primary: subprocess.Popen) -> float:
+    def failover(self, *dies_with_primary: SupervisedProcess) -> float:
         """The primary dies (with the processes of its host given); the
         secondary takes over: lost-heartbeat, its redirectors removed, its
         tap on the bridge.  Returns the kill time."""
