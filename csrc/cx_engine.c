@@ -18,22 +18,11 @@
  */
 #include "cx_engine.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
-
-#define ETH_HLEN 14
-#define ETH_P_IP 0x0800
-#define ETH_P_8021Q 0x8100
-#define IP_HLEN_MIN 20
-#define TCP_HLEN_MIN 20
-#define UDP_HLEN 8
-#define ICMP_HLEN_MIN 4
-#define IPPROTO_ICMP 1
-#define IPPROTO_TCP 6
-#define IPPROTO_UDP 17
-#define TCP_FLAG_ACK 0x10
 
 /* Kinds of comparison, one comparator each. */
 enum cx_cmp { CMP_TCP, CMP_L4, CMP_WHOLE };
@@ -119,13 +108,6 @@ struct cx_parsed {
 
 /* ---- byte helpers ------------------------------------------------------ */
 
-static inline uint16_t rd16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
-
-static inline uint32_t rd32(const uint8_t *p)
-{
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
-
 static inline void wr32(uint8_t *p, uint32_t v)
 {
     p[0] = v >> 24; p[1] = v >> 16; p[2] = v >> 8; p[3] = v;
@@ -146,23 +128,23 @@ static void parse_frame(const uint8_t *f, uint32_t len, uint32_t vnet_len,
                         struct cx_parsed *pp)
 {
     memset(pp, 0, sizeof(*pp));
-    if (vnet_len > CX_VNET_HDR_MAX || len < vnet_len + ETH_HLEN + IP_HLEN_MIN)
+    if (vnet_len > CX_VNET_HDR_MAX || len < vnet_len + CX_ETH_HLEN + CX_IP_HLEN_MIN)
         return;
     const uint8_t *eth = f + vnet_len;
-    uint16_t ethertype = rd16(eth + 12);
-    if (ethertype != ETH_P_IP)           /* ARP, IPv6, 802.1Q, ... */
+    uint16_t ethertype = cx_rd16(eth + 12);
+    if (ethertype != CX_ETH_P_IP)           /* ARP, IPv6, 802.1Q, ... */
         return;
 
-    const uint8_t *ip = eth + ETH_HLEN;
-    uint32_t ip_room = len - vnet_len - ETH_HLEN;
+    const uint8_t *ip = eth + CX_ETH_HLEN;
+    uint32_t ip_room = len - vnet_len - CX_ETH_HLEN;
     uint32_t ihl = (ip[0] & 0x0f) * 4u;
-    uint32_t tot = rd16(ip + 2);
-    if ((ip[0] >> 4) != 4 || ihl < IP_HLEN_MIN || tot < ihl || tot > ip_room)
+    uint32_t tot = cx_rd16(ip + 2);
+    if ((ip[0] >> 4) != 4 || ihl < CX_IP_HLEN_MIN || tot < ihl || tot > ip_room)
         return;
 
     uint8_t proto = ip[9];
-    uint16_t frag = rd16(ip + 6);
-    bool later_fragment = (frag & 0x1fff) != 0;
+    uint16_t frag = cx_rd16(ip + 6);
+    bool later_fragment = (frag & CX_IP_FRAG_OFFSET_MASK) != 0;
     const uint8_t *l4 = ip + ihl;
     uint32_t l4_len = tot - ihl;
     uint32_t l4_off = (uint32_t)(l4 - f);
@@ -182,33 +164,33 @@ static void parse_frame(const uint8_t *f, uint32_t len, uint32_t vnet_len,
         return;
     }
     switch (proto) {
-    case IPPROTO_TCP: {
-        if (l4_len < TCP_HLEN_MIN)
+    case CX_IPPROTO_TCP: {
+        if (l4_len < CX_TCP_HLEN_MIN)
             return;
         uint32_t doff = (l4[12] >> 4) * 4u;
-        if (doff < TCP_HLEN_MIN || doff > l4_len)
+        if (doff < CX_TCP_HLEN_MIN || doff > l4_len)
             return;
-        pp->key.sport = rd16(l4);
-        pp->key.dport = rd16(l4 + 2);
+        pp->key.sport = cx_rd16(l4);
+        pp->key.dport = cx_rd16(l4 + 2);
         pp->cmp = CMP_TCP;
-        pp->seq = rd32(l4 + 4);
-        pp->ack = rd32(l4 + 8);
-        pp->has_ack = (l4[13] & TCP_FLAG_ACK) != 0;
+        pp->seq = cx_rd32(l4 + 4);
+        pp->ack = cx_rd32(l4 + 8);
+        pp->has_ack = (l4[13] & CX_TCP_FLAG_ACK) != 0;
         pp->pay_off = l4_off + doff;
         /* The IP total length, not the frame size: padding is not payload. */
         pp->pay_len = l4_len - doff;
         break;
     }
-    case IPPROTO_UDP:
-        if (l4_len < UDP_HLEN)
+    case CX_IPPROTO_UDP:
+        if (l4_len < CX_UDP_HLEN)
             return;
-        pp->key.sport = rd16(l4);
-        pp->key.dport = rd16(l4 + 2);
+        pp->key.sport = cx_rd16(l4);
+        pp->key.dport = cx_rd16(l4 + 2);
         pp->cmp = CMP_L4;
         pp->cmp_off = l4_off;
         break;
-    case IPPROTO_ICMP:
-        if (l4_len < ICMP_HLEN_MIN)
+    case CX_IPPROTO_ICMP:
+        if (l4_len < CX_ICMP_HLEN_MIN)
             return;
         pp->cmp = CMP_L4;
         pp->cmp_off = l4_off;
@@ -216,9 +198,10 @@ static void parse_frame(const uint8_t *f, uint32_t len, uint32_t vnet_len,
     default:
         /* Protocols with ports where TCP and UDP keep them (DCCP, SCTP,
          * UDP-Lite) are keyed by them too, as QEMU does. */
-        if ((proto == 33 || proto == 132 || proto == 136) && l4_len >= 4) {
-            pp->key.sport = rd16(l4);
-            pp->key.dport = rd16(l4 + 2);
+        if ((proto == CX_IPPROTO_DCCP || proto == CX_IPPROTO_SCTP || proto == CX_IPPROTO_UDPLITE) &&
+            l4_len >= CX_PORTS_LEN) {
+            pp->key.sport = cx_rd16(l4);
+            pp->key.dport = cx_rd16(l4 + 2);
         }
         break;
     }
@@ -402,17 +385,11 @@ static void conn_flush(struct cx_engine *e, struct cx_conn *c, int why, int drop
     }
 }
 
-static bool rule_match(const struct cx_rule *r, const struct cx_key *k)
-{
-    return (!r->proto || r->proto == k->proto) &&
-           !((k->saddr ^ r->saddr) & r->smask) && !((k->daddr ^ r->daddr) & r->dmask) &&
-           (!r->sport || r->sport == k->sport) && (!r->dport || r->dport == k->dport);
-}
-
 static bool on_passthrough_list(const struct cx_engine *e, const struct cx_key *k)
 {
     for (size_t i = 0; i < e->nrules; i++)
-        if (rule_match(&e->rules[i], k))
+        if (cx_rule_match(&e->rules[i], k->saddr, k->daddr, htons(k->sport), htons(k->dport),
+                          k->proto))
             return true;
     return false;
 }
@@ -803,7 +780,7 @@ int cx_engine__feed_stream(struct cx_engine *e, int side, const uint8_t *buf,
     int rc = 0;
 
     while (len - pos >= hdr) {
-        uint32_t flen = rd32(buf + pos);
+        uint32_t flen = cx_rd32(buf + pos);
         if (flen == 0 || flen > CX_NET_BUFSIZE) {
             e->ctr.frames_in[side ? 1 : 0]++;
             count_drop(e, side ? 1 : 0, flen ? CX_DROP_OVERSIZE : CX_DROP_EMPTY, NULL);
@@ -812,7 +789,7 @@ int cx_engine__feed_stream(struct cx_engine *e, int side, const uint8_t *buf,
         }
         if (len - pos - hdr < flen)
             break;
-        uint32_t vnet_len = e->cfg.vnet_hdr ? rd32(buf + pos + 4) : 0;
+        uint32_t vnet_len = e->cfg.vnet_hdr ? cx_rd32(buf + pos + 4) : 0;
         cx_engine__feed(e, side, buf + pos + hdr, flen, vnet_len, now_ms);
         pos += hdr + flen;
     }
@@ -954,7 +931,7 @@ void cx_engine__out_consume(struct cx_engine *e, size_t n)
         n = pending;
     while (n) {                    /* walk record boundaries as bytes leave */
         if (!e->out_rec_left)
-            e->out_rec_left = hdr + rd32(e->out + e->out_head);
+            e->out_rec_left = hdr + cx_rd32(e->out + e->out_head);
         size_t take = n < e->out_rec_left ? n : e->out_rec_left;
         e->out_head += take;
         e->out_rec_left -= take;
@@ -981,7 +958,7 @@ void cx_engine__out_skip_record(struct cx_engine *e)
     size_t hdr = e->cfg.vnet_hdr ? 8 : 4;
     if (e->out_head == e->out_len || e->out_rec_left)
         return;                    /* empty, or in the middle of a record */
-    cx_engine__out_consume(e, hdr + rd32(e->out + e->out_head));
+    cx_engine__out_consume(e, hdr + cx_rd32(e->out + e->out_head));
     e->ctr.outdev_cut++;
 }
 

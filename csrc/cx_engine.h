@@ -13,6 +13,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "cx_wire.h"   /* struct cx_rule, protocol numbers, byte readers */
+
 /* cdef-begin */
 
 /* QEMU's NET_BUFSIZE: the largest frame a chardev stream may carry. */
@@ -88,16 +90,6 @@ struct cx_event {
     uint8_t side;        /* for drops */
     uint8_t has_key;     /* 0 when the frame had no connection */
     struct cx_key key;
-};
-
-/* A passthrough rule: flows it matches are not compared (primary released at
- * once, secondary dropped).  Addresses and masks in network byte order;
- * a zero mask, port or protocol matches anything. */
-struct cx_rule {
-    uint32_t saddr, smask;
-    uint32_t daddr, dmask;
-    uint16_t sport, dport;
-    uint8_t proto;
 };
 
 /* One connection, for stats. */

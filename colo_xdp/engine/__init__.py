@@ -361,7 +361,8 @@ class Engine:
                 limit = 255 if name == "proto" else 65535
                 if value is not None and not 0 <= value <= limit:
                     raise EngineError(f"{name} {value} is outside 0..{limit}")
-                setattr(r, name, value or 0)
+                # Ports in network byte order, as in cx_wire.h's struct cx_rule.
+                setattr(r, name, socket.htons(value or 0) if name != "proto" else value or 0)
         if lib.cx_engine__set_passthrough(self._e, arr, len(rules)) < 0:
             raise EngineError("the engine could not allocate the passthrough list")
 
