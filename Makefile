@@ -24,7 +24,7 @@ demo: setup
 	$(VENV)/bin/colo-xdp demo
 
 bench: setup
-	$(PY) -m colo_xdp.bench
+	$(PY) -m tools.bench
 
 # Each fuzzer (the engine under libFuzzer+ASan+UBSan, the Python parsers under
 # atheris) for FUZZ_SECONDS, then the property tests with many more examples.
@@ -36,7 +36,7 @@ fuzz: setup
 # Minutes of mixed traffic through chardev and XDP mode at once; not part of `make test`.
 SOAK_SECONDS ?= 600
 soak: setup
-	$(PY) -m colo_xdp.soak --seconds $(SOAK_SECONDS)
+	$(PY) -m tools.soak --seconds $(SOAK_SECONDS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info colo_xdp/_native*.so colo_xdp/_native.c

@@ -5,7 +5,7 @@ import itertools
 import re
 import struct
 
-from colo_xdp.pktgen import udp_frame
+from colo_xdp.lab.pktgen import udp_frame
 from test_service import (COLO_CHECKPOINT_WIRE, DO_CHECKPOINT_WIRE, INIT_REPLY_WIRE,
                           INIT_WIRE, TIMEOUT, Compare, Lab, PairSender, Peer, Summary,
                           connect_all, encode, free_tcp_ports)

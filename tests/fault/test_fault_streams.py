@@ -18,7 +18,7 @@ import threading
 
 import pytest
 
-from colo_xdp.pktgen import NET_BUFSIZE
+from colo_xdp.lab.pktgen import NET_BUFSIZE
 from faultkit import (COLO_CHECKPOINT_WIRE, DO_CHECKPOINT_WIRE, INIT_REPLY_WIRE, INIT_WIRE,
                       TIMEOUT, PairSender, connect_all, encode, flow_frame, framed,
                       free_tcp_ports, still_serving)

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from colo_xdp.transport import xdp
+from colo_xdp.transport.xdp import classifier as xdp
 
 # Events each mode's soak must have gone through, as its summary line says.
 EVENTS = {"chardev": ("1 primary records cut", "1 zero-length secondary records",
@@ -23,7 +23,7 @@ def test_a_short_soak_passes(mode):
             if os.environ.get("CI"):
                 pytest.fail(why, pytrace=False)
             pytest.skip(why)
-    proc = subprocess.run([sys.executable, "-m", "colo_xdp.soak", "--mode", mode,
+    proc = subprocess.run([sys.executable, "-m", "tools.soak", "--mode", mode,
                            "--seconds", "5", "--report-every", "1", "--rate", "2000"],
                           capture_output=True, text=True, timeout=180)
     out = proc.stdout

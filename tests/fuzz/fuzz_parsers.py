@@ -9,19 +9,19 @@ python3 on PATH must be the venv's: fuzzlib.env() puts it there.)
 
 TARGET is one of:
 
-* ``framing``: colo_xdp.transport.framing.Decoder, fed a byte stream in
+* ``framing``: colo_xdp.proto.framing.Decoder, fed a byte stream in
   pieces through ``push``/``records`` (as NotifyProtocol reads).  It must
   yield exactly the records an independent walk of the stream finds, in
   order, raise FramingError exactly at the first zero-length or oversize
   record, and keep the rest as ``pending``.  (``feed`` loses the records it
   completed in the same call before a broken one:
   test_fuzz_parsers.py::test_decoder_feed_keeps_records_before_a_broken_one.)
-* ``notify``: colo_xdp.notify.NotifyProtocol, fed in pieces.  Every whole
+* ``notify``: colo_xdp.proto.notify.NotifyProtocol, fed in pieces.  Every whole
   record becomes one event of the right kind, each COLO_USERSPACE_PROXY_INIT
   one reply, a broken record an error sentence; nothing raises.
-* ``spec``: colo_xdp.transport.chardev.parse_spec on any text.  It returns
+* ``spec``: colo_xdp.transport.chardev.endpoint.parse_spec on any text.  It returns
   a Spec that says what the text says, or raises SpecError; nothing else.
-* ``control``: the control socket's protocol (colo_xdp.control), one
+* ``control``: the control socket's protocol (colo_xdp.proto.control), one
   connection's byte stream fed in pieces to a LineReader (sometimes with a
   small line limit, sometimes taking one line per read), each line through
   parse_request and Commands.reply against a fake service with a real
@@ -73,7 +73,7 @@ def _walk(stream: bytes, vnet: bool, max_len: int):
 
 
 def fuzz_framing(data: bytes) -> None:
-    from colo_xdp.transport.framing import Decoder, FramingError, encode
+    from colo_xdp.proto.framing import Decoder, FramingError, encode
 
     flags, pieces = _pieces(data)
     vnet = bool(flags & 1)
@@ -104,9 +104,9 @@ def fuzz_framing(data: bytes) -> None:
 
 
 def fuzz_notify(data: bytes) -> None:
-    from colo_xdp.notify import (CHECKPOINT_DONE, PROXY_INIT, PROXY_INIT_REPLY, NotifyEvent,
+    from colo_xdp.proto.notify import (CHECKPOINT_DONE, PROXY_INIT, PROXY_INIT_REPLY, NotifyEvent,
                                  NotifyProtocol)
-    from colo_xdp.transport.framing import encode
+    from colo_xdp.proto.framing import encode
 
     flags, pieces = _pieces(data)
     vnet = bool(flags & 1)
@@ -131,7 +131,7 @@ def fuzz_notify(data: bytes) -> None:
 
 
 def fuzz_spec(data: bytes) -> None:
-    from colo_xdp.transport.chardev import Spec, SpecError, check_distinct, parse_spec
+    from colo_xdp.transport.chardev.endpoint import Spec, SpecError, check_distinct, parse_spec
 
     text = data.decode("utf-8", errors="replace")
     try:
@@ -157,7 +157,7 @@ def fuzz_spec(data: bytes) -> None:
         raise AssertionError("one socket for two roles was not refused")
 
 
-# -- control: the control socket's protocol (colo_xdp.control) ----------------------------
+# -- control: the control socket's protocol (colo_xdp.proto.control) ----------------------------
 
 # The fields each command takes besides cmd and id, as docs/control.md lists them.
 CONTROL_FIELDS = {
@@ -200,7 +200,7 @@ def _valid_id(rid) -> bool:
 
 
 def _reading(line: bytes):
-    """What a request line is, read without colo_xdp.control: None (blank),
+    """What a request line is, read without colo_xdp.proto.control: None (blank),
     ("bad", fragment, id), ("request", cmd, args, id) or ("deep",)."""
     import json
 
@@ -405,7 +405,7 @@ class _ControlRun:
 
     def check_command(self, req, reply) -> None:
         """The reply a request deserves, read from docs/control.md."""
-        from colo_xdp.log import EVENT_NAMES
+        from colo_xdp.observe.log import EVENT_NAMES
 
         args = req.args
         body = {k: v for k, v in reply.items() if k not in ("ok", "id")}
@@ -508,7 +508,7 @@ class _ControlRun:
 
 
 def fuzz_control(data: bytes) -> None:
-    from colo_xdp import control as c
+    from colo_xdp.proto import control as c
 
     if not data:
         return
@@ -539,8 +539,8 @@ def fuzz_control(data: bytes) -> None:
 
 TARGETS = {"framing": fuzz_framing, "notify": fuzz_notify, "spec": fuzz_spec,
            "control": fuzz_control}
-MODULES = ["colo_xdp.transport.framing", "colo_xdp.notify", "colo_xdp.transport.chardev",
-           "colo_xdp.control"]
+MODULES = ["colo_xdp.proto.framing", "colo_xdp.proto.notify", "colo_xdp.transport.chardev.endpoint",
+           "colo_xdp.proto.control"]
 
 
 def main(argv: list[str]) -> None:

@@ -5,7 +5,7 @@ for the parsers a few well-formed and broken inputs.
 
 Each seed is an input for tests/fuzz/fuzz_engine.c (its header comment has
 the format) that walks the engine through one rule of docs/compare-rules.md
-with real frames from colo_xdp.pktgen.  They are the start of the fuzzer's
+with real frames from colo_xdp.lab.pktgen.  They are the start of the fuzzer's
 corpus (tests/fuzz/corpus/engine/seed-*) and, replayed under ASan/UBSan by
 tests/fuzz/test_fuzz_engine.py, the proof that every rule runs clean; that
 test also checks, from the counters each seed prints, that together they
@@ -29,8 +29,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from colo_xdp import pktgen as g  # noqa: E402
-from colo_xdp.pktgen import IPv4Fields  # noqa: E402
+from colo_xdp.lab import pktgen as g  # noqa: E402
+from colo_xdp.lab.pktgen import IPv4Fields  # noqa: E402
 
 CORPUS = Path(__file__).resolve().parent / "corpus" / "engine"
 

@@ -2,7 +2,7 @@
 
 For each of framing (transport.framing.Decoder), notify (notify.NotifyProtocol),
 spec (transport.chardev.parse_spec) and control (the control socket's
-protocol, colo_xdp.control): its corpus and crash reproducers replay as plain
+protocol, colo_xdp.proto.control): its corpus and crash reproducers replay as plain
 calls, and a short atheris run (FUZZ_TEST_SECONDS, default 4) finds nothing.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 
 import fuzz_parsers
 import fuzzlib
-from colo_xdp.transport.framing import Decoder, FramingError, encode
+from colo_xdp.proto.framing import Decoder, FramingError, encode
 
 
 def _corpus() -> list:

@@ -16,8 +16,8 @@ from typing import Callable, Sequence
 
 import pytest
 
-from colo_xdp import qemu_ref
-from colo_xdp.harness import (QUIET_MS, CompareOptions, Comparator, HarnessError,
+from tools import qemu_ref
+from tools.harness import (QUIET_MS, CompareOptions, Comparator, HarnessError,
                               Run, Step, colo_xdp_ref, run_script)
 
 REPO = Path(__file__).resolve().parents[2]

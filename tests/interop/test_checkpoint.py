@@ -4,9 +4,9 @@ from collections import Counter
 
 import pytest
 
-from colo_xdp.harness import (TO_NOTIFY, CompareOptions, Sleep, checkpoint, primary,
+from tools.harness import (TO_NOTIFY, CompareOptions, Sleep, checkpoint, primary,
                               secondary, wait_checkpoints, wait_output)
-from colo_xdp.pktgen import tcp_frame, udp_frame
+from colo_xdp.lab.pktgen import tcp_frame, udp_frame
 
 pytestmark = pytest.mark.interop
 

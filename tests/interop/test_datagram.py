@@ -2,8 +2,8 @@
 
 import pytest
 
-from colo_xdp.harness import checkpoint, primary, secondary, wait_checkpoints, wait_output
-from colo_xdp.pktgen import (EtherAddrs, IPv4Fields, icmp_echo_frame, ipv4_frame,
+from tools.harness import checkpoint, primary, secondary, wait_checkpoints, wait_output
+from colo_xdp.lab.pktgen import (EtherAddrs, IPv4Fields, icmp_echo_frame, ipv4_frame,
                              udp_frame)
 
 pytestmark = pytest.mark.interop

@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from colo_xdp.harness import (PRIMARY, SECONDARY, CompareOptions, Driver, checkpoint,
+from tools.harness import (PRIMARY, SECONDARY, CompareOptions, Driver, checkpoint,
                               primary, secondary, wait_output)
-from colo_xdp.pktgen import tcp_frame, udp_frame
+from colo_xdp.lab.pktgen import tcp_frame, udp_frame
 
 pytestmark = pytest.mark.interop
 

@@ -2,9 +2,9 @@
 
 import pytest
 
-from colo_xdp.harness import (OUT, CompareOptions, Driver, checkpoint, primary, secondary,
+from tools.harness import (OUT, CompareOptions, Driver, checkpoint, primary, secondary,
                               wait_checkpoints, wait_output)
-from colo_xdp.pktgen import (arp_frame, icmp_echo_frame, ipv4_frame, ipv6_frame,
+from colo_xdp.lab.pktgen import (arp_frame, icmp_echo_frame, ipv4_frame, ipv6_frame,
                              tcp_frame, udp_frame, vlan_frame, vnet_header)
 
 pytestmark = pytest.mark.interop

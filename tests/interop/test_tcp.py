@@ -2,9 +2,9 @@
 
 import pytest
 
-from colo_xdp.harness import (OUT, TO_NOTIFY, checkpoint, primary, secondary,
+from tools.harness import (OUT, TO_NOTIFY, checkpoint, primary, secondary,
                               wait_checkpoints, wait_output)
-from colo_xdp.pktgen import TCP_ACK, TCP_FIN, TCP_PSH, TCP_SYN, tcp_frame
+from colo_xdp.lab.pktgen import TCP_ACK, TCP_FIN, TCP_PSH, TCP_SYN, tcp_frame
 
 pytestmark = pytest.mark.interop
 

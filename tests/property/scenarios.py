@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 
 from hypothesis import strategies as st
 
-from colo_xdp import pktgen as g
+from colo_xdp.lab import pktgen as g
 from colo_xdp.engine import PassthroughRule
-from colo_xdp.pktgen import EtherAddrs, IPv4Fields
+from colo_xdp.lab.pktgen import EtherAddrs, IPv4Fields
 
 WRAP = 1 << 32
 OTHER_MAC = EtherAddrs(src="52:54:00:00:00:aa", dst="52:54:00:00:00:bb")

@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from colo_xdp.engine import DropReason, Engine, EngineConfig, FramingError, Side
-from colo_xdp.transport import framing
+from colo_xdp.proto import framing
 from property_settings import profile
 
 NET_BUFSIZE = framing.NET_BUFSIZE
@@ -49,7 +49,7 @@ def python_reader(vnet, pieces):
 
 
 def c_reader(vnet, pieces):
-    """As colo_xdp.service.Input feeds the engine; after failover every
+    """As colo_xdp.service.compare.Input feeds the engine; after failover every
     primary frame comes out as it went in, so the output shows the records."""
     eng = Engine(EngineConfig(vnet_hdr=vnet))
     eng.failover()

@@ -4,7 +4,7 @@ disagreed (the doc was right; fixed in bb004e7), kept as regression tests.
 Each was first a shrunk hypothesis example; here it is the smallest input
 that shows it, with the model's answer next to the engine's.
 """
-from colo_xdp import pktgen as g
+from colo_xdp.lab import pktgen as g
 from engine_kit import P, S, checkpoints, data, engine, released, seg
 from model import Model
 

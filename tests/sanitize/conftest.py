@@ -17,7 +17,7 @@ from sanitize_kit import need
 @pytest.fixture(scope="session")
 def bpf_problem() -> str | None:
     """Why the AF_XDP tests cannot run here, or None."""
-    from colo_xdp.transport import xdp
+    from colo_xdp.transport.xdp import classifier as xdp
 
     return xdp.unavailable()
 

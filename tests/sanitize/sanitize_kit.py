@@ -313,7 +313,7 @@ def main(argv: list[str]) -> int:
     print(f"sanitized helper: {build()}", file=sys.stderr)
     if not argv:
         sys.path.insert(0, str(ROOT))
-        from colo_xdp.transport import xdp
+        from colo_xdp.transport.xdp import classifier as xdp
         argv = selection(xdp.unavailable() is None)
     log_dir = Path(tempfile.mkdtemp(prefix="cx-sanitize-"))
     result = run(argv, log_dir)

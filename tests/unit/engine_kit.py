@@ -5,7 +5,7 @@ every frame fed in is accounted for, checked at the end of most tests.
 """
 from __future__ import annotations
 
-from colo_xdp import pktgen as g
+from colo_xdp.lab import pktgen as g
 from colo_xdp.engine import (
     ActionEngine,
     CheckpointReason,

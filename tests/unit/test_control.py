@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from colo_xdp.pktgen import arp_frame
+from colo_xdp.lab.pktgen import arp_frame
 from control_kit import TIMEOUT, Ctl
 from test_service import Lab, colo_xdp_argv, connect_all, free_tcp_ports, udp
 
@@ -476,7 +476,7 @@ def test_sigusr1_still_fails_over_with_a_control_socket(lab):
 
 
 def test_default_control_path(monkeypatch):
-    from colo_xdp import control
+    from colo_xdp.proto import control
     monkeypatch.setattr(control.os, "geteuid", lambda: 0)
     assert control.default_control_path() == "/run/colo-xdp/colo-xdp.sock"
     monkeypatch.setattr(control.os, "geteuid", lambda: 1000)
@@ -488,14 +488,15 @@ def test_default_control_path(monkeypatch):
 
 def test_a_bug_in_a_command_is_an_error_reply_not_a_crash(tmp_path):
     """In-process: the service's loop turned by hand, a command that raises."""
-    from colo_xdp.log import EventLog
-    from colo_xdp.service import Service, ServiceConfig
-    from colo_xdp.transport.chardev import parse_spec
+    from colo_xdp.observe.log import EventLog
+    from colo_xdp.service.compare import CompareService
+    from colo_xdp.service.config import CompareConfig
+    from colo_xdp.transport.chardev.endpoint import parse_spec
 
     specs = [parse_spec(f"unix:{tmp_path}/{name},server=on") for name in ("p", "s", "o")]
     log = EventLog()
     seen: list = []
-    svc = Service(ServiceConfig(*specs, control_path=str(tmp_path / CTL)), log)
+    svc = CompareService(CompareConfig(*specs, control_path=str(tmp_path / CTL)), log)
     svc.open()
     try:
         svc.attachments[0].commands._cmd_stats = lambda req, session: 1 / 0

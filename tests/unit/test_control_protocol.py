@@ -1,17 +1,17 @@
 """The control protocol without sockets: line framing, requests, commands,
-flow specs and the passthrough table (colo_xdp.control)."""
+flow specs and the passthrough table (colo_xdp.proto.control)."""
 from __future__ import annotations
 
 import json
 
 import pytest
 
-from colo_xdp.control import (COMMANDS, MAX_LINE, BadRequest, Commands, FlowError,
+from colo_xdp.proto.control import (COMMANDS, MAX_LINE, BadRequest, Commands, FlowError,
                               LineReader, PassthroughError, PassthroughTable, Request,
                               encode, event_line, flow_from_fields, format_flow, parse_flow,
                               parse_request)
 from colo_xdp.engine import EngineError, PassthroughRule
-from colo_xdp.log import EVENT_NAMES
+from colo_xdp.observe.log import EVENT_NAMES
 
 
 class FakeTarget:

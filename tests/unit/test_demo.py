@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from colo_xdp import demo
-from colo_xdp.pktgen import icmp_echo_frame, udp_frame
+from colo_xdp.lab import chardev_demo as demo
+from colo_xdp.lab.pktgen import icmp_echo_frame, udp_frame
 
 DEMO_BUDGET_S = 10.0
 

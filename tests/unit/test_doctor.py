@@ -9,7 +9,7 @@ import subprocess
 
 from click.testing import CliRunner
 
-from colo_xdp import doctor
+from colo_xdp.cli import doctor
 from colo_xdp.cli import main
 from test_service import colo_xdp_argv
 

@@ -1,6 +1,6 @@
 """docs/compare-rules.md, "Accounting": every frame fed in is released or
 consumed once, held, or dropped with a reason, and the counters say which."""
-from colo_xdp import pktgen as g
+from colo_xdp.lab import pktgen as g
 from colo_xdp.engine import (
     CheckpointRequest, Drop, DropReason, Engine, EngineConfig, NET_BUFSIZE, Side,
 )

@@ -1,6 +1,6 @@
 """docs/compare-rules.md, "Checkpoint and failover", and the flush-order row of
 "Where colo-xdp differs from QEMU 7.2"."""
-from colo_xdp import pktgen as g
+from colo_xdp.lab import pktgen as g
 from colo_xdp.engine import Drop, DropReason, Release
 from engine_kit import (
     P, S, TCP_KEY, UDP_KEY, assert_accounted, checkpoints, drops, engine, feed_all,

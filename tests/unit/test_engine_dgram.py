@@ -1,6 +1,6 @@
 """docs/compare-rules.md, "UDP, ICMP and other IPv4", and the rows of "Where
 colo-xdp differs from QEMU 7.2" about the order they are released in."""
-from colo_xdp import pktgen as g
+from colo_xdp.lab import pktgen as g
 from colo_xdp.engine import CheckpointReason, CheckpointRequest
 from engine_kit import (
     GRE_KEY, ICMP_KEY, P, S, UDP_KEY, assert_accounted, checkpoints, engine,

@@ -4,7 +4,7 @@ import struct
 
 import pytest
 
-from colo_xdp import pktgen as g
+from colo_xdp.lab import pktgen as g
 from colo_xdp.engine import CheckpointReason, ConnKey, DropReason, Release
 from engine_kit import (
     GRE_KEY, ICMP_KEY, P, S, TCP_KEY, UDP_KEY, assert_accounted, drops, engine,

@@ -10,7 +10,7 @@ import random
 
 import pytest
 
-from colo_xdp import pktgen as g
+from colo_xdp.lab import pktgen as g
 from colo_xdp.engine import CheckpointRequest, ConnectionOpened, Drop, Release
 from engine_kit import P, S, WRAP, assert_accounted, engine
 

@@ -6,7 +6,7 @@ import struct
 
 import pytest
 
-from colo_xdp import pktgen as g
+from colo_xdp.lab import pktgen as g
 from colo_xdp.engine import (
     Drop, DropReason, Engine, EngineConfig, FramingError, NET_BUFSIZE, Release,
 )

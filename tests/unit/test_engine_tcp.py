@@ -3,7 +3,7 @@ QEMU 7.2" (wraparound-safe ACKs, ACK flag, padding, the secondary segment
 consumed at once)."""
 import pytest
 
-from colo_xdp import pktgen as g
+from colo_xdp.lab import pktgen as g
 from colo_xdp.engine import CheckpointReason, CheckpointRequest
 from engine_kit import (
     ACK, P, S, TCP_KEY, WRAP, assert_accounted, checkpoints, data, engine,

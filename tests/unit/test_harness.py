@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from colo_xdp import harness as h
-from colo_xdp.pktgen import Record
-from colo_xdp.qemu_ref import qemu_argv
+from tools import harness as h
+from colo_xdp.lab.pktgen import Record
+from tools.qemu_ref import qemu_argv
 
 OPTIONS = h.CompareOptions(vnet_hdr_support=True, compare_timeout=500,
                            expired_scan_cycle=100, max_queue_size=4)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from colo_xdp import log as logmod
-from colo_xdp.log import EVENT_NAMES, EventLog
+from colo_xdp.observe import log as logmod
+from colo_xdp.observe.log import EVENT_NAMES, EventLog
 from test_service import connect_all, udp
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -12,7 +12,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from colo_xdp.pktgen import arp_frame
+from colo_xdp.lab.pktgen import arp_frame
 from test_service import Lab, connect_all, free_tcp_ports, udp
 
 TIMEOUT = 5.0
@@ -196,14 +196,15 @@ def test_xdp_hooks_verdicts_and_a_second_passthrough_sink(tmp_path):
     when it refuses one the engine is put back as it was."""
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from colo_xdp.control import PassthroughError, parse_flow
-    from colo_xdp.metrics import ServiceCollector
-    from colo_xdp.service import Service, ServiceConfig
-    from colo_xdp.stats import render, snapshot
-    from colo_xdp.transport.chardev import parse_spec
+    from colo_xdp.proto.control import PassthroughError, parse_flow
+    from colo_xdp.observe.metrics import ServiceCollector
+    from colo_xdp.service.compare import CompareService
+    from colo_xdp.service.config import CompareConfig
+    from colo_xdp.observe.stats import render, snapshot
+    from colo_xdp.transport.chardev.endpoint import parse_spec
 
     specs = [parse_spec(f"unix:{tmp_path}/{name},server=on") for name in ("p", "s", "o")]
-    svc = Service(ServiceConfig(*specs, passthrough=[parse_flow("icmp")]))
+    svc = CompareService(CompareConfig(*specs, passthrough=[parse_flow("icmp")]))
     assert snapshot(svc)["kernel_dropped"] == {}                # chardev inputs
     svc.verdict_counters = lambda: {"redirect": 7, "pass": 5}
     svc.kernel_drops = lambda: {"primary": {"rx_ring_full": 3, "rx_dropped": 1}}
@@ -234,7 +235,7 @@ def test_xdp_hooks_verdicts_and_a_second_passthrough_sink(tmp_path):
     assert len(svc.passthrough.rules) == 2
     # The engine got the old list back: TCP is still compared (held, not passed).
     from colo_xdp.engine import Side
-    from colo_xdp.pktgen import tcp_frame
+    from colo_xdp.lab.pktgen import tcp_frame
     svc.engine.feed_frame(Side.PRIMARY, tcp_frame(b"data"), 0)
     c = svc.engine.counters()
     assert c.released["passthrough"] == 0 and c.queued["primary"] == 1

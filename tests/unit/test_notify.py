@@ -9,8 +9,8 @@ import struct
 
 import pytest
 
-from colo_xdp.notify import (DO_CHECKPOINT_RECORD, NotifyEvent, NotifyProtocol)
-from colo_xdp.transport.framing import NET_BUFSIZE
+from colo_xdp.proto.notify import (DO_CHECKPOINT_RECORD, NotifyEvent, NotifyProtocol)
+from colo_xdp.proto.framing import NET_BUFSIZE
 
 INIT = b"COLO_USERSPACE_PROXY_INIT"
 INIT_REPLY_WIRE = b"\x00\x00\x00\x19" + b"COLO_COMPARE_GET_XEN_INIT"   # u32be 25 | reply

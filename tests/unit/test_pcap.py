@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from colo_xdp import pcap
-from colo_xdp.pktgen import vnet_header
+from colo_xdp.observe import pcap
+from colo_xdp.lab.pktgen import vnet_header
 from control_kit import need_module, need_tool
 from test_service import Lab, connect_all, udp
 
@@ -162,15 +162,16 @@ def test_rotation_keeps_n_bounded_files(lab):
 
 
 def test_no_evidence_kept_without_the_option():
-    from colo_xdp.service import EVIDENCE_MAX_BYTES, ServiceConfig
-    from colo_xdp.transport.chardev import parse_spec
+    from colo_xdp.service.config import EVIDENCE_MAX_BYTES, CompareConfig
+    from colo_xdp.transport.chardev.endpoint import parse_spec
     specs = [parse_spec(f"unix:/tmp/x{i},server=on") for i in range(3)]
-    plain = ServiceConfig(*specs)
-    plain.check()
-    assert plain.engine.evidence_max_bytes == 0
-    with_pcap = ServiceConfig(*specs, miscompare_pcap="/tmp/x.pcapng")
-    with_pcap.check()
-    assert with_pcap.engine.evidence_max_bytes == EVIDENCE_MAX_BYTES
+    plain = CompareConfig(*specs)
+    plain.validate()
+    assert plain.engine_config().evidence_max_bytes == 0
+    with_pcap = CompareConfig(*specs, miscompare_pcap="/tmp/x.pcapng")
+    with_pcap.validate()
+    assert with_pcap.engine_config().evidence_max_bytes == EVIDENCE_MAX_BYTES
+    assert with_pcap.engine.evidence_max_bytes == 0      # validating changes nothing
 
 
 def test_unwritable_pcap_is_one_sentence(lab):

@@ -4,7 +4,7 @@ import struct
 
 import pytest
 
-from colo_xdp import pktgen as g
+from colo_xdp.lab import pktgen as g
 
 
 def ones_sum_is_zero(data: bytes) -> bool:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from colo_xdp.pktgen import (NET_BUFSIZE, EtherAddrs, IPv4Fields, Record, arp_frame,
+from colo_xdp.lab.pktgen import (NET_BUFSIZE, EtherAddrs, IPv4Fields, Record, arp_frame,
                              encode, udp_frame, vnet_header)
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -4,7 +4,7 @@ from collections import Counter
 
 import pytest
 
-from colo_xdp.soak import Soak
+from tools.soak import Soak
 
 
 class Outdev:

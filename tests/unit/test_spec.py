@@ -7,8 +7,8 @@ import os
 import pytest
 
 from colo_xdp.engine import EngineConfig
-from colo_xdp.service import ServiceConfig
-from colo_xdp.transport.chardev import Spec, SpecError, check_distinct, parse_spec
+from colo_xdp.service.config import CompareConfig
+from colo_xdp.transport.chardev.endpoint import Spec, SpecError, check_distinct, parse_spec
 
 
 def one_sentence(message: str) -> bool:
@@ -178,9 +178,9 @@ def test_unix_and_tcp_never_clash():
                          secondary_in="tcp:127.0.0.1:9001,server=on"))
 
 
-def service_config(**texts: str) -> ServiceConfig:
+def service_config(**texts: str) -> CompareConfig:
     roles = {role: parse_spec(text) for role, text in texts.items()}
-    return ServiceConfig(engine=EngineConfig(), **roles)
+    return CompareConfig(engine=EngineConfig(), **roles)
 
 
 def test_service_config_checks_notify_dev_too():
@@ -189,13 +189,13 @@ def test_service_config_checks_notify_dev_too():
                             outdev="unix:/tmp/o.sock,server=on",
                             notify_dev="unix:/tmp/o.sock,server=on")
     with pytest.raises(SpecError, match="outdev and notify-dev"):
-        config.check()
+        config.validate()
 
 
 def test_service_config_without_notify_dev_passes():
     service_config(primary_in="unix:/tmp/p.sock,server=on",
                    secondary_in="unix:/tmp/s.sock,server=on",
-                   outdev="unix:/tmp/o.sock,server=on").check()
+                   outdev="unix:/tmp/o.sock,server=on").validate()
 
 
 def test_wait_takes_on_or_off_only():

@@ -8,7 +8,7 @@ from typing import Iterator
 
 import pytest
 
-from colo_xdp import vmlab
+from tools import vmlab
 from vmkit import Lab, need
 
 
@@ -28,7 +28,7 @@ def xdp_ready() -> None:
         import bcc  # noqa: F401
     except ImportError:
         need(False, "bcc is missing: run 'make setup' (Debian's python3-bpfcc)")
-    from colo_xdp.transport import xdp
+    from colo_xdp.transport.xdp import classifier as xdp
     need(os.path.isdir(xdp.KERNEL_BUILD_DIR) or os.path.exists(xdp.KHEADERS),
          f"no kernel headers in {xdp.KERNEL_BUILD_DIR}: run scripts/setup-bpf.sh as root")
 

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from colo_xdp import vmlab
-from colo_xdp.netns import add_netns, add_veth, in_netns, sh
+from tools import vmlab
+from colo_xdp.lab.netns import add_netns, add_veth, in_netns, sh
 
 ROOT = Path(__file__).resolve().parents[2]
 EXE = str(ROOT / ".venv" / "bin" / "colo-xdp")

@@ -15,9 +15,9 @@ from typing import Iterator
 
 import pytest
 
-from colo_xdp.netns import add_netns, add_veth
-from colo_xdp.transport import xdp
-from colo_xdp.transport.classify import Side
+from colo_xdp.lab.netns import add_netns, add_veth
+from colo_xdp.transport.xdp import classifier as xdp
+from colo_xdp.transport.xdp.classify_abi import Side
 from xdp_kit import VethPair, bare_xsk, bpf_problem, need, sh
 
 

@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from colo_xdp.transport import xdp
-from colo_xdp.transport.classify import Side
-from colo_xdp.transport.xdp import Mode, XdpClassifier, XdpError
+from colo_xdp.transport.xdp import classifier as xdp
+from colo_xdp.transport.xdp.classify_abi import Side
+from colo_xdp.transport.xdp.classifier import Mode, XdpClassifier, XdpError
 
 from xdp_kit import in_netns, sh, xdp_shown
 
@@ -61,7 +61,7 @@ def test_another_program_attached(veth, tmp_path):
 
 
 def test_not_root(bpf_ready):
-    script = ("from colo_xdp.transport.xdp import XdpClassifier, XdpError\n"
+    script = ("from colo_xdp.transport.xdp.classifier import XdpClassifier, XdpError\n"
               "try:\n"
               "    XdpClassifier(0, 'lo').__enter__()\n"
               "except XdpError as err:\n"

@@ -1,4 +1,4 @@
-"""bpf/classify.h and its Python mirror (colo_xdp.transport.classify) agree;
+"""bpf/classify.h and its Python mirror (colo_xdp.transport.xdp.classify_abi) agree;
 so do the kernel ABI numbers bpfsys uses and <linux/bpf.h>.
 
 The header is parsed here, not compiled: #defines, enum members and struct
@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from colo_xdp.transport import bpfsys, classify
-from colo_xdp.transport.classify import CLASSIFY_H, Side, Verdict
+from colo_xdp.transport.xdp import bpfsys
+from colo_xdp.transport.xdp import classify_abi as classify
+from colo_xdp.transport.xdp.classify_abi import CLASSIFY_H, Side, Verdict
 
 C_TYPES = {"__u8": 1, "__u16": 2, "__u32": 4, "__u64": 8,
            "__be16": 2, "__be32": 4}

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from colo_xdp import lab
+from colo_xdp.lab import xdp_demo as lab
 from xdp_kit import sh
 
 DEMO_BUDGET_S = 20.0
@@ -84,7 +84,8 @@ def test_demo_interrupted_removes_the_lab(bpf_ready, netns_available, sig):
 def test_without_xdp_the_demo_says_why_and_runs_the_chardev_scenario(monkeypatch):
     from click.testing import CliRunner
 
-    from colo_xdp import cli, demo
+    from colo_xdp import cli
+    from colo_xdp.lab import chardev_demo as demo
 
     monkeypatch.setattr(lab, "xdp_problem", lambda: "the XDP lab needs root")
     monkeypatch.setattr(demo, "run", lambda quiet, echo: echo("chardev scenario") or True)

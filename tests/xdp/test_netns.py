@@ -18,10 +18,10 @@ import time
 
 import pytest
 
-from colo_xdp import pktgen
-from colo_xdp.pktgen import EtherAddrs
-from colo_xdp.transport.classify import Side, Verdict
-from colo_xdp.transport.xdp import Mode, XdpClassifier, attached_xdp
+from colo_xdp.lab import pktgen
+from colo_xdp.lab.pktgen import EtherAddrs
+from colo_xdp.transport.xdp.classify_abi import Side, Verdict
+from colo_xdp.transport.xdp.classifier import Mode, XdpClassifier, attached_xdp
 
 from xdp_kit import in_netns, xdp_shown
 
@@ -130,7 +130,7 @@ def test_detached_when_attaching_fails_half_way(veth):
 
 CHILD = """
 import sys, time
-from colo_xdp.transport.xdp import Mode, XdpClassifier
+from colo_xdp.transport.xdp.classifier import Mode, XdpClassifier
 try:
     with XdpClassifier(int(sys.argv[1]), sys.argv[2], mode=Mode(sys.argv[3])):
         print("attached", flush=True)

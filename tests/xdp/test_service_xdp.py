@@ -27,9 +27,9 @@ from typing import Iterator
 
 import pytest
 
-from colo_xdp import pktgen as g
-from colo_xdp.transport.framing import Decoder
-from colo_xdp.netns import add_netns, add_veth
+from colo_xdp.lab import pktgen as g
+from colo_xdp.proto.framing import Decoder
+from colo_xdp.lab.netns import add_netns, add_veth
 from xdp_kit import in_netns, sh, xdp_shown
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -12,10 +12,10 @@ from typing import Iterator
 
 import pytest
 
-from colo_xdp import pktgen
-from colo_xdp.transport.classify import Side, Verdict
-from colo_xdp.transport.xdp import Mode, XdpClassifier
-from colo_xdp.transport.xsk import XskSocket
+from colo_xdp.lab import pktgen
+from colo_xdp.transport.xdp.classify_abi import Side, Verdict
+from colo_xdp.transport.xdp.classifier import Mode, XdpClassifier
+from colo_xdp.transport.xdp.xsk import XskSocket
 
 from xdp_kit import in_netns, need, sh
 

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 
 import pytest
 
-from colo_xdp import pktgen
+from colo_xdp.lab import pktgen
 from colo_xdp.engine import ActionEngine, EngineConfig, Side as EngineSide
-from colo_xdp.pktgen import EtherAddrs, IPv4Fields
-from colo_xdp.transport.bpfsys import XDP_DROP, XDP_PASS, XDP_REDIRECT
-from colo_xdp.transport.classify import (META_F_FRAGMENT, META_F_VLAN, META_SIZE, Meta, Side,
+from colo_xdp.lab.pktgen import EtherAddrs, IPv4Fields
+from colo_xdp.transport.xdp.bpfsys import XDP_DROP, XDP_PASS, XDP_REDIRECT
+from colo_xdp.transport.xdp.classify_abi import (META_F_FRAGMENT, META_F_VLAN, META_SIZE, Meta, Side,
                                          Verdict, action_of)
 
 

@@ -1,4 +1,4 @@
-"""AF_XDP sockets (csrc/xsk.c through colo_xdp.transport.xsk) on a real veth.
+"""AF_XDP sockets (csrc/xsk.c through colo_xdp.transport.xdp.xsk) on a real veth.
 
 classify.c runs on the host end with the socket in its XSKMAP; the guest
 namespace sends frames from the other end and receives what the socket
@@ -18,10 +18,10 @@ from typing import Iterator
 
 import pytest
 
-from colo_xdp import pktgen
-from colo_xdp.transport.classify import META_SIZE, Side, Verdict
-from colo_xdp.transport.xdp import Mode, XdpClassifier
-from colo_xdp.transport.xsk import XskConfig, XskError, XskSocket
+from colo_xdp.lab import pktgen
+from colo_xdp.transport.xdp.classify_abi import META_SIZE, Side, Verdict
+from colo_xdp.transport.xdp.classifier import Mode, XdpClassifier
+from colo_xdp.transport.xdp.xsk import XskConfig, XskError, XskSocket
 
 from xdp_kit import VethPair, in_netns
 
@@ -235,7 +235,7 @@ def test_queue_in_use(veth):
 
 
 MEMLOCK_CHILD = """
-from colo_xdp.transport.xsk import XskError, XskSocket
+from colo_xdp.transport.xdp.xsk import XskError, XskSocket
 try:
     with XskSocket({ifname!r}, 0) as xsk:
         print("open", xsk.info.memlock_raised, xsk.info.memlock_note())

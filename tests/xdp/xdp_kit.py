@@ -13,8 +13,8 @@ from typing import Iterator
 
 import pytest
 
-from colo_xdp.netns import in_netns, sh  # noqa: F401 (the tests import them from here)
-from colo_xdp.transport import xdp
+from colo_xdp.lab.netns import in_netns, sh  # noqa: F401 (the tests import them from here)
+from colo_xdp.transport.xdp import classifier as xdp
 
 CI = bool(os.environ.get("CI"))
 

@@ -9,4 +9,4 @@ install_colo_xdp
 UPLINK=$(lab_iface)
 run ip addr replace "$CLIENT_IP/24" dev "$UPLINK"
 run ip neigh replace "$GUEST_IP" lladdr "$GUEST_MAC" dev "$UPLINK" nud permanent
-say "client ready: $VENV/bin/python -m colo_xdp.lab client $GUEST_IP $SERVICE_PORT 10"
+say "client ready: $VENV/bin/python -m colo_xdp.lab.xdp_demo client $GUEST_IP $SERVICE_PORT 10"

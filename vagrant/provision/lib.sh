@@ -82,7 +82,7 @@ make_guest() {
     run ip -n "$GUEST_NS" link set lo up
     run ip -n "$GUEST_NS" neigh replace "$CLIENT_IP" lladdr "$CLIENT_MAC" dev eth0 nud permanent
     # shellcheck disable=SC2086  # the flag is one word or none
-    start_unit colo-guest ip netns exec "$GUEST_NS" "$VENV/bin/python" -m colo_xdp.lab \
+    start_unit colo-guest ip netns exec "$GUEST_NS" "$VENV/bin/python" -m colo_xdp.lab.xdp_demo \
         responder "$SERVICE_PORT" $diverge_flag
 }
 

@@ -1,7 +1,7 @@
 """XDP mode in `make bench`: pairs/s of ``colo-xdp compare --primary-xdp
 --secondary-xdp`` for the chardev rows, next to two ceilings of the same veths.
 
-Used by ``colo_xdp.bench`` (``--no-xdp`` skips it). The lab is the one of
+Used by ``tools.bench`` (``--no-xdp`` skips it). The lab is the one of
 ``tests/xdp/test_service_xdp.py``::
 
     ns guest-p: p-g ──veth── p-h ┐  ns host: colo-xdp compare --primary-xdp p-h
@@ -49,8 +49,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from colo_xdp.netns import add_netns, add_veth, in_netns
-from colo_xdp.netns import sh as _sh
+from colo_xdp.lab.netns import add_netns, add_veth, in_netns
+from colo_xdp.lab.netns import sh as _sh
 
 
 BURST = 64                # frames per tx_burst call
@@ -77,7 +77,7 @@ int drop_all(struct xdp_md *ctx) {
 
 def problem() -> str | None:
     """Why XDP rows cannot run here, in one line; None if they can."""
-    from colo_xdp.transport import xdp
+    from colo_xdp.transport.xdp import classifier as xdp
     why = xdp.unavailable()
     if why:
         return why
@@ -171,7 +171,7 @@ class Sender:
     """An XskSocket in a guest namespace, sending a stream a burst at a time."""
 
     def __init__(self, ns: str, ifname: str):
-        from colo_xdp.transport.xsk import XskSocket
+        from colo_xdp.transport.xdp.xsk import XskSocket
         with in_netns(ns):
             self.sock = XskSocket(ifname, 0)
             self.sock.open()
@@ -405,7 +405,7 @@ def drop_ceiling(lab: Lab, frames: Frames, seconds: float) -> tuple[float, float
 def xsk_ceiling(lab: Lab, frames: Frames, seconds: float) -> tuple[float, float]:
     """Frames/s an AF_XDP sink (classify.c + XskSocket, rx_burst/rx_done, no engine)
     receives on p-h and s-h on cpu 1; and the frames/s its rx rings dropped."""
-    argv = lab.host_argv([sys.executable, "-m", "colo_xdp.bench_xdp", "--xsk-sink",
+    argv = lab.host_argv([sys.executable, "-m", "tools.bench_xdp", "--xsk-sink",
                           "p-h", "s-h"])
     proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, bufsize=1,
@@ -447,7 +447,7 @@ def run_xsk_sink(ifaces: list[str]) -> int:
     others secondary), rx_burst + rx_done on their sockets; answers '?' on stdin
     with 'received dropped'."""
     from colo_xdp.engine import Side
-    from colo_xdp.transport.xdpio import XdpPort
+    from colo_xdp.transport.xdp.port import XdpPort
     ports = []
     try:
         for i, ifname in enumerate(ifaces):
@@ -585,7 +585,7 @@ def main(argv: list[str]) -> int:
             return run_xsk_sink(argv[1:])
         except KeyboardInterrupt:
             return 130
-    print("usage: python -m colo_xdp.bench (XDP rows are part of it)", file=sys.stderr)
+    print("usage: python -m tools.bench (XDP rows are part of it)", file=sys.stderr)
     return 2
 
 

@@ -3,7 +3,7 @@
 Not a test: it prints figures. For every row, each comparator runs alone on
 one core (``taskset -c 1``) while this process, the load driver, runs on
 core 0. A fresh comparator is started for every run and fed over its four
-unix server sockets, exactly as in ``colo_xdp.harness``::
+unix server sockets, exactly as in ``tools.harness``::
 
     driver (cpu 0)                       comparator (cpu 1)
       primary stream   ── pin.sock ──▶ ┐
@@ -64,11 +64,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol
 
-from colo_xdp import pktgen
-from colo_xdp.harness import (SOCKETS, CompareOptions, Comparator, HarnessError,
+from colo_xdp.lab import pktgen
+from tools.harness import (SOCKETS, CompareOptions, Comparator, HarnessError,
                               colo_xdp_ref, connect_unix, default_colo_xdp_exe, sockets_exist,
                               supervised)
-from colo_xdp.qemu_ref import qemu_binary, qemu_ref
+from tools.qemu_ref import qemu_binary, qemu_ref
 
 DRIVER_CPU = 0
 COMPARATOR_CPU = 1
@@ -341,7 +341,7 @@ _IMPORT_ROOT = str(Path(__file__).resolve().parent.parent)
 
 def _sink_argv(directory: Path) -> list[str]:
     code = (f"import sys; sys.path.insert(0, {_IMPORT_ROOT!r}); "
-            "from colo_xdp.bench import main; sys.exit(main(sys.argv[1:]))")
+            "from tools.bench import main; sys.exit(main(sys.argv[1:]))")
     return [sys.executable, "-c", code, "--sink", str(directory)]
 
 
@@ -740,7 +740,7 @@ def parse_rows(text: str) -> list[Row]:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m colo_xdp.bench",
+        prog="python -m tools.bench",
         description="Pairs/s released by colo-xdp and by QEMU's colo-compare, "
                     "each pinned to one core, driven by this process on another.")
     p.add_argument("--rows", type=parse_rows, default=list(ROWS),
@@ -851,8 +851,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _xdp_section(args, results: list[RowResult], comparator_cpu: str | None) -> bool:
-    """XDP mode rows (colo_xdp.bench_xdp) in the same run; True if one failed."""
-    from colo_xdp import bench_xdp
+    """XDP mode rows (tools.bench_xdp) in the same run; True if one failed."""
+    from tools import bench_xdp
 
     print()
     reason = ("--only qemu" if args.only == QEMU else bench_xdp.problem())

@@ -41,8 +41,8 @@ import threading
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
-from colo_xdp.transport import bpfsys
-from colo_xdp.transport.classify import (CFG_GUEST_MACS, CFG_VLAN_COMPARE, CLASSIFY_C,
+from colo_xdp.transport.xdp import bpfsys
+from colo_xdp.transport.xdp.classify_abi import (CFG_GUEST_MACS, CFG_VLAN_COMPARE, CLASSIFY_C,
                                          CONFIG, MAX_GUEST_MACS, MAX_QUEUES, MAX_RULES,
                                          BPF_DIR, ClassifyError, Side, Verdict, pack_mac,
                                          pack_rule)

@@ -42,12 +42,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from colo_xdp.notify import CHECKPOINT_DONE, DO_CHECKPOINT, PROXY_INIT, PROXY_INIT_REPLY
-from colo_xdp.pktgen import (ARP_REPLY, ETH_P_ARP, ETH_P_IP, IPPROTO_ICMP, IPPROTO_TCP,
+from colo_xdp.proto.notify import CHECKPOINT_DONE, DO_CHECKPOINT, PROXY_INIT, PROXY_INIT_REPLY
+from colo_xdp.lab.pktgen import (ARP_REPLY, ETH_P_ARP, ETH_P_IP, IPPROTO_ICMP, IPPROTO_TCP,
                              IPPROTO_UDP, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, TCP_URG,
                              EtherAddrs, IPv4Fields, arp_frame, icmp_echo_frame, tcp_frame,
                              udp_frame)
-from colo_xdp.transport.framing import Decoder, FramingError, encode
+from colo_xdp.proto.framing import Decoder, FramingError, encode
 
 # The service runs with short timers so that the timeout phase takes < 0.5 s.
 COMPARE_TIMEOUT_MS = 300

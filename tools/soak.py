@@ -1,7 +1,7 @@
 """make soak: minutes of mixed traffic through a real `colo-xdp compare`,
 in chardev mode and in XDP mode at the same time.
 
-    python -m colo_xdp.soak [--mode both|chardev|xdp] [--seconds 600] [--rate 4000]
+    python -m tools.soak [--mode both|chardev|xdp] [--seconds 600] [--rate 4000]
                             [--report-every 30]
 
 Each mode soaks its own service, with every peer played here:
@@ -65,9 +65,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from colo_xdp import pktgen as g
-from colo_xdp.harness import default_colo_xdp_exe
-from colo_xdp.netns import NetnsError, add_netns, add_veth, in_netns, sh
+from colo_xdp.lab import pktgen as g
+from tools.harness import default_colo_xdp_exe
+from colo_xdp.lab.netns import NetnsError, add_netns, add_veth, in_netns, sh
 
 MAX_QUEUE = 256
 MAX_CONNECTIONS = 4096
@@ -334,7 +334,7 @@ class NotifyPeer(threading.Thread):
                 due = None
 
 
-class Service:
+class SoakedService:
     """The `colo-xdp compare` process under soak: its log, RSS and stats."""
 
     def __init__(self, argv: list[str], control: Path):
@@ -376,7 +376,7 @@ class Service:
     def ask(self, request: dict) -> dict | None:
         """One request on the control socket; its reply, None when the
         service does not answer."""
-        from colo_xdp.ctl import ClientError, ControlClient
+        from colo_xdp.cli.ctl_client import ClientError, ControlClient
         try:
             if self._client is None:
                 self._client = ControlClient.connect(path=str(self.control), timeout=10)
@@ -559,7 +559,7 @@ class Soak:
             work = Path(tmp)
             self.rig = ChardevRig(work) if self.mode == "chardev" else XdpRig(work)
             try:
-                svc = Service(self.rig.argv(exe), work / "control")
+                svc = SoakedService(self.rig.argv(exe), work / "control")
                 try:
                     self.ok = self._run(svc, work)
                 finally:
@@ -568,7 +568,7 @@ class Soak:
                 self.rig.close()
         return self.ok
 
-    def _run(self, svc: Service, work: Path) -> bool:
+    def _run(self, svc: SoakedService, work: Path) -> bool:
         out = self.rig.connect()
         note = NotifyPeer(_connect(work / "notify"))
         self.say(f"colo-xdp pid {svc.pid}, {self.args.seconds:.0f} s, {self.args.rate} "
@@ -638,7 +638,7 @@ class Soak:
             rnd.pair(g.arp_frame(), g.arp_frame())
             rnd.other.update(SIDES)
 
-    def _passthrough(self, rnd: Round, svc: Service) -> None:
+    def _passthrough(self, rnd: Round, svc: SoakedService) -> None:
         """Put PT_FLOW on the passthrough list, or take it off, with the
         control socket (in XDP mode the classifier's map changes too); its
         frames are sent only while the list is known to hold it."""
@@ -651,17 +651,17 @@ class Soak:
         self.passthrough_on = op == "add"
         self.notes["passthrough changes"] += 1
 
-    def _mismatch(self, rnd: Round, svc: Service) -> None:
+    def _mismatch(self, rnd: Round, svc: SoakedService) -> None:
         rnd.pair(*self.traffic.udp(0, MISMATCH_DPORT, corrupt=True))
 
-    def _lonely(self, rnd: Round, svc: Service) -> None:
+    def _lonely(self, rnd: Round, svc: SoakedService) -> None:
         rnd.pair(self.traffic.udp(0, LONELY_DPORT)[0], None)
 
-    def _flood(self, rnd: Round, svc: Service) -> None:
+    def _flood(self, rnd: Round, svc: SoakedService) -> None:
         for _ in range(MAX_QUEUE + 50):
             rnd.pair(self.traffic.udp(0, FLOOD_DPORT, size=8)[0], None)
 
-    def _empty(self, rnd: Round, svc: Service) -> None:
+    def _empty(self, rnd: Round, svc: SoakedService) -> None:
         """chardev: a zero-length record on the secondary input: the service
         closes it; reconnect (after this round's records, so none is lost)."""
         self._send(rnd)
@@ -671,7 +671,7 @@ class Soak:
         self.rig.wait_closed(self.rig.sin)
         self.rig.sin = _connect(self.rig.work / "sin")
 
-    def _cut(self, rnd: Round, svc: Service) -> None:
+    def _cut(self, rnd: Round, svc: SoakedService) -> None:
         """chardev: the primary peer leaves in the middle of a record; a new
         one comes."""
         self._send(rnd)
@@ -682,7 +682,7 @@ class Soak:
         self.rig.pin.close()
         self.rig.pin = _connect(self.rig.work / "pin")
 
-    def _malformed(self, rnd: Round, svc: Service) -> None:
+    def _malformed(self, rnd: Round, svc: SoakedService) -> None:
         """xdp: IPv4 frames cut inside their headers, on both sides."""
         prim, sec = self.traffic.udp(2, UDP_DPORT)
         cut = self.rnd.choice([20, 30, 38])          # in the IPv4 header, in the UDP one
@@ -690,7 +690,7 @@ class Soak:
         rnd.other.update(SIDES)
         self.notes["frames cut short"] += 2
 
-    def _flap(self, rnd: Round, svc: Service) -> None:
+    def _flap(self, rnd: Round, svc: SoakedService) -> None:
         """xdp: the secondary guest's interface goes away and comes back.
         Frames are sent again once the service has attached anew."""
         self._send(rnd)
@@ -713,7 +713,7 @@ class Soak:
         self.rig.tx["secondary"] = self.rig.packet_socket("s")
         self.notes["interface removed and back"] += 1
 
-    def _caught_up(self, svc: Service, side: str, timeout: float = 5.0) -> bool:
+    def _caught_up(self, svc: SoakedService, side: str, timeout: float = 5.0) -> bool:
         """XDP: every compared frame sent on ``side`` is in the service's
         frames_in or kernel drops."""
         want = self.sent[side] - self.other[side]
@@ -748,7 +748,7 @@ class Soak:
                       for reason, n in by.items()})
         return fmt(st["checkpoint_requests"]), fmt(drops)
 
-    def _report(self, svc: Service, out: OutdevReader, note: NotifyPeer, t: float) -> None:
+    def _report(self, svc: SoakedService, out: OutdevReader, note: NotifyPeer, t: float) -> None:
         rss = svc.rss_kib()
         self.samples.append((t, rss))
         st = svc.stats()
@@ -874,7 +874,7 @@ MODES = ("chardev", "xdp")
 
 def xdp_problem() -> str | None:
     """Why XDP mode cannot be soaked here, in one sentence; None if it can."""
-    from colo_xdp.transport import xdp
+    from colo_xdp.transport.xdp import classifier as xdp
     return xdp.unavailable()
 
 
@@ -914,7 +914,7 @@ def soak(modes: list[str], args, echo: Callable[[str], None] = print) -> bool:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m colo_xdp.soak",
+    p = argparse.ArgumentParser(prog="python -m tools.soak",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--mode", choices=("both", *MODES), default="both",
                    help="which services to soak (default both, at the same time)")

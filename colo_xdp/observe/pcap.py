@@ -27,7 +27,7 @@ import struct
 import time
 
 from colo_xdp.engine import CheckpointRequest
-from colo_xdp.log import format_text
+from colo_xdp.observe.log import format_text
 
 LINKTYPE_ETHERNET = 1
 SNAPLEN = 262144                    # above any chardev frame (NET_BUFSIZE 69632)
@@ -159,7 +159,7 @@ class RotatingFile:
 
 
 class MiscomparePcap:
-    """Writes the evidence of every checkpoint request: an attachment of the Service."""
+    """Writes the evidence of every checkpoint request: an attachment of CompareService."""
 
     name = "miscompare_pcap"
 

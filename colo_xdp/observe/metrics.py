@@ -5,7 +5,7 @@ scraper asks for it); the HTTP side is a small non-blocking server on the
 service's own selector, so a scrape reads the engine from the one thread
 that may touch it (the engine is not thread-safe and cffi releases the GIL
 inside C calls: a scrape thread calling into it could race the loop).
-Every value comes from ``colo_xdp.stats.snapshot``, the same numbers as the
+Every value comes from ``colo_xdp.observe.stats.snapshot``, the same numbers as the
 control socket's ``stats``; docs/observability.md lists the metrics.
 
 HTTP: ``GET /metrics`` (and HEAD); ``/`` says where the metrics are; other
@@ -22,8 +22,8 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.exposition import choose_encoder
 
-from colo_xdp.loopio import Client, Listener, listen_tcp
-from colo_xdp.stats import snapshot
+from colo_xdp.observe.listener import Client, Listener, listen_tcp
+from colo_xdp.observe.stats import snapshot
 
 MAX_HEAD = 8 * 1024      # request line and headers
 IDLE_S = 10.0
@@ -45,7 +45,7 @@ def _gauge(name: str, doc: str, labels: tuple[str, ...] = ()) -> GaugeMetricFami
 
 
 def families(s: dict) -> list:
-    """Metric families from a stats snapshot (colo_xdp.stats.snapshot)."""
+    """Metric families from a stats snapshot (colo_xdp.observe.stats.snapshot)."""
     out = []
 
     out.append(InfoMetricFamily(PREFIX, "colo-xdp version and mode",
@@ -246,7 +246,7 @@ class HttpSession(Client):
 
 
 class MetricsServer:
-    """``--metrics HOST:PORT``: an attachment of the Service."""
+    """``--metrics HOST:PORT``: an attachment of CompareService."""
 
     name = "metrics"
 

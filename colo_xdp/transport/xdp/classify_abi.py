@@ -18,9 +18,9 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from colo_xdp.transport.bpfsys import XDP_DROP, XDP_PASS, XDP_REDIRECT
+from colo_xdp.transport.xdp.bpfsys import XDP_DROP, XDP_PASS, XDP_REDIRECT
 
-BPF_DIR = Path(__file__).resolve().parents[2] / "bpf"
+BPF_DIR = Path(__file__).resolve().parents[3] / "bpf"
 CLASSIFY_C = BPF_DIR / "classify.c"
 CLASSIFY_H = BPF_DIR / "classify.h"
 

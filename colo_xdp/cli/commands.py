@@ -8,12 +8,12 @@ import time
 
 import click
 
-from colo_xdp import log as logmod
-from colo_xdp.log import EventLog
+from colo_xdp.observe import log as logmod
+from colo_xdp.observe.log import EventLog
 from colo_xdp.engine import (DEFAULT_COMPARE_TIMEOUT_MS, DEFAULT_EXPIRED_SCAN_CYCLE_MS,
                              DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_QUEUE_SIZE, EngineConfig,
                              EngineError)
-from colo_xdp.transport.chardev import EndpointError, SpecError, parse_spec
+from colo_xdp.transport.chardev.endpoint import EndpointError, SpecError, parse_spec
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -25,7 +25,7 @@ def _fail(message: str, code: int = 2) -> None:
 
 
 def _hostport(option: str, text: str | None):
-    from colo_xdp.loopio import AddressError, parse_hostport
+    from colo_xdp.observe.listener import AddressError, parse_hostport
     if text is None:
         return None
     try:
@@ -36,7 +36,7 @@ def _hostport(option: str, text: str | None):
 
 def _control_path(text: str | None) -> str | None:
     """--control given without a path means the default one."""
-    from colo_xdp.control import default_control_path
+    from colo_xdp.proto.control import default_control_path
     if text is None or text != _DEFAULT:
         return text
     path = default_control_path()
@@ -126,8 +126,9 @@ def compare(primary_in, secondary_in, primary_xdp, secondary_xdp, xdp_mode, outd
     tap (--primary-xdp, --secondary-xdp); --outdev may be xdp:IFACE to send
     released frames with AF_XDP.
     """
-    from colo_xdp.control import FlowError, PassthroughError, parse_flow
-    from colo_xdp.service import ServiceConfig, serve
+    from colo_xdp.proto.control import FlowError, PassthroughError, parse_flow
+    from colo_xdp.service.compare import serve
+    from colo_xdp.service.config import CompareConfig
 
     logmod.setup(verbose, log_format)
     rules = []
@@ -136,7 +137,7 @@ def compare(primary_in, secondary_in, primary_xdp, secondary_xdp, xdp_mode, outd
             rules.append(parse_flow(flow))
         except FlowError as exc:
             _fail(f"--passthrough: {exc}")
-    config = ServiceConfig(
+    config = CompareConfig(
         primary_in=_endpoint("primary", primary_in, primary_xdp, xdp_mode),
         secondary_in=_endpoint("secondary", secondary_in, secondary_xdp, xdp_mode),
         outdev=_outdev_endpoint(outdev, xdp_mode),
@@ -155,7 +156,7 @@ def compare(primary_in, secondary_in, primary_xdp, secondary_xdp, xdp_mode, outd
     )
     log = EventLog()
     try:
-        config.check()
+        config.validate()
         svc = serve(config, log, on_ready=lambda svc: _started(svc, log))
     except (SpecError, EngineError, PassthroughError, ValueError) as exc:
         _fail(str(exc))
@@ -166,14 +167,14 @@ def compare(primary_in, secondary_in, primary_xdp, secondary_xdp, xdp_mode, outd
 
 def _endpoint(side: str, spec: str | None, iface: str | None, xdp_mode: str):
     """--SIDE-in SPEC or --SIDE-xdp IFACE, exactly one of them."""
-    from colo_xdp.service import XdpIface
+    from colo_xdp.transport.xdp.port import XdpIface
     if (spec is None) == (iface is None):
         _fail(f"give exactly one of --{side}-in SPEC and --{side}-xdp IFACE")
     return XdpIface(iface, xdp_mode) if iface else _spec(f"--{side}-in", spec)
 
 
 def _outdev_endpoint(text: str, xdp_mode: str):
-    from colo_xdp.service import XdpIface
+    from colo_xdp.transport.xdp.port import XdpIface
     if text.startswith("xdp:"):
         if not text[4:]:
             _fail("--outdev: xdp: needs an interface name, e.g. xdp:eth1")
@@ -199,8 +200,8 @@ def forward(iface, to, vnet_hdr_support, xdp_mode, log_format) -> None:
     sends on IFACE are taken with XDP (they never reach the network) and
     sent, in QEMU's chardev framing, to the primary's colo-xdp.
     """
-    from colo_xdp.forward import ForwardConfig, serve_forward
-    from colo_xdp.service import XdpIface
+    from colo_xdp.service.forward import ForwardConfig, serve_forward
+    from colo_xdp.transport.xdp.port import XdpIface
 
     logmod.setup(False, log_format)
     log = EventLog()
@@ -226,9 +227,9 @@ def demo(quiet, chardev) -> None:
 
     Exits 0 when everything came out as expected, 1 when not.
     """
-    from colo_xdp import demo as demo_mod
-    from colo_xdp import lab
-    from colo_xdp.netns import NetnsError
+    from colo_xdp.lab import chardev_demo as demo_mod
+    from colo_xdp.lab import xdp_demo as lab
+    from colo_xdp.lab.netns import NetnsError
 
     if not chardev:
         problem = lab.xdp_problem()
@@ -297,8 +298,8 @@ def _control_options(func):
 
 
 def _client(control: str | None, control_tcp: str | None, timeout: float | None = 5.0):
-    from colo_xdp.control import default_control_path
-    from colo_xdp.ctl import ClientError, ControlClient
+    from colo_xdp.proto.control import default_control_path
+    from colo_xdp.cli.ctl_client import ClientError, ControlClient
     tcp = _hostport("--control-tcp", control_tcp)
     path = control or (None if tcp else default_control_path())
     try:
@@ -309,7 +310,7 @@ def _client(control: str | None, control_tcp: str | None, timeout: float | None 
 
 def _ask(ctx: click.Context, request: dict) -> dict:
     """One request; a refused one ends the command with its error (exit 1)."""
-    from colo_xdp.ctl import ClientError
+    from colo_xdp.cli.ctl_client import ClientError
     opts = ctx.obj
     client = _client(opts["control"], opts["control_tcp"], opts["timeout"])
     try:
@@ -377,7 +378,7 @@ def ctl_stats(ctx, connections) -> None:
 @click.pass_context
 def ctl_subscribe(ctx, events, count) -> None:
     """Print events as they happen, one per line, until Ctrl-C."""
-    from colo_xdp.ctl import ClientError
+    from colo_xdp.cli.ctl_client import ClientError
     opts = ctx.obj
     request = {"cmd": "subscribe"}
     if events:
@@ -467,8 +468,8 @@ def ctl_send(ctx, request) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the snapshot as JSON.")
 def stats(control, control_tcp, interval, once, connections, as_json) -> None:
     """A live table of a running colo-xdp compare (from its control socket)."""
-    from colo_xdp.ctl import ClientError
-    from colo_xdp.stats import render
+    from colo_xdp.cli.ctl_client import ClientError
+    from colo_xdp.observe.stats import render
 
     client = _client(control, control_tcp)
     before, before_t = None, 0.0
@@ -507,7 +508,7 @@ def doctor(as_json, root) -> None:
     Exits 1 when something chardev mode needs is missing; the XDP and lab
     checks are informative.
     """
-    from colo_xdp import doctor as doctor_mod
+    from colo_xdp.cli import doctor as doctor_mod
 
     checks = doctor_mod.run(doctor_mod.Host(root=root))
     if as_json:
@@ -516,6 +517,3 @@ def doctor(as_json, root) -> None:
         click.echo(doctor_mod.render(checks), nl=False)
     sys.exit(1 if doctor_mod.required_missing(checks) else 0)
 
-
-if __name__ == "__main__":
-    main()

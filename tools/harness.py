@@ -2,7 +2,7 @@
 
 A comparator here is a process listening on ``pin.sock``, ``sin.sock``,
 ``out.sock`` and ``notify.sock`` in one directory: Debian's QEMU (see
-``colo_xdp.qemu_ref``) or colo-xdp itself (``colo_xdp_ref`` below). The same
+``tools.qemu_ref``) or colo-xdp itself (``colo_xdp_ref`` below). The same
 script runs against either, so their answers can be compared byte for byte::
 
     with colo_xdp_ref() as cmp, Driver(cmp) as drv:
@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from colo_xdp.pktgen import Decoder, Record, describe, encode
+from colo_xdp.lab.pktgen import Decoder, Record, describe, encode
 
 # Gap between two writes of a script, so that QEMU sees them in script order.
 # Measured with interleaved primary/secondary UDP pairs: 1 ms let about one

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import enum
 
-from colo_xdp.transport.framing import Decoder, FramingError, encode
+from colo_xdp.proto.framing import Decoder, FramingError, encode
 
 PROXY_INIT = b"COLO_USERSPACE_PROXY_INIT"
 PROXY_INIT_REPLY = b"COLO_COMPARE_GET_XEN_INIT"

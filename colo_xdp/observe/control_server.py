@@ -2,7 +2,7 @@
 
 A unix socket (mode 0600: only its owner, normally root, may connect) and,
 when asked, a TCP listener on a loopback address.  Each connection speaks
-the line protocol of ``colo_xdp.control``; requests are answered in order,
+the line protocol of ``colo_xdp.proto.control``; requests are answered in order,
 from the loop, between batches of frames.
 
 Bounded everywhere: a client whose replies back up (``OUT_HIGH``) is not read
@@ -16,9 +16,9 @@ import os
 import socket
 import time
 
-from colo_xdp import control
-from colo_xdp.control import Commands, LineReader, encode, event_line, parse_request
-from colo_xdp.loopio import Client, Listener, listen_tcp, listen_unix_private, \
+from colo_xdp.proto import control
+from colo_xdp.proto.control import Commands, LineReader, encode, event_line, parse_request
+from colo_xdp.observe.listener import Client, Listener, listen_tcp, listen_unix_private, \
     remove_own_socket
 
 OUT_HIGH = 1024 * 1024          # reply bytes queued before a client is no longer read
@@ -101,7 +101,7 @@ class ControlSession(Client):
 
 
 class ControlServer:
-    """The service's control socket(s): an attachment of the Service."""
+    """The service's control socket(s): an attachment of CompareService."""
 
     name = "control"
 
@@ -228,5 +228,5 @@ class ServiceTarget:
         return {"already": not done, **self._flushed(before, self.svc.engine.counters())}
 
     def control_stats(self, connections: int) -> dict:
-        from colo_xdp.stats import snapshot
+        from colo_xdp.observe.stats import snapshot
         return snapshot(self.svc, connections)

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
 from colo_xdp.engine import PassthroughRule
-from colo_xdp.log import EVENT_NAMES, json_value
+from colo_xdp.observe.log import EVENT_NAMES, json_value
 
 MAX_LINE = 64 * 1024              # bytes in one request line, newline included
 MAX_PASSTHROUGH_RULES = 1024      # the engine scans them per new connection

@@ -10,7 +10,7 @@ correct, so a frame can go straight onto a chardev socket or a tap device::
 Layer functions (``ipv4``, ``udp``, ``tcp``, ...) build one header plus its
 payload and can be stacked by hand for anything the ``*_frame`` helpers do
 not cover. ``encode`` and ``Decoder`` (re-exported from
-``colo_xdp.transport.framing``) speak QEMU's chardev framing. Standard
+``colo_xdp.proto.framing``) speak QEMU's chardev framing. Standard
 library only.
 """
 
@@ -21,7 +21,7 @@ import struct
 from dataclasses import dataclass
 
 # The chardev codec lives with the transport; drivers and tests take it from here.
-from colo_xdp.transport.framing import (NET_BUFSIZE, Decoder, FramingError,  # noqa: F401
+from colo_xdp.proto.framing import (NET_BUFSIZE, Decoder, FramingError,  # noqa: F401
                                         Record, encode)
 
 ETH_HLEN = 14

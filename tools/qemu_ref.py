@@ -16,7 +16,7 @@ import contextlib
 import shutil
 from pathlib import Path
 
-from colo_xdp.harness import (CompareOptions, Comparator, HarnessError,
+from tools.harness import (CompareOptions, Comparator, HarnessError,
                               sockets_exist, supervised)
 
 QEMU_BINARY = "qemu-system-x86_64"

@@ -20,7 +20,7 @@ checkpoint and holds the primary's reply; ``checkpoint`` on the control socket
 flushes it to the client; the miscompare pcap shows both replies; requests in
 step again.  The lab is removed on every path (Ctrl-C, SIGTERM, errors).
 
-The responder is ``python -m colo_xdp.lab responder``: stdlib only, one reply
+The responder is ``python -m colo_xdp.lab.xdp_demo responder``: stdlib only, one reply
 per request, a pure function of the request (and of the flag).
 """
 from __future__ import annotations
@@ -42,8 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from colo_xdp.netns import NetnsError, add_netns, add_veth, in_netns
-from colo_xdp.netns import sh as _sh
+from colo_xdp.lab.netns import NetnsError, add_netns, add_veth, in_netns
+from colo_xdp.lab.netns import sh as _sh
 
 # Addresses: both guests are 10.77.0.2 with one MAC, as a COLO pair is.
 CLIENT_IP, GUEST_IP = "10.77.0.1", "10.77.0.2"
@@ -99,7 +99,7 @@ def responder(port: int, flag: str | None) -> None:
 
 def xdp_problem() -> str | None:
     """Why the XDP lab cannot run here, in one sentence; None when it can."""
-    from colo_xdp.transport import xdp
+    from colo_xdp.transport.xdp import classifier as xdp
     if not shutil.which("ip") or not shutil.which("tc"):
         return "the XDP lab needs iproute2's ip and tc: run 'make setup'"
     return xdp.unavailable()
@@ -169,7 +169,7 @@ class Lab:
 
     def responders(self) -> None:
         for where, flag in (("guest-p", None), ("guest-s", self.flag)):
-            argv = [sys.executable, "-m", "colo_xdp.lab", "responder", str(SERVICE_PORT)]
+            argv = [sys.executable, "-m", "colo_xdp.lab.xdp_demo", "responder", str(SERVICE_PORT)]
             proc = self.start(where, argv + ([str(flag)] if flag else []),
                               stdout=subprocess.PIPE, text=True)
             if proc.stdout.readline().strip() != "responder ready":
@@ -290,7 +290,7 @@ class Result:
 
 def read_pcapng(path: Path) -> list[tuple[str, bytes]]:
     """(interface name, frame) of every EPB in a pcapng file written by
-    colo_xdp.pcap (little-endian; interfaces primary=0, secondary=1)."""
+    colo_xdp.observe.pcap (little-endian; interfaces primary=0, secondary=1)."""
     data, names, out, off = path.read_bytes(), [], [], 0
     while off + 12 <= len(data):
         btype, blen = struct.unpack_from("<II", data, off)
@@ -346,7 +346,7 @@ class Demo:
         return proc
 
     def ask(self, request: dict) -> dict:
-        from colo_xdp.ctl import ClientError, ControlClient
+        from colo_xdp.cli.ctl_client import ClientError, ControlClient
         try:
             with ControlClient.connect(path=self.control) as client:
                 reply = client.request(request)
@@ -543,8 +543,8 @@ def client(host: str, port: int, count: int) -> int:
     return 0 if good == count else 1
 
 
-USAGE = ("usage: python -m colo_xdp.lab responder PORT [FLAG_FILE]\n"
-         "       python -m colo_xdp.lab client HOST PORT COUNT")
+USAGE = ("usage: python -m colo_xdp.lab.xdp_demo responder PORT [FLAG_FILE]\n"
+         "       python -m colo_xdp.lab.xdp_demo client HOST PORT COUNT")
 
 if __name__ == "__main__":
     if len(sys.argv) >= 3 and sys.argv[1] == "responder":

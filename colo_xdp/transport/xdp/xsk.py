@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 from colo_xdp._native import ffi, lib
-from colo_xdp.transport.classify import META_SIZE, Meta
+from colo_xdp.transport.xdp.classify_abi import META_SIZE, Meta
 
 DEFAULT_BURST = 64
 

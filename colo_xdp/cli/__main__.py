@@ -1,0 +1,3 @@
+from colo_xdp.cli.commands import main
+
+main()

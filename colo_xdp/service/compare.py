@@ -1,0 +1,182 @@
+"""colo-xdp compare: primary and secondary output around one engine.
+
+Roles and their endpoints (chardev sockets, ``colo_xdp.transport.chardev``,
+or guest interfaces in XDP mode, ``colo_xdp.transport.xdp.port``)::
+
+    primary-in  ──▶ ┐                     ┌──▶ outdev
+                    ├── engine (C core) ──┤
+    secondary-in ─▶ ┘        ▲            ├──▶ notify-dev: DO_CHECKPOINT
+                             │            └──▶ attachments: control-socket events,
+                             │                 miscompare pcap, /metrics
+                             ├──────────────── notify-dev: COLO_CHECKPOINT
+                             └──────────────── control socket: checkpoint, failover,
+                                               passthrough, stats
+
+The loop, its clock and backpressure are ``colo_xdp.service.loop``; this
+module adds the policy: what a checkpoint request, a drop or a connection
+event does, checkpoints done, failover, the passthrough list, and the
+attachments (``colo_xdp.observe``), served from the same loop and never
+doing per-frame work.
+"""
+from __future__ import annotations
+
+import signal
+
+from colo_xdp.engine import (CheckpointRequest, ConnectionEvicted, ConnectionOpened, Drop,
+                             DropReason, Engine, Side)
+from colo_xdp.observe.control_server import ControlServer, ServiceTarget
+from colo_xdp.observe.log import EventLog
+from colo_xdp.proto.control import PassthroughTable, format_flow
+from colo_xdp.service.config import CompareConfig, Endpoint
+from colo_xdp.service.loop import Loop
+from colo_xdp.transport.chardev.roles import Input, Notify, Outdev
+from colo_xdp.transport.xdp.port import XdpIface, XdpInput, XdpOutdev
+
+
+def _input(svc, role: str, end: Endpoint, side: Side):
+    if isinstance(end, XdpIface):
+        return XdpInput(svc, role, end, side)
+    return Input(svc, role, end, side)
+
+
+def _outdev(svc, end: Endpoint):
+    if isinstance(end, XdpIface):
+        return XdpOutdev(svc, "outdev", end)
+    return Outdev(svc, "outdev", end)
+
+
+def _sum_verdicts(inputs: list[XdpInput]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for inp in inputs:
+        for verdict, packets in inp.verdicts().items():
+            total[verdict] = total.get(verdict, 0) + packets
+    return total
+
+
+class CompareService(Loop):
+    """colo-xdp compare: chardev sockets or XDP interfaces around one engine."""
+
+    def __init__(self, config: CompareConfig, log: EventLog | None = None):
+        config.validate()
+        super().__init__(Engine(config.engine_config()), log or EventLog())
+        self.config = config
+        self._failover_requested = False
+        self.inputs = [_input(self, "primary-in", config.primary_in, Side.PRIMARY),
+                       _input(self, "secondary-in", config.secondary_in, Side.SECONDARY)]
+        self.outdev = _outdev(self, config.outdev)
+        self.notify = (Notify(self, "notify-dev", config.notify_dev, config.engine.vnet_hdr)
+                       if config.notify_dev else None)
+        self.channels = [self.outdev, *self.inputs]
+        if self.notify:
+            self.channels.insert(1, self.notify)
+        self.failed_over = False
+        self.checkpoints_done = 0
+        xdp_inputs = [i for i in self.inputs if isinstance(i, XdpInput)]
+        self.mode = "xdp" if xdp_inputs or isinstance(self.outdev, XdpOutdev) else "chardev"
+        # In XDP mode: () -> {verdict: packets}, the classifiers' counters summed.
+        self.verdict_counters = (lambda: _sum_verdicts(xdp_inputs)) if xdp_inputs else None
+        # In XDP mode: () -> {side: {reason: frames}} the kernel dropped after
+        # the classifier redirected them (AF_XDP rx ring full, no UMEM frame).
+        self.kernel_drops = (lambda: {i.side.name.lower(): i.kernel_drops()
+                                      for i in xdp_inputs}) if xdp_inputs else None
+        # Every passthrough change goes to each sink: here the engine; in XDP
+        # mode the transport adds its BPF map (PassthroughTable.add_sink).
+        self.passthrough = PassthroughTable([self.engine.set_passthrough])
+        self.passthrough.on_change = lambda op, rule: self.log.event(
+            "passthrough_changed", op=op, flow=format_flow(rule),
+            rules=len(self.passthrough.rules))
+        self.passthrough.replace(config.passthrough)
+        self.pcap = None
+        self.attachments = self._attachments(config)
+
+    def _attachments(self, config: CompareConfig) -> list:
+        """Control socket, /metrics and evidence pcap, as configured (the
+        latter two imported only when asked for)."""
+        parts: list = []
+        if config.control_path or config.control_tcp:
+            parts.append(ControlServer(self, ServiceTarget(self), config.control_path,
+                                       config.control_tcp))
+        if config.metrics:
+            from colo_xdp.observe.metrics import MetricsServer
+            parts.append(MetricsServer(self, *config.metrics))
+        if config.miscompare_pcap:
+            from colo_xdp.observe.pcap import MiscomparePcap
+            self.pcap = MiscomparePcap(self, config.miscompare_pcap,
+                                       config.miscompare_pcap_bytes, config.miscompare_pcap_keep)
+            parts.append(self.pcap)
+        return parts
+
+    def request_failover(self, *_args) -> None:
+        """Signal-safe: the loop fails over at its next turn."""
+        self._failover_requested = True
+
+    def on_turn(self) -> None:
+        if self._failover_requested:
+            self._failover_requested = False
+            self.failover()
+
+    def close(self) -> None:
+        """Release what is still held (as QEMU does when the object goes away),
+        then deliver and close as every loop does."""
+        self.engine.checkpoint()
+        self.after_batch()
+        super().close()
+
+    # -- engine outputs -------------------------------------------------------------
+
+    def on_events(self, actions: list) -> None:
+        for action in actions:
+            if isinstance(action, CheckpointRequest):
+                if self.notify:
+                    self.notify.request_checkpoint()
+                if self.pcap is not None and action.evidence:
+                    self.pcap.record(action)
+                self.log.event("checkpoint_requested", reason=action.reason.name.lower(),
+                               conn=action.conn or "-")
+            elif isinstance(action, Drop):
+                # Truncated frames are only ever noted by a transport (Input and
+                # Outdev .disconnected), which already logged them with more
+                # detail; a second line would read as a second drop.
+                if action.reason is DropReason.TRUNCATED:
+                    continue
+                self.log.warning("frame_dropped", side=action.side.name.lower(),
+                                 reason=action.reason.name.lower(), conn=action.conn or "-")
+            elif isinstance(action, ConnectionOpened):
+                self.log.event("connection_opened", level=10, conn=action.conn)
+            elif isinstance(action, ConnectionEvicted):
+                self.log.event("connection_evicted", level=10, conn=action.conn)
+
+    def colo_checkpoint(self, source: str = "notify-dev") -> None:
+        """The COLO frame reports a checkpoint: flush."""
+        self.engine.checkpoint()
+        self.checkpoints_done += 1
+        self.log.event("checkpoint_done", source=source)
+
+    def failover(self, source: str = "signal") -> bool:
+        """Comparing stops for good: held primary frames are released and
+        later ones pass straight through; secondary frames are dropped.
+        False if it had already happened."""
+        if self.failed_over:
+            return False
+        self.engine.failover()
+        self.failed_over = True
+        self.log.warning("failover", source=source)
+        return True
+
+
+def serve(config: CompareConfig, log: EventLog, on_ready=None) -> CompareService:
+    """Open, announce readiness, run until SIGINT/SIGTERM, then close."""
+    svc = CompareService(config, log)
+    svc.open()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, svc.stop)
+    # Failover by signal as well as on the control socket: the COLO frame's
+    # COLO_EVENT_FAILOVER, which QEMU delivers in-process.
+    signal.signal(signal.SIGUSR1, svc.request_failover)
+    if on_ready:
+        on_ready(svc)
+    try:
+        svc.run()
+    finally:
+        svc.close()
+    return svc

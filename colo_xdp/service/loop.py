@@ -1,0 +1,178 @@
+"""One thread, one selector, one engine: the loop every service runs on.
+
+Each turn waits for ready sockets (no longer than the engine's next timer),
+lets each ready role read one bounded batch into the engine, runs the
+expired-frame scan when due, gives every role and attachment its tick, and
+ends with ``after_batch``: the engine's events are handled, released frames
+are written to the outdev, and backpressure is decided.
+
+Backpressure, written once for compare and forward: when the outdev cannot
+keep up, released frames wait in the engine's out buffer; past
+``OUT_HIGH_WATER`` the inputs are no longer read until it falls under
+``OUT_LOW_WATER``, so nothing is lost and nothing is reordered.  The frames
+not read meanwhile wait in the kernel (a socket buffer, an rx ring).
+
+A role is any object with ``open``, ``shutdown`` and ``maybe_retry(now)``;
+inputs add ``pause(paused)``, the outdev ``has_peer``, ``write_pending`` and
+``wait_writable(timeout)``.  An attachment (control socket, /metrics, the
+evidence pcap) has ``open``, ``close``, ``tick(now)``, ``end_batch`` and
+``stats``.
+"""
+from __future__ import annotations
+
+import selectors
+import time
+
+from colo_xdp.engine import Engine
+from colo_xdp.observe.log import EventLog
+from colo_xdp.transport.chardev.endpoint import EndpointError
+
+READ = selectors.EVENT_READ
+WRITE = selectors.EVENT_WRITE
+
+OUT_HIGH_WATER = 8 * 1024 * 1024   # stop reading inputs above this much output
+OUT_LOW_WATER = 1 * 1024 * 1024    # ... and resume below this
+SHUTDOWN_DRAIN_S = 2.0             # how long to try delivering at exit
+MAX_SLEEP_S = 0.5
+
+
+class Loop:
+    """The selector, the clock and backpressure around one engine.  Subclasses
+    set ``inputs``, ``outdev``, ``channels`` (every role, in opening order)
+    and ``attachments``, and handle the engine's events in ``on_events``."""
+
+    def __init__(self, engine: Engine, log: EventLog):
+        self.engine = engine
+        self.log = log
+        self.sel = selectors.DefaultSelector()
+        self.inputs: list = []
+        self.outdev = None
+        self.channels: list = []
+        self.attachments: list = []
+        self.paused = False              # inputs not read: the output is backed up
+        self.resumed_ms = -(1 << 62)     # when backpressure last ended
+        self._stop = False
+        self._t0 = time.monotonic()
+
+    # -- what roles use -------------------------------------------------------
+
+    def watch(self, sock, events: int, handler) -> None:
+        try:
+            self.sel.modify(sock, events, handler)
+        except KeyError:
+            self.sel.register(sock, events, handler)
+
+    def unwatch(self, sock) -> None:
+        try:
+            self.sel.unregister(sock)
+        except (KeyError, ValueError):
+            pass
+
+    def now_ms(self) -> int:
+        return int((time.monotonic() - self._t0) * 1000)
+
+    def stop(self, *_args) -> None:
+        """Signal-safe: the loop ends after its current turn."""
+        self._stop = True
+
+    # -- running ----------------------------------------------------------------
+
+    def open(self) -> None:
+        """Open the attachments, then every role; on failure close what was
+        opened, in reverse, and re-raise (EndpointError: one sentence)."""
+        opened: list = []
+        try:
+            for part in self.attachments:
+                try:
+                    part.open()
+                except EndpointError:
+                    raise
+                except OSError as exc:
+                    raise EndpointError(exc.errno, exc.strerror or str(exc)) from None
+                opened.append(part.close)
+            for role in self.channels:
+                role.open()
+                opened.append(role.shutdown)
+        except BaseException:
+            for undo in reversed(opened):
+                undo()
+            raise
+
+    def run(self) -> None:
+        deadline = self.engine.run_timers(self.now_ms())
+        while not self._stop:
+            now = self.now_ms()
+            wait_s = min(max(deadline - now, 0) / 1000.0, MAX_SLEEP_S)
+            for key, mask in self.sel.select(wait_s):
+                key.data(mask)
+            now = self.now_ms()
+            if now >= deadline:
+                deadline = self.scan_for_expired(now)
+            mono = time.monotonic()
+            for role in self.channels:
+                role.maybe_retry(mono)
+            for part in self.attachments:
+                part.tick(mono)
+            self.on_turn()
+            self.log.tick()
+            self.after_batch()
+
+    def close(self) -> None:
+        """Try, for a moment, to deliver what the engine released, then close
+        every role and attachment."""
+        self.drain_output()
+        for role in self.channels:
+            role.shutdown()
+        for part in self.attachments:
+            part.close()
+        self.sel.close()
+        self.log.tick(final=True)
+
+    def scan_for_expired(self, now: int) -> int:
+        """Run the expired-frame scan, unless the inputs are not being read
+        (backpressure) or were resumed less than a cycle ago: a frame is not
+        old because its partner waits unread in our own socket buffer.
+        Returns when to come back."""
+        cycle = self.engine.config.expired_scan_cycle_ms
+        if self.paused or now - self.resumed_ms < cycle:
+            return now + cycle
+        return self.engine.run_timers(now)
+
+    # -- after every batch ------------------------------------------------------
+
+    def after_batch(self) -> None:
+        self.on_events(self.engine.drain_events())
+        for part in self.attachments:
+            part.end_batch()
+        self.outdev.write_pending()
+        pending = self.engine.output_pending()
+        if not self.paused and pending > OUT_HIGH_WATER:
+            self._pause(True, pending)
+        elif self.paused and pending < OUT_LOW_WATER:
+            self._pause(False, pending)
+
+    def _pause(self, paused: bool, pending: int) -> None:
+        if not paused:
+            self.resumed_ms = self.now_ms()
+        self.paused = paused
+        self.log.event("backpressure", on=paused, pending_bytes=pending)
+        for inp in self.inputs:
+            inp.pause(paused)
+
+    def drain_output(self) -> None:
+        """At exit: try, for a moment, to deliver what the engine released."""
+        end = time.monotonic() + SHUTDOWN_DRAIN_S
+        while self.engine.output_pending() and self.outdev.has_peer and time.monotonic() < end:
+            self.outdev.wait_writable(0.05)
+            self.outdev.write_pending()
+        left = self.engine.output_pending()
+        if left:
+            self.log.warning("undelivered_at_exit", bytes=left)
+
+    # -- hooks --------------------------------------------------------------------
+
+    def on_events(self, actions: list) -> None:
+        """The engine's events of the last batch."""
+
+    def on_turn(self) -> None:
+        """Once a turn, after the timers and ticks."""

@@ -1,0 +1,352 @@
+"""The chardev roles on the service's loop: primary-in, secondary-in, outdev
+and notify-dev, each one QEMU socket chardev (``endpoint``) served by the
+loop's selector.
+
+A role talks to its loop (``colo_xdp.service.loop.Loop``) through a small
+surface: ``watch``/``unwatch`` with a handler taking the event mask,
+``engine``, ``log``, ``now_ms()``, ``paused`` and ``after_batch()``; the
+notify role also reports a finished checkpoint with ``colo_checkpoint()``.
+"""
+from __future__ import annotations
+
+import select
+import selectors
+import socket
+import time
+from typing import TYPE_CHECKING
+
+from colo_xdp.engine import DropReason, FramingError, Side
+from colo_xdp.proto.framing import NET_BUFSIZE
+from colo_xdp.proto.notify import DO_CHECKPOINT_RECORD, NotifyEvent, NotifyProtocol
+from colo_xdp.transport.chardev import endpoint
+from colo_xdp.transport.chardev.endpoint import EndpointError, Spec
+
+if TYPE_CHECKING:
+    from colo_xdp.service.loop import Loop
+
+READ = selectors.EVENT_READ
+WRITE = selectors.EVENT_WRITE
+
+CHUNK = 64 * 1024                  # one read per input per turn, at most
+NOTIFY_OUT_MAX = 64 * 1024         # DO_CHECKPOINT bytes kept for a slow peer
+
+
+class Channel:
+    """One role's socket: a listener serving one peer at a time (as QEMU's
+    socket chardev does), or a connector that may retry."""
+
+    def __init__(self, svc: "Loop", role: str, spec: Spec):
+        self.svc = svc
+        self.role = role
+        self.spec = spec
+        self.listener: socket.socket | None = None
+        self.sock: socket.socket | None = None
+        self.retry_at: float | None = None
+        # A retry's non-blocking connect in progress, and when to give it up.
+        self.connecting: socket.socket | None = None
+        self.connect_deadline = 0.0
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def open(self) -> None:
+        if self.spec.server:
+            self.listener = endpoint.listen(self.spec)
+            self.svc.watch(self.listener, READ, self._accept)
+        else:
+            try:
+                self._attach(endpoint.connect(self.spec))
+            except EndpointError as exc:
+                if not self.spec.reconnect:
+                    raise EndpointError(exc.errno, f"{self.role}: {exc.strerror}; add "
+                                        ",reconnect=SECONDS to keep trying") from None
+                self.svc.log.warning("connect_failed", role=self.role, error=exc.strerror,
+                                     retry_s=self.spec.reconnect)
+                self.retry_at = time.monotonic() + self.spec.reconnect
+
+    def shutdown(self) -> None:
+        self._abort_connect()
+        self._detach()
+        if self.listener:
+            self.svc.unwatch(self.listener)
+            self.listener.close()
+            self.listener = None
+            endpoint.cleanup(self.spec)
+
+    def maybe_retry(self, now: float) -> None:
+        """Runs every loop turn.  Retries never block the loop: the connect is
+        started here and finished in _connect_done when the socket is writable
+        (a blocking connect to a host that drops SYNs would stall every role
+        for CONNECT_TIMEOUT_S at each retry)."""
+        if self.connecting and now >= self.connect_deadline:
+            self._abort_connect()
+            self._retry_later(now, f"cannot connect to {self.spec}: timed out")
+        if self.retry_at is None or now < self.retry_at or self.sock or self.connecting:
+            return
+        self.retry_at = None
+        try:
+            self.connecting = endpoint.connect_start(self.spec)
+        except EndpointError as exc:
+            self._retry_later(now, exc.strerror)
+            return
+        self.connect_deadline = now + endpoint.CONNECT_TIMEOUT_S
+        self.svc.watch(self.connecting, WRITE, self._connect_done)
+
+    def _connect_done(self, mask: int) -> None:
+        sock, self.connecting = self.connecting, None
+        self.svc.unwatch(sock)
+        try:
+            self._attach(endpoint.connect_finish(self.spec, sock))
+        except EndpointError as exc:
+            self._retry_later(time.monotonic(), exc.strerror)
+
+    def _abort_connect(self) -> None:
+        if self.connecting:
+            self.svc.unwatch(self.connecting)
+            self.connecting.close()
+            self.connecting = None
+
+    def _retry_later(self, now: float, error: str) -> None:
+        self.svc.log.warning("connect_failed", role=self.role, error=error,
+                             retry_s=self.spec.reconnect)
+        self.retry_at = now + (self.spec.reconnect or 1.0)
+
+    def _accept(self, mask: int) -> None:
+        try:
+            sock, _ = self.listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:              # EMFILE, ENOBUFS, ...: try again later
+            self.svc.log.warning("accept_failed", role=self.role,
+                                 error=exc.strerror or str(exc))
+            return
+        sock.setblocking(False)
+        endpoint.tune(sock)
+        self.svc.unwatch(self.listener)      # one peer at a time
+        self._attach(sock)
+
+    def _attach(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.svc.log.event("connected", role=self.role, endpoint=self.spec)
+        self.connected()
+
+    def _detach(self) -> None:
+        if self.sock:
+            self.svc.unwatch(self.sock)
+            self.sock.close()
+            self.sock = None
+
+    def lost(self, why: str, reconnect_now: bool = False) -> None:
+        """The peer is gone (or its stream broken): close, then listen or retry."""
+        self._detach()
+        self.svc.log.warning("disconnected", role=self.role, endpoint=self.spec, why=why)
+        self.disconnected()
+        if self.spec.server:
+            self.svc.watch(self.listener, READ, self._accept)
+        elif self.spec.reconnect or reconnect_now:
+            self.retry_at = time.monotonic() + (0 if reconnect_now else self.spec.reconnect)
+
+    # -- hooks ---------------------------------------------------------------
+
+    def connected(self) -> None:
+        pass
+
+    def disconnected(self) -> None:
+        pass
+
+
+class Input(Channel):
+    """primary-in or secondary-in: framed frames into the engine."""
+
+    def __init__(self, svc: "Loop", role: str, spec: Spec, side: Side):
+        super().__init__(svc, role, spec)
+        self.side = side
+        # Room for one chunk behind the longest partial record.
+        self.buf = bytearray(CHUNK + NET_BUFSIZE + 8)
+        self.view = memoryview(self.buf)
+        self.start = self.end = 0
+
+    def connected(self) -> None:
+        if not self.svc.paused:
+            self.svc.watch(self.sock, READ, self._readable)
+
+    def disconnected(self) -> None:
+        if self.end > self.start:       # the peer left in the middle of a record
+            self.svc.engine.note_drop(self.side, DropReason.TRUNCATED)
+            self.svc.log.warning("frame_dropped", side=self.side.name.lower(),
+                                 reason="truncated", bytes=self.end - self.start)
+        self.start = self.end = 0
+
+    def pause(self, paused: bool) -> None:
+        if not self.sock:
+            return
+        if paused:
+            self.svc.unwatch(self.sock)
+        else:
+            self.svc.watch(self.sock, READ, self._readable)
+
+    def _readable(self, mask: int) -> None:
+        if self.end + CHUNK > len(self.buf):      # slide the partial record down
+            n = self.end - self.start
+            self.buf[:n] = bytes(self.view[self.start:self.end])
+            self.start, self.end = 0, n
+        try:
+            n = self.sock.recv_into(self.view[self.end:self.end + CHUNK])
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self.lost(exc.strerror or str(exc))
+            return
+        if n == 0:
+            self.lost("peer closed the stream")
+            return
+        self.end += n
+        try:
+            used = self.svc.engine.feed_stream(self.side, self.view[self.start:self.end],
+                                               self.svc.now_ms())
+        except FramingError as exc:
+            self.start = self.end = 0
+            self.svc.log.warning("stream_broken", role=self.role, reason=exc.reason.name.lower(),
+                                 error=str(exc))
+            self.lost("framing lost", reconnect_now=True)
+            self.svc.after_batch()
+            return
+        self.start += used
+        if self.start == self.end:
+            self.start = self.end = 0
+        self.svc.after_batch()
+
+
+class Outdev(Channel):
+    """Where released primary frames go, in order, never dropped for slowness."""
+
+    writing = False
+
+    @property
+    def has_peer(self) -> bool:
+        return self.sock is not None
+
+    def wait_writable(self, timeout: float) -> None:
+        if self.sock:
+            select.select([], [self.sock], [], timeout)
+
+    def connected(self) -> None:
+        self.writing = False
+        self.svc.watch(self.sock, READ, self._ready)
+        self.write_pending()
+
+    def disconnected(self) -> None:
+        if self.svc.engine.abandon_partial_output():
+            self.svc.log.warning("outdev_cut", why="outdev closed in the middle of a frame")
+        self.writing = False
+
+    def _ready(self, mask: int) -> None:
+        if mask & READ:
+            try:
+                data = self.sock.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                data = None
+            except OSError as exc:
+                self.lost(exc.strerror or str(exc))
+                return
+            if data == b"":
+                self.lost("peer closed the stream")
+                return
+        if mask & WRITE:
+            self.write_pending()
+
+    def write_pending(self) -> None:
+        if not self.sock:
+            return
+        engine = self.svc.engine
+        while True:
+            out = engine.output()
+            if not out:
+                break
+            try:
+                n = self.sock.send(out)
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            except OSError as exc:
+                out.release()
+                self.lost(exc.strerror or str(exc))
+                return
+            out.release()
+            if n == 0:
+                break
+            engine.consume_output(n)
+        want = bool(engine.output_pending())
+        if want != self.writing:
+            self.writing = want
+            self.svc.watch(self.sock, READ | (WRITE if want else 0), self._ready)
+
+
+class Notify(Channel):
+    """notify-dev: DO_CHECKPOINT out, COLO_CHECKPOINT in."""
+
+    def __init__(self, svc: "Loop", role: str, spec: Spec, vnet: bool):
+        super().__init__(svc, role, spec)
+        self.vnet = vnet
+        self.proto = NotifyProtocol(vnet)
+        self.out = bytearray()
+        self.suppressed = 0
+
+    def connected(self) -> None:
+        self.proto = NotifyProtocol(self.vnet)
+        self.svc.watch(self.sock, READ, self._ready)
+        self._flush()
+
+    def disconnected(self) -> None:
+        self.out.clear()
+
+    def request_checkpoint(self) -> None:
+        if not self.sock:
+            return
+        if len(self.out) >= NOTIFY_OUT_MAX:   # the peer is not reading: it has enough
+            self.suppressed += 1
+            return
+        self.out += DO_CHECKPOINT_RECORD
+        self._flush()
+
+    def _ready(self, mask: int) -> None:
+        if mask & WRITE:
+            self._flush()
+        if not mask & READ or not self.sock:
+            return
+        try:
+            data = self.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self.lost(exc.strerror or str(exc))
+            return
+        if not data:
+            self.lost("peer closed the stream")
+            return
+        reply, events, error = self.proto.receive(data)
+        if reply:
+            self.out += reply
+            self._flush()
+        for kind, msg in events:
+            if kind is NotifyEvent.CHECKPOINT:
+                self.svc.colo_checkpoint()
+            elif kind is NotifyEvent.INIT:
+                self.svc.log.event("notify_init", role=self.role)
+            else:
+                self.svc.log.warning("notify_unknown_message", message=msg[:64])
+        if error:
+            self.svc.log.warning("stream_broken", role=self.role, error=error)
+            self.lost("framing lost", reconnect_now=True)
+
+    def _flush(self) -> None:
+        if not self.sock:
+            return
+        try:
+            n = self.sock.send(self.out) if self.out else 0
+        except (BlockingIOError, InterruptedError):
+            n = 0
+        except OSError as exc:
+            self.lost(exc.strerror or str(exc))
+            return
+        del self.out[:n]
+        self.svc.watch(self.sock, READ | (WRITE if self.out else 0), self._ready)
+

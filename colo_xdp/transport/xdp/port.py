@@ -1,0 +1,308 @@
+"""XDP mode's transport: one guest interface, its classifier and its sockets,
+and the roles that serve them on the service's loop (``XdpInput``,
+``XdpOutdev``), as ``colo_xdp.transport.chardev.roles`` does for sockets.
+
+An ``XdpPort`` owns, for one interface, the classifier (bpf/classify.c for the
+primary or the secondary side) and one AF_XDP socket per rx queue, each in the
+classifier's XSKMAP.  Opening loads the program, opens and registers the
+sockets, and only then attaches, so no frame meets a queue without a socket;
+closing detaches first.  Frames move in bursts through the C glue
+(csrc/xdp_glue.c): from a socket into the engine, and from the engine's
+releases out of a socket.  Python calls
+once per burst of up to ``BURST`` frames.
+
+    with XdpPort("tap0", Side.PRIMARY) as port:
+        for sock in port.sockets:                 # watch sock.fileno() for input
+            n = rx_to_engine(sock, engine, Side.PRIMARY, now_ms)
+"""
+from __future__ import annotations
+
+import errno
+import select
+import selectors
+import socket
+from collections import Counter
+from dataclasses import dataclass
+
+from colo_xdp._native import lib
+from colo_xdp.engine import Engine, Side
+from colo_xdp.transport.chardev.endpoint import EndpointError
+from colo_xdp.transport.xdp.classifier import Mode, XdpClassifier, XdpError
+from colo_xdp.transport.xdp.xsk import XskConfig, XskError, XskSocket, _rx_queues
+
+READ = selectors.EVENT_READ
+WRITE = selectors.EVENT_WRITE
+
+BURST = lib.XDP_GLUE__BURST
+IFACE_CHECK_S = 1.0     # how often a role looks for a vanished interface
+# XDP_STATISTICS counters that are frames lost after the redirect.
+KERNEL_DROP_REASONS = ("rx_ring_full", "rx_dropped")
+
+
+@dataclass(frozen=True)
+class XdpIface:
+    """A guest's (or an uplink's) interface in XDP mode, as a role's endpoint."""
+
+    name: str
+    mode: str = "native"          # or "generic"
+
+    def __str__(self) -> str:
+        return f"xdp:{self.name}"
+
+
+class XdpPortError(Exception):
+    """An XDP port could not be opened or used; one sentence."""
+
+
+class XdpPort:
+    """The classifier on ``ifname`` and an AF_XDP socket on each rx queue."""
+
+    def __init__(self, ifname: str, side: Side, *, mode: Mode = Mode.NATIVE,
+                 rules=(), xsk_config: XskConfig | None = None):
+        self.ifname = ifname
+        self.side = Side(side)
+        self.mode = Mode(mode)
+        self.classifier = XdpClassifier(self.side, ifname, mode=self.mode, rules=rules,
+                                        handle_sigterm=False)
+        self.xsk_config = xsk_config or XskConfig(burst=BURST)
+        self.sockets: list[XskSocket] = []
+
+    def __enter__(self) -> "XdpPort":
+        self.open()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close()
+
+    def open(self) -> None:
+        try:
+            self.classifier.load()
+            for queue in range(_rx_queues(self.ifname) or 1):
+                sock = XskSocket(self.ifname, queue, self.xsk_config)
+                sock.open()
+                self.sockets.append(sock)
+                self.classifier.set_socket(queue, sock.fileno())
+            self.classifier.attach()
+        except (XdpError, XskError) as exc:
+            self.close()
+            raise XdpPortError(f"{self.ifname}: {exc}") from None
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Detach, then close the sockets; safe to call twice."""
+        self.classifier.close()
+        for sock in self.sockets:
+            sock.close()
+        self.sockets = []
+
+    def set_rules(self, rules) -> None:
+        """Passthrough rules (the engine's PassthroughRule) into the BPF map."""
+        self.classifier.set_rules(rules)
+
+    def verdicts(self) -> dict[str, int]:
+        """Frames per verdict since the program was loaded."""
+        return {v.name.lower(): c.frames for v, c in self.classifier.counters().items()}
+
+    def kernel_drops(self) -> dict[str, int]:
+        """Frames the classifier redirected that the kernel then dropped,
+        by reason, summed over the sockets (XDP_STATISTICS): ``rx_ring_full``
+        (the rx ring was full: we were not reading fast enough) and
+        ``rx_dropped`` (no free UMEM frame, or a frame larger than one)."""
+        total = dict.fromkeys(KERNEL_DROP_REASONS, 0)
+        for sock in self.sockets:
+            try:
+                st = sock.stats()
+            except XskError:
+                continue
+            for reason in KERNEL_DROP_REASONS:
+                total[reason] += st[reason]
+        return total
+
+
+def rx_to_engine(sock: XskSocket, engine: Engine, side: Side, now_ms: int) -> int:
+    """Move up to BURST received frames into the engine; returns how many."""
+    n = lib.xdp_glue__rx_to_engine(sock._x, engine._e, side, now_ms, BURST)
+    if n < 0:
+        raise XdpPortError(f"{sock.ifname} queue {sock.queue}: receiving failed "
+                           f"(errno {-n})")
+    return n
+
+
+def tx_from_engine(sock: XskSocket, engine: Engine) -> int:
+    """Send up to BURST released frames; returns how many (0: ring full or
+    nothing to send)."""
+    n = lib.xdp_glue__tx_from_engine(sock._x, engine._e, BURST)
+    if n < 0:
+        raise XdpPortError(f"{sock.ifname}: sending failed (errno {-n})")
+    return n
+
+
+class XdpInput:
+    """A guest interface in XDP mode: the classifier and an AF_XDP socket per
+    rx queue; each ready socket gives one burst per loop turn to the engine.
+    ``classify_as`` is the classifier's side, ``feed_as`` the engine's (they
+    differ only for ``forward``)."""
+
+    def __init__(self, svc, role: str, iface: XdpIface, classify_as: Side,
+                 feed_as: Side | None = None):
+        self.svc = svc
+        self.role = role
+        self.iface = iface
+        self.classify_as = classify_as
+        self.side = classify_as if feed_as is None else feed_as
+        self.port = None
+        self.ifindex = 0
+        self.next_check = 0.0
+        # Counters of ports given up (the interface went away): the live
+        # port's counters start from zero, these keep the totals whole.
+        self.carried_verdicts: Counter = Counter()
+        self.carried_drops: Counter = Counter()
+        self.drops_logged = 0
+
+    def open(self) -> None:
+        table = getattr(self.svc, "passthrough", None)
+        self.port = XdpPort(self.iface.name, self.classify_as, mode=Mode(self.iface.mode),
+                            rules=table.rules if table else ())
+        try:
+            self.port.open()
+        except XdpPortError as exc:
+            self.port = None
+            raise EndpointError(errno.EIO, f"{self.role}: {exc}") from None
+        if table:
+            table.add_sink(self.port.set_rules)
+        self.ifindex = socket.if_nametoindex(self.iface.name)
+        self.pause(self.svc.paused)
+        self.svc.log.event("xdp_attached", role=self.role, iface=self.iface.name,
+                           mode=self.iface.mode, queues=len(self.port.sockets))
+
+    def _reader(self, sock):
+        def readable(mask: int) -> None:
+            try:
+                rx_to_engine(sock, self.svc.engine, self.side, self.svc.now_ms())
+            except XdpPortError as exc:
+                self.svc.log.warning("xdp_rx_failed", role=self.role, error=str(exc))
+            self.svc.after_batch()
+        return readable
+
+    def pause(self, paused: bool) -> None:
+        """Backpressure: unread frames wait in the rx rings (the kernel drops
+        and counts past them: a guest cannot be told to wait)."""
+        for sock in self.port.sockets if self.port else ():
+            if paused:
+                self.svc.unwatch(sock)
+            else:
+                self.svc.watch(sock, READ, self._reader(sock))
+
+    def maybe_retry(self, now: float) -> None:
+        """Once a second: is the interface still the one attached to?  One
+        that went away (or was made anew) is given up with a log line, and
+        attached to again as soon as it is back."""
+        if now < self.next_check:
+            return
+        self.next_check = now + IFACE_CHECK_S
+        self.log_kernel_drops()
+        try:
+            index = socket.if_nametoindex(self.iface.name)
+        except OSError:
+            index = 0
+        if self.port and index != self.ifindex:
+            self.svc.log.warning("xdp_iface_gone", role=self.role, iface=self.iface.name)
+            self.shutdown()
+        if not self.port and index:
+            try:
+                self.open()
+            except EndpointError as exc:
+                self.svc.log.warning("xdp_attach_failed", role=self.role, error=exc.strerror)
+
+    def verdicts(self) -> dict[str, int]:
+        live = self.port.verdicts() if self.port else {}
+        return {v: self.carried_verdicts[v] + live.get(v, 0)
+                for v in {**self.carried_verdicts, **live}}
+
+    def kernel_drops(self) -> dict[str, int]:
+        """Frames the kernel dropped on their way to our sockets, by reason."""
+        live = self.port.kernel_drops() if self.port else {}
+        return {r: self.carried_drops[r] + live.get(r, 0) for r in KERNEL_DROP_REASONS}
+
+    def log_kernel_drops(self) -> None:
+        """A warning when the kernel dropped frames since the last one (once
+        a second at most: the counters are exact in stats and metrics)."""
+        drops = self.kernel_drops()
+        total = sum(drops.values())
+        if total > self.drops_logged:
+            self.svc.log.warning("xdp_kernel_dropped", role=self.role,
+                                 side=self.side.name.lower(), new=total - self.drops_logged,
+                                 total=total, **drops)
+            self.drops_logged = total
+
+    def shutdown(self) -> None:
+        if self.port:
+            self.log_kernel_drops()
+            self.carried_verdicts.update(self.port.verdicts())
+            self.carried_drops.update(self.port.kernel_drops())
+            self.pause(True)
+            table = getattr(self.svc, "passthrough", None)
+            if table:
+                table.remove_sink(self.port.set_rules)
+            self.port.close()
+            self.port = None
+            self.svc.log.event("xdp_detached", role=self.role, iface=self.iface.name)
+
+
+class XdpOutdev:
+    """Released frames sent with AF_XDP on an interface (``xdp:IFACE``)."""
+
+    def __init__(self, svc, role: str, iface: XdpIface):
+        self.svc = svc
+        self.role = role
+        self.iface = iface
+        self.sock = None
+        self.writing = False
+
+    @property
+    def has_peer(self) -> bool:
+        return self.sock is not None
+
+    def open(self) -> None:
+        sock = XskSocket(self.iface.name, 0)
+        try:
+            sock.open()
+        except XskError as exc:
+            raise EndpointError(errno.EIO, f"{self.role}: {exc}") from None
+        self.sock = sock
+        self.svc.log.event("connected", role=self.role, endpoint=self.iface)
+
+    def write_pending(self) -> None:
+        if not self.sock:
+            return
+        engine = self.svc.engine
+        try:
+            while engine.output_pending() and tx_from_engine(self.sock, engine):
+                pass
+        except XdpPortError as exc:
+            self.svc.log.warning("disconnected", role=self.role, endpoint=self.iface,
+                                 why=str(exc))
+            self.shutdown()
+            return
+        want = bool(engine.output_pending())     # the tx ring is full: wait for room
+        if want != self.writing:
+            self.writing = want
+            if want:
+                self.svc.watch(self.sock, WRITE, lambda mask: self.write_pending())
+            else:
+                self.svc.unwatch(self.sock)
+
+    def wait_writable(self, timeout: float) -> None:
+        if self.sock:
+            select.select([], [self.sock], [], timeout)
+
+    def maybe_retry(self, now: float) -> None:
+        pass
+
+    def shutdown(self) -> None:
+        if self.sock:
+            self.svc.unwatch(self.sock)
+            self.sock.close()
+            self.sock = None
