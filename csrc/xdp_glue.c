@@ -63,20 +63,23 @@ static uint32_t burst_cap(uint32_t max)
 }
 
 int xdp_glue__rx_to_engine(struct xsk *x, struct cx_engine *e, int side, uint64_t now_ms,
-                           uint32_t max)
+                           uint32_t max, int flags, int *held_back)
 {
     uint64_t addrs[XDP_GLUE__BURST];
     uint32_t lens[XDP_GLUE__BURST];
     const uint8_t *frames[XDP_GLUE__BURST];
     uint8_t *umem = xsk__umem(x);
-    uint32_t n = xsk__rx_burst(x, addrs, lens, burst_cap(max));
+    uint32_t n = xsk__rx_peek(x, addrs, lens, burst_cap(max));
 
     for (uint32_t i = 0; i < n; i++)
         frames[i] = umem + addrs[i];
-    cx_engine__feed_burst(e, side, frames, lens, n, now_ms);
-    /* The engine copied what it keeps: the frames go back to the fill ring. */
-    int err = n ? xsk__rx_done(x, addrs, n) : 0;
-    return err ? err : (int)n;
+    uint32_t taken = (uint32_t)cx_engine__feed_burst(e, side, frames, lens, n, now_ms, flags);
+    /* Frames held back stay at the head of the rx ring for the next call;
+     * the engine copied what it took: those go back to the fill ring. */
+    *held_back = taken < n;
+    xsk__rx_release(x, taken);
+    int err = taken ? xsk__rx_done(x, addrs, taken) : 0;
+    return err ? err : (int)taken;
 }
 
 int xdp_glue__tx_from_engine(struct xsk *x, struct cx_engine *e, uint32_t max)

@@ -13,14 +13,16 @@ Python face of it and has two ways in:
       # -> [Release(frame=..., vnet_hdr_len=0, ...)]
 
 * in batches, for transports: ``feed_stream`` takes a chunk of a QEMU-framed
-  stream, ``output()``/``consume_output()`` hand out released frames already
+  stream (``feed_stream_flow`` with flow control: it may stop early and say
+  so), ``output()``/``consume_output()`` hand out released frames already
   framed for the outdev, ``drain_events()`` the checkpoint requests, drops and
-  connection events.  Python runs per batch, never per frame.
+  connection events (coalesced: one per kind, reason and connection, with a
+  count), ``checkpoint_wanted()`` whether a checkpoint request is
+  outstanding.  Python runs per batch, never per frame.
 """
 from __future__ import annotations
 
 import enum
-import errno
 import socket
 import struct
 from dataclasses import dataclass, field
@@ -111,16 +113,22 @@ class Evidence:
 
 @dataclass(frozen=True)
 class CheckpointRequest:
+    """``count`` requests for this reason and connection in one batch."""
+
     reason: CheckpointReason
     conn: ConnKey | None
     evidence: tuple[Evidence, ...] = ()
+    count: int = 1
 
 
 @dataclass(frozen=True)
 class Drop:
+    """``count`` frames of this side, reason and connection in one batch."""
+
     side: Side
     reason: DropReason
     conn: ConnKey | None
+    count: int = 1
 
 
 @dataclass(frozen=True)
@@ -167,17 +175,6 @@ class EngineError(Exception):
     """The engine could not be created or was fed something it refuses."""
 
 
-class FramingError(EngineError):
-    """A chardev stream carried a record that breaks its framing."""
-
-    def __init__(self, reason: DropReason, consumed: int):
-        what = "a zero-length frame" if reason is DropReason.EMPTY else (
-            f"a frame longer than {NET_BUFSIZE} bytes")
-        super().__init__(f"the stream carried {what}; its framing is lost")
-        self.reason = reason
-        self.consumed = consumed
-
-
 @dataclass
 class EngineConfig:
     compare_timeout_ms: int = DEFAULT_COMPARE_TIMEOUT_MS
@@ -187,6 +184,9 @@ class EngineConfig:
     vnet_hdr: bool = False
     max_events: int = DEFAULT_MAX_EVENTS
     evidence_max_bytes: int = 0      # 0: no miscompare evidence kept
+    # Flow control: frames one side may hold on a connection the other holds
+    # nothing on before a feed stops there; 0: max_queue_size / 2.
+    flow_high_water: int = 0
 
     def validate(self) -> None:
         """Raise EngineError with one sentence for the first bad value."""
@@ -199,6 +199,10 @@ class EngineConfig:
             raise EngineError("max_queue_size and max_connections must be at most 16777216")
         if not 0 <= self.evidence_max_bytes < 1 << 32:
             raise EngineError("evidence_max_bytes must be from 0 to 4294967295")
+        if not isinstance(self.flow_high_water, int) or not (
+                0 <= self.flow_high_water <= self.max_queue_size):
+            raise EngineError(f"flow_high_water must be from 0 to max_queue_size "
+                              f"({self.max_queue_size}), not {self.flow_high_water!r}")
 
 
 @dataclass
@@ -221,6 +225,7 @@ class Counters:
     events_lost: int = 0
     evidence_lost: int = 0
     outdev_cut: int = 0
+    held_back: dict[str, int] = field(default_factory=dict)   # feeds flow control stopped
 
     @property
     def released_total(self) -> int:
@@ -271,6 +276,7 @@ class Engine:
             "max_events": self.config.max_events,
             "evidence_max_bytes": self.config.evidence_max_bytes,
             "vnet_hdr": int(self.config.vnet_hdr),
+            "flow_high_water": self.config.flow_high_water,
         })
         ptr = lib.cx_engine__new(cfg)
         if ptr == ffi.NULL:
@@ -284,17 +290,34 @@ class Engine:
     # -- batch interface (transports) ------------------------------------
 
     def feed_stream(self, side: Side, chunk, now_ms: int) -> int:
-        """Feed whole framed records from ``chunk``; return bytes consumed.
+        """Feed every whole framed record of ``chunk`` (no flow control);
+        return bytes consumed.  A partial record at the end is left for the
+        next call.  A zero-length record is counted (``empty``) and read
+        past; an oversize one is counted and its body skipped, also across
+        calls (``stream_reset`` when the stream gets a new peer)."""
+        return self.feed_stream_flow(side, chunk, now_ms, force=True)[0]
 
-        A partial record at the end is left for the next call.  Raises
-        FramingError (with ``consumed``) on a zero-length or oversized record.
-        """
+    def feed_stream_flow(self, side: Side, chunk, now_ms: int,
+                         force: bool = False) -> tuple[int, bool]:
+        """As feed_stream, with flow control unless ``force``: returns (bytes
+        consumed, held back).  Held back: the engine stopped in front of a
+        frame that would run this side ahead of the other; leave the rest
+        unread until the other side has been fed (or force it when both
+        sides are held back or the other has stopped)."""
         rc = lib.cx_engine__feed_stream(self._e, side, ffi.from_buffer(chunk), len(chunk),
-                                        now_ms, self._consumed)
-        if rc < 0:
-            reason = DropReason.EMPTY if -rc == errno.EBADMSG else DropReason.OVERSIZE
-            raise FramingError(reason, self._consumed[0])
-        return self._consumed[0]
+                                        now_ms, lib.CX_FEED_FORCE if force else 0,
+                                        self._consumed)
+        return self._consumed[0], rc == lib.CX_FEED_BLOCKED
+
+    def stream_reset(self, side: Side) -> None:
+        """The side's stream has a new peer: stop skipping an oversize record."""
+        lib.cx_engine__stream_reset(self._e, side)
+
+    def checkpoint_wanted(self) -> frozenset[CheckpointReason]:
+        """Reasons of the checkpoint requests since the last checkpoint (or
+        failover): outstanding until one is done, never lost."""
+        mask = lib.cx_engine__checkpoint_wanted(self._e)
+        return frozenset(r for r in CheckpointReason if mask & (1 << r))
 
     def output(self) -> memoryview:
         """Released frames, in the outdev's framing, not yet consumed."""
@@ -323,9 +346,9 @@ class Engine:
             key = _key(ev.key) if ev.has_key else None
             if ev.kind == lib.CX_EV_CHECKPOINT:
                 out.append(CheckpointRequest(CheckpointReason(ev.reason), key,
-                                             tuple(evidence.get(i, ()))))
+                                             tuple(evidence.get(i, ())), ev.count))
             elif ev.kind == lib.CX_EV_DROP:
-                out.append(Drop(Side(ev.side), DropReason(ev.reason), key))
+                out.append(Drop(Side(ev.side), DropReason(ev.reason), key, ev.count))
             elif ev.kind == lib.CX_EV_CONN_NEW:
                 out.append(ConnectionOpened(key))
             elif ev.kind == lib.CX_EV_CONN_EVICT:
@@ -366,11 +389,18 @@ class Engine:
         if lib.cx_engine__set_passthrough(self._e, arr, len(rules)) < 0:
             raise EngineError("the engine could not allocate the passthrough list")
 
-    def connections(self) -> list[ConnInfo]:
-        """Every connection of the table, in creation order."""
+    def connections(self, limit: int | None = None) -> list[ConnInfo]:
+        """Every connection of the table, in creation order; with ``limit``,
+        the ``limit`` most worth a look (most frames held, then most
+        recently seen; creation order when all fit), picked in C: the
+        Python cost is that of the rows."""
         n = lib.cx_engine__connections(self._e)
-        arr = ffi.new("struct cx_conn_info[]", max(n, 1))
-        n = min(lib.cx_engine__conn_snapshot(self._e, arr, n), n)
+        if limit is not None and limit < n:
+            arr = ffi.new("struct cx_conn_info[]", max(limit, 1))
+            n = lib.cx_engine__conn_top(self._e, arr, limit)
+        else:
+            arr = ffi.new("struct cx_conn_info[]", max(n, 1))
+            n = min(lib.cx_engine__conn_snapshot(self._e, arr, n), n)
         return [ConnInfo(_key(c.key), bool(c.passthrough), c.queued[0], c.queued[1],
                          c.created_ms, c.last_ms, c.matched, c.released, c.mismatches,
                          c.checkpoints) for c in arr[0:n]]
@@ -437,6 +467,7 @@ class Engine:
             events_lost=c.events_lost,
             evidence_lost=c.evidence_lost,
             outdev_cut=c.outdev_cut,
+            held_back={sides[s]: c.held_back[s] for s in Side},
         )
 
 

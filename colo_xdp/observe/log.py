@@ -38,7 +38,7 @@ EVENT_NAMES = (
     "connected", "disconnected", "connect_failed", "accept_failed", "stream_broken",
     "checkpoint_requested", "checkpoint_done", "failover",
     "connection_opened", "connection_evicted", "frame_dropped",
-    "backpressure", "outdev_cut", "undelivered_at_exit",
+    "backpressure", "flow_forced", "outdev_cut", "undelivered_at_exit",
     "notify_init", "notify_unknown_message",
     "passthrough_changed", "control_refused", "control_error", "miscompare_pcap_failed",
     "miscompare_pcap_rotated",

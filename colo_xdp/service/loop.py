@@ -12,9 +12,20 @@ keep up, released frames wait in the engine's out buffer; past
 ``OUT_LOW_WATER``, so nothing is lost and nothing is reordered.  The frames
 not read meanwhile wait in the kernel (a socket buffer, an rx ring).
 
+Flow control, also written once (``balance_inputs``): what is read is decided
+by the engine's state, not by chunk sizes.  A feed the engine holds back (its
+side would run ahead of the other, see cx_engine.h) leaves the input
+unread, its lead in the kernel; every turn the held inputs are fed again,
+so they go on as soon as the other side has caught up.  When every input is
+held back, or the others have taken nothing for ``FLOW_STALL_MS`` (a side
+that stopped), the held input is fed with flow control off and the engine's
+limits decide (queue_full, table_full, a checkpoint), so nothing deadlocks.
+That bound also keeps the expired-frame scan honest: a frame waits at most
+that long for a partner we chose not to read.
+
 A role is any object with ``open``, ``shutdown`` and ``maybe_retry(now)``;
-inputs add ``pause(paused)``, the outdev ``has_peer``, ``write_pending`` and
-``wait_writable(timeout)``.  An attachment (control socket, /metrics, the
+inputs add ``pause(paused)``, ``held``, ``last_fed_ms`` and ``feed(force)``,
+the outdev ``has_peer``, ``write_pending`` and ``wait_writable(timeout)``.  An attachment (control socket, /metrics, the
 evidence pcap) has ``open``, ``close``, ``tick(now)``, ``end_batch`` and
 ``stats``.
 """
@@ -34,6 +45,9 @@ OUT_HIGH_WATER = 8 * 1024 * 1024   # stop reading inputs above this much output
 OUT_LOW_WATER = 1 * 1024 * 1024    # ... and resume below this
 SHUTDOWN_DRAIN_S = 2.0             # how long to try delivering at exit
 MAX_SLEEP_S = 0.5
+# Flow control: a held input is forced after the other inputs took nothing
+# for this long (they have stopped producing, or are gone).
+FLOW_STALL_MS = 200
 
 
 class Loop:
@@ -102,9 +116,13 @@ class Loop:
         deadline = self.engine.run_timers(self.now_ms())
         while not self._stop:
             now = self.now_ms()
-            wait_s = min(max(deadline - now, 0) / 1000.0, MAX_SLEEP_S)
+            wake = min(deadline, self.wake_at_ms())
+            wait_s = min(max(wake - now, 0) / 1000.0, MAX_SLEEP_S)
+            if self.held_inputs():
+                wait_s = min(wait_s, FLOW_STALL_MS / 4000.0)
             for key, mask in self.sel.select(wait_s):
                 key.data(mask)
+            self.balance_inputs()
             now = self.now_ms()
             if now >= deadline:
                 deadline = self.scan_for_expired(now)
@@ -137,6 +155,30 @@ class Loop:
         if self.paused or now - self.resumed_ms < cycle:
             return now + cycle
         return self.engine.run_timers(now)
+
+    # -- flow control -------------------------------------------------------------
+
+    def held_inputs(self) -> list:
+        return [inp for inp in self.inputs if inp.held]
+
+    def balance_inputs(self) -> None:
+        """Feed held inputs again: the other side may have made room.  One
+        still held is forced when all are held or the others have stalled."""
+        held = self.held_inputs()
+        if not held or self.paused:
+            return
+        for inp in held:
+            inp.feed()
+        held = self.held_inputs()
+        now = self.now_ms()
+        for inp in held:
+            others = [o for o in self.inputs if o is not inp]
+            if all(o.held or now - o.last_fed_ms >= FLOW_STALL_MS for o in others):
+                self.log.event("flow_forced", side=inp.side.name.lower(),
+                               why="both held" if all(o.held for o in others) else "stalled")
+                inp.feed(force=True)
+                break                     # the other one gets its turn first
+        self.after_batch()
 
     # -- after every batch ------------------------------------------------------
 
@@ -176,3 +218,7 @@ class Loop:
 
     def on_turn(self) -> None:
         """Once a turn, after the timers and ticks."""
+
+    def wake_at_ms(self) -> float:
+        """When the subclass next needs a turn without any socket ready."""
+        return float("inf")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from colo_xdp._native import ffi, lib
-from colo_xdp.transport import classify
+from colo_xdp.transport.xdp import classify_abi as classify
 
 ROOT = Path(__file__).resolve().parents[2]
 WIRE_H = ROOT / "bpf" / "cx_wire.h"

@@ -13,7 +13,7 @@ once per burst of up to ``BURST`` frames.
 
     with XdpPort("tap0", Side.PRIMARY) as port:
         for sock in port.sockets:                 # watch sock.fileno() for input
-            n = rx_to_engine(sock, engine, Side.PRIMARY, now_ms)
+            n, held_back = rx_to_engine(sock, engine, Side.PRIMARY, now_ms)
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ import socket
 from collections import Counter
 from dataclasses import dataclass
 
-from colo_xdp._native import lib
+from colo_xdp._native import ffi, lib
 from colo_xdp.engine import Engine, Side
 from colo_xdp.transport.chardev.endpoint import EndpointError
 from colo_xdp.transport.xdp.classifier import Mode, XdpClassifier, XdpError
@@ -34,6 +34,13 @@ READ = selectors.EVENT_READ
 WRITE = selectors.EVENT_WRITE
 
 BURST = lib.XDP_GLUE__BURST
+# Rings and UMEM of an input's sockets: flow control leaves a side's lead in
+# the rx ring, so the ring (and the UMEM frames behind it) must hold the lead
+# the engine does not take (flow_high_water per connection) without the
+# kernel dropping: 4096 entries hold a 2048-frame lead on one flow twice over.
+# UMEM: 4096 rx + 4096 tx frames of 2 KiB, 16 MiB per rx queue.
+INPUT_RING_SIZE = 4096
+INPUT_FRAME_COUNT = 2 * INPUT_RING_SIZE
 IFACE_CHECK_S = 1.0     # how often a role looks for a vanished interface
 # XDP_STATISTICS counters that are frames lost after the redirect.
 KERNEL_DROP_REASONS = ("rx_ring_full", "rx_dropped")
@@ -64,7 +71,8 @@ class XdpPort:
         self.mode = Mode(mode)
         self.classifier = XdpClassifier(self.side, ifname, mode=self.mode, rules=rules,
                                         handle_sigterm=False)
-        self.xsk_config = xsk_config or XskConfig(burst=BURST)
+        self.xsk_config = xsk_config or XskConfig(burst=BURST, ring_size=INPUT_RING_SIZE,
+                                                  frame_count=INPUT_FRAME_COUNT)
         self.sockets: list[XskSocket] = []
 
     def __enter__(self) -> "XdpPort":
@@ -121,13 +129,20 @@ class XdpPort:
         return total
 
 
-def rx_to_engine(sock: XskSocket, engine: Engine, side: Side, now_ms: int) -> int:
-    """Move up to BURST received frames into the engine; returns how many."""
-    n = lib.xdp_glue__rx_to_engine(sock._x, engine._e, side, now_ms, BURST)
+_HELD = ffi.new("int *")
+
+
+def rx_to_engine(sock: XskSocket, engine: Engine, side: Side, now_ms: int,
+                 force: bool = True) -> tuple[int, bool]:
+    """Move up to BURST received frames into the engine, with flow control
+    unless ``force``; returns (how many, held back).  Frames held back stay
+    at the head of the rx ring."""
+    n = lib.xdp_glue__rx_to_engine(sock._x, engine._e, side, now_ms, BURST,
+                                   lib.CX_FEED_FORCE if force else 0, _HELD)
     if n < 0:
         raise XdpPortError(f"{sock.ifname} queue {sock.queue}: receiving failed "
                            f"(errno {-n})")
-    return n
+    return n, bool(_HELD[0])
 
 
 def tx_from_engine(sock: XskSocket, engine: Engine) -> int:
@@ -160,6 +175,8 @@ class XdpInput:
         self.carried_verdicts: Counter = Counter()
         self.carried_drops: Counter = Counter()
         self.drops_logged = 0
+        self.held_socks: set = set()       # flow control: sockets left unread
+        self.last_fed_ms = -(1 << 62)
 
     def open(self) -> None:
         table = getattr(self.svc, "passthrough", None)
@@ -177,19 +194,44 @@ class XdpInput:
         self.svc.log.event("xdp_attached", role=self.role, iface=self.iface.name,
                            mode=self.iface.mode, queues=len(self.port.sockets))
 
+    @property
+    def held(self) -> bool:
+        return bool(self.held_socks)
+
+    def _rx(self, sock, force: bool) -> None:
+        now = self.svc.now_ms()
+        try:
+            n, held = rx_to_engine(sock, self.svc.engine, self.side, now, force)
+        except XdpPortError as exc:
+            self.svc.log.warning("xdp_rx_failed", role=self.role, error=str(exc))
+            return
+        if n:
+            self.last_fed_ms = now
+        if held and sock not in self.held_socks:
+            self.held_socks.add(sock)
+            self.svc.unwatch(sock)            # the lead waits in the rx ring
+        elif not held and sock in self.held_socks:
+            self.held_socks.discard(sock)
+            if not self.svc.paused:
+                self.svc.watch(sock, READ, self._reader(sock))
+
     def _reader(self, sock):
         def readable(mask: int) -> None:
-            try:
-                rx_to_engine(sock, self.svc.engine, self.side, self.svc.now_ms())
-            except XdpPortError as exc:
-                self.svc.log.warning("xdp_rx_failed", role=self.role, error=str(exc))
+            self._rx(sock, force=False)
             self.svc.after_batch()
         return readable
+
+    def feed(self, force: bool = False) -> None:
+        """Feed the held rx rings again (flow control off with ``force``)."""
+        for sock in list(self.held_socks):
+            self._rx(sock, force)
 
     def pause(self, paused: bool) -> None:
         """Backpressure: unread frames wait in the rx rings (the kernel drops
         and counts past them: a guest cannot be told to wait)."""
         for sock in self.port.sockets if self.port else ():
+            if sock in self.held_socks:
+                continue
             if paused:
                 self.svc.unwatch(sock)
             else:
@@ -242,6 +284,8 @@ class XdpInput:
             self.log_kernel_drops()
             self.carried_verdicts.update(self.port.verdicts())
             self.carried_drops.update(self.port.kernel_drops())
+            self.feed(force=True)             # what waits in the rings is not lost
+            self.held_socks.clear()
             self.pause(True)
             table = getattr(self.svc, "passthrough", None)
             if table:
