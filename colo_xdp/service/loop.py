@@ -207,10 +207,12 @@ class Loop:
     # -- after every batch ------------------------------------------------------
 
     def after_batch(self) -> None:
+        # Released frames first: nothing below changes them, and a frame's
+        # latency ends when it is written.
+        self.outdev.write_pending()
         self.on_events(self.engine.drain_events())
         for part in self.attachments:
             part.end_batch()
-        self.outdev.write_pending()
         pending = self.engine.output_pending()
         if not self.paused and pending > OUT_HIGH_WATER:
             self._pause(True, pending)
