@@ -459,3 +459,24 @@ def test_frames_the_kernel_drops_are_counted_not_lost(lab):
     frames_in, kernel_dropped = map(int, m.groups())
     assert kernel_dropped > 0 and frames_in >= INPUT_RING_SIZE
     assert frames_in + kernel_dropped == sent, log
+
+
+@pytest.mark.parametrize("ahead", ["s", "p"])
+def test_a_lead_of_2048_frames_waits_in_the_rx_ring_without_kernel_drops(lab, ahead):
+    """Flow control in XDP mode: one guest 2048 frames ahead on one flow.
+    The engine takes half a queue of them; the rest waits in the rx ring,
+    which is sized for it: no kernel drop, no engine drop, no checkpoint."""
+    proc = lab.start(*compare_args(lab))
+    out, note = lab.connect("out.sock"), lab.connect("notify.sock")
+    frames = [udp(b"lead %05d" % i) for i in range(2048)]
+    behind = "p" if ahead == "s" else "s"
+    lab.send(ahead, *frames)
+    time.sleep(0.2)
+    lab.send(behind, *frames)
+    assert records(out, len(frames)) == frames
+    assert quiet(note)                           # not one DO_CHECKPOINT
+    log = stop(proc)
+    m = re.search(r"stopped frames_in=(\d+)/(\d+) released=(\d+) dropped=(\d+)/(\d+) "
+                  r"checkpoints_requested=(\d+)", log)
+    assert m and tuple(map(int, m.groups())) == (2048, 2048, 2048, 0, 0, 0), log
+    assert "kernel_dropped=0/0" in log or "kernel_dropped" not in log, log
