@@ -36,7 +36,7 @@
 #include <uapi/linux/tcp.h>
 #include <uapi/linux/udp.h>
 
-#include "classify.h"
+#include "classify.h"   /* includes cx_wire.h: protocol numbers, rules */
 
 #ifndef CX_XDP_SIDE
 #error "CX_XDP_SIDE must be set: -DCX_XDP_SIDE=0 (primary) or 1 (secondary)"
@@ -59,17 +59,6 @@
 /* What bpf_redirect_map returns when the queue has no socket. */
 #define ACT_NO_SOCKET XDP_DROP
 
-/* Header sizes and protocol numbers the engine uses too. */
-#define IP_HLEN_MIN 20
-#define TCP_HLEN_MIN 20
-#define UDP_HLEN 8
-#define ICMP_HLEN_MIN 4
-#define PORTS_LEN 4               /* source and destination port */
-#define IP_FRAG_OFFSET_MASK 0x1fff
-#define IPPROTO_DCCP_ 33
-#define IPPROTO_SCTP_ 132
-#define IPPROTO_UDPLITE_ 136
-
 /* ---- maps ------------------------------------------------------------------ */
 
 /* xsks: rx queue index -> AF_XDP socket (fd written by user space).
@@ -84,9 +73,9 @@ BPF_PERCPU_ARRAY(counters, struct cx_xdp_counter, CX_XDP_VERDICT__COUNT);
  * all zero (no guest filter, no VLAN compare, no rules) until written. */
 BPF_ARRAY(config, struct cx_xdp_config, 1);
 
-/* rules: index -> struct cx_xdp_rule, passthrough rules in order; the first
+/* rules: index -> struct cx_rule (cx_wire.h), passthrough rules in order; the first
  * config.nrules entries are used.  CX_XDP_MAX_RULES entries. */
-BPF_ARRAY(rules, struct cx_xdp_rule, CX_XDP_MAX_RULES);
+BPF_ARRAY(rules, struct cx_rule, CX_XDP_MAX_RULES);
 
 /* guest_macs: struct cx_xdp_mac -> __u8 (unused), the guest's source MACs,
  * consulted with CX_XDP_CFG_GUEST_MACS.  CX_XDP_MAX_GUEST_MACS entries. */
@@ -121,7 +110,7 @@ struct flow {
 
 static __always_inline int is_vlan(__u16 h_proto)
 {
-    return h_proto == bpf_htons(ETH_P_8021Q) || h_proto == bpf_htons(ETH_P_8021AD);
+    return h_proto == bpf_htons(CX_ETH_P_8021Q) || h_proto == bpf_htons(CX_ETH_P_8021AD);
 }
 
 /* Ethernet and up to CX_XDP_MAX_VLAN_TAGS tags: returns the EtherType after
@@ -163,7 +152,7 @@ static __always_inline int parse_iphdr(struct cursor *c, void *data_end,
         return PARSE_CUT;
     __u32 ihl = ip->ihl * 4;
     __u32 tot = bpf_ntohs(ip->tot_len);
-    if (ip->version != 4 || ihl < IP_HLEN_MIN || tot < ihl)
+    if (ip->version != 4 || ihl < CX_IP_HLEN_MIN || tot < ihl)
         return PARSE_CUT;
     if (c->pos + tot > data_end)    /* total length beyond the frame */
         return PARSE_CUT;
@@ -172,7 +161,7 @@ static __always_inline int parse_iphdr(struct cursor *c, void *data_end,
     f->daddr = ip->daddr;
     f->proto = ip->protocol;
     f->l3_off = c->off;
-    if (bpf_ntohs(ip->frag_off) & IP_FRAG_OFFSET_MASK)
+    if (bpf_ntohs(ip->frag_off) & CX_IP_FRAG_OFFSET_MASK)
         f->flags |= CX_XDP_META_F_FRAGMENT;
     *l4_len = tot - ihl;
     c->pos += ihl;
@@ -186,36 +175,36 @@ static __always_inline int parse_l4(struct cursor *c, void *data_end, int proto,
 {
     f->l4_off = c->off;
     switch (proto) {
-    case IPPROTO_TCP: {
+    case CX_IPPROTO_TCP: {
         struct tcphdr *tcp = c->pos;
-        if (l4_len < TCP_HLEN_MIN || (void *)(tcp + 1) > data_end)
+        if (l4_len < CX_TCP_HLEN_MIN || (void *)(tcp + 1) > data_end)
             return PARSE_CUT;
         __u32 doff = tcp->doff * 4;
-        if (doff < TCP_HLEN_MIN || doff > l4_len)
+        if (doff < CX_TCP_HLEN_MIN || doff > l4_len)
             return PARSE_CUT;
         f->sport = tcp->source;
         f->dport = tcp->dest;
         return 0;
     }
-    case IPPROTO_UDP: {
+    case CX_IPPROTO_UDP: {
         struct udphdr *udp = c->pos;
-        if (l4_len < UDP_HLEN || (void *)(udp + 1) > data_end)
+        if (l4_len < CX_UDP_HLEN || (void *)(udp + 1) > data_end)
             return PARSE_CUT;
         f->sport = udp->source;
         f->dport = udp->dest;
         return 0;
     }
-    case IPPROTO_ICMP:
-        if (l4_len < ICMP_HLEN_MIN || c->pos + ICMP_HLEN_MIN > data_end)
+    case CX_IPPROTO_ICMP:
+        if (l4_len < CX_ICMP_HLEN_MIN || c->pos + CX_ICMP_HLEN_MIN > data_end)
             return PARSE_CUT;
         return 0;
-    case IPPROTO_DCCP_:
-    case IPPROTO_SCTP_:
-    case IPPROTO_UDPLITE_: {
+    case CX_IPPROTO_DCCP:
+    case CX_IPPROTO_SCTP:
+    case CX_IPPROTO_UDPLITE: {
         /* Keyed by their ports where TCP and UDP keep them, as the engine does;
          * too short for ports: keyed without them, still compared. */
         __be16 *ports = c->pos;
-        if (l4_len >= PORTS_LEN && (void *)(ports + 2) <= data_end) {
+        if (l4_len >= CX_PORTS_LEN && (void *)(ports + 2) <= data_end) {
             f->sport = ports[0];
             f->dport = ports[1];
         }
@@ -240,13 +229,6 @@ static __always_inline int is_guest(const struct cx_xdp_config *cfg, void *data,
     return guest_macs.lookup(&mac) != NULL;
 }
 
-static __always_inline int rule_match(const struct cx_xdp_rule *r, const struct flow *f)
-{
-    return (!r->proto || r->proto == f->proto) &&
-           !((f->saddr ^ r->saddr) & r->smask) && !((f->daddr ^ r->daddr) & r->dmask) &&
-           (!r->sport || r->sport == f->sport) && (!r->dport || r->dport == f->dport);
-}
-
 static __always_inline int on_passthrough_list(const struct cx_xdp_config *cfg,
                                                const struct flow *f)
 {
@@ -254,8 +236,8 @@ static __always_inline int on_passthrough_list(const struct cx_xdp_config *cfg,
     for (__u32 i = 0; i < CX_XDP_MAX_RULES; i++) {
         if (i >= n)
             break;
-        struct cx_xdp_rule *r = rules.lookup(&i);
-        if (r && rule_match(r, f))
+        struct cx_rule *r = rules.lookup(&i);
+        if (r && cx_rule_match(r, f->saddr, f->daddr, f->sport, f->dport, f->proto))
             return 1;
     }
     return 0;
@@ -275,7 +257,7 @@ static __always_inline int classify(struct xdp_md *ctx, const struct cx_xdp_conf
     int h_proto = parse_ethhdr(&c, data_end, f);
     if (h_proto == PARSE_CUT)
         return CX_XDP_MALFORMED;
-    if (h_proto != bpf_htons(ETH_P_IP))
+    if (h_proto != bpf_htons(CX_ETH_P_IP))
         return CX_XDP_UNSUPPORTED;
     if ((f->flags & CX_XDP_META_F_VLAN) && !(cfg->flags & CX_XDP_CFG_VLAN_COMPARE))
         return CX_XDP_UNSUPPORTED;

@@ -4,7 +4,9 @@
  * map keys and values, verdicts (also the counter indices) and the metadata
  * it puts in front of every frame it sends to an AF_XDP socket.
  *
- * Defined here and nowhere else.  colo_xdp/transport/xdp/classify_abi.py mirrors these
+ * Defined here and nowhere else; what the engine knows too (protocol
+ * numbers, the passthrough rule and its matcher) is in cx_wire.h, which this
+ * header includes.  colo_xdp/transport/xdp/classify_abi.py mirrors these
  * values for Python; tests/xdp/test_header.py parses this file and checks
  * that the two agree.  Plain C with <linux/types.h> types, so it compiles in
  * the BPF program (bcc) and in user space C alike.  Every enum member has an
@@ -14,6 +16,8 @@
 #define COLO_XDP_CLASSIFY_H
 
 #include <linux/types.h>
+
+#include "cx_wire.h"   /* struct cx_rule, the map "rules" value */
 
 /* ---- sizes ------------------------------------------------------------ */
 
@@ -85,21 +89,8 @@ struct cx_xdp_mac {
     __u8 addr[6];
 };
 
-/*
- * A passthrough rule (map "rules", index 0 .. nrules-1): flows it matches are
- * not compared.  The same rule as the engine's struct cx_rule, in network
- * byte order throughout: a zero mask, port or protocol matches anything.
- */
-struct cx_xdp_rule {
-    __u32 saddr;
-    __u32 smask;
-    __u32 daddr;
-    __u32 dmask;
-    __u16 sport;
-    __u16 dport;
-    __u8 proto;
-    __u8 pad[3];
-};
+/* Map "rules" (index 0 .. nrules-1) holds struct cx_rule of cx_wire.h, the
+ * engine's own rule: flows it matches are not compared. */
 
 /* ---- metadata ------------------------------------------------------------ */
 

@@ -37,17 +37,13 @@ class EndpointError(ColoXdpError, OSError):
 
 
 class FramingError(ColoXdpError, ValueError):
-    """A chardev byte stream broke QEMU's framing (a zero-length record or
-    one over the limit): the stream must be closed.
-
-    The Python decoder (colo_xdp.proto.framing) sets ``records``, the records
-    completed before the bad one; the engine sets ``reason`` (a DropReason)
-    and ``consumed``, the bytes in front of the bad record.
-    """
+    """A byte stream decoded in Python (colo_xdp.proto.framing: notify-dev,
+    the demo's ends) broke QEMU's framing (a zero-length record or one over
+    the limit): the stream must be closed.  ``records`` are the records
+    completed before the bad one.  (The engine reads past such records in
+    the data streams and counts them.)"""
 
     records: tuple = ()
-    reason = None
-    consumed = 0
 
 
 class EngineError(ColoXdpError):

@@ -69,6 +69,9 @@ XSK_DEFAULT_BIND_TIMEOUT_MS = lib.XSK__DEFAULT_BIND_TIMEOUT_MS
 
 XDP_GLUE_BURST = lib.XDP_GLUE__BURST
 
+CX_FEED_FORCE = lib.CX_FEED_FORCE
+CX_FEED_BLOCKED = lib.CX_FEED_BLOCKED
+
 
 class NativeError(ColoXdpError, OSError):
     """A C helper call returned -errno; ``errno`` says which, ``call`` where."""
@@ -102,25 +105,28 @@ class EngineCore:
     def feed(self, side: int, frame: bytes, vnet_len: int, now_ms: int) -> None:
         lib.cx_engine__feed(self._e, side, frame, len(frame), vnet_len, now_ms)
 
-    def feed_burst(self, side: int, frames: list[bytes], now_ms: int) -> None:
-        """cx_engine__feed_burst, the AF_XDP path's call (tests compare the two)."""
+    def feed_burst(self, side: int, frames: list[bytes], now_ms: int, force: bool = True) -> int:
+        """cx_engine__feed_burst, the AF_XDP path's call (tests compare the
+        two); how many frames it took (fewer when flow control held it back)."""
         keep = [ffi.from_buffer(f) for f in frames]
         ptrs = ffi.new("const uint8_t *[]", keep)
         lens = ffi.new("uint32_t[]", [len(f) for f in frames])
-        lib.cx_engine__feed_burst(self._e, side, ptrs, lens, len(frames), now_ms)
+        return lib.cx_engine__feed_burst(self._e, side, ptrs, lens, len(frames), now_ms,
+                                         CX_FEED_FORCE if force else 0)
 
-    def feed_stream(self, side: int, chunk, now_ms: int) -> int:
-        """Bytes consumed.  NativeError (EBADMSG, EMSGSIZE) when the stream
-        lost its framing; then ``consumed`` says where the bad record starts."""
+    def feed_stream(self, side: int, chunk, now_ms: int, force: bool) -> tuple[int, bool]:
+        """(bytes consumed, held back by flow control)."""
         rc = lib.cx_engine__feed_stream(self._e, side, ffi.from_buffer(chunk), len(chunk),
-                                        now_ms, self._consumed)
+                                        now_ms, CX_FEED_FORCE if force else 0, self._consumed)
         _check(rc, "cx_engine__feed_stream")
-        return self._consumed[0]
+        return self._consumed[0], rc == CX_FEED_BLOCKED
 
-    @property
-    def consumed(self) -> int:
-        """What the last feed_stream consumed (also when it failed)."""
-        return self._consumed[0]
+    def stream_reset(self, side: int) -> None:
+        lib.cx_engine__stream_reset(self._e, side)
+
+    def checkpoint_wanted(self) -> int:
+        """The mask (1 << CX_CKPT_*) of checkpoint requests outstanding."""
+        return lib.cx_engine__checkpoint_wanted(self._e)
 
     def tick(self, now_ms: int) -> int:
         return lib.cx_engine__tick(self._e, now_ms)
@@ -136,9 +142,13 @@ class EngineCore:
         _check(lib.cx_engine__set_passthrough(self._e, arr, len(rules)),
                "cx_engine__set_passthrough")
 
-    def conn_snapshot(self) -> list:
-        """``struct cx_conn_info`` of every connection, in creation order."""
+    def conn_snapshot(self, limit: int | None = None) -> list:
+        """``struct cx_conn_info`` of every connection, in creation order; with
+        ``limit``, the ``limit`` most worth a look (cx_engine__conn_top)."""
         n = lib.cx_engine__connections(self._e)
+        if limit is not None and limit < n:
+            arr = ffi.new("struct cx_conn_info[]", max(limit, 1))
+            return arr[0:lib.cx_engine__conn_top(self._e, arr, limit)]
         arr = ffi.new("struct cx_conn_info[]", max(n, 1))
         n = min(lib.cx_engine__conn_snapshot(self._e, arr, n), n)
         return arr[0:n]
@@ -240,10 +250,17 @@ class XskCore:
 
 # -- the glue (csrc/xdp_glue.h) ----------------------------------------------
 
-def rx_to_engine(xsk: XskCore, engine: EngineCore, side: int, now_ms: int, max_frames: int) -> int:
-    """Up to max_frames from the socket's rx ring into the engine; how many."""
-    return _check(lib.xdp_glue__rx_to_engine(xsk._x, engine._e, side, now_ms, max_frames),
-                  "xdp_glue__rx_to_engine")
+_HELD = ffi.new("int *")
+
+
+def rx_to_engine(xsk: XskCore, engine: EngineCore, side: int, now_ms: int, max_frames: int,
+                 force: bool = False) -> tuple[int, bool]:
+    """Up to max_frames from the socket's rx ring into the engine: (how many,
+    held back by flow control: the rest stays in the ring)."""
+    n = _check(lib.xdp_glue__rx_to_engine(xsk._x, engine._e, side, now_ms, max_frames,
+                                          CX_FEED_FORCE if force else 0, _HELD),
+               "xdp_glue__rx_to_engine")
+    return n, bool(_HELD[0])
 
 
 def tx_from_engine(xsk: XskCore, engine: EngineCore, max_frames: int) -> int:

@@ -11,13 +11,24 @@ import re
 from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# bpf/: the wire header the engine shares with the classifier (cx_wire.h).
+BPF_DIR = os.path.join(os.path.dirname(HERE), "bpf")
 SOURCES = ["cx_engine.c", "xsk.c", "xdp_glue.c"]
-HEADERS = ["cx_engine.h", "xsk.h", "xdp_glue.h"]
+# (directory, header), in cdef order: a header's types before their users.
+HEADERS = [(BPF_DIR, "cx_wire.h"), (HERE, "cx_engine.h"), (HERE, "xsk.h"),
+           (HERE, "xdp_glue.h")]
+# The kernel's fixed-width types cx_wire.h is written in (<linux/types.h>).
+KERNEL_TYPES = """
+typedef unsigned char __u8;
+typedef unsigned short __u16;
+typedef unsigned int __u32;
+typedef unsigned long long __u64;
+"""
 CFLAGS = ["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Werror", "-Wno-unused-parameter"]
 
 
-def _cdef_region(header):
-    with open(os.path.join(HERE, header)) as f:
+def _cdef_region(directory, header):
+    with open(os.path.join(directory, header)) as f:
         text = f.read()
     match = re.search(r"/\* cdef-begin \*/(.*)/\* cdef-end \*/", text, re.S)
     if not match:
@@ -31,12 +42,12 @@ def make_ffibuilder(extra_compile_args=(), extra_link_args=()):
     sanitized one of tests/sanitize) add their compile and link flags.
     Sources are relative to the repository root: build from there."""
     builder = FFI()
-    builder.cdef("\n".join(_cdef_region(h) for h in HEADERS))
+    builder.cdef(KERNEL_TYPES + "\n".join(_cdef_region(d, h) for d, h in HEADERS))
     builder.set_source(
         "colo_xdp._native",
-        "\n".join(f'#include "{h}"' for h in HEADERS),
+        "\n".join(f'#include "{h}"' for _, h in HEADERS),
         sources=[os.path.join("csrc", s) for s in SOURCES],
-        include_dirs=[HERE],
+        include_dirs=[HERE, BPF_DIR],
         extra_compile_args=[*CFLAGS, *extra_compile_args],
         extra_link_args=list(extra_link_args),
     )

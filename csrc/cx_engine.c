@@ -14,26 +14,24 @@
  *
  * A frame fed in is parsed, queued on its side of its connection, and that
  * connection is compared at once.  Releases are appended to the out buffer in
- * the outdev's framing; checkpoint requests and drops become events.
+ * the outdev's framing; checkpoint requests and drops become events,
+ * coalesced per kind, reason, side and connection until the next drain, and
+ * a checkpoint request also sets a sticky bit (ckpt_wanted) that only a
+ * checkpoint clears.
+ *
+ * Flow control: the stream and burst feeds stop in front of a frame that
+ * would run its side ahead (its connection holds flow_high_water frames of
+ * that side and none of the other's, or it needs a slot of a table full of
+ * busy connections); the caller leaves the rest unread until the other side
+ * catches up.  Passthrough flows take no connection.
  */
 #include "cx_engine.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
-
-#define ETH_HLEN 14
-#define ETH_P_IP 0x0800
-#define ETH_P_8021Q 0x8100
-#define IP_HLEN_MIN 20
-#define TCP_HLEN_MIN 20
-#define UDP_HLEN 8
-#define ICMP_HLEN_MIN 4
-#define IPPROTO_ICMP 1
-#define IPPROTO_TCP 6
-#define IPPROTO_UDP 17
-#define TCP_FLAG_ACK 0x10
 
 /* Kinds of comparison, one comparator each. */
 enum cx_cmp { CMP_TCP, CMP_L4, CMP_WHOLE };
@@ -73,7 +71,6 @@ struct cx_conn {
     bool have_ack[2];
     uint32_t compared_seq;         /* end of the highest compared data */
     bool have_compared;
-    bool passthrough;              /* on the passthrough list: not compared */
     /* for stats */
     uint64_t created_ms, last_ms;
     uint64_t matched, released, mismatches, checkpoints;
@@ -81,6 +78,13 @@ struct cx_conn {
 
 struct cx_list {
     struct cx_conn *head, *tail;
+};
+
+/* Where an event of the current batch is, for coalescing; a slot whose gen
+ * is not the engine's is empty (so a drain empties the table in O(1)). */
+struct cx_slot {
+    uint32_t gen;
+    uint32_t idx;
 };
 
 struct cx_engine {
@@ -99,6 +103,12 @@ struct cx_engine {
     size_t out_head, out_len, out_cap, out_rec_left;
     struct cx_event *events;
     size_t nevents;
+    struct cx_slot *slots;         /* open addressing over events */
+    uint32_t nslots;               /* power of two, >= 2 * max_events */
+    uint32_t gen;
+    uint32_t hwm;                  /* flow_high_water in force */
+    uint32_t ckpt_wanted;          /* 1 << CX_CKPT_* since the last checkpoint */
+    uint64_t skip[2];              /* bytes of an oversize record still to skip */
     uint8_t *evidence;             /* cfg.evidence_max_bytes, or NULL */
     size_t evidence_len;
     struct cx_rule *rules;
@@ -118,13 +128,6 @@ struct cx_parsed {
 };
 
 /* ---- byte helpers ------------------------------------------------------ */
-
-static inline uint16_t rd16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
-
-static inline uint32_t rd32(const uint8_t *p)
-{
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
 
 static inline void wr32(uint8_t *p, uint32_t v)
 {
@@ -146,23 +149,23 @@ static void parse_frame(const uint8_t *f, uint32_t len, uint32_t vnet_len,
                         struct cx_parsed *pp)
 {
     memset(pp, 0, sizeof(*pp));
-    if (vnet_len > CX_VNET_HDR_MAX || len < vnet_len + ETH_HLEN + IP_HLEN_MIN)
+    if (vnet_len > CX_VNET_HDR_MAX || len < vnet_len + CX_ETH_HLEN + CX_IP_HLEN_MIN)
         return;
     const uint8_t *eth = f + vnet_len;
-    uint16_t ethertype = rd16(eth + 12);
-    if (ethertype != ETH_P_IP)           /* ARP, IPv6, 802.1Q, ... */
+    uint16_t ethertype = cx_rd16(eth + 12);
+    if (ethertype != CX_ETH_P_IP)           /* ARP, IPv6, 802.1Q, ... */
         return;
 
-    const uint8_t *ip = eth + ETH_HLEN;
-    uint32_t ip_room = len - vnet_len - ETH_HLEN;
+    const uint8_t *ip = eth + CX_ETH_HLEN;
+    uint32_t ip_room = len - vnet_len - CX_ETH_HLEN;
     uint32_t ihl = (ip[0] & 0x0f) * 4u;
-    uint32_t tot = rd16(ip + 2);
-    if ((ip[0] >> 4) != 4 || ihl < IP_HLEN_MIN || tot < ihl || tot > ip_room)
+    uint32_t tot = cx_rd16(ip + 2);
+    if ((ip[0] >> 4) != 4 || ihl < CX_IP_HLEN_MIN || tot < ihl || tot > ip_room)
         return;
 
     uint8_t proto = ip[9];
-    uint16_t frag = rd16(ip + 6);
-    bool later_fragment = (frag & 0x1fff) != 0;
+    uint16_t frag = cx_rd16(ip + 6);
+    bool later_fragment = (frag & CX_IP_FRAG_OFFSET_MASK) != 0;
     const uint8_t *l4 = ip + ihl;
     uint32_t l4_len = tot - ihl;
     uint32_t l4_off = (uint32_t)(l4 - f);
@@ -182,33 +185,33 @@ static void parse_frame(const uint8_t *f, uint32_t len, uint32_t vnet_len,
         return;
     }
     switch (proto) {
-    case IPPROTO_TCP: {
-        if (l4_len < TCP_HLEN_MIN)
+    case CX_IPPROTO_TCP: {
+        if (l4_len < CX_TCP_HLEN_MIN)
             return;
         uint32_t doff = (l4[12] >> 4) * 4u;
-        if (doff < TCP_HLEN_MIN || doff > l4_len)
+        if (doff < CX_TCP_HLEN_MIN || doff > l4_len)
             return;
-        pp->key.sport = rd16(l4);
-        pp->key.dport = rd16(l4 + 2);
+        pp->key.sport = cx_rd16(l4);
+        pp->key.dport = cx_rd16(l4 + 2);
         pp->cmp = CMP_TCP;
-        pp->seq = rd32(l4 + 4);
-        pp->ack = rd32(l4 + 8);
-        pp->has_ack = (l4[13] & TCP_FLAG_ACK) != 0;
+        pp->seq = cx_rd32(l4 + 4);
+        pp->ack = cx_rd32(l4 + 8);
+        pp->has_ack = (l4[13] & CX_TCP_FLAG_ACK) != 0;
         pp->pay_off = l4_off + doff;
         /* The IP total length, not the frame size: padding is not payload. */
         pp->pay_len = l4_len - doff;
         break;
     }
-    case IPPROTO_UDP:
-        if (l4_len < UDP_HLEN)
+    case CX_IPPROTO_UDP:
+        if (l4_len < CX_UDP_HLEN)
             return;
-        pp->key.sport = rd16(l4);
-        pp->key.dport = rd16(l4 + 2);
+        pp->key.sport = cx_rd16(l4);
+        pp->key.dport = cx_rd16(l4 + 2);
         pp->cmp = CMP_L4;
         pp->cmp_off = l4_off;
         break;
-    case IPPROTO_ICMP:
-        if (l4_len < ICMP_HLEN_MIN)
+    case CX_IPPROTO_ICMP:
+        if (l4_len < CX_ICMP_HLEN_MIN)
             return;
         pp->cmp = CMP_L4;
         pp->cmp_off = l4_off;
@@ -216,9 +219,10 @@ static void parse_frame(const uint8_t *f, uint32_t len, uint32_t vnet_len,
     default:
         /* Protocols with ports where TCP and UDP keep them (DCCP, SCTP,
          * UDP-Lite) are keyed by them too, as QEMU does. */
-        if ((proto == 33 || proto == 132 || proto == 136) && l4_len >= 4) {
-            pp->key.sport = rd16(l4);
-            pp->key.dport = rd16(l4 + 2);
+        if ((proto == CX_IPPROTO_DCCP || proto == CX_IPPROTO_SCTP || proto == CX_IPPROTO_UDPLITE) &&
+            l4_len >= CX_PORTS_LEN) {
+            pp->key.sport = cx_rd16(l4);
+            pp->key.dport = cx_rd16(l4 + 2);
         }
         break;
     }
@@ -229,29 +233,69 @@ static void parse_frame(const uint8_t *f, uint32_t len, uint32_t vnet_len,
 
 #define NO_EVENT 0xffffffffu
 
-/* Append an event; returns its index, or NO_EVENT when the array is full. */
+static uint32_t key_hash(const struct cx_key *k);
+static bool key_eq(const struct cx_key *a, const struct cx_key *b);
+
+static bool event_is(const struct cx_event *ev, uint8_t kind, uint8_t reason, int side,
+                     const struct cx_key *key)
+{
+    return ev->kind == kind && ev->reason == reason && ev->side == side &&
+           ev->has_key == (key != NULL) && (!key || key_eq(&ev->key, key));
+}
+
+/*
+ * Record an event; returns its index, or NO_EVENT when the array is full.
+ * Checkpoint requests and drops are coalesced: the same kind, reason, side
+ * and connection again in the same batch only counts up the first record,
+ * so a storm costs a hash probe per frame here and one record in Python.
+ */
 static uint32_t emit(struct cx_engine *e, uint8_t kind, uint8_t reason, int side,
                      const struct cx_key *key)
 {
+    struct cx_slot *slot = NULL;
+    /* (Past half the slots new records just append: probes stay short.) */
+    if ((kind == CX_EV_CHECKPOINT || kind == CX_EV_DROP) && e->nevents < e->nslots / 2) {
+        struct cx_key zero = {0};
+        uint32_t h = key_hash(key ? key : &zero) ^ ((uint32_t)kind << 24 |
+                                                    (uint32_t)reason << 8 | (uint32_t)side);
+        h *= 0x9e3779b1u;
+        for (uint32_t i = h & (e->nslots - 1);; i = (i + 1) & (e->nslots - 1)) {
+            slot = &e->slots[i];
+            if (slot->gen != e->gen)
+                break;                               /* empty: not seen this batch */
+            struct cx_event *ev = &e->events[slot->idx];
+            if (event_is(ev, kind, reason, side, key)) {
+                ev->count++;
+                return slot->idx;
+            }
+        }
+    }
     if (e->nevents >= e->cfg.max_events) {
         e->ctr.events_lost++;
         return NO_EVENT;
     }
-    struct cx_event *ev = &e->events[e->nevents++];
+    struct cx_event *ev = &e->events[e->nevents];
     memset(ev, 0, sizeof(*ev));
     ev->kind = kind;
     ev->reason = reason;
     ev->side = (uint8_t)side;
+    ev->count = 1;
     if (key) {
         ev->has_key = 1;
         ev->key = *key;
     }
-    return (uint32_t)(e->nevents - 1);
+    if (slot) {
+        slot->gen = e->gen;
+        slot->idx = (uint32_t)e->nevents;
+    }
+    return (uint32_t)(e->nevents++);
 }
 
+/* Counted, kept sticky in ckpt_wanted (never lost), and an event. */
 static uint32_t request_checkpoint(struct cx_engine *e, int reason, const struct cx_key *key)
 {
     e->ctr.checkpoints[reason]++;
+    e->ckpt_wanted |= 1u << reason;
     return emit(e, CX_EV_CHECKPOINT, (uint8_t)reason, CX_PRIMARY, key);
 }
 
@@ -402,17 +446,11 @@ static void conn_flush(struct cx_engine *e, struct cx_conn *c, int why, int drop
     }
 }
 
-static bool rule_match(const struct cx_rule *r, const struct cx_key *k)
-{
-    return (!r->proto || r->proto == k->proto) &&
-           !((k->saddr ^ r->saddr) & r->smask) && !((k->daddr ^ r->daddr) & r->dmask) &&
-           (!r->sport || r->sport == k->sport) && (!r->dport || r->dport == k->dport);
-}
-
 static bool on_passthrough_list(const struct cx_engine *e, const struct cx_key *k)
 {
     for (size_t i = 0; i < e->nrules; i++)
-        if (rule_match(&e->rules[i], k))
+        if (cx_rule_match(&e->rules[i], k->saddr, k->daddr, htons(k->sport), htons(k->dport),
+                          k->proto))
             return true;
     return false;
 }
@@ -468,7 +506,8 @@ static void conn_touch(struct cx_engine *e, struct cx_conn *c)
     conn_set_idle(e, c, !c->q[0].count && !c->q[1].count);
 }
 
-static void conn_evict(struct cx_engine *e, struct cx_conn *c)
+/* Take an empty connection out of the table and free it. */
+static void conn_remove(struct cx_engine *e, struct cx_conn *c)
 {
     struct cx_conn **pp = &e->buckets[c->hash & (e->nbuckets - 1)];
     while (*pp != c)
@@ -477,24 +516,40 @@ static void conn_evict(struct cx_engine *e, struct cx_conn *c)
     conn_set_idle(e, c, false);
     LIST_UNLINK(&e->all, c, all_prev, all_next);
     e->nconns--;
-    e->ctr.conns_evicted++;
-    emit(e, CX_EV_CONN_EVICT, 0, 0, &c->key);
     free(c);
 }
 
-/*
- * conn_get - stands for QEMU's connection_get, without its wipe of the whole
- * table when full: the least recently idle connection (no frame queued) makes
- * room, and when every connection holds frames NULL says the table is full.
- */
-static struct cx_conn *conn_get(struct cx_engine *e, const struct cx_key *key, uint8_t cmp,
-                                uint64_t now_ms)
+static void conn_evict(struct cx_engine *e, struct cx_conn *c)
 {
-    uint32_t h = key_hash(key);
+    e->ctr.conns_evicted++;
+    emit(e, CX_EV_CONN_EVICT, 0, 0, &c->key);
+    conn_remove(e, c);
+}
+
+static struct cx_conn *conn_find(const struct cx_engine *e, const struct cx_key *key,
+                                 uint32_t h)
+{
     for (struct cx_conn *c = e->buckets[h & (e->nbuckets - 1)]; c; c = c->hnext)
         if (c->hash == h && key_eq(&c->key, key))
             return c;
+    return NULL;
+}
 
+/* Would a new connection find a slot (free, or an idle one to evict)? */
+static bool conn_room(const struct cx_engine *e)
+{
+    return e->nconns < e->cfg.max_connections || e->idle.head;
+}
+
+/*
+ * conn_new - with conn_find, stands for QEMU's connection_get, without its
+ * wipe of the whole table when full: the least recently idle connection (no
+ * frame queued) makes room, and when every connection holds frames NULL says
+ * the table is full.
+ */
+static struct cx_conn *conn_new(struct cx_engine *e, const struct cx_key *key, uint32_t h,
+                                uint8_t cmp, uint64_t now_ms)
+{
     if (e->nconns >= e->cfg.max_connections) {
         if (!e->idle.head)
             return NULL;
@@ -507,7 +562,6 @@ static struct cx_conn *conn_get(struct cx_engine *e, const struct cx_key *key, u
     c->hash = h;
     c->cmp = cmp;
     c->created_ms = now_ms;
-    c->passthrough = on_passthrough_list(e, key);
     c->hnext = e->buckets[h & (e->nbuckets - 1)];
     e->buckets[h & (e->nbuckets - 1)] = c;
     LIST_APPEND(&e->all, c, all_prev, all_next);
@@ -700,84 +754,67 @@ static void compare_conn(struct cx_engine *e, struct cx_conn *c)
 
 /* ---- feeding ------------------------------------------------------------ */
 
-void cx_engine__feed(struct cx_engine *e, int side, const uint8_t *data,
-                     uint32_t len, uint32_t vnet_len, uint64_t now_ms)
+enum feed_step { FEED_TAKEN, FEED_HELD_BACK };
+
+/* Would this frame run its side ahead of the other?  (Flow control; see the
+ * header.)  c is the frame's connection, NULL when it has none yet. */
+static bool runs_ahead(const struct cx_engine *e, const struct cx_conn *c, int side)
 {
-    side = side ? CX_SECONDARY : CX_PRIMARY;
+    if (!c)
+        return !conn_room(e);
+    return c->q[side].count >= e->hwm && !c->q[!side].count;
+}
+
+/* The frame of a passthrough flow: not compared, no connection taken. */
+static void feed_passthrough(struct cx_engine *e, int side, const uint8_t *data, uint32_t len,
+                             uint32_t vnet_len, const struct cx_key *key)
+{
+    if (side == CX_PRIMARY)
+        release(e, data, len, vnet_len, CX_REL_PASSTHROUGH);
+    else
+        count_drop(e, side, CX_DROP_PASSTHROUGH, key);
+}
+
+static void count_in(struct cx_engine *e, int side, uint32_t len)
+{
     e->ctr.frames_in[side]++;
     e->ctr.bytes_in[side] += len;
+}
 
-    if (len == 0) {
-        count_drop(e, side, CX_DROP_EMPTY, NULL);
-        return;
-    }
-    if (len > CX_NET_BUFSIZE) {
-        count_drop(e, side, CX_DROP_OVERSIZE, NULL);
-        return;
-    }
-    if (e->failed_over) {
-        if (side == CX_PRIMARY)
-            release(e, data, len, vnet_len, CX_REL_FAILOVER);
-        else
-            count_drop(e, side, CX_DROP_FAILOVER, NULL);
-        return;
-    }
-
-    struct cx_parsed pp;
-    parse_frame(data, len, vnet_len, &pp);
-    if (!pp.supported) {
-        if (side == CX_PRIMARY)
-            release(e, data, len, vnet_len, CX_REL_UNSUPPORTED);
-        else
-            count_drop(e, side, CX_DROP_UNSUPPORTED, NULL);
-        return;
-    }
-
-    struct cx_conn *c = conn_get(e, &pp.key, pp.cmp, now_ms);
-    if (!c) {
-        count_drop(e, side, CX_DROP_TABLE_FULL, &pp.key);
-        request_checkpoint(e, CX_CKPT_TABLE_FULL, &pp.key);
-        return;
-    }
+/* Queue a frame on its connection and compare; the queue limit decides. */
+static void feed_queue(struct cx_engine *e, struct cx_conn *c, int side, const uint8_t *data,
+                       uint32_t len, uint32_t vnet_len, const struct cx_parsed *pp,
+                       uint64_t now_ms)
+{
     c->last_ms = now_ms;
-    if (c->passthrough) {
-        if (side == CX_PRIMARY) {
-            release(e, data, len, vnet_len, CX_REL_PASSTHROUGH);
-            c->released++;
-        } else {
-            count_drop(e, side, CX_DROP_PASSTHROUGH, &c->key);
-        }
-        conn_touch(e, c);          /* a new passthrough connection is idle */
-        return;
-    }
     struct cx_queue *q = &c->q[side];
     if (q->count >= e->cfg.max_queue_size) {
-        count_drop(e, side, CX_DROP_QUEUE_FULL, &pp.key);
+        count_drop(e, side, CX_DROP_QUEUE_FULL, &pp->key);
         return;
     }
     struct cx_frame *f = malloc(sizeof(*f) + len);
     if (!f) {
-        count_drop(e, side, CX_DROP_NO_MEMORY, &pp.key);
+        count_drop(e, side, CX_DROP_NO_MEMORY, &pp->key);
         conn_touch(e, c);          /* a new connection stays evictable */
         return;
     }
     f->born_ms = now_ms;
     f->len = len;
     f->vnet_len = vnet_len;
-    f->cmp_off = pp.cmp_off;
-    f->pay_off = pp.pay_off;
-    f->pay_len = pp.pay_len;
-    f->seq = pp.seq;
-    f->seq_end = pp.seq + pp.pay_len;
-    f->ack = pp.ack;
-    f->has_ack = pp.has_ack;
+    f->cmp_off = pp->cmp_off;
+    f->pay_off = pp->pay_off;
+    f->pay_len = pp->pay_len;
+    f->seq = pp->seq;
+    f->seq_end = pp->seq + pp->pay_len;
+    f->ack = pp->ack;
+    f->has_ack = pp->has_ack;
     f->done = 0;
     f->captured = false;
     memcpy(f->data, data, len);
 
-    if (c->cmp == CMP_TCP && pp.has_ack &&
-        (!c->have_ack[side] || seq_after(pp.ack, c->max_ack[side]))) {
-        c->max_ack[side] = pp.ack;
+    if (c->cmp == CMP_TCP && pp->has_ack &&
+        (!c->have_ack[side] || seq_after(pp->ack, c->max_ack[side]))) {
+        c->max_ack[side] = pp->ack;
         c->have_ack[side] = true;
     }
     queue_insert(q, f, c->cmp == CMP_TCP);
@@ -788,37 +825,119 @@ void cx_engine__feed(struct cx_engine *e, int side, const uint8_t *data,
         conn_checkpoint(e, c, CX_CKPT_QUEUE_FULL, NULL, NULL);
 }
 
-void cx_engine__feed_burst(struct cx_engine *e, int side, const uint8_t *const *frames,
-                           const uint32_t *lens, size_t n, uint64_t now_ms)
+/* One frame: taken (compared, released, queued or counted dropped), or held
+ * back by flow control (nothing counted: the caller keeps it unread). */
+static enum feed_step feed_one(struct cx_engine *e, int side, const uint8_t *data,
+                               uint32_t len, uint32_t vnet_len, uint64_t now_ms, int flags)
 {
+    if (len == 0 || len > CX_NET_BUFSIZE) {
+        count_in(e, side, len);
+        count_drop(e, side, len ? CX_DROP_OVERSIZE : CX_DROP_EMPTY, NULL);
+        return FEED_TAKEN;
+    }
+    if (e->failed_over) {
+        count_in(e, side, len);
+        if (side == CX_PRIMARY)
+            release(e, data, len, vnet_len, CX_REL_FAILOVER);
+        else
+            count_drop(e, side, CX_DROP_FAILOVER, NULL);
+        return FEED_TAKEN;
+    }
+
+    struct cx_parsed pp;
+    parse_frame(data, len, vnet_len, &pp);
+    if (!pp.supported) {
+        count_in(e, side, len);
+        if (side == CX_PRIMARY)
+            release(e, data, len, vnet_len, CX_REL_UNSUPPORTED);
+        else
+            count_drop(e, side, CX_DROP_UNSUPPORTED, NULL);
+        return FEED_TAKEN;
+    }
+
+    uint32_t h = key_hash(&pp.key);
+    struct cx_conn *c = conn_find(e, &pp.key, h);
+    if (!c && e->nrules && on_passthrough_list(e, &pp.key)) {
+        count_in(e, side, len);
+        feed_passthrough(e, side, data, len, vnet_len, &pp.key);
+        return FEED_TAKEN;
+    }
+    if (!(flags & CX_FEED_FORCE) && runs_ahead(e, c, side)) {
+        e->ctr.held_back[side]++;
+        return FEED_HELD_BACK;
+    }
+    count_in(e, side, len);
+    if (!c)
+        c = conn_new(e, &pp.key, h, pp.cmp, now_ms);
+    if (!c) {
+        count_drop(e, side, CX_DROP_TABLE_FULL, &pp.key);
+        request_checkpoint(e, CX_CKPT_TABLE_FULL, &pp.key);
+        return FEED_TAKEN;
+    }
+    feed_queue(e, c, side, data, len, vnet_len, &pp, now_ms);
+    return FEED_TAKEN;
+}
+
+void cx_engine__feed(struct cx_engine *e, int side, const uint8_t *data,
+                     uint32_t len, uint32_t vnet_len, uint64_t now_ms)
+{
+    feed_one(e, side ? CX_SECONDARY : CX_PRIMARY, data, len, vnet_len, now_ms, CX_FEED_FORCE);
+}
+
+size_t cx_engine__feed_burst(struct cx_engine *e, int side, const uint8_t *const *frames,
+                             const uint32_t *lens, size_t n, uint64_t now_ms, int flags)
+{
+    side = side ? CX_SECONDARY : CX_PRIMARY;
     for (size_t i = 0; i < n; i++)
-        cx_engine__feed(e, side, frames[i], lens[i], 0, now_ms);
+        if (feed_one(e, side, frames[i], lens[i], 0, now_ms, flags) == FEED_HELD_BACK)
+            return i;
+    return n;
 }
 
 int cx_engine__feed_stream(struct cx_engine *e, int side, const uint8_t *buf,
-                           size_t len, uint64_t now_ms, size_t *consumed)
+                           size_t len, uint64_t now_ms, int flags, size_t *consumed)
 {
     size_t hdr = e->cfg.vnet_hdr ? 8 : 4;
     size_t pos = 0;
-    int rc = 0;
+    int rc = CX_FEED_DONE;
 
+    side = side ? CX_SECONDARY : CX_PRIMARY;
+    if (e->skip[side]) {                  /* the body of an oversize record */
+        size_t n = len < e->skip[side] ? len : (size_t)e->skip[side];
+        e->skip[side] -= n;
+        pos = n;
+    }
     while (len - pos >= hdr) {
-        uint32_t flen = rd32(buf + pos);
-        if (flen == 0 || flen > CX_NET_BUFSIZE) {
-            e->ctr.frames_in[side ? 1 : 0]++;
-            count_drop(e, side ? 1 : 0, flen ? CX_DROP_OVERSIZE : CX_DROP_EMPTY, NULL);
-            rc = flen ? -EMSGSIZE : -EBADMSG;
-            break;
+        uint32_t flen = cx_rd32(buf + pos);
+        if (flen > CX_NET_BUFSIZE) {
+            /* Counted now; its body is skipped as it comes, the frames after
+             * it are read on. */
+            count_in(e, side, flen);
+            count_drop(e, side, CX_DROP_OVERSIZE, NULL);
+            size_t here = len - pos - hdr < flen ? len - pos - hdr : flen;
+            e->skip[side] = flen - here;
+            pos += hdr + here;
+            continue;
         }
         if (len - pos - hdr < flen)
             break;
-        uint32_t vnet_len = e->cfg.vnet_hdr ? rd32(buf + pos + 4) : 0;
-        cx_engine__feed(e, side, buf + pos + hdr, flen, vnet_len, now_ms);
+        uint32_t vnet_len = e->cfg.vnet_hdr ? cx_rd32(buf + pos + 4) : 0;
+        if (feed_one(e, side, buf + pos + hdr, flen, vnet_len, now_ms, flags) == FEED_HELD_BACK) {
+            rc = CX_FEED_BLOCKED;
+            break;
+        }
         pos += hdr + flen;
     }
     *consumed = pos;
     return rc;
 }
+
+void cx_engine__stream_reset(struct cx_engine *e, int side)
+{
+    e->skip[side ? CX_SECONDARY : CX_PRIMARY] = 0;
+}
+
+uint32_t cx_engine__checkpoint_wanted(const struct cx_engine *e) { return e->ckpt_wanted; }
 
 /* ---- time, checkpoint, failover ---------------------------------------- */
 
@@ -884,33 +1003,94 @@ int cx_engine__set_passthrough(struct cx_engine *e, const struct cx_rule *rules,
     free(e->rules);
     e->rules = copy;
     e->nrules = n;
-    for (struct cx_conn *c = e->all.head; c; c = c->all_next) {
-        bool pt = on_passthrough_list(e, &c->key);
-        if (pt && !c->passthrough)
-            conn_flush(e, c, CX_REL_PASSTHROUGH, CX_DROP_PASSTHROUGH);
-        c->passthrough = pt;
-        conn_touch(e, c);
+    /* Passthrough flows have no connection: the ones now covered release
+     * what they hold (primary) and drop the rest (secondary), then go. */
+    struct cx_conn *next;
+    for (struct cx_conn *c = e->all.head; c; c = next) {
+        next = c->all_next;
+        if (!on_passthrough_list(e, &c->key))
+            continue;
+        conn_flush(e, c, CX_REL_PASSTHROUGH, CX_DROP_PASSTHROUGH);
+        conn_evict(e, c);
     }
     return 0;
+}
+
+static void conn_info(const struct cx_conn *c, struct cx_conn_info *ci)
+{
+    memset(ci, 0, sizeof(*ci));
+    ci->key = c->key;
+    ci->queued[0] = c->q[0].count;
+    ci->queued[1] = c->q[1].count;
+    ci->created_ms = c->created_ms;
+    ci->last_ms = c->last_ms;
+    ci->matched = c->matched;
+    ci->released = c->released;
+    ci->mismatches = c->mismatches;
+    ci->checkpoints = c->checkpoints;
 }
 
 size_t cx_engine__conn_snapshot(struct cx_engine *e, struct cx_conn_info *out, size_t max)
 {
     size_t i = 0;
-    for (struct cx_conn *c = e->all.head; c && i < max; c = c->all_next, i++) {
-        struct cx_conn_info *ci = &out[i];
-        ci->key = c->key;
-        ci->passthrough = c->passthrough;
-        ci->queued[0] = c->q[0].count;
-        ci->queued[1] = c->q[1].count;
-        ci->created_ms = c->created_ms;
-        ci->last_ms = c->last_ms;
-        ci->matched = c->matched;
-        ci->released = c->released;
-        ci->mismatches = c->mismatches;
-        ci->checkpoints = c->checkpoints;
-    }
+    for (struct cx_conn *c = e->all.head; c && i < max; c = c->all_next, i++)
+        conn_info(c, &out[i]);
     return e->nconns;
+}
+
+/* Is a less worth a look than b?  Fewer frames held, then seen longer ago. */
+static bool conn_less(const struct cx_conn *a, const struct cx_conn *b)
+{
+    uint64_t qa = (uint64_t)a->q[0].count + a->q[1].count;
+    uint64_t qb = (uint64_t)b->q[0].count + b->q[1].count;
+    return qa != qb ? qa < qb : a->last_ms < b->last_ms;
+}
+
+/* Restore the min-heap (least worth a look at the root) below i. */
+static void heap_down(struct cx_conn **h, size_t n, size_t i)
+{
+    for (;;) {
+        size_t l = 2 * i + 1, r = l + 1, m = i;
+        if (l < n && conn_less(h[l], h[m]))
+            m = l;
+        if (r < n && conn_less(h[r], h[m]))
+            m = r;
+        if (m == i)
+            return;
+        struct cx_conn *t = h[i];
+        h[i] = h[m];
+        h[m] = t;
+        i = m;
+    }
+}
+
+size_t cx_engine__conn_top(struct cx_engine *e, struct cx_conn_info *out, size_t max)
+{
+    if (e->nconns <= max)
+        return cx_engine__conn_snapshot(e, out, max);
+    struct cx_conn **h = malloc(max * sizeof(*h));
+    if (!h)
+        return 0;
+    size_t n = 0;
+    for (struct cx_conn *c = e->all.head; c; c = c->all_next) {
+        if (n < max) {
+            h[n++] = c;
+            if (n == max)
+                for (size_t i = max / 2; i-- > 0;)
+                    heap_down(h, n, i);
+        } else if (conn_less(h[0], c)) {
+            h[0] = c;
+            heap_down(h, n, 0);
+        }
+    }
+    /* Pop the least first, filling from the back: most worth a look first. */
+    for (size_t k = n; k > 0; k--) {
+        conn_info(h[0], &out[k - 1]);
+        h[0] = h[k - 1];
+        heap_down(h, k - 1, 0);
+    }
+    free(h);
+    return n;
 }
 
 size_t cx_engine__evidence(struct cx_engine *e, const uint8_t **data)
@@ -922,11 +1102,13 @@ size_t cx_engine__evidence(struct cx_engine *e, const uint8_t **data)
 void cx_engine__checkpoint(struct cx_engine *e)
 {
     flush_all(e, CX_REL_FLUSHED, CX_DROP_FLUSHED);
+    e->ckpt_wanted = 0;
 }
 
 void cx_engine__failover(struct cx_engine *e)
 {
     flush_all(e, CX_REL_FAILOVER, CX_DROP_FAILOVER);
+    e->ckpt_wanted = 0;
     e->failed_over = true;
 }
 
@@ -954,7 +1136,7 @@ void cx_engine__out_consume(struct cx_engine *e, size_t n)
         n = pending;
     while (n) {                    /* walk record boundaries as bytes leave */
         if (!e->out_rec_left)
-            e->out_rec_left = hdr + rd32(e->out + e->out_head);
+            e->out_rec_left = hdr + cx_rd32(e->out + e->out_head);
         size_t take = n < e->out_rec_left ? n : e->out_rec_left;
         e->out_head += take;
         e->out_rec_left -= take;
@@ -981,7 +1163,7 @@ void cx_engine__out_skip_record(struct cx_engine *e)
     size_t hdr = e->cfg.vnet_hdr ? 8 : 4;
     if (e->out_head == e->out_len || e->out_rec_left)
         return;                    /* empty, or in the middle of a record */
-    cx_engine__out_consume(e, hdr + rd32(e->out + e->out_head));
+    cx_engine__out_consume(e, hdr + cx_rd32(e->out + e->out_head));
     e->ctr.outdev_cut++;
 }
 
@@ -999,6 +1181,10 @@ size_t cx_engine__events(struct cx_engine *e, const struct cx_event **events)
 void cx_engine__events_clear(struct cx_engine *e)
 {
     e->nevents = 0;
+    if (++e->gen == 0) {           /* wrapped: every slot could look current */
+        memset(e->slots, 0, (size_t)e->nslots * sizeof(*e->slots));
+        e->gen = 1;
+    }
     e->evidence_len = 0;
 }
 
@@ -1019,9 +1205,19 @@ struct cx_engine *cx_engine__new(const struct cx_config *cfg)
     e->nbuckets = 64;
     while (e->nbuckets < cfg->max_connections && e->nbuckets < (1u << 24))
         e->nbuckets <<= 1;
+    e->hwm = cfg->flow_high_water ? cfg->flow_high_water : cfg->max_queue_size / 2;
+    if (e->hwm > cfg->max_queue_size)
+        e->hwm = cfg->max_queue_size;
+    if (!e->hwm)
+        e->hwm = 1;
+    e->nslots = 64;
+    while (e->nslots < 2 * (uint64_t)cfg->max_events && e->nslots < (1u << 31))
+        e->nslots <<= 1;
+    e->gen = 1;
     e->buckets = calloc(e->nbuckets, sizeof(*e->buckets));
     e->events = calloc(cfg->max_events, sizeof(*e->events));
-    if (!e->buckets || !e->events)
+    e->slots = calloc(e->nslots, sizeof(*e->slots));
+    if (!e->buckets || !e->events || !e->slots)
         goto fail;
     if (cfg->evidence_max_bytes) {
         e->evidence = malloc(cfg->evidence_max_bytes);
@@ -1054,6 +1250,7 @@ void cx_engine__free(struct cx_engine *e)
     }
     free(e->buckets);
     free(e->events);
+    free(e->slots);
     free(e->evidence);
     free(e->rules);
     free(e->out);

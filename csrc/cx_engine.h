@@ -13,6 +13,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "cx_wire.h"   /* struct cx_rule, protocol numbers, byte readers */
+
 /* cdef-begin */
 
 /* QEMU's NET_BUFSIZE: the largest frame a chardev stream may carry. */
@@ -60,6 +62,13 @@
 #define CX_REL_PASSTHROUGH 6  /* a flow on the passthrough list: not compared */
 #define CX_REL__COUNT 7
 
+/* Flow control (cx_engine__feed_stream, cx_engine__feed_burst). */
+#define CX_FEED_FORCE 0x1     /* flag: take every frame; only the limits apply */
+#define CX_FEED_DONE 0        /* every whole frame was taken */
+#define CX_FEED_BLOCKED 1     /* stopped in front of a frame that would run its
+                                 side ahead: leave it unread until the other
+                                 side's feed makes room (or force it) */
+
 struct cx_config {
     uint64_t compare_timeout_ms;     /* a frame older than this is expired */
     uint64_t expired_scan_cycle_ms;  /* how often to look for expired frames */
@@ -69,6 +78,9 @@ struct cx_config {
     uint32_t evidence_max_bytes;     /* miscompare evidence kept between drains;
                                         0: none captured */
     uint8_t vnet_hdr;                /* framing carries a vnet_hdr_len word */
+    uint32_t flow_high_water;        /* frames one side may hold on a connection
+                                        the other side holds nothing on before
+                                        a feed stops there; 0: max_queue_size / 2 */
 };
 
 /* A 5-tuple as it appears in the frame: addresses in network byte order,
@@ -82,28 +94,22 @@ struct cx_key {
     uint8_t frag;        /* 1: IP fragments after the first (no L4 header) */
 };
 
+/* Events are coalesced between drains: one record per kind, reason, side
+ * and connection, with how many times it happened. */
 struct cx_event {
     uint8_t kind;
     uint8_t reason;
     uint8_t side;        /* for drops */
     uint8_t has_key;     /* 0 when the frame had no connection */
     struct cx_key key;
-};
-
-/* A passthrough rule: flows it matches are not compared (primary released at
- * once, secondary dropped).  Addresses and masks in network byte order;
- * a zero mask, port or protocol matches anything. */
-struct cx_rule {
-    uint32_t saddr, smask;
-    uint32_t daddr, dmask;
-    uint16_t sport, dport;
-    uint8_t proto;
+    uint32_t count;
 };
 
 /* One connection, for stats. */
 struct cx_conn_info {
     struct cx_key key;
-    uint8_t passthrough;
+    uint8_t passthrough;            /* always 0 now: passthrough flows take no
+                                       connection (kept for the stats rows) */
     uint32_t queued[2];
     uint64_t created_ms;
     uint64_t last_ms;               /* last frame seen */
@@ -143,6 +149,7 @@ struct cx_counters {
     uint64_t evidence_lost;             /* evidence frames past evidence_max_bytes */
     uint64_t outdev_cut;                /* released frames cut short by an outdev
                                            that went away mid-record */
+    uint64_t held_back[2];              /* feeds stopped by flow control */
 };
 
 struct cx_engine;
@@ -152,21 +159,45 @@ struct cx_engine;
 struct cx_engine *cx_engine__new(const struct cx_config *cfg);
 void cx_engine__free(struct cx_engine *e);
 
-/* Feed one frame (vnet header included, vnet_len bytes long) seen at now_ms. */
+/* Feed one frame (vnet header included, vnet_len bytes long) seen at now_ms,
+ * without flow control (as CX_FEED_FORCE). */
 void cx_engine__feed(struct cx_engine *e, int side, const uint8_t *frame,
                      uint32_t len, uint32_t vnet_len, uint64_t now_ms);
 
-/* Feed a burst of n frames (AF_XDP rx: pointers into UMEM), no vnet header. */
-void cx_engine__feed_burst(struct cx_engine *e, int side, const uint8_t *const *frames,
-                           const uint32_t *lens, size_t n, uint64_t now_ms);
+/*
+ * Flow control: a feed stops in front of a frame when taking it would run
+ * its side ahead of the other, that is when its connection already holds
+ * flow_high_water frames of this side and none of the other's, or when it
+ * opens a connection and the table is full of connections holding frames.
+ * The caller leaves the rest unread (in its socket or rx ring: backpressure)
+ * until the other side's feed has made room, and feeds with CX_FEED_FORCE
+ * when both sides are held back or the other side has stopped: then the
+ * limits (max_queue_size, max_connections) decide, as without flow control.
+ */
+
+/* Feed a burst of n frames (AF_XDP rx: pointers into UMEM), no vnet header.
+ * Returns how many were taken, from the first: fewer than n when held back. */
+size_t cx_engine__feed_burst(struct cx_engine *e, int side, const uint8_t *const *frames,
+                             const uint32_t *lens, size_t n, uint64_t now_ms, int flags);
 
 /* Feed whole records of a QEMU-framed stream from buf.  *consumed says how
- * many bytes were used (a partial record at the end is left).  Returns 0, or
- * -EBADMSG for a zero-length record and -EMSGSIZE for one over
- * CX_NET_BUFSIZE: the stream has lost its framing and must be closed; the
- * bad record is counted as a drop and *consumed stops in front of it. */
+ * many bytes were used: a partial record at the end is left, and so is
+ * everything from a frame held back.  Returns CX_FEED_DONE or
+ * CX_FEED_BLOCKED.  A zero-length record is a well-formed empty frame:
+ * counted (empty) and read past.  A record over CX_NET_BUFSIZE is counted
+ * (oversize) and its body skipped as it arrives, across calls; the frames
+ * after it are read on. */
 int cx_engine__feed_stream(struct cx_engine *e, int side, const uint8_t *buf,
-                           size_t len, uint64_t now_ms, size_t *consumed);
+                           size_t len, uint64_t now_ms, int flags, size_t *consumed);
+
+/* A side's stream has a new peer: forget the rest of an oversize record
+ * still being skipped. */
+void cx_engine__stream_reset(struct cx_engine *e, int side);
+
+/* Checkpoint requests outstanding since the last cx_engine__checkpoint (or
+ * failover), as a mask of 1 << CX_CKPT_*: kept apart from the events, so a
+ * request is never lost to a full event array.  0: none. */
+uint32_t cx_engine__checkpoint_wanted(const struct cx_engine *e);
 
 /* Run the expired-frame scan if it is due.  Returns the time of the next
  * scan, the deadline the caller should wake up at. */
@@ -187,6 +218,11 @@ int cx_engine__set_passthrough(struct cx_engine *e, const struct cx_rule *rules,
 
 /* Fill up to max connections (creation order); returns how many there are. */
 size_t cx_engine__conn_snapshot(struct cx_engine *e, struct cx_conn_info *out, size_t max);
+
+/* The max connections most worth a look: most frames held, then most
+ * recently seen; all of them in creation order when they fit.  One pass over
+ * the table, a heap of max entries.  Returns how many were filled. */
+size_t cx_engine__conn_top(struct cx_engine *e, struct cx_conn_info *out, size_t max);
 
 /* Evidence since the last events_clear (cleared with the events). */
 size_t cx_engine__evidence(struct cx_engine *e, const uint8_t **data);

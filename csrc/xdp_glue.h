@@ -16,9 +16,12 @@
 /* Frames moved per call at most. */
 #define XDP_GLUE__BURST 256
 
-/* Receive up to max frames and feed them to the engine; return how many. */
+/* Receive up to max frames and feed them to the engine (flags: CX_FEED_*);
+ * return how many it took.  *held_back is 1 when flow control stopped the
+ * feed: the rest stays in the rx ring, to be fed again once the other side
+ * has caught up (or forced). */
 int xdp_glue__rx_to_engine(struct xsk *x, struct cx_engine *e, int side, uint64_t now_ms,
-                           uint32_t max);
+                           uint32_t max, int flags, int *held_back);
 
 /* Transmit up to max released frames from the engine's out buffer (vnet
  * headers stripped, IPv4 TCP/UDP checksums finished) and consume what was

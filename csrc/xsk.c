@@ -377,7 +377,7 @@ uint64_t xsk__umem_size(const struct xsk *x)
 
 static void fill__flush(struct xsk *x);
 
-uint32_t xsk__rx_burst(struct xsk *x, uint64_t *addrs, uint32_t *lens, uint32_t max)
+uint32_t xsk__rx_peek(struct xsk *x, uint64_t *addrs, uint32_t *lens, uint32_t max)
 {
     if (x->n_fill_wait)
         fill__flush(x);
@@ -390,8 +390,23 @@ uint32_t xsk__rx_burst(struct xsk *x, uint64_t *addrs, uint32_t *lens, uint32_t 
         addrs[i] = d->addr;
         lens[i] = d->len;
     }
-    if (n)
-        cons__release(&x->rx, n);
+    /* Not consumed yet: the next peek sees the same descriptors first. */
+    x->rx.cached_cons -= n;
+    return n;
+}
+
+void xsk__rx_release(struct xsk *x, uint32_t n)
+{
+    if (!n)
+        return;
+    x->rx.cached_cons += n;
+    cons__release(&x->rx, n);
+}
+
+uint32_t xsk__rx_burst(struct xsk *x, uint64_t *addrs, uint32_t *lens, uint32_t max)
+{
+    uint32_t n = xsk__rx_peek(x, addrs, lens, max);
+    xsk__rx_release(x, n);
     return n;
 }
 

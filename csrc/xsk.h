@@ -98,6 +98,14 @@ uint32_t xsk__frame_size(const struct xsk *x);
  * Returns the count (0 when none is waiting). */
 uint32_t xsk__rx_burst(struct xsk *x, uint64_t *addrs, uint32_t *lens, uint32_t max);
 
+/* xsk__rx_burst in two steps, for a caller that may leave frames unread:
+ * peek at up to max received frames (they stay at the head of the rx ring),
+ * then release the first n of them, which become the caller's as if
+ * xsk__rx_burst had taken them.  What is left is seen again by the next
+ * peek; while it stays, the kernel counts frames past the ring as dropped. */
+uint32_t xsk__rx_peek(struct xsk *x, uint64_t *addrs, uint32_t *lens, uint32_t max);
+void xsk__rx_release(struct xsk *x, uint32_t n);
+
 /* Give received frames back for the kernel to fill again.  Returns 0, or
  * -EINVAL if an address is not one of this socket's rx frames (nothing is
  * given back then). */

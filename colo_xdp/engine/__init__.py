@@ -13,20 +13,22 @@ Python face of it and has two ways in:
       # -> [Release(frame=..., vnet_hdr_len=0, ...)]
 
 * in batches, for transports: ``feed_stream`` takes a chunk of a QEMU-framed
-  stream, ``output()``/``consume_output()`` hand out released frames already
+  stream (``feed_stream_flow`` with flow control: it may stop early and say
+  so), ``output()``/``consume_output()`` hand out released frames already
   framed for the outdev, ``drain_events()`` the checkpoint requests, drops and
-  connection events.  Python runs per batch, never per frame.
+  connection events (coalesced: one per kind, reason and connection, with a
+  count), ``checkpoint_wanted()`` whether a checkpoint request is
+  outstanding.  Python runs per batch, never per frame.
 """
 from __future__ import annotations
 
 import enum
-import errno
 import socket
 import struct
 from dataclasses import dataclass, field
 
 from colo_xdp import native
-from colo_xdp.errors import EngineError, FramingError
+from colo_xdp.errors import EngineError
 from colo_xdp.proto.ipv4 import PROTO_BY_NUMBER, net_bytes
 
 # Defaults carry QEMU's property names (net/colo-compare.c).
@@ -115,16 +117,22 @@ class Evidence:
 
 @dataclass(frozen=True)
 class CheckpointRequest:
+    """``count`` requests for this reason and connection in one batch."""
+
     reason: CheckpointReason
     conn: ConnKey | None
     evidence: tuple[Evidence, ...] = ()
+    count: int = 1
 
 
 @dataclass(frozen=True)
 class Drop:
+    """``count`` frames of this side, reason and connection in one batch."""
+
     side: Side
     reason: DropReason
     conn: ConnKey | None
+    count: int = 1
 
 
 @dataclass(frozen=True)
@@ -167,16 +175,6 @@ class ConnectionEvicted:
 Action = Release | CheckpointRequest | Drop | ConnectionOpened | ConnectionEvicted
 
 
-def _framing_error(reason: DropReason, consumed: int) -> FramingError:
-    """The FramingError of a stream the engine refused at ``consumed``."""
-    what = "a zero-length frame" if reason is DropReason.EMPTY else (
-        f"a frame longer than {NET_BUFSIZE} bytes")
-    err = FramingError(f"the stream carried {what}; its framing is lost")
-    err.reason = reason
-    err.consumed = consumed
-    return err
-
-
 @dataclass
 class EngineConfig:
     compare_timeout_ms: int = DEFAULT_COMPARE_TIMEOUT_MS
@@ -186,6 +184,9 @@ class EngineConfig:
     vnet_hdr: bool = False
     max_events: int = DEFAULT_MAX_EVENTS
     evidence_max_bytes: int = 0      # 0: no miscompare evidence kept
+    # Flow control: frames one side may hold on a connection the other holds
+    # nothing on before a feed stops there; 0: max_queue_size / 2.
+    flow_high_water: int = 0
 
     def validate(self) -> None:
         """Raise EngineError with one sentence for the first bad value."""
@@ -198,6 +199,10 @@ class EngineConfig:
             raise EngineError("max_queue_size and max_connections must be at most 16777216")
         if not 0 <= self.evidence_max_bytes < 1 << 32:
             raise EngineError("evidence_max_bytes must be from 0 to 4294967295")
+        if not isinstance(self.flow_high_water, int) or not (
+                0 <= self.flow_high_water <= self.max_queue_size):
+            raise EngineError(f"flow_high_water must be from 0 to max_queue_size "
+                              f"({self.max_queue_size}), not {self.flow_high_water!r}")
 
 
 @dataclass
@@ -220,6 +225,7 @@ class Counters:
     events_lost: int = 0
     evidence_lost: int = 0
     outdev_cut: int = 0
+    held_back: dict[str, int] = field(default_factory=dict)   # feeds flow control stopped
 
     @property
     def released_total(self) -> int:
@@ -243,6 +249,7 @@ def _net(text: str | None, what: str) -> tuple[int, int]:
 
 
 _EVIDENCE = struct.Struct("=IBBHIIQ")
+_NONE: frozenset = frozenset()
 
 
 def _key(k) -> ConnKey:
@@ -263,6 +270,7 @@ class Engine:
             "max_events": self.config.max_events,
             "evidence_max_bytes": self.config.evidence_max_bytes,
             "vnet_hdr": int(self.config.vnet_hdr),
+            "flow_high_water": self.config.flow_high_water,
         }
         try:
             self._e = native.EngineCore(cfg)
@@ -278,16 +286,41 @@ class Engine:
     # -- batch interface (transports) ------------------------------------
 
     def feed_stream(self, side: Side, chunk, now_ms: int) -> int:
-        """Feed whole framed records from ``chunk``; return bytes consumed.
+        """Feed every whole framed record of ``chunk`` (no flow control);
+        return bytes consumed.  A partial record at the end is left for the
+        next call.  A zero-length record is counted (``empty``) and read
+        past; an oversize one is counted and its body skipped, also across
+        calls (``stream_reset`` when the stream gets a new peer)."""
+        return self.feed_stream_flow(side, chunk, now_ms, force=True)[0]
 
-        A partial record at the end is left for the next call.  Raises
-        FramingError (with ``consumed``) on a zero-length or oversized record.
-        """
-        try:
-            return self._e.feed_stream(side, chunk, now_ms)
-        except native.NativeError as exc:
-            reason = DropReason.EMPTY if exc.errno == errno.EBADMSG else DropReason.OVERSIZE
-            raise _framing_error(reason, self._e.consumed) from None
+    def feed_stream_flow(self, side: Side, chunk, now_ms: int,
+                         force: bool = False) -> tuple[int, bool]:
+        """As feed_stream, with flow control unless ``force``: returns (bytes
+        consumed, held back).  Held back: the engine stopped in front of a
+        frame that would run this side ahead of the other; leave the rest
+        unread until the other side has been fed (or force it when both
+        sides are held back or the other has stopped)."""
+        consumed, blocked = self._e.feed_stream(side, chunk, now_ms, force)
+        return consumed, blocked
+
+    def stream_reset(self, side: Side) -> None:
+        """The side's stream has a new peer: stop skipping an oversize record."""
+        self._e.stream_reset(side)
+
+    def queued(self, side: Side) -> int:
+        """Frames held on one side, over all connections."""
+        return self._e.queued(side)
+
+    def checkpoint_wanted(self) -> frozenset[CheckpointReason]:
+        """Reasons of the checkpoint requests since the last checkpoint (or
+        failover): outstanding until one is done, never lost."""
+        mask = self._e.checkpoint_wanted()
+        return frozenset(r for r in CheckpointReason if mask & (1 << r)) if mask else _NONE
+
+    def checkpoint_outstanding(self) -> bool:
+        """Whether a checkpoint request is outstanding (checkpoint_wanted,
+        cheap enough for every batch)."""
+        return bool(self._e.checkpoint_wanted())
 
     def output(self) -> memoryview:
         """Released frames, in the outdev's framing, not yet consumed."""
@@ -306,15 +339,18 @@ class Engine:
     def drain_events(self) -> list[Action]:
         """Events since the last drain, in order; checkpoint requests carry
         their evidence when the engine keeps it."""
+        events = self._e.events()
+        if not events:                # the usual batch; evidence only comes with events
+            return []
         out: list[Action] = []
         evidence = self._take_evidence() if self.config.evidence_max_bytes else {}
-        for i, ev in enumerate(self._e.events()):
+        for i, ev in enumerate(events):
             key = _key(ev.key) if ev.has_key else None
             if ev.kind == native.CX_EV_CHECKPOINT:
                 out.append(CheckpointRequest(CheckpointReason(ev.reason), key,
-                                             tuple(evidence.get(i, ()))))
+                                             tuple(evidence.get(i, ())), ev.count))
             elif ev.kind == native.CX_EV_DROP:
-                out.append(Drop(Side(ev.side), DropReason(ev.reason), key))
+                out.append(Drop(Side(ev.side), DropReason(ev.reason), key, ev.count))
             elif ev.kind == native.CX_EV_CONN_NEW:
                 out.append(ConnectionOpened(key))
             elif ev.kind == native.CX_EV_CONN_EVICT:
@@ -351,17 +387,21 @@ class Engine:
                 limit = 255 if name == "proto" else 65535
                 if value is not None and not 0 <= value <= limit:
                     raise EngineError(f"{name} {value} is outside 0..{limit}")
-                r[name] = value or 0
+                # Ports in network byte order, as in cx_wire.h's struct cx_rule.
+                r[name] = socket.htons(value or 0) if name != "proto" else value or 0
         try:
             self._e.set_passthrough(arr)
         except native.NativeError:
             raise EngineError("the engine could not allocate the passthrough list")
 
-    def connections(self) -> list[ConnInfo]:
-        """Every connection of the table, in creation order."""
+    def connections(self, limit: int | None = None) -> list[ConnInfo]:
+        """Every connection of the table, in creation order; with ``limit``,
+        the ``limit`` most worth a look (most frames held, then most
+        recently seen; creation order when all fit), picked in C: the
+        Python cost is that of the rows."""
         return [ConnInfo(_key(c.key), bool(c.passthrough), c.queued[0], c.queued[1],
                          c.created_ms, c.last_ms, c.matched, c.released, c.mismatches,
-                         c.checkpoints) for c in self._e.conn_snapshot()]
+                         c.checkpoints) for c in self._e.conn_snapshot(limit)]
 
     def note_drop(self, side: Side, reason: DropReason) -> None:
         """Count a frame a transport lost (e.g. a peer gone mid-frame)."""
@@ -425,6 +465,7 @@ class Engine:
             events_lost=c.events_lost,
             evidence_lost=c.evidence_lost,
             outdev_cut=c.outdev_cut,
+            held_back={sides[s]: c.held_back[s] for s in Side},
         )
 
 

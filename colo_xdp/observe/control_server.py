@@ -188,11 +188,11 @@ class ControlServer:
     def _tap(self, name: str, fields: dict) -> None:
         if name not in self.wanted:
             return
-        if name == "frame_dropped":          # may come per frame: summed per batch
+        if name == "frame_dropped":          # coalesced by the engine: summed per batch
             conn = fields.get("conn")
             key = (fields.get("side"), fields.get("reason"),
                    None if conn in (None, "-") else str(conn))
-            self.drops[key] = self.drops.get(key, 0) + 1
+            self.drops[key] = self.drops.get(key, 0) + fields.get("count", 1)
             return
         self._fan_out(name, event_line(name, fields, time.time()))
 

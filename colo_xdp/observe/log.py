@@ -40,7 +40,7 @@ EVENT_NAMES = (
     "connected", "disconnected", "connect_failed", "accept_failed", "stream_broken",
     "checkpoint_requested", "checkpoint_done", "failover",
     "connection_opened", "connection_evicted", "frame_dropped",
-    "backpressure", "outdev_cut", "undelivered_at_exit",
+    "backpressure", "flow_forced", "outdev_cut", "undelivered_at_exit",
     "notify_init", "notify_unknown_message",
     "qmp_connected", "qmp_colo_active", "qmp_waiting_for_colo", "qmp_no_colo",
     "qmp_protocol_error", "qmp_checkpoint_retry", "qmp_checkpoint_failed", "qmp_vm_stopped",

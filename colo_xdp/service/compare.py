@@ -35,6 +35,11 @@ from colo_xdp.transport.chardev.qmp import QmpMonitor
 from colo_xdp.transport.chardev.roles import Input, Notify, Outdev
 from colo_xdp.transport.xdp.port import XdpIface, XdpInput, XdpOutdev
 
+# One DO_CHECKPOINT per outstanding checkpoint request; sent again only when
+# no checkpoint came this long after (the COLO frame missed it, or notify-dev
+# was not connected yet).
+CHECKPOINT_RESEND_MS = 1000
+
 
 DRAIN_ROUNDS_MAX = 256      # chunks per input read at a checkpoint: bounded, as every turn
 
@@ -49,6 +54,11 @@ def _outdev(svc, end: Endpoint):
     if isinstance(end, XdpIface):
         return XdpOutdev(svc, "outdev", end)
     return Outdev(svc, "outdev", end)
+
+
+def _times(count: int) -> dict:
+    """A coalesced event's count as a log field, when it is more than one."""
+    return {"count": count} if count > 1 else {}
 
 
 def _sum_verdicts(inputs: list[XdpInput]) -> dict[str, int]:
@@ -79,6 +89,7 @@ class CompareService(Loop):
         self.failed_over = False
         self.checkpoints_done: Counter = Counter()      # by source
         self.draining = False            # reading what the inputs hold at a checkpoint
+        self.checkpoint_asked_ms: int | None = None   # last request sent, if outstanding
         xdp_inputs = [i for i in self.inputs if isinstance(i, XdpInput)]
         self.mode = "xdp" if xdp_inputs or isinstance(self.outdev, XdpOutdev) else "chardev"
         # In XDP mode: () -> {verdict: packets}, the classifiers' counters summed.
@@ -118,6 +129,12 @@ class CompareService(Loop):
         """Signal-safe: the loop fails over at its next turn."""
         self._failover_requested = True
 
+    def wake_at_ms(self) -> float:
+        """An outstanding DO_CHECKPOINT is sent again on time."""
+        if self.checkpoint_asked_ms is None:
+            return float("inf")
+        return self.checkpoint_asked_ms + CHECKPOINT_RESEND_MS
+
     def on_turn(self) -> None:
         if self._failover_requested:
             self._failover_requested = False
@@ -133,17 +150,14 @@ class CompareService(Loop):
     # -- engine outputs -------------------------------------------------------------
 
     def on_events(self, actions: list) -> None:
+        """The batch's events, coalesced by the engine (one per kind, reason
+        and connection, with a count); the log rate-limits per event name."""
         for action in actions:
             if isinstance(action, CheckpointRequest):
-                # While a checkpoint's drain reads the frames from before it,
-                # that very checkpoint answers what they ask for.
-                if not self.draining:
-                    for driver in self.colo_drivers:
-                        driver.request_checkpoint()
                 if self.pcap is not None and action.evidence:
                     self.pcap.record(action)
                 self.log.event("checkpoint_requested", reason=action.reason.name.lower(),
-                               conn=action.conn or "-")
+                               conn=action.conn or "-", **_times(action.count))
             elif isinstance(action, Drop):
                 # Truncated frames are only ever noted by a transport (Input and
                 # Outdev .disconnected), which already logged them with more
@@ -151,16 +165,35 @@ class CompareService(Loop):
                 if action.reason is DropReason.TRUNCATED:
                     continue
                 self.log.warning("frame_dropped", side=action.side.name.lower(),
-                                 reason=action.reason.name.lower(), conn=action.conn or "-")
+                                 reason=action.reason.name.lower(), conn=action.conn or "-",
+                                 **_times(action.count))
             elif isinstance(action, ConnectionOpened):
                 self.log.event("connection_opened", level=10, conn=action.conn)
             elif isinstance(action, ConnectionEvicted):
                 self.log.event("connection_evicted", level=10, conn=action.conn)
+        self._ask_for_checkpoint()
+
+    def _ask_for_checkpoint(self) -> None:
+        """One request (DO_CHECKPOINT, the QMP kick) per outstanding
+        checkpoint: the engine keeps it until a checkpoint is done, apart
+        from its events, so it is never lost.  While a checkpoint's drain
+        reads the frames from before it, that very checkpoint answers."""
+        if (not self.colo_drivers or self.draining
+                or not self.engine.checkpoint_outstanding()):
+            return
+        now = self.now_ms()
+        if (self.checkpoint_asked_ms is not None
+                and now - self.checkpoint_asked_ms < CHECKPOINT_RESEND_MS):
+            return
+        for driver in self.colo_drivers:
+            driver.request_checkpoint()
+        self.checkpoint_asked_ms = now
 
     def colo_checkpoint(self, source: str = "notify-dev", flush: bool = True, **fields) -> None:
         """The COLO frame reports a checkpoint: flush (unless the caller has)."""
         if flush:
             self.engine.checkpoint()
+        self.checkpoint_asked_ms = None
         self.checkpoints_done[source] += 1
         self.log.event("checkpoint_done", source=source, **fields)
 
@@ -178,7 +211,7 @@ class CompareService(Loop):
         self.draining = True
         try:
             for _ in range(DRAIN_ROUNDS_MAX):
-                got = sum(inp.read_now() for inp in self.inputs)
+                got = sum(inp.read_now(force=True) for inp in self.inputs)
                 if resumed():
                     break
                 self.engine.checkpoint()
@@ -197,6 +230,7 @@ class CompareService(Loop):
         if self.failed_over:
             return False
         self.engine.failover()
+        self.checkpoint_asked_ms = None
         self.failed_over = True
         self.log.warning("failover", source=source, **({"why": why} if why else {}))
         return True

@@ -12,9 +12,22 @@ keep up, released frames wait in the engine's out buffer; past
 ``OUT_LOW_WATER``, so nothing is lost and nothing is reordered.  The frames
 not read meanwhile wait in the kernel (a socket buffer, an rx ring).
 
+Flow control, also written once (``balance_inputs``): what is read is decided
+by the engine's state, not by chunk sizes.  A feed the engine holds back (its
+side would run ahead of the other, see cx_engine.h) leaves the input
+unread, its lead in the kernel; every turn the held inputs are fed again,
+so they go on as soon as the other side has caught up.  When every input is
+held back, or another has taken nothing for ``FLOW_STALL_MS`` while frames of
+its side are queued (they may wait for frames behind the held one), or for
+``FLOW_STOPPED_MS`` (it stopped), the held input is fed with flow control off
+and the engine's limits decide (queue_full, table_full, a checkpoint), so
+nothing deadlocks.  The first two keep the expired-frame scan honest: a frame
+waits at most FLOW_STALL_MS for a partner we chose not to read.
+
 A role is any object with ``open``, ``shutdown`` and ``maybe_retry(now)``;
-inputs add ``pause(paused)``, the outdev ``has_peer``, ``write_pending`` and
-``wait_writable(timeout)``.  An attachment (control socket, /metrics, the
+inputs add ``pause(paused)``, ``held``, ``held_since``, ``stopped_other_at``,
+``last_fed_ms`` and ``feed(force)``,
+the outdev ``has_peer``, ``write_pending`` and ``wait_writable(timeout)``.  An attachment (control socket, /metrics, the
 evidence pcap) has ``open``, ``close``, ``tick(now)``, ``end_batch`` and
 ``stats``.
 """
@@ -34,6 +47,12 @@ OUT_HIGH_WATER = 8 * 1024 * 1024   # stop reading inputs above this much output
 OUT_LOW_WATER = 1 * 1024 * 1024    # ... and resume below this
 SHUTDOWN_DRAIN_S = 2.0             # how long to try delivering at exit
 MAX_SLEEP_S = 0.5
+# Flow control: a held input is forced after another input took nothing for
+# this long while frames of its side are queued (see _force_reason).
+FLOW_STALL_MS = 200
+# ... and after it took nothing for this long (or compare_timeout, if shorter)
+# whatever is queued: it has stopped producing, the limits decide.
+FLOW_STOPPED_MS = 1000
 
 
 class Loop:
@@ -102,9 +121,13 @@ class Loop:
         deadline = self.engine.run_timers(self.now_ms())
         while not self._stop:
             now = self.now_ms()
-            wait_s = min(max(deadline - now, 0) / 1000.0, MAX_SLEEP_S)
+            wake = min(deadline, self.wake_at_ms())
+            wait_s = min(max(wake - now, 0) / 1000.0, MAX_SLEEP_S)
+            if self.held_inputs():
+                wait_s = min(wait_s, FLOW_STALL_MS / 4000.0)
             for key, mask in self.sel.select(wait_s):
                 key.data(mask)
+            self.balance_inputs()
             now = self.now_ms()
             if now >= deadline:
                 deadline = self.scan_for_expired(now)
@@ -138,13 +161,69 @@ class Loop:
             return now + cycle
         return self.engine.run_timers(now)
 
+    # -- flow control -------------------------------------------------------------
+
+    def held_inputs(self) -> list:
+        return [inp for inp in self.inputs if inp.held]
+
+    def balance_inputs(self) -> None:
+        """Feed held inputs again: the other side may have made room.  One
+        still held is forced when all are held or the others have stalled."""
+        held = self.held_inputs()
+        if not held or self.paused:
+            return
+        for inp in held:
+            inp.feed()
+        held = self.held_inputs()
+        now = self.now_ms()
+        for inp in held:
+            others = [o for o in self.inputs if o is not inp]
+            why = self._force_reason(inp, others, now)
+            if why:
+                if why == "stopped":
+                    inp.stopped_other_at = now
+                self.log.event("flow_forced", side=inp.side.name.lower(), why=why)
+                inp.feed(force=True)
+                break                     # the other one gets its turn first
+        self.after_batch()
+
+    def _force_reason(self, inp, others: list, now: int) -> str | None:
+        """Why the held input ``inp`` must be fed anyway, or None to wait:
+        - every other input is held too (each waits for the other);
+        - since ``inp`` was held, another one took nothing for FLOW_STALL_MS
+          while frames of its side are queued: they may wait for frames
+          behind the held one;
+        - since ``inp`` was held, another one took nothing for FLOW_STOPPED_MS
+          (or compare_timeout if shorter): it has stopped, and until it
+          takes something again the limits decide (queue_full, table_full).
+        A side merely behind is waited for: frames ahead that wait too long
+        expire and ask for a checkpoint, as without flow control."""
+        if all(o.held for o in others):
+            return "both held"
+        stopped_ms = min(FLOW_STOPPED_MS, self.engine.config.compare_timeout_ms)
+        for o in others:
+            if o.held:
+                continue
+            if inp.stopped_other_at is not None and o.last_fed_ms <= inp.stopped_other_at:
+                return "stopped"
+            inp.stopped_other_at = None
+            quiet = now - max(o.last_fed_ms, inp.held_since)
+            if quiet >= stopped_ms:
+                return "stopped"
+            if quiet >= FLOW_STALL_MS and self.engine.queued(o.side):
+                return "stalled"
+            return None
+        return None
+
     # -- after every batch ------------------------------------------------------
 
     def after_batch(self) -> None:
+        # Released frames first: nothing below changes them, and a frame's
+        # latency ends when it is written.
+        self.outdev.write_pending()
         self.on_events(self.engine.drain_events())
         for part in self.attachments:
             part.end_batch()
-        self.outdev.write_pending()
         pending = self.engine.output_pending()
         if not self.paused and pending > OUT_HIGH_WATER:
             self._pause(True, pending)
@@ -176,3 +255,7 @@ class Loop:
 
     def on_turn(self) -> None:
         """Once a turn, after the timers and ticks."""
+
+    def wake_at_ms(self) -> float:
+        """When the subclass next needs a turn without any socket ready."""
+        return float("inf")

@@ -96,7 +96,7 @@ def build(name: str, main_source: Path, fuzzer: bool = True) -> Path:
     BUILD.mkdir(parents=True, exist_ok=True)
     sanitize = [s.replace("-fsanitize=", "-fsanitize=fuzzer,") if fuzzer else s
                 for s in SANITIZE]
-    cmd = [clang(), *CFLAGS, *sanitize, f"-I{ROOT / 'csrc'}", *map(str, sources),
+    cmd = [clang(), *CFLAGS, *sanitize, f"-I{ROOT / 'csrc'}", f"-I{ROOT / 'bpf'}", *map(str, sources),
            "-o", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:

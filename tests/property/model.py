@@ -339,6 +339,14 @@ class Model:
         return self._step()
 
     def _queue(self, f: Frame) -> None:
+        if conn_id(f.p) not in self.conns and self._covered(f.p.key):
+            # "Passthrough flows take no place in the connection table": their
+            # primary frames are released at once, their secondary ones dropped.
+            if f.side == P:
+                self._release(f, "passthrough")
+            else:
+                self._drop(f, "passthrough", f.p.key)
+            return
         conn = self._conn(f.p, f.born)
         if conn is None:
             self._drop(f, "table_full", f.p.key)
@@ -559,12 +567,16 @@ class Model:
         primary frames in order and drops its secondary ones"; a connection no
         rule covers any more is compared again."""
         self.rules = list(rules)
-        for conn in self.conns.values():
-            covered = self._covered(conn.key)
-            if covered and not conn.passthrough:
-                self._flush_conn(conn, "passthrough", "passthrough")
-            conn.passthrough = covered
-            self._touch(conn)
+        for conn in list(self.conns.values()):
+            if not self._covered(conn.key):
+                continue
+            # ... and the connection leaves the table: passthrough flows have none.
+            self._flush_conn(conn, "passthrough", "passthrough")
+            if conn in self.idle:
+                self.idle.remove(conn)
+            del self.conns[conn.id]
+            self.c["conns_evicted"] += 1
+            self._events.append(("evicted", conn.key))
         return self._step()
 
     # -- state ---------------------------------------------------------------------

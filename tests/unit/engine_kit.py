@@ -5,6 +5,8 @@ every frame fed in is accounted for, checked at the end of most tests.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 from colo_xdp.lab import pktgen as g
 from colo_xdp.engine import (
     ActionEngine,
@@ -65,8 +67,14 @@ def released(actions) -> list[bytes]:
     return [a.frame for a in actions if isinstance(a, Release)]
 
 
+def _expanded(items):
+    """The engine coalesces events (one per kind, reason and connection per
+    batch, with a count): one item per occurrence, as a per-frame view."""
+    return [replace(a, count=1) for a in items for _ in range(a.count)]
+
+
 def checkpoints(actions) -> list[CheckpointRequest]:
-    return [a for a in actions if isinstance(a, CheckpointRequest)]
+    return _expanded(a for a in actions if isinstance(a, CheckpointRequest))
 
 
 def reasons(actions) -> list[CheckpointReason]:
@@ -74,7 +82,7 @@ def reasons(actions) -> list[CheckpointReason]:
 
 
 def drops(actions) -> list[Drop]:
-    return [a for a in actions if isinstance(a, Drop)]
+    return _expanded(a for a in actions if isinstance(a, Drop))
 
 
 def opened(actions) -> list[ConnKey]:

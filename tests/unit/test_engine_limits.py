@@ -185,9 +185,18 @@ def test_config_rejects_limits_past_2_24(field):
 
 def test_events_past_max_events_are_counted_as_lost():
     eng = Engine(EngineConfig(max_events=2))
-    for _ in range(3):
-        eng.feed_frame(S, b"\0" * 20, 0)          # unsupported: one Drop event each
+    for flow in range(3):
+        eng.feed_frame(S, udp(0, flow=flow), 0)    # a new connection each
     assert len(eng.drain_events()) == 2
     c = assert_accounted(eng)
     assert c.events_lost == 1
-    assert c.dropped["secondary"]["unsupported"] == 3
+
+
+def test_a_storm_of_drops_is_one_event_with_its_count():
+    eng = Engine(EngineConfig(max_events=2))
+    for _ in range(3000):
+        eng.feed_frame(S, b"\0" * 20, 0)          # unsupported, no connection
+    assert eng.drain_events() == [Drop(S, DropReason.UNSUPPORTED, None, count=3000)]
+    c = assert_accounted(eng)
+    assert c.events_lost == 0
+    assert c.dropped["secondary"]["unsupported"] == 3000

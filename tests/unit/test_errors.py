@@ -28,6 +28,5 @@ def test_every_product_exception_has_the_one_root():
 
 
 def test_one_framing_error():
-    from colo_xdp import engine
-    from colo_xdp.proto import framing
-    assert framing.FramingError is engine.FramingError is FramingError
+    from colo_xdp.proto import framing, notify
+    assert framing.FramingError is notify.FramingError is FramingError

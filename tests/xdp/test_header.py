@@ -97,6 +97,12 @@ def without_padding(fields):
 
 
 DEFINES = header_defines(CLASSIFY_H)
+# What the classifier shares with the engine (protocol numbers, the rule).
+WIRE_H = CLASSIFY_H.parent / "cx_wire.h"
+
+
+def _header_of(name: str) -> Path:
+    return WIRE_H if name == "cx_rule" else CLASSIFY_H
 
 
 @pytest.mark.parametrize("c_name,py_value", [
@@ -140,8 +146,8 @@ def test_sides_match_the_engine():
 LAYOUTS = {
     "cx_xdp_counter": (classify.COUNTER, ["frames", "bytes"]),
     "cx_xdp_config": (classify.CONFIG, ["flags", "nrules"]),
-    "cx_xdp_rule": (classify.RULE, ["saddr", "smask", "daddr", "dmask", "sport", "dport",
-                                    "proto"]),
+    "cx_rule": (classify.RULE, ["saddr", "smask", "daddr", "dmask", "sport", "dport",
+                                "proto"]),
     "cx_xdp_mac": (classify.MAC, ["addr"]),
     "cx_xdp_meta": (classify.META, ["hash", "saddr", "daddr", "sport", "dport", "proto",
                                     "flags", "l3_off", "l4_off", "vlan_tci", "magic"]),
@@ -151,7 +157,7 @@ LAYOUTS = {
 @pytest.mark.parametrize("name", LAYOUTS)
 def test_struct_layouts(name):
     fmt, names = LAYOUTS[name]
-    assert without_padding(header_struct(CLASSIFY_H, name)) == python_layout(fmt, names)
+    assert without_padding(header_struct(_header_of(name), name)) == python_layout(fmt, names)
 
 
 def test_meta_is_a_valid_metadata_size():
@@ -162,7 +168,7 @@ def test_meta_is_a_valid_metadata_size():
 @pytest.mark.parametrize("table,part,name", [
     (b"counters", "Leaf", "cx_xdp_counter"),
     (b"config", "Leaf", "cx_xdp_config"),
-    (b"rules", "Leaf", "cx_xdp_rule"),
+    (b"rules", "Leaf", "cx_rule"),
     (b"guest_macs", "Key", "cx_xdp_mac"),
 ])
 def test_compiled_map_types(programs, table, part, name):
@@ -171,7 +177,7 @@ def test_compiled_map_types(programs, table, part, name):
     if table == b"counters":        # per-CPU leaf: an array of the struct
         ctype = ctype._type_
     got = [(f, getattr(ctype, f).offset, getattr(ctype, f).size) for f, *_ in ctype._fields_]
-    assert got + [("sizeof", ctypes.sizeof(ctype), 0)] == header_struct(CLASSIFY_H, name)
+    assert got + [("sizeof", ctypes.sizeof(ctype), 0)] == header_struct(_header_of(name), name)
 
 
 def test_compiled_map_sizes(programs):

@@ -6,6 +6,11 @@ A role talks to its loop (``colo_xdp.service.loop.Loop``) through a small
 surface: ``watch``/``unwatch`` with a handler taking the event mask,
 ``engine``, ``log``, ``now_ms()``, ``paused`` and ``after_batch()``; the
 notify role also reports a finished checkpoint with ``colo_checkpoint()``.
+
+Inputs are flow-controlled by the engine (``Loop.balance_inputs``): when a
+feed is held back, the rest of what was read stays in the input's buffer,
+the socket is not read, and the lead waits in the kernel's socket buffer
+until the loop feeds it again.
 """
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ import socket
 import time
 from typing import TYPE_CHECKING
 
-from colo_xdp.engine import DropReason, FramingError, Side
+from colo_xdp.engine import DropReason, Side
 from colo_xdp.proto.framing import NET_BUFSIZE
 from colo_xdp.proto.notify import DO_CHECKPOINT_RECORD, NotifyEvent, NotifyProtocol
 from colo_xdp.transport.chardev import endpoint
@@ -164,41 +169,83 @@ class Input(Channel):
         self.buf = bytearray(CHUNK + NET_BUFSIZE + 8)
         self.view = memoryview(self.buf)
         self.start = self.end = 0
+        self.held = False               # flow control: the engine wants the other side
+        self.last_fed_ms = svc.now_ms()   # when a feed last took something
+        self.held_since = 0               # when flow control last held it back
+        self.stopped_other_at: int | None = None   # forced: the other side stopped
 
     def connected(self) -> None:
+        self.svc.engine.stream_reset(self.side)
+        self.held = False
+        self.last_fed_ms = self.svc.now_ms()      # quiet is counted from here
         if not self.svc.paused:
             self.svc.watch(self.sock, READ, self._readable)
 
     def disconnected(self) -> None:
+        if self.held:                   # whole frames already read are not lost
+            self.feed(force=True)
         if self.end > self.start:       # the peer left in the middle of a record
             self.svc.engine.note_drop(self.side, DropReason.TRUNCATED)
             self.svc.log.warning("frame_dropped", side=self.side.name.lower(),
                                  reason="truncated", bytes=self.end - self.start)
         self.start = self.end = 0
+        self.held = False
 
     def pause(self, paused: bool) -> None:
-        if not self.sock:
+        if not self.sock or self.held:
             return
         if paused:
             self.svc.unwatch(self.sock)
         else:
             self.svc.watch(self.sock, READ, self._readable)
 
+    def feed(self, force: bool = False) -> None:
+        """Feed what was read and not yet taken; with ``force`` all of it
+        (flow control off for this call)."""
+        if self.end > self.start:
+            now = self.svc.now_ms()
+            used, held = self.svc.engine.feed_stream_flow(
+                self.side, self.view[self.start:self.end], now, force)
+            self.start += used
+            if self.start == self.end:
+                self.start = self.end = 0
+            if used:
+                self.last_fed_ms = now
+        else:
+            held = False
+        if held == self.held:
+            return
+        self.held = held
+        if held:
+            self.held_since = self.svc.now_ms()
+        if not self.sock:
+            return
+        if held:
+            self.svc.unwatch(self.sock)      # the lead stays in the socket buffer
+        elif not self.svc.paused:
+            self.svc.watch(self.sock, READ, self._readable)
+
     def _readable(self, mask: int) -> None:
         self.read_now()
         self.svc.after_batch()
 
-    def read_now(self) -> int:
+    def read_now(self, force: bool = False) -> int:
         """Read one chunk, paused or not, and feed its whole records to the
-        engine; returns the bytes read (0: nothing was waiting)."""
+        engine (flow control off with ``force``, as at a checkpoint's drain);
+        returns the bytes read (0: nothing was waiting, or held back)."""
         if not self.sock:
             return 0
+        if force and self.end > self.start:      # what flow control held back first
+            self.feed(force=True)
         if self.end + CHUNK > len(self.buf):      # slide the partial record down
             n = self.end - self.start
             self.buf[:n] = bytes(self.view[self.start:self.end])
             self.start, self.end = 0, n
+        room = min(CHUNK, len(self.buf) - self.end)
+        if room <= 0:                             # held back: read on once fed
+            return 0
         try:
-            n = self.sock.recv_into(self.view[self.end:self.end + CHUNK])
+            n = self.sock.recv_into(self.view[self.end:self.end + room])
         except (BlockingIOError, InterruptedError):
             return 0
         except OSError as exc:
@@ -208,18 +255,7 @@ class Input(Channel):
             self.lost("peer closed the stream")
             return 0
         self.end += n
-        try:
-            used = self.svc.engine.feed_stream(self.side, self.view[self.start:self.end],
-                                               self.svc.now_ms())
-        except FramingError as exc:
-            self.start = self.end = 0
-            self.svc.log.warning("stream_broken", role=self.role, reason=exc.reason.name.lower(),
-                                 error=str(exc))
-            self.lost("framing lost", reconnect_now=True)
-            return n
-        self.start += used
-        if self.start == self.end:
-            self.start = self.end = 0
+        self.feed(force)
         return n
 
 

@@ -76,7 +76,7 @@ META_F_FRAGMENT = 0x2
 # Layouts, little-endian host (x86_64, arm64): "<" plus explicit padding.
 COUNTER = struct.Struct("<QQ")            # struct cx_xdp_counter
 CONFIG = struct.Struct("<II")             # struct cx_xdp_config
-RULE = struct.Struct("<IIIIHHB3x")        # struct cx_xdp_rule
+RULE = struct.Struct("<IIIIHHB3x")        # struct cx_rule (bpf/cx_wire.h)
 MAC = struct.Struct("<6s")                # struct cx_xdp_mac
 # struct cx_xdp_meta: hash, saddr, daddr, sport, dport (network order, kept
 # as bytes), proto, flags, l3_off, l4_off, vlan_tci, magic.
@@ -150,7 +150,7 @@ def _number(value: int | None, name: str, limit: int) -> int:
 
 
 def pack_rule(rule) -> bytes:
-    """struct cx_xdp_rule for a passthrough rule.
+    """struct cx_rule (bpf/cx_wire.h) for a passthrough rule.
 
     ``rule`` has ``proto``, ``src``, ``dst`` (address or address/prefix),
     ``sport`` and ``dport``, None for anything (the engine's PassthroughRule).

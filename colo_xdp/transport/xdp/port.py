@@ -13,7 +13,7 @@ once per burst of up to ``BURST`` frames.
 
     with XdpPort("tap0", Side.PRIMARY) as port:
         for sock in port.sockets:                 # watch sock.fileno() for input
-            n = rx_to_engine(sock, engine, Side.PRIMARY, now_ms)
+            n, held_back = rx_to_engine(sock, engine, Side.PRIMARY, now_ms)
 """
 from __future__ import annotations
 
@@ -34,6 +34,13 @@ READ = selectors.EVENT_READ
 WRITE = selectors.EVENT_WRITE
 
 BURST = native.XDP_GLUE_BURST
+# Rings and UMEM of an input's sockets: flow control leaves a side's lead in
+# the rx ring, so the ring (and the UMEM frames behind it) must hold the lead
+# the engine does not take (flow_high_water per connection) without the
+# kernel dropping: 4096 entries hold a 2048-frame lead on one flow twice over.
+# UMEM: 4096 rx + 4096 tx frames of 2 KiB, 16 MiB per rx queue.
+INPUT_RING_SIZE = 4096
+INPUT_FRAME_COUNT = 2 * INPUT_RING_SIZE
 IFACE_CHECK_S = 1.0     # how often a role looks for a vanished interface
 # XDP_STATISTICS counters that are frames lost after the redirect.
 KERNEL_DROP_REASONS = ("rx_ring_full", "rx_dropped")
@@ -64,7 +71,8 @@ class XdpPort:
         self.mode = Mode(mode)
         self.classifier = XdpClassifier(self.side, ifname, mode=self.mode, rules=rules,
                                         handle_sigterm=False)
-        self.xsk_config = xsk_config or XskConfig(burst=BURST)
+        self.xsk_config = xsk_config or XskConfig(burst=BURST, ring_size=INPUT_RING_SIZE,
+                                                  frame_count=INPUT_FRAME_COUNT)
         self.sockets: list[XskSocket] = []
 
     def __enter__(self) -> "XdpPort":
@@ -121,10 +129,13 @@ class XdpPort:
         return total
 
 
-def rx_to_engine(sock: XskSocket, engine: Engine, side: Side, now_ms: int) -> int:
-    """Move up to BURST received frames into the engine; returns how many."""
+def rx_to_engine(sock: XskSocket, engine: Engine, side: Side, now_ms: int,
+                 force: bool = True) -> tuple[int, bool]:
+    """Move up to BURST received frames into the engine, with flow control
+    unless ``force``; returns (how many, held back).  Frames held back stay
+    at the head of the rx ring."""
     try:
-        return native.rx_to_engine(sock.handle, engine.handle, side, now_ms, BURST)
+        return native.rx_to_engine(sock.handle, engine.handle, side, now_ms, BURST, force)
     except native.NativeError as exc:
         raise XdpPortError(f"{sock.ifname} queue {sock.queue}: receiving failed "
                            f"(errno {exc.errno})") from None
@@ -160,6 +171,10 @@ class XdpInput:
         self.carried_verdicts: Counter = Counter()
         self.carried_drops: Counter = Counter()
         self.drops_logged = 0
+        self.held_socks: set = set()       # flow control: sockets left unread
+        self.last_fed_ms = svc.now_ms()
+        self.held_since = 0
+        self.stopped_other_at: int | None = None
 
     def open(self) -> None:
         table = getattr(self.svc, "passthrough", None)
@@ -177,27 +192,52 @@ class XdpInput:
         self.svc.log.event("xdp_attached", role=self.role, iface=self.iface.name,
                            mode=self.iface.mode, queues=len(self.port.sockets))
 
-    def _reader(self, sock):
-        def readable(mask: int) -> None:
-            self._read(sock)
-            self.svc.after_batch()
-        return readable
+    @property
+    def held(self) -> bool:
+        return bool(self.held_socks)
 
-    def _read(self, sock) -> int:
+    def _rx(self, sock, force: bool) -> int:
+        """One burst from ``sock`` into the engine; returns the frames taken."""
+        now = self.svc.now_ms()
         try:
-            return rx_to_engine(sock, self.svc.engine, self.side, self.svc.now_ms())
+            n, held = rx_to_engine(sock, self.svc.engine, self.side, now, force)
         except XdpPortError as exc:
             self.svc.log.warning("xdp_rx_failed", role=self.role, error=str(exc))
             return 0
+        if n:
+            self.last_fed_ms = now
+        if held and sock not in self.held_socks:
+            if not self.held_socks:
+                self.held_since = now
+            self.held_socks.add(sock)
+            self.svc.unwatch(sock)            # the lead waits in the rx ring
+        elif not held and sock in self.held_socks:
+            self.held_socks.discard(sock)
+            if not self.svc.paused:
+                self.svc.watch(sock, READ, self._reader(sock))
+        return n
 
-    def read_now(self) -> int:
+    def _reader(self, sock):
+        def readable(mask: int) -> None:
+            self._rx(sock, force=False)
+            self.svc.after_batch()
+        return readable
+
+    def feed(self, force: bool = False) -> None:
+        """Feed the held rx rings again (flow control off with ``force``)."""
+        for sock in list(self.held_socks):
+            self._rx(sock, force)
+
+    def read_now(self, force: bool = False) -> int:
         """One burst from each socket, paused or not; returns the frames read."""
-        return sum(self._read(sock) for sock in (self.port.sockets if self.port else ()))
+        return sum(self._rx(sock, force) for sock in (self.port.sockets if self.port else ()))
 
     def pause(self, paused: bool) -> None:
         """Backpressure: unread frames wait in the rx rings (the kernel drops
         and counts past them: a guest cannot be told to wait)."""
         for sock in self.port.sockets if self.port else ():
+            if sock in self.held_socks:
+                continue
             if paused:
                 self.svc.unwatch(sock)
             else:
@@ -250,6 +290,8 @@ class XdpInput:
             self.log_kernel_drops()
             self.carried_verdicts.update(self.port.verdicts())
             self.carried_drops.update(self.port.kernel_drops())
+            self.feed(force=True)             # what waits in the rings is not lost
+            self.held_socks.clear()
             self.pause(True)
             table = getattr(self.svc, "passthrough", None)
             if table:
