@@ -37,13 +37,17 @@ class EndpointError(ColoXdpError, OSError):
 
 
 class FramingError(ColoXdpError, ValueError):
-    """A byte stream decoded in Python (colo_xdp.proto.framing: notify-dev,
-    the demo's ends) broke QEMU's framing (a zero-length record or one over
-    the limit): the stream must be closed.  ``records`` are the records
-    completed before the bad one.  (The engine reads past such records in
-    the data streams and counts them.)"""
+    """A byte stream broke QEMU's framing: the stream must be closed.
+
+    The Python decoder (colo_xdp.proto.framing: notify-dev, the demo's ends)
+    raises it for a zero-length record or one over the limit and sets
+    ``records``, those completed before the bad one.  The engine reads past
+    such records in the data streams and counts them, and raises it only
+    for a length no frame can have, setting ``consumed``, the bytes before
+    the bad record (fed)."""
 
     records: tuple = ()
+    consumed = 0
 
 
 class EngineError(ColoXdpError):

@@ -29,6 +29,7 @@ from colo_xdp.errors import ColoXdpError
 # -- constants (csrc/*.h, the cdef regions) ----------------------------------
 
 CX_NET_BUFSIZE = lib.CX_NET_BUFSIZE
+CX_FRAMING_LOST_LEN = lib.CX_FRAMING_LOST_LEN
 CX_PRIMARY = lib.CX_PRIMARY
 CX_SECONDARY = lib.CX_SECONDARY
 
@@ -114,8 +115,14 @@ class EngineCore:
         return lib.cx_engine__feed_burst(self._e, side, ptrs, lens, len(frames), now_ms,
                                          CX_FEED_FORCE if force else 0)
 
+    @property
+    def consumed(self) -> int:
+        """What the last feed_stream consumed (also when it failed)."""
+        return self._consumed[0]
+
     def feed_stream(self, side: int, chunk, now_ms: int, force: bool) -> tuple[int, bool]:
-        """(bytes consumed, held back by flow control)."""
+        """(bytes consumed, held back by flow control); NativeError (EPROTO)
+        when a record length is past any frame (``consumed`` stops there)."""
         rc = lib.cx_engine__feed_stream(self._e, side, ffi.from_buffer(chunk), len(chunk),
                                         now_ms, CX_FEED_FORCE if force else 0, self._consumed)
         _check(rc, "cx_engine__feed_stream")

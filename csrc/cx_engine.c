@@ -909,6 +909,12 @@ int cx_engine__feed_stream(struct cx_engine *e, int side, const uint8_t *buf,
     }
     while (len - pos >= hdr) {
         uint32_t flen = cx_rd32(buf + pos);
+        if (flen > CX_FRAMING_LOST_LEN) {
+            count_in(e, side, flen);
+            count_drop(e, side, CX_DROP_OVERSIZE, NULL);
+            *consumed = pos;
+            return -EPROTO;
+        }
         if (flen > CX_NET_BUFSIZE) {
             /* Counted now; its body is skipped as it comes, the frames after
              * it are read on. */

@@ -19,6 +19,11 @@
 
 /* QEMU's NET_BUFSIZE: the largest frame a chardev stream may carry. */
 #define CX_NET_BUFSIZE 69632
+/* A record length past this is no frame anyone sent (QEMU's largest is
+ * CX_NET_BUFSIZE; a GSO super-frame with its vnet header stays far under):
+ * the stream has lost its framing, and skipping that many bytes would
+ * swallow the good frames behind it. */
+#define CX_FRAMING_LOST_LEN 1048576   /* 1 MiB */
 /* QEMU's sizeof(struct virtio_net_hdr_v1_hash): larger vnet headers are
  * treated as a misconfigured stream and the frame is not parsed. */
 #define CX_VNET_HDR_MAX 20
@@ -186,7 +191,9 @@ size_t cx_engine__feed_burst(struct cx_engine *e, int side, const uint8_t *const
  * CX_FEED_BLOCKED.  A zero-length record is a well-formed empty frame:
  * counted (empty) and read past.  A record over CX_NET_BUFSIZE is counted
  * (oversize) and its body skipped as it arrives, across calls; the frames
- * after it are read on. */
+ * after it are read on.  A length over CX_FRAMING_LOST_LEN is counted
+ * (oversize) and returns -EPROTO with *consumed in front of it: the framing
+ * is lost, the caller closes the stream. */
 int cx_engine__feed_stream(struct cx_engine *e, int side, const uint8_t *buf,
                            size_t len, uint64_t now_ms, int flags, size_t *consumed);
 

@@ -28,7 +28,7 @@ import struct
 from dataclasses import dataclass, field
 
 from colo_xdp import native
-from colo_xdp.errors import EngineError
+from colo_xdp.errors import EngineError, FramingError
 from colo_xdp.proto.ipv4 import PROTO_BY_NUMBER, net_bytes
 
 # Defaults carry QEMU's property names (net/colo-compare.c).
@@ -299,9 +299,16 @@ class Engine:
         consumed, held back).  Held back: the engine stopped in front of a
         frame that would run this side ahead of the other; leave the rest
         unread until the other side has been fed (or force it when both
-        sides are held back or the other has stopped)."""
-        consumed, blocked = self._e.feed_stream(side, chunk, now_ms, force)
-        return consumed, blocked
+        sides are held back or the other has stopped).  FramingError (with
+        ``consumed``, the bytes before the bad record, which were fed) when
+        a record length is past any frame: close the stream."""
+        try:
+            return self._e.feed_stream(side, chunk, now_ms, force)
+        except native.NativeError as exc:         # EPROTO: a length past any frame
+            err = FramingError(f"the stream carried a record length over "
+                               f"{native.CX_FRAMING_LOST_LEN} bytes; its framing is lost")
+            err.consumed = self._e.consumed
+            raise err from None
 
     def stream_reset(self, side: Side) -> None:
         """The side's stream has a new peer: stop skipping an oversize record."""

@@ -59,13 +59,11 @@ def test_peer_cut_mid_frame_again_and_again(lab, side):
     assert (s.released, s.checkpoints) == (2 * ROUNDS + 1, 0)
 
 
-def _bad_records(rnd: random.Random) -> list[tuple[bytes, str]]:
-    """Record headers that break the framing, and the reason counted."""
-    return [(b"\0\0\0\0", "empty"),
-            (struct.pack(">I", NET_BUFSIZE + 1), "oversize"),
-            (b"\xff\xff\xff\xff", "oversize"),
-            (struct.pack(">I", rnd.randrange(NET_BUFSIZE + 2, 1 << 32)), "oversize"),
-            (b"\0\0\0\0", "empty")]
+def _impossible_lengths(rnd: random.Random) -> list[bytes]:
+    """Record headers no frame can have (past CX_FRAMING_LOST_LEN): the
+    stream's framing is lost."""
+    return [struct.pack(">I", (1 << 20) + 1), b"\xff\xff\xff\xff",
+            struct.pack(">I", rnd.randrange((1 << 20) + 2, 1 << 32))]
 
 
 def _garbage(rnd: random.Random, n: int) -> list[bytes]:
@@ -82,22 +80,22 @@ def _garbage(rnd: random.Random, n: int) -> list[bytes]:
 @pytest.mark.parametrize("side", ["primary", "secondary"])
 def test_garbage_frames_and_impossible_lengths(lab, side):
     """Garbage frames pass (primary) or are dropped (secondary) as
-    unsupported; each impossible length (zero, NET_BUFSIZE+1, up to 2**32-1)
-    closes that stream after the whole records before it, with its count;
-    compare goes on after every reconnect."""
+    unsupported; an impossible length (over 1 MiB, up to 2**32-1) closes that
+    stream after the whole records before it, with its count; compare goes
+    on after every reconnect."""
     cmp = lab.start(notify=False)
     out, _, pin, sin = connect_all(lab, notify=False)
     peers = {"primary": pin, "secondary": sin}
     rnd = random.Random(7)
-    bad = _bad_records(rnd)
+    bad = _impossible_lengths(rnd)
     released = garbage_total = 0
-    for header, reason in bad:
+    for header in bad:
         garbage = _garbage(rnd, 5)
         garbage_total += len(garbage)
         mark = len(cmp.lines)
         peers[side].send_raw(framed(garbage) + header + rnd.randbytes(100))
         peers[side].wait_closed()
-        cmp.wait_line(rf"stream_broken role={side}-in reason={reason}", start=mark)
+        cmp.wait_line(rf"stream_broken role={side}-in reason=oversize", start=mark)
         if side == "primary":
             assert out.frames(len(garbage)) == garbage
             released += len(garbage)
@@ -117,25 +115,44 @@ def test_garbage_frames_and_impossible_lengths(lab, side):
     assert (s.released, s.checkpoints) == (released, 0)
 
 
+def test_empty_and_oversize_records_are_read_past(lab):
+    """A zero length is an empty frame and an oversize one (up to 1 MiB) has
+    its body skipped: both counted, the frames after them read on, the
+    stream kept."""
+    cmp = lab.start(notify=False)
+    out, _, pin, sin = connect_all(lab, notify=False)
+    before, after = flow_frame(5, 1), flow_frame(6, 1)
+    body = b"\x00" * (NET_BUFSIZE + 1)
+    pin.send_raw(framed([before]) + b"\0\0\0\0" + struct.pack(">I", len(body)) + body
+                 + framed([after]))
+    sin.send(before, after)
+    assert out.frames(2) == [before, after]
+    still_serving(out, pin, sin)
+    s = cmp.stop_summary()
+    assert s.dropped == (2, 0) and s.released == 3
+
+
 def test_vnet_streams_with_broken_records(lab):
-    """With vnet headers the record has a second word; a zero length, an
-    oversize length, and a vnet length past the frame (unsupported: passed
-    through from the primary) are all survived."""
+    """With vnet headers the record has a second word; a zero length and an
+    oversize length are read past, a vnet length past the frame
+    (unsupported: passed through from the primary) is survived, and an
+    impossible length closes the stream."""
     cmp = lab.start(notify=False, args=("--vnet-hdr-support",))
     out, _, pin, sin = connect_all(lab, vnet=True, notify=False)
     weird = flow_frame(2, 1)
     pin.send_raw(struct.pack(">II", len(weird), 0xFFFFFFFF) + weird)   # vnet len > frame
     assert out.records(1)[0].frame == weird
-    for header in (struct.pack(">II", 0, 0), struct.pack(">II", NET_BUFSIZE + 1, 12)):
-        sin.send_raw(header + b"x" * 16)
-        sin.wait_closed()
-        sin = lab.connect("sin.sock", vnet=True)
+    body = b"x" * (NET_BUFSIZE + 1)
+    sin.send_raw(struct.pack(">II", 0, 0) + struct.pack(">II", len(body), 12) + body)
+    sin.send_raw(struct.pack(">II", 0xFFFFFFF0, 12) + b"x" * 16)
+    sin.wait_closed()
+    sin = lab.connect("sin.sock", vnet=True)
     pair = flow_frame(3, 1)
     pin.send(pair)
     sin.send(pair)
     assert out.records(1)[0].frame == pair
     s = cmp.stop_summary()
-    assert s.frames_in == (2, 3) and s.dropped == (0, 2) and s.released == 2
+    assert s.frames_in == (2, 4) and s.dropped == (0, 3) and s.released == 2
 
 
 def test_notify_dev_faults(lab):

@@ -21,6 +21,7 @@ import time
 from typing import TYPE_CHECKING
 
 from colo_xdp.engine import DropReason, Side
+from colo_xdp.errors import FramingError
 from colo_xdp.proto.framing import NET_BUFSIZE
 from colo_xdp.proto.notify import DO_CHECKPOINT_RECORD, NotifyEvent, NotifyProtocol
 from colo_xdp.transport.chardev import endpoint
@@ -204,8 +205,15 @@ class Input(Channel):
         (flow control off for this call)."""
         if self.end > self.start:
             now = self.svc.now_ms()
-            used, held = self.svc.engine.feed_stream_flow(
-                self.side, self.view[self.start:self.end], now, force)
+            try:
+                used, held = self.svc.engine.feed_stream_flow(
+                    self.side, self.view[self.start:self.end], now, force)
+            except FramingError as exc:
+                self.start = self.end = 0
+                self.svc.log.warning("stream_broken", role=self.role, reason="oversize",
+                                     error=str(exc))
+                self.lost("framing lost", reconnect_now=True)
+                return
             self.start += used
             if self.start == self.end:
                 self.start = self.end = 0
