@@ -6,19 +6,23 @@ read); notify-dev and the tools read them in Python
 (proto.framing.Decoder, strict: it refuses zero-length and oversize
 records).  For any stream cut into any pieces, the C reader finds the
 records a whole-stream model finds, in the same order, counts the same bad
-records (zero-length: an empty frame; oversize: body skipped) and leaves the
-same bytes pending.
+records (zero-length: an empty frame; oversize: body skipped; a length past
+any frame: framing lost, reading stops there) and leaves the same bytes
+pending.
 """
 import struct
 
 from hypothesis import given
 from hypothesis import strategies as st
 
+from colo_xdp import native
 from colo_xdp.engine import Engine, EngineConfig, Side
+from colo_xdp.errors import FramingError
 from colo_xdp.proto import framing
 from property_settings import profile
 
 NET_BUFSIZE = framing.NET_BUFSIZE
+FRAMING_LOST = native.CX_FRAMING_LOST_LEN
 
 
 @st.composite
@@ -39,12 +43,16 @@ def streams(draw):
 def python_reader(vnet, pieces):
     """The engine's reading rules in Python, over the whole stream: records
     in order; a zero-length one is an empty frame; an oversize one is
-    counted and its body skipped (what remains of it is left as skipped)."""
+    counted and its body skipped (what remains of it is left as skipped);
+    one past any frame is counted and ends the reading in front of it."""
     wire = b"".join(pieces)
     head = 8 if vnet else 4
     out, bad, pos = [], [], 0
     while len(wire) - pos >= head:
         size = struct.unpack_from(">I", wire, pos)[0]
+        if size > FRAMING_LOST:
+            bad.append("oversize")
+            break
         if size > NET_BUFSIZE:
             bad.append("oversize")
             pos = min(pos + head + size, len(wire))
@@ -67,9 +75,13 @@ def c_reader(vnet, pieces):
     eng = Engine(EngineConfig(vnet_hdr=vnet))
     eng.failover()
     buf = b""
-    for piece in pieces:
+    for i, piece in enumerate(pieces):
         buf += piece
-        buf = buf[eng.feed_stream(Side.PRIMARY, buf, 0):]
+        try:
+            buf = buf[eng.feed_stream(Side.PRIMARY, buf, 0):]
+        except FramingError as exc:        # the stream would be closed here
+            buf = b"".join([buf[exc.consumed:], *pieces[i + 1:]])
+            break
     out = bytes(eng.output())
     records, pos, head = [], 0, 8 if vnet else 4
     while pos < len(out):
