@@ -20,7 +20,7 @@ import time
 
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
-from prometheus_client.exposition import choose_encoder
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, choose_encoder, generate_latest
 
 from colo_xdp.observe.listener import Client, Listener, listen_tcp
 from colo_xdp.observe.stats import snapshot
@@ -178,6 +178,16 @@ def families(s: dict) -> list:
     return out
 
 
+def _encoder(accept: str):
+    """prometheus_client's choice for this Accept header; the plain text format
+    when it cannot parse the header (it raises TypeError for a version such
+    as ``version=abc``): a scraper's typo gets metrics, never a dead service."""
+    try:
+        return choose_encoder(accept)
+    except Exception:      # noqa: BLE001 - any parse failure inside the library
+        return generate_latest, CONTENT_TYPE_LATEST
+
+
 class ServiceCollector:
     """prometheus_client collector over the service (runs on its loop only)."""
 
@@ -228,7 +238,7 @@ class HttpSession(Client):
         path = target.split("?", 1)[0]
         head_only = method == "HEAD"
         if path == "/metrics":
-            encoder, ctype = choose_encoder(headers.get("accept", ""))
+            encoder, ctype = _encoder(headers.get("accept", ""))
             try:
                 body = encoder(self.server.registry)
             except Exception as exc:   # a bug must not take the COLO service down with it
