@@ -40,6 +40,7 @@ class Channel:
         self.role = role
         self.spec = spec
         self.listener: socket.socket | None = None
+        self.inode = 0                    # our listening socket file's (cleanup removes only it)
         self.sock: socket.socket | None = None
         self.retry_at: float | None = None
         # A retry's non-blocking connect in progress, and when to give it up.
@@ -50,7 +51,8 @@ class Channel:
 
     def open(self) -> None:
         if self.spec.server:
-            self.listener = endpoint.listen(self.spec)
+            self.listener = endpoint.listen(self.spec, self.role)
+            self.inode = endpoint.bound_inode(self.spec)
             self.svc.watch(self.listener, READ, self._accept)
         else:
             try:
@@ -70,7 +72,7 @@ class Channel:
             self.svc.unwatch(self.listener)
             self.listener.close()
             self.listener = None
-            endpoint.cleanup(self.spec)
+            endpoint.cleanup(self.spec, self.inode)
 
     def maybe_retry(self, now: float) -> None:
         """Runs every loop turn.  Retries never block the loop: the connect is
