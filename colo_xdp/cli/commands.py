@@ -47,6 +47,15 @@ def _control_path(text: str | None) -> str | None:
 
 
 _DEFAULT = "\0default"       # --control with no value
+MAX_TIMER_MS = 86_400_000     # a day: --compare-timeout and --expired-scan-cycle
+MAX_PCAP_MB = 1_000_000       # a terabyte per evidence file (and no inf, no nan)
+
+
+def _finite(ctx, param, value):
+    """FloatRange lets nan through (every comparison with it is false)."""
+    if value is not None and value != value:
+        raise click.BadParameter("nan is not a number of megabytes", ctx, param)
+    return value
 
 
 def _spec(option: str, text: str | None):
@@ -83,10 +92,11 @@ def main() -> None:
                    "checkpoint requests kick its COLO thread, its checkpoints flush.")
 @click.option("--vnet-hdr-support", is_flag=True,
               help="Frames carry a vnet header and the framing its length.")
-@click.option("--compare-timeout", type=click.IntRange(min=1), metavar="MS",
+@click.option("--compare-timeout", type=click.IntRange(min=1, max=MAX_TIMER_MS), metavar="MS",
               default=DEFAULT_COMPARE_TIMEOUT_MS, show_default=True,
               help="A frame held longer than this requests a checkpoint.")
-@click.option("--expired-scan-cycle", type=click.IntRange(min=1), metavar="MS",
+@click.option("--expired-scan-cycle", type=click.IntRange(min=1, max=MAX_TIMER_MS),
+              metavar="MS",
               default=DEFAULT_EXPIRED_SCAN_CYCLE_MS, show_default=True,
               help="How often to look for frames held too long.")
 @click.option("--max-queue-size", type=click.IntRange(min=1, max=1 << 24), metavar="N",
@@ -105,7 +115,8 @@ def main() -> None:
               help="Serve Prometheus metrics at http://HOST:PORT/metrics.")
 @click.option("--miscompare-pcap", metavar="FILE", type=click.Path(dir_okay=False),
               help="Write both frames of every mismatch and timeout to this pcapng file.")
-@click.option("--miscompare-pcap-size", metavar="MB", type=click.FloatRange(min=0.001),
+@click.option("--miscompare-pcap-size", metavar="MB",
+              type=click.FloatRange(min=0.001, max=MAX_PCAP_MB), callback=_finite,
               default=64, show_default=True,
               help="Rotate the pcap file past this many megabytes (10^6 bytes).")
 @click.option("--miscompare-pcap-keep", metavar="N", type=click.IntRange(min=1, max=1000),
