@@ -67,6 +67,22 @@ def _spec(option: str, text: str | None):
         _fail(f"{option}: {exc}")
 
 
+def _log_options(func):
+    func = click.option("--log-timestamps", is_flag=True,
+                        help="Text lines on stderr start with the time (UTC) and the level.")(func)
+    func = click.option("--log-file", metavar="FILE", type=click.Path(dir_okay=False),
+                        help="Log here instead of stderr (mode 0640, time and level on every "
+                             "line); SIGHUP reopens it.")(func)
+    return func
+
+
+def _setup_log(verbose: bool, fmt: str, log_file: str | None, timestamps: bool) -> None:
+    try:
+        logmod.setup(verbose, fmt, log_file=log_file, timestamps=timestamps)
+    except OSError as exc:
+        _fail(f"cannot write --log-file {log_file}: {exc.strerror or exc}", code=1)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """COLO network output comparison, a drop-in for QEMU's colo-compare."""
@@ -126,12 +142,13 @@ def main() -> None:
               help="A flow not to compare, e.g. 'udp * > *:53' (repeatable).")
 @click.option("--log-format", type=click.Choice(logmod.LOG_FORMATS), default="text",
               show_default=True, help="text: colo-xdp: EVENT key=value; json: one object a line.")
+@_log_options
 @click.option("-v", "--verbose", is_flag=True, help="Log connection events too.")
 def compare(primary_in, secondary_in, primary_xdp, secondary_xdp, xdp_mode, outdev,
             notify_dev, qmp, vnet_hdr_support, compare_timeout,
             expired_scan_cycle, max_queue_size, max_connections, control, control_tcp, metrics,
             miscompare_pcap, miscompare_pcap_size, miscompare_pcap_keep, passthrough,
-            log_format, verbose) -> None:
+            log_format, log_file, log_timestamps, verbose) -> None:
     """Compare primary and secondary output; release matching primary frames.
 
     SPEC is unix:PATH or tcp:HOST:PORT, with ,server=on to listen and
@@ -144,7 +161,7 @@ def compare(primary_in, secondary_in, primary_xdp, secondary_xdp, xdp_mode, outd
     from colo_xdp.service.compare import serve
     from colo_xdp.service.config import CompareConfig
 
-    logmod.setup(verbose, log_format)
+    _setup_log(verbose, log_format, log_file, log_timestamps)
     rules = []
     for flow in passthrough:
         try:
@@ -208,7 +225,9 @@ def _outdev_endpoint(text: str, xdp_mode: str):
               show_default=True, help="How the XDP program is attached.")
 @click.option("--log-format", type=click.Choice(logmod.LOG_FORMATS), default="text",
               show_default=True)
-def forward(iface, to, vnet_hdr_support, xdp_mode, log_format) -> None:
+@_log_options
+def forward(iface, to, vnet_hdr_support, xdp_mode, log_format, log_file,
+            log_timestamps) -> None:
     """Secondary host: send the secondary guest's output to the primary.
 
     Replaces QEMU's filter-redirector on the secondary: frames the guest
@@ -218,16 +237,14 @@ def forward(iface, to, vnet_hdr_support, xdp_mode, log_format) -> None:
     from colo_xdp.service.forward import ForwardConfig, serve_forward
     from colo_xdp.transport.xdp.port import XdpIface
 
-    logmod.setup(False, log_format)
+    _setup_log(False, log_format, log_file, log_timestamps)
     log = EventLog()
     config = ForwardConfig(XdpIface(iface, xdp_mode), _spec("--to", to), vnet_hdr_support)
     try:
         fwd = serve_forward(config, log, on_ready=lambda _f: log.once("ready"))
     except EndpointError as exc:
         _fail(exc.strerror, code=1)
-    c = fwd.engine.counters()
-    log.once("stopped", frames_in=c.frames_in["primary"], forwarded=c.released_total,
-             cut=c.outdev_cut, kernel_dropped=sum(fwd.input.kernel_drops().values()))
+    log.once("stopped", **fwd.summary_fields())
 
 
 @main.command()
@@ -285,20 +302,7 @@ def _started(svc, log: EventLog) -> None:
 
 
 def _summary(svc, log: EventLog) -> None:
-    c = svc.engine.counters()
-    log.once("stopped", frames_in=f"{c.frames_in['primary']}/{c.frames_in['secondary']}",
-             released=c.released_total,
-             dropped=f"{c.dropped_total('primary')}/{c.dropped_total('secondary')}",
-             checkpoints_requested=sum(c.checkpoints.values()), **_kernel_dropped(svc))
-
-
-def _kernel_dropped(svc) -> dict:
-    """XDP mode: ``kernel_dropped=P/S`` (frames that never reached us)."""
-    if not getattr(svc, "kernel_drops", None):
-        return {}
-    drops = svc.kernel_drops()
-    side = lambda name: sum(drops.get(name, {}).values())  # noqa: E731
-    return {"kernel_dropped": f"{side('primary')}/{side('secondary')}"}
+    log.once("stopped", **svc.summary_fields())
 
 
 # -- the control socket's clients ------------------------------------------------------------

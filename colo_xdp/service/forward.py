@@ -13,12 +13,11 @@ the next peer) and makes the same backpressure as the compare service.
 """
 from __future__ import annotations
 
-import signal
 from dataclasses import dataclass
 
 from colo_xdp.engine import Engine, EngineConfig, Side
 from colo_xdp.observe.log import EventLog
-from colo_xdp.service.loop import Loop
+from colo_xdp.service.loop import Loop, serve_loop
 from colo_xdp.transport.chardev.endpoint import Spec
 from colo_xdp.transport.chardev.roles import Outdev
 from colo_xdp.transport.xdp.port import XdpIface, XdpInput
@@ -45,17 +44,15 @@ class ForwardService(Loop):
         self.inputs = [self.input]
         self.channels = [self.outdev, self.input]
 
+    def summary_fields(self) -> dict:
+        c = self.engine.counters()
+        return {"frames_in": c.frames_in["primary"], "forwarded": c.released_total,
+                "cut": c.outdev_cut, "kernel_dropped": sum(self.input.kernel_drops().values())}
+
 
 def serve_forward(config: ForwardConfig, log: EventLog, on_ready=None) -> ForwardService:
-    """Open, announce readiness, run until SIGINT/SIGTERM, then close."""
+    """Open, announce readiness, run until SIGINT/SIGTERM, then close; SIGHUP
+    reopens the log file, SIGUSR2 logs the counters."""
     fwd = ForwardService(config, log)
-    fwd.open()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, fwd.stop)
-    if on_ready:
-        on_ready(fwd)
-    try:
-        fwd.run()
-    finally:
-        fwd.close()
+    serve_loop(fwd, on_ready)
     return fwd

@@ -24,7 +24,10 @@ import selectors
 import time
 
 from colo_xdp.engine import Engine
+from colo_xdp.observe import log as logmod
 from colo_xdp.observe.log import EventLog
+from colo_xdp.proto.framing import count_records
+from colo_xdp.service import signals as sigs
 from colo_xdp.transport.chardev.endpoint import EndpointError
 
 READ = selectors.EVENT_READ
@@ -53,6 +56,8 @@ class Loop:
         self.resumed_ms = -(1 << 62)     # when backpressure last ended
         self._stop = False
         self._t0 = time.monotonic()
+        self.signals: sigs.Signals | None = None     # installed by serve_loop
+        self.undelivered = 0             # released frames the outdev never took (at exit)
 
     # -- what roles use -------------------------------------------------------
 
@@ -113,6 +118,9 @@ class Loop:
                 role.maybe_retry(mono)
             for part in self.attachments:
                 part.tick(mono)
+            if self.signals is not None and self.signals.pending:
+                for signum in self.signals.take():
+                    self.on_signal(signum)
             self.on_turn()
             self.log.tick()
             self.after_batch()
@@ -167,7 +175,42 @@ class Loop:
             self.outdev.write_pending()
         left = self.engine.output_pending()
         if left:
-            self.log.warning("undelivered_at_exit", bytes=left)
+            # Given up: a record half-sent is cut (counted in lost.outdev_cut);
+            # the whole ones left are counted in frames, not only in bytes.
+            cut = self.engine.abandon_partial_output()
+            out = self.engine.output()
+            frames = count_records(out, self.engine.config.vnet_hdr)
+            out.release()
+            self.undelivered = frames
+            self.log.warning("undelivered_at_exit", bytes=left, frames=frames, cut=int(cut))
+
+    # -- signals ------------------------------------------------------------------
+
+    def on_signal(self, signum: int) -> None:
+        """A signal noted since the last turn (colo_xdp.service.signals)."""
+        if signum == sigs.REOPEN:
+            self.reopen()
+        elif signum == sigs.STATUS:
+            self.log.once("status", **self.summary_fields())
+
+    def reopen(self) -> None:
+        """SIGHUP: reopen the log file and every attachment's file (logrotate)."""
+        log_path = logmod.log_file_in_use()
+        try:
+            logmod.reopen()
+        except OSError as exc:
+            self.log.warning("reopen_failed", path=log_path, error=exc.strerror or str(exc))
+        files = []
+        for part in self.attachments:
+            reopen = getattr(part, "reopen", None)
+            if reopen is not None:
+                reopen()
+                files.append(part.name)
+        self.log.event("log_reopened", log=log_path or "-", files=",".join(files) or "-")
+
+    def summary_fields(self) -> dict:
+        """The counters as the ``stopped`` and ``status`` lines give them."""
+        return {}
 
     # -- hooks --------------------------------------------------------------------
 
@@ -176,3 +219,22 @@ class Loop:
 
     def on_turn(self) -> None:
         """Once a turn, after the timers and ticks."""
+
+
+def serve_loop(loop: Loop, on_ready=None, handled: tuple[int, ...] = (
+        *sigs.STOP, sigs.REOPEN, sigs.STATUS)) -> Loop:
+    """Install the signals, open, announce readiness, run until SIGINT or
+    SIGTERM (or ``loop.stop``), close, restore the signals."""
+    loop.signals = sigs.Signals(loop, handled)
+    loop.signals.install()
+    try:
+        loop.open()
+        if on_ready:
+            on_ready(loop)
+        try:
+            loop.run()
+        finally:
+            loop.close()
+    finally:
+        loop.signals.restore()
+    return loop

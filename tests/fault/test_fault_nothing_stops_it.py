@@ -161,7 +161,9 @@ def test_sighup_and_sigusr2_do_not_kill(lab, sig):
     still_serving(out, pin, sin)
     assert cmp.proc.poll() is None
     if sig == signal.SIGUSR2:
-        cmp.wait_line(r"^colo-xdp: status frames_in=2/1 ")
+        cmp.proc.send_signal(sig)
+        cmp.wait_line(r"^colo-xdp: status frames_in=2/1 released=1 dropped=0/0 "
+                      r"checkpoints_requested=0$")
     cmp.terminate()
     assert out.frames(1) == [held]
     s = cmp.stop_summary()
@@ -314,9 +316,11 @@ def test_every_frame_ends_in_a_counter_at_exit(lab):
     while time.monotonic() < deadline:
         sent_p += _send_until_full(pin.sock, record, limit - sent_p)
         sent_s += _send_until_full(sin.sock, record, limit - sent_s)
-        if sent_p >= limit or "backpressure on=True" in cmp.log and \
-                _send_until_full(pin.sock, record, 1) == 0:
-            break
+        if sent_p >= limit or "backpressure on=True" in cmp.log:
+            more = _send_until_full(pin.sock, record, 1)
+            sent_p += more
+            if not more:
+                break
         time.sleep(0.01)
     cmp.wait_line(r"^colo-xdp: backpressure on=True")
     sent_s += _send_until_full(sin.sock, record, limit - sent_s)
