@@ -342,7 +342,8 @@ def test_every_frame_ends_in_a_counter_at_exit(lab):
     data = bytearray()
     while chunk := out.sock.recv(1 << 20):
         data += chunk
-    assert _count_records(bytes(data)) + int(u["frames"]) == released
+    # A frame half sent when colo-xdp gave up is cut (counted in lost.outdev_cut).
+    assert _count_records(bytes(data)) + int(u["frames"]) + int(u["cut"]) == released
 
 
 # -- permissions ----------------------------------------------------------------------------
