@@ -127,6 +127,9 @@ def main() -> None:
                    "/run/colo-xdp/colo-xdp.sock as root, else $XDG_RUNTIME_DIR/colo-xdp.sock.")
 @click.option("--control-tcp", metavar="HOST:PORT",
               help="Also serve the control protocol on TCP; loopback addresses only.")
+@click.option("--control-idle-timeout", metavar="SECONDS", default=300.0, show_default=True,
+              type=click.FloatRange(min=0.1, max=86400),
+              help="Close a control connection that neither asks nor subscribes for this long.")
 @click.option("--metrics", metavar="HOST:PORT",
               help="Serve Prometheus metrics at http://HOST:PORT/metrics.")
 @click.option("--miscompare-pcap", metavar="FILE", type=click.Path(dir_okay=False),
@@ -146,8 +149,8 @@ def main() -> None:
 @click.option("-v", "--verbose", is_flag=True, help="Log connection events too.")
 def compare(primary_in, secondary_in, primary_xdp, secondary_xdp, xdp_mode, outdev,
             notify_dev, qmp, vnet_hdr_support, compare_timeout,
-            expired_scan_cycle, max_queue_size, max_connections, control, control_tcp, metrics,
-            miscompare_pcap, miscompare_pcap_size, miscompare_pcap_keep, passthrough,
+            expired_scan_cycle, max_queue_size, max_connections, control, control_tcp,
+            control_idle_timeout, metrics, miscompare_pcap, miscompare_pcap_size, miscompare_pcap_keep, passthrough,
             log_format, log_file, log_timestamps, verbose) -> None:
     """Compare primary and secondary output; release matching primary frames.
 
@@ -180,6 +183,7 @@ def compare(primary_in, secondary_in, primary_xdp, secondary_xdp, xdp_mode, outd
                             vnet_hdr=vnet_hdr_support),
         control_path=_control_path(control),
         control_tcp=_hostport("--control-tcp", control_tcp),
+        control_idle_timeout=control_idle_timeout,
         metrics=_hostport("--metrics", metrics),
         miscompare_pcap=miscompare_pcap,
         miscompare_pcap_bytes=int(miscompare_pcap_size * 1_000_000),

@@ -103,7 +103,7 @@ class CompareService(Loop):
         parts: list = []
         if config.control_path or config.control_tcp:
             parts.append(ControlServer(self, ServiceTarget(self), config.control_path,
-                                       config.control_tcp))
+                                       config.control_tcp, config.control_idle_timeout))
         if config.metrics:
             from colo_xdp.observe.metrics import MetricsServer
             parts.append(MetricsServer(self, *config.metrics))
