@@ -199,6 +199,8 @@ def compare(primary_in, secondary_in, primary_xdp, secondary_xdp, xdp_mode, outd
     except EndpointError as exc:
         _fail(exc.strerror, code=1)
     _summary(svc, log)
+    if svc.fatal:
+        _fail(svc.fatal, code=1)
 
 
 def _endpoint(side: str, spec: str | None, iface: str | None, xdp_mode: str):
@@ -249,6 +251,8 @@ def forward(iface, to, vnet_hdr_support, xdp_mode, log_format, log_file,
     except EndpointError as exc:
         _fail(exc.strerror, code=1)
     log.once("stopped", **fwd.summary_fields())
+    if fwd.fatal:
+        _fail(fwd.fatal, code=1)
 
 
 @main.command()

@@ -58,6 +58,7 @@ class Loop:
         self._t0 = time.monotonic()
         self.signals: sigs.Signals | None = None     # installed by serve_loop
         self.undelivered = 0             # released frames the outdev never took (at exit)
+        self.fatal: str | None = None    # why the loop gave up (exit status 1)
 
     # -- what roles use -------------------------------------------------------
 
@@ -78,6 +79,13 @@ class Loop:
 
     def stop(self, *_args) -> None:
         """Signal-safe: the loop ends after its current turn."""
+        self._stop = True
+
+    def give_up(self, why: str) -> None:
+        """A role cannot go on (a connecting endpoint without reconnect lost
+        its peer): stop, and exit non-zero with ``why`` (the first one)."""
+        if self.fatal is None:
+            self.fatal = why
         self._stop = True
 
     # -- running ----------------------------------------------------------------

@@ -9,7 +9,8 @@ A spec names one end of a stream the way QEMU's ``-chardev socket`` does::
 
 A listening endpoint serves one peer at a time, as QEMU's does: while a peer
 is connected it accepts nobody else.  A connecting endpoint without
-``reconnect`` must reach its peer at start; with it, it keeps retrying.
+``reconnect`` must reach its peer at start, and the service exits (status 1)
+when it loses it later; with it, it keeps retrying.
 """
 from __future__ import annotations
 

@@ -146,6 +146,11 @@ class Channel:
             self.svc.watch(self.listener, READ, self._accept)
         elif self.spec.reconnect or reconnect_now:
             self.retry_at = time.monotonic() + (0 if reconnect_now else self.spec.reconnect)
+        else:
+            # Staying up without it would look alive and do nothing: exit
+            # non-zero, so that a supervisor (systemd) starts us again.
+            self.svc.give_up(f"{self.role}: the peer at {self.spec} went away and the "
+                             "endpoint has no ,reconnect=SECONDS; exiting")
 
     # -- hooks ---------------------------------------------------------------
 
