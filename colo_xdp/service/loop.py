@@ -125,7 +125,7 @@ class Loop:
             for role in self.channels:
                 role.maybe_retry(mono)
             for part in self.attachments:
-                part.tick(mono)
+                self.guarded(part, part.tick, mono)
             if self.signals is not None and self.signals.pending:
                 for signum in self.signals.take():
                     self.on_signal(signum)
@@ -159,7 +159,7 @@ class Loop:
     def after_batch(self) -> None:
         self.on_events(self.engine.drain_events())
         for part in self.attachments:
-            part.end_batch()
+            self.guarded(part, part.end_batch)
         self.outdev.write_pending()
         pending = self.engine.output_pending()
         if not self.paused and pending > OUT_HIGH_WATER:
@@ -191,6 +191,15 @@ class Loop:
             out.release()
             self.undelivered = frames
             self.log.warning("undelivered_at_exit", bytes=left, frames=frames, cut=int(cut))
+
+    def guarded(self, part, call, *args) -> None:
+        """Call an attachment (control socket, /metrics, evidence pcap): what
+        it raises is logged, never the end of comparing."""
+        try:
+            call(*args)
+        except Exception as exc:   # noqa: BLE001 - nothing around the service may stop it
+            self.log.warning("control_error", role=getattr(part, "name", type(part).__name__),
+                             error=f"{type(exc).__name__}: {exc}")
 
     # -- signals ------------------------------------------------------------------
 
