@@ -8,12 +8,14 @@ import time
 
 import click
 
+from colo_xdp.cli import configfile
 from colo_xdp.observe import log as logmod
 from colo_xdp.observe.log import EventLog
 from colo_xdp.engine import (DEFAULT_COMPARE_TIMEOUT_MS, DEFAULT_EXPIRED_SCAN_CYCLE_MS,
                              DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_QUEUE_SIZE, EngineConfig,
                              EngineError)
 from colo_xdp.transport.chardev.endpoint import EndpointError, SpecError, parse_spec
+from colo_xdp.version import VERSION
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -84,11 +86,14 @@ def _setup_log(verbose: bool, fmt: str, log_file: str | None, timestamps: bool) 
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(VERSION, "-V", "--version", prog_name="colo-xdp",
+                      message="%(prog)s %(version)s")
 def main() -> None:
     """COLO network output comparison, a drop-in for QEMU's colo-compare."""
 
 
 @main.command()
+@configfile.option
 @click.option("--primary-in", metavar="SPEC",
               help="Primary guest's frames (QEMU primary_in), e.g. tcp:127.0.0.1:9001.")
 @click.option("--secondary-in", metavar="SPEC",
@@ -143,6 +148,9 @@ def main() -> None:
               help="pcap files kept: FILE, FILE.1 .. FILE.<N-1>.")
 @click.option("--passthrough", "passthrough", metavar="FLOW", multiple=True,
               help="A flow not to compare, e.g. 'udp * > *:53' (repeatable).")
+@click.option("--passthrough-file", metavar="FILE", type=click.Path(dir_okay=False),
+              help="Keep the passthrough list here across restarts: read at start, "
+                   "rewritten at every 'ctl passthrough add/del'.")
 @click.option("--log-format", type=click.Choice(logmod.LOG_FORMATS), default="text",
               show_default=True, help="text: colo-xdp: EVENT key=value; json: one object a line.")
 @_log_options
@@ -150,7 +158,8 @@ def main() -> None:
 def compare(primary_in, secondary_in, primary_xdp, secondary_xdp, xdp_mode, outdev,
             notify_dev, qmp, vnet_hdr_support, compare_timeout,
             expired_scan_cycle, max_queue_size, max_connections, control, control_tcp,
-            control_idle_timeout, metrics, miscompare_pcap, miscompare_pcap_size, miscompare_pcap_keep, passthrough,
+            control_idle_timeout, metrics, miscompare_pcap, miscompare_pcap_size,
+            miscompare_pcap_keep, passthrough, passthrough_file,
             log_format, log_file, log_timestamps, verbose) -> None:
     """Compare primary and secondary output; release matching primary frames.
 
@@ -171,6 +180,12 @@ def compare(primary_in, secondary_in, primary_xdp, secondary_xdp, xdp_mode, outd
             rules.append(parse_flow(flow))
         except FlowError as exc:
             _fail(f"--passthrough: {exc}")
+    if passthrough_file:
+        from colo_xdp.service import passthrough_file as ptfile
+        try:
+            rules += ptfile.read(passthrough_file)
+        except FlowError as exc:
+            _fail(str(exc))
     config = CompareConfig(
         primary_in=_endpoint("primary", primary_in, primary_xdp, xdp_mode),
         secondary_in=_endpoint("secondary", secondary_in, secondary_xdp, xdp_mode),
@@ -189,6 +204,7 @@ def compare(primary_in, secondary_in, primary_xdp, secondary_xdp, xdp_mode, outd
         miscompare_pcap_bytes=int(miscompare_pcap_size * 1_000_000),
         miscompare_pcap_keep=miscompare_pcap_keep,
         passthrough=rules,
+        passthrough_file=passthrough_file,
     )
     log = EventLog()
     try:
@@ -221,6 +237,7 @@ def _outdev_endpoint(text: str, xdp_mode: str):
 
 
 @main.command()
+@configfile.option
 @click.option("--xdp", "iface", required=True, metavar="IFACE",
               help="The secondary guest's tap: its output is taken here with XDP.")
 @click.option("--to", "to", required=True, metavar="SPEC",
@@ -253,6 +270,32 @@ def forward(iface, to, vnet_hdr_support, xdp_mode, log_format, log_file,
     log.once("stopped", **fwd.summary_fields())
     if fwd.fatal:
         _fail(fwd.fatal, code=1)
+
+
+@main.command("install-units")
+@click.option("--dir", "target", default="/etc/systemd/system", show_default=True,
+              metavar="DIR", help="Where to write the unit files.")
+@click.option("--exec", "executable", metavar="PATH",
+              help="The colo-xdp the units start (default: this one).")
+@click.option("--dry-run", is_flag=True, help="Print the units instead of writing them.")
+def install_units(target, executable, dry_run) -> None:
+    """Install the systemd units colo-xdp-compare@.service and
+    colo-xdp-forward@.service (docs/service.md), with ExecStart naming this
+    colo-xdp.  Then: systemctl daemon-reload."""
+    from colo_xdp.service import units
+
+    try:
+        executable = executable or units.running_executable()
+        if dry_run:
+            for name, text in units.rendered_units(executable).items():
+                click.echo(f"# {os.path.join(target, name)}\n{text}")
+            return
+        for path in units.install(target, executable):
+            click.echo(f"wrote {path}")
+    except units.UnitsError as exc:
+        _fail(str(exc), code=1)
+    click.echo("now: systemctl daemon-reload; then e.g. systemctl enable --now "
+               "colo-xdp-compare@vm1 (its configuration: /etc/colo-xdp/vm1.toml)")
 
 
 @main.command()
@@ -300,7 +343,7 @@ def _started(svc, log: EventLog) -> None:
     seen = c.frames_in["primary"] + c.frames_in["secondary"]
     e = cfg.engine
     log.once("started", state="clean" if not (held or seen or c.connections) else "NOT-clean",
-             pid=os.getpid(), held=held, connections=c.connections, frames_in=seen,
+             pid=os.getpid(), version=VERSION, held=held, connections=c.connections, frames_in=seen,
              primary_in=cfg.primary_in, secondary_in=cfg.secondary_in, outdev=cfg.outdev,
              notify_dev=cfg.notify_dev or "-", qmp=cfg.qmp or "-", vnet_hdr="on" if e.vnet_hdr else "off",
              compare_timeout_ms=e.compare_timeout_ms,

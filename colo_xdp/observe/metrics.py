@@ -14,7 +14,6 @@ paths 404, other methods 405.  One request per connection; a client gets
 """
 from __future__ import annotations
 
-import importlib.metadata
 import socket
 import time
 
@@ -24,16 +23,13 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, choose_encoder, ge
 
 from colo_xdp.observe.listener import Client, Listener, listen_tcp
 from colo_xdp.observe.stats import snapshot
+from colo_xdp.version import VERSION
 
 MAX_HEAD = 8 * 1024      # request line and headers
 IDLE_S = 10.0
 MAX_CLIENTS = 32
 PREFIX = "colo_xdp"
 
-try:
-    VERSION = importlib.metadata.version("colo-xdp")
-except importlib.metadata.PackageNotFoundError:
-    VERSION = "unknown"
 
 
 def _counter(name: str, doc: str, labels: tuple[str, ...] = ()) -> CounterMetricFamily:

@@ -22,7 +22,6 @@ SHB, one IDB per side, one EPB per frame; little-endian throughout.
 from __future__ import annotations
 
 import errno
-import importlib.metadata
 import os
 import struct
 import time
@@ -78,11 +77,8 @@ def enhanced_packet(interface: int, ts_us: int, frame: bytes, comment: str) -> b
 
 
 def file_header() -> bytes:
-    try:
-        version = importlib.metadata.version("colo-xdp")
-    except importlib.metadata.PackageNotFoundError:
-        version = "unknown"
-    return (section_header(f"colo-xdp {version} miscompare evidence")
+    from colo_xdp.version import VERSION
+    return (section_header(f"colo-xdp {VERSION} miscompare evidence")
             + interface_description("primary", "primary guest output (primary_in)")
             + interface_description("secondary", "secondary guest output (secondary_in)"))
 

@@ -94,6 +94,10 @@ class CompareService(Loop):
             "passthrough_changed", op=op, flow=format_flow(rule),
             rules=len(self.passthrough.rules))
         self.passthrough.replace(config.passthrough)
+        if config.passthrough_file:
+            # Kept across restarts: every change is written there first.
+            from colo_xdp.service.passthrough_file import PassthroughFile
+            self.passthrough.add_sink(PassthroughFile(config.passthrough_file))
         self.pcap = None
         self.attachments = self._attachments(config)
 

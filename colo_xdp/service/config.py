@@ -30,6 +30,7 @@ class CompareConfig:
     miscompare_pcap_bytes: int = 64_000_000
     miscompare_pcap_keep: int = 4
     passthrough: list[PassthroughRule] = field(default_factory=list)
+    passthrough_file: str | None = None          # the list, kept across restarts
 
     def validate(self) -> None:
         """Raise SpecError or EngineError with one sentence for the first

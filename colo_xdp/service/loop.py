@@ -28,6 +28,7 @@ from colo_xdp.observe import log as logmod
 from colo_xdp.observe.log import EventLog
 from colo_xdp.proto.framing import count_records
 from colo_xdp.service import signals as sigs
+from colo_xdp.service.sdnotify import Notifier
 from colo_xdp.transport.chardev.endpoint import EndpointError
 
 READ = selectors.EVENT_READ
@@ -59,6 +60,7 @@ class Loop:
         self.signals: sigs.Signals | None = None     # installed by serve_loop
         self.undelivered = 0             # released frames the outdev never took (at exit)
         self.fatal: str | None = None    # why the loop gave up (exit status 1)
+        self.notifier = Notifier()       # systemd Type=notify: READY=1, WATCHDOG=1
 
     # -- what roles use -------------------------------------------------------
 
@@ -115,7 +117,8 @@ class Loop:
         deadline = self.engine.run_timers(self.now_ms())
         while not self._stop:
             now = self.now_ms()
-            wait_s = min(max(deadline - now, 0) / 1000.0, MAX_SLEEP_S)
+            wait_s = min(max(deadline - now, 0) / 1000.0, MAX_SLEEP_S,
+                         self.notifier.due_in(time.monotonic()))
             for key, mask in self.sel.select(wait_s):
                 key.data(mask)
             now = self.now_ms()
@@ -126,6 +129,7 @@ class Loop:
                 role.maybe_retry(mono)
             for part in self.attachments:
                 self.guarded(part, part.tick, mono)
+            self.notifier.tick(mono)
             if self.signals is not None and self.signals.pending:
                 for signum in self.signals.take():
                     self.on_signal(signum)
@@ -248,10 +252,13 @@ def serve_loop(loop: Loop, on_ready=None, handled: tuple[int, ...] = (
         loop.open()
         if on_ready:
             on_ready(loop)
+        loop.notifier.ready(status="ready")
         try:
             loop.run()
         finally:
+            loop.notifier.stopping()
             loop.close()
     finally:
         loop.signals.restore()
+        loop.notifier.close()
     return loop
