@@ -248,9 +248,18 @@ def _outdev_endpoint(text: str, xdp_mode: str):
               show_default=True, help="How the XDP program is attached.")
 @click.option("--log-format", type=click.Choice(logmod.LOG_FORMATS), default="text",
               show_default=True)
+@click.option("--control", "control", is_flag=False, flag_value=_DEFAULT, default=None,
+              metavar="[PATH]", help="Control socket (unix, mode 0600): stats, subscribe.")
+@click.option("--control-tcp", metavar="HOST:PORT",
+              help="Also serve the control protocol on TCP; loopback addresses only.")
+@click.option("--control-idle-timeout", metavar="SECONDS", default=300.0, show_default=True,
+              type=click.FloatRange(min=0.1, max=86400),
+              help="Close a control connection that neither asks nor subscribes for this long.")
+@click.option("--metrics", metavar="HOST:PORT",
+              help="Serve Prometheus metrics at http://HOST:PORT/metrics.")
 @_log_options
-def forward(iface, to, vnet_hdr_support, xdp_mode, log_format, log_file,
-            log_timestamps) -> None:
+def forward(iface, to, vnet_hdr_support, xdp_mode, control, control_tcp, control_idle_timeout,
+            metrics, log_format, log_file, log_timestamps) -> None:
     """Secondary host: send the secondary guest's output to the primary.
 
     Replaces QEMU's filter-redirector on the secondary: frames the guest
@@ -262,9 +271,23 @@ def forward(iface, to, vnet_hdr_support, xdp_mode, log_format, log_file,
 
     _setup_log(False, log_format, log_file, log_timestamps)
     log = EventLog()
-    config = ForwardConfig(XdpIface(iface, xdp_mode), _spec("--to", to), vnet_hdr_support)
+    from colo_xdp.observe.listener import is_loopback
+    config = ForwardConfig(XdpIface(iface, xdp_mode), _spec("--to", to), vnet_hdr_support,
+                           control_path=_control_path(control),
+                           control_tcp=_hostport("--control-tcp", control_tcp),
+                           control_idle_timeout=control_idle_timeout,
+                           metrics=_hostport("--metrics", metrics))
+    if config.control_tcp and not is_loopback(config.control_tcp[0]):
+        _fail(f"--control-tcp must listen on a loopback address such as 127.0.0.1, not "
+              f"{config.control_tcp[0]}: the control socket has no authentication")
+
+    def ready(fwd) -> None:
+        log.once("started", pid=os.getpid(), version=VERSION, iface=iface, to=config.to,
+                 vnet_hdr="on" if vnet_hdr_support else "off")
+        log.once("ready")
+
     try:
-        fwd = serve_forward(config, log, on_ready=lambda _f: log.once("ready"))
+        fwd = serve_forward(config, log, on_ready=ready)
     except EndpointError as exc:
         _fail(exc.strerror, code=1)
     log.once("stopped", **fwd.summary_fields())
