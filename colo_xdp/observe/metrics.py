@@ -72,6 +72,11 @@ def families(s: dict) -> list:
     for source, n in s.get("checkpoints_done_by_source", {}).items():
         m.add_metric([source], n)
     out.append(m)
+    if s.get("last_checkpoint_unix") is not None:
+        m = _gauge("last_checkpoint_timestamp_seconds", "Unix time of the last checkpoint "
+                   "done (absent until one is).")
+        m.add_metric([], s["last_checkpoint_unix"])
+        out.append(m)
     if "qmp" in s:
         m = _counter("qmp_checkpoint_kicks", "With --qmp: checkpoint requests and the kicks "
                      "sent to QEMU's COLO thread, by outcome.", ("outcome",))

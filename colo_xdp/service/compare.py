@@ -20,6 +20,7 @@ doing per-frame work.
 """
 from __future__ import annotations
 
+import time
 from collections import Counter
 
 from colo_xdp.engine import (CheckpointRequest, ConnectionEvicted, ConnectionOpened, Drop,
@@ -78,6 +79,7 @@ class CompareService(Loop):
         self.channels = [self.outdev, *self.colo_drivers, *self.inputs]
         self.failed_over = False
         self.checkpoints_done: Counter = Counter()      # by source
+        self.last_checkpoint_at: float | None = None    # wall clock of the last one done
         self.draining = False            # reading what the inputs hold at a checkpoint
         xdp_inputs = [i for i in self.inputs if isinstance(i, XdpInput)]
         self.mode = "xdp" if xdp_inputs or isinstance(self.outdev, XdpOutdev) else "chardev"
@@ -193,6 +195,7 @@ class CompareService(Loop):
         """The COLO frame reports a checkpoint: flush."""
         self.engine.checkpoint()
         self.checkpoints_done[source] += 1
+        self.last_checkpoint_at = time.time()
         self.log.event("checkpoint_done", source=source, **fields)
 
     def checkpoint_at_stop(self, **fields) -> None:
