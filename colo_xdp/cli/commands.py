@@ -78,6 +78,17 @@ def _log_options(func):
     return func
 
 
+def _check_option(func):
+    return click.option("--check", is_flag=True,
+                        help="Check the options (and --config file), say so, and exit without "
+                             "opening anything (e.g. ExecStartPre=).")(func)
+
+
+def _checked(command: str) -> None:
+    click.echo(f"colo-xdp {command}: the configuration is valid")
+    sys.exit(0)
+
+
 def _setup_log(verbose: bool, fmt: str, log_file: str | None, timestamps: bool) -> None:
     try:
         logmod.setup(verbose, fmt, log_file=log_file, timestamps=timestamps)
@@ -154,13 +165,14 @@ def main() -> None:
 @click.option("--log-format", type=click.Choice(logmod.LOG_FORMATS), default="text",
               show_default=True, help="text: colo-xdp: EVENT key=value; json: one object a line.")
 @_log_options
+@_check_option
 @click.option("-v", "--verbose", is_flag=True, help="Log connection events too.")
 def compare(primary_in, secondary_in, primary_xdp, secondary_xdp, xdp_mode, outdev,
             notify_dev, qmp, vnet_hdr_support, compare_timeout,
             expired_scan_cycle, max_queue_size, max_connections, control, control_tcp,
             control_idle_timeout, metrics, miscompare_pcap, miscompare_pcap_size,
             miscompare_pcap_keep, passthrough, passthrough_file,
-            log_format, log_file, log_timestamps, verbose) -> None:
+            log_format, log_file, log_timestamps, check, verbose) -> None:
     """Compare primary and secondary output; release matching primary frames.
 
     SPEC is unix:PATH or tcp:HOST:PORT, with ,server=on to listen and
@@ -209,6 +221,8 @@ def compare(primary_in, secondary_in, primary_xdp, secondary_xdp, xdp_mode, outd
     log = EventLog()
     try:
         config.validate()
+        if check:
+            _checked("compare")
         svc = serve(config, log, on_ready=lambda svc: _started(svc, log))
     except (SpecError, EngineError, PassthroughError, ValueError) as exc:
         _fail(str(exc))
@@ -258,8 +272,9 @@ def _outdev_endpoint(text: str, xdp_mode: str):
 @click.option("--metrics", metavar="HOST:PORT",
               help="Serve Prometheus metrics at http://HOST:PORT/metrics.")
 @_log_options
+@_check_option
 def forward(iface, to, vnet_hdr_support, xdp_mode, control, control_tcp, control_idle_timeout,
-            metrics, log_format, log_file, log_timestamps) -> None:
+            metrics, log_format, log_file, log_timestamps, check) -> None:
     """Secondary host: send the secondary guest's output to the primary.
 
     Replaces QEMU's filter-redirector on the secondary: frames the guest
@@ -280,6 +295,8 @@ def forward(iface, to, vnet_hdr_support, xdp_mode, control, control_tcp, control
     if config.control_tcp and not is_loopback(config.control_tcp[0]):
         _fail(f"--control-tcp must listen on a loopback address such as 127.0.0.1, not "
               f"{config.control_tcp[0]}: the control socket has no authentication")
+    if check:
+        _checked("forward")
 
     def ready(fwd) -> None:
         log.once("started", pid=os.getpid(), version=VERSION, iface=iface, to=config.to,
