@@ -56,7 +56,7 @@ MAX_PCAP_MB = 1_000_000       # a terabyte per evidence file (and no inf, no nan
 def _finite(ctx, param, value):
     """FloatRange lets nan through (every comparison with it is false)."""
     if value is not None and value != value:
-        raise click.BadParameter("nan is not a number of megabytes", ctx, param)
+        raise click.BadParameter("nan is not a number", ctx, param)
     return value
 
 
@@ -144,7 +144,7 @@ def main() -> None:
 @click.option("--control-tcp", metavar="HOST:PORT",
               help="Also serve the control protocol on TCP; loopback addresses only.")
 @click.option("--control-idle-timeout", metavar="SECONDS", default=300.0, show_default=True,
-              type=click.FloatRange(min=0.1, max=86400),
+              type=click.FloatRange(min=0.1, max=86400), callback=_finite,
               help="Close a control connection that neither asks nor subscribes for this long.")
 @click.option("--metrics", metavar="HOST:PORT",
               help="Serve Prometheus metrics at http://HOST:PORT/metrics.")
@@ -267,7 +267,7 @@ def _outdev_endpoint(text: str, xdp_mode: str):
 @click.option("--control-tcp", metavar="HOST:PORT",
               help="Also serve the control protocol on TCP; loopback addresses only.")
 @click.option("--control-idle-timeout", metavar="SECONDS", default=300.0, show_default=True,
-              type=click.FloatRange(min=0.1, max=86400),
+              type=click.FloatRange(min=0.1, max=86400), callback=_finite,
               help="Close a control connection that neither asks nor subscribes for this long.")
 @click.option("--metrics", metavar="HOST:PORT",
               help="Serve Prometheus metrics at http://HOST:PORT/metrics.")
@@ -440,7 +440,8 @@ def _ask(ctx: click.Context, request: dict) -> dict:
 @main.group()
 @_control_options
 @click.option("--json", "as_json", is_flag=True, help="Print the replies as JSON.")
-@click.option("--timeout", type=click.FloatRange(min=0.1), default=5.0, show_default=True,
+@click.option("--timeout", type=click.FloatRange(min=0.1, max=86400), default=5.0,
+              show_default=True, callback=_finite,
               metavar="SECONDS", help="How long to wait for a reply.")
 @click.pass_context
 def ctl(ctx, control, control_tcp, as_json, timeout) -> None:
@@ -570,7 +571,8 @@ def ctl_send(ctx, request) -> None:
 
 @main.command()
 @_control_options
-@click.option("--interval", type=click.FloatRange(min=0.1), default=1.0, show_default=True,
+@click.option("--interval", type=click.FloatRange(min=0.1, max=86400), default=1.0,
+              show_default=True, callback=_finite,
               metavar="SECONDS", help="Refresh period.")
 @click.option("--once", is_flag=True, help="Print once and exit.")
 @click.option("--connections", type=click.IntRange(min=0, max=65536), default=20,

@@ -375,3 +375,18 @@ def test_evidence_is_private_and_never_written_through_a_symlink(lab):
     for name in ("pin.sock", "sin.sock", "out.sock", "notify.sock"):
         assert stat.S_IMODE(os.stat(lab.path(name)).st_mode) == 0o660, name
     cmp.stop_summary()
+
+
+@pytest.mark.parametrize("args", [
+    ["ctl", "--timeout", "1e300", "checkpoint"], ["ctl", "--timeout", "nan", "stats"],
+    ["stats", "--interval", "nan", "--once"], ["stats", "--interval", "1e300", "--once"],
+    ["compare", "--outdev", "unix:/x", "--control-idle-timeout", "nan"],
+    ["forward", "--xdp", "x", "--to", "unix:/x", "--control-idle-timeout", "inf"],
+    ["compare", "--outdev", "unix:/x", "--miscompare-pcap-size", "nan"],
+])
+def test_numbers_no_clock_can_hold_are_refused(args):
+    """Found while fixing --compare-timeout: the same OverflowError (or a
+    ValueError for nan) waited in every seconds option."""
+    result = run_cli(*args)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and "Invalid value for" in result.stderr
