@@ -225,7 +225,7 @@ class Loop:
         for part in self.attachments:
             reopen = getattr(part, "reopen", None)
             if reopen is not None:
-                reopen()
+                self.guarded(part, reopen)
                 files.append(part.name)
         self.log.event("log_reopened", log=log_path or "-", files=",".join(files) or "-")
 
