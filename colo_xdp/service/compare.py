@@ -160,6 +160,9 @@ class CompareService(Loop):
                 self.after_batch()
         finally:
             self.draining = False
+        for inp in self.inputs:          # a record cut short by the stop: counted (truncated)
+            if isinstance(inp, Input) and inp.sock is not None:
+                inp.disconnected()
         self.engine.checkpoint()
         self.after_batch()
         super().close()

@@ -390,3 +390,17 @@ def test_numbers_no_clock_can_hold_are_refused(args):
     result = run_cli(*args)
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr and "Invalid value for" in result.stderr
+
+
+def test_a_record_cut_short_by_the_stop_is_counted(lab):
+    cmp = lab.start()
+    out, note, pin, sin = connect_all(lab)
+    whole = flow_frame(1, 1)
+    pin.send(whole)
+    sin.send(whole)
+    assert out.frames(1) == [whole]
+    pin.send_raw(struct.pack(">I", 100) + bytes(40))         # 40 of 100 bytes, then SIGTERM
+    time.sleep(0.1)
+    s = cmp.stop_summary()
+    assert s.dropped == (1, 0)                                # the cut one: truncated
+    assert "frame_dropped side=primary reason=truncated bytes=44" in cmp.log
