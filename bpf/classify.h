@@ -4,7 +4,7 @@
  * map keys and values, verdicts (also the counter indices) and the metadata
  * it puts in front of every frame it sends to an AF_XDP socket.
  *
- * Defined here and nowhere else.  colo_xdp/transport/xdp.py mirrors these
+ * Defined here and nowhere else.  colo_xdp/transport/xdp/classify_abi.py mirrors these
  * values for Python; tests/xdp/test_header.py parses this file and checks
  * that the two agree.  Plain C with <linux/types.h> types, so it compiles in
  * the BPF program (bcc) and in user space C alike.  Every enum member has an

@@ -51,6 +51,7 @@ from typing import Callable, Iterator
 
 from colo_xdp.lab.netns import add_netns, add_veth, in_netns
 from colo_xdp.lab.netns import sh as _sh
+from colo_xdp.lab.process import READY_LINE, ProcessError, SupervisedProcess
 
 
 BURST = 64                # frames per tx_burst call
@@ -61,6 +62,7 @@ CEILING_WARMUP = 0.3
 TCP_LAPS_KEPT = 4
 HOST_CPU = "1"
 READY_TIMEOUT = 20.0
+STOP_GRACE_S = 3.0
 
 
 DROP_PROG = r"""
@@ -88,7 +90,7 @@ def problem() -> str | None:
 
 # --- namespaces ---------------------------------------------------------------------------
 
-class Lab:
+class BenchNetwork:
     """Namespaces host / guest-p / guest-s, veth p-h/p-g and s-h/s-g (1 queue)."""
 
     LINKS = {"p": "gp", "s": "gs"}
@@ -100,7 +102,7 @@ class Lab:
         self.dir = Path(tempfile.mkdtemp(prefix="cx-bench-xdp-"))
         self.made: list[str] = []
 
-    def __enter__(self) -> "Lab":
+    def __enter__(self) -> "BenchNetwork":
         try:
             for ns in self.ns.values():
                 self.made.append(ns)
@@ -123,8 +125,11 @@ class Lab:
 
     def host_argv(self, argv: list[str]) -> list[str]:
         """``argv`` in the host namespace, pinned to the comparator's cpu."""
+        return [*self.host_prefix(), *argv]
+
+    def host_prefix(self) -> list[str]:
         pin = ["taskset", "-c", self.cpu] if self.cpu is not None else []
-        return ["ip", "netns", "exec", self.ns["host"], *pin, *argv]
+        return ["ip", "netns", "exec", self.ns["host"], *pin]
 
 
 # --- frames -------------------------------------------------------------------------------
@@ -191,7 +196,7 @@ class Sender:
 
 
 @contextlib.contextmanager
-def senders(lab: Lab) -> Iterator[dict[str, Sender]]:
+def senders(lab: BenchNetwork) -> Iterator[dict[str, Sender]]:
     made: dict[str, Sender] = {}
     try:
         made["pin"] = Sender(lab.ns["gp"], "p-g")
@@ -219,56 +224,39 @@ class XdpRowResult:
         return statistics.median(getattr(m, what) for m in self.runs) if self.runs else None
 
 
-def _ready(proc_log: Path, directory: Path) -> bool:
-    text = proc_log.read_text(errors="replace") if proc_log.exists() else ""
-    return (any(line.split()[-1:] == ["ready"] for line in text.splitlines())
+def _ready(proc: SupervisedProcess, directory: Path) -> bool:
+    return (proc.count(READY_LINE) > 0
             and (directory / "out.sock").exists() and (directory / "notify.sock").exists())
 
 
 @contextlib.contextmanager
-def comparator(lab: Lab, exe: Path, tag: str) -> Iterator[subprocess.Popen]:
+def comparator(lab: BenchNetwork, exe: Path, tag: str) -> Iterator[SupervisedProcess]:
     """colo-xdp compare on p-h/s-h in the host namespace, on cpu 1; always stopped."""
     directory = lab.dir / tag
     directory.mkdir()
-    log_path = directory / "log"
-    argv = lab.host_argv([str(exe), "compare", "--primary-xdp", "p-h",
-                          "--secondary-xdp", "s-h",
-                          "--outdev", f"unix:{directory / 'out.sock'},server=on",
-                          "--notify-dev", f"unix:{directory / 'notify.sock'},server=on"])
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+    proc = SupervisedProcess(["compare", "--primary-xdp", "p-h", "--secondary-xdp", "s-h",
+                              "--outdev", f"unix:{directory / 'out.sock'},server=on",
+                              "--notify-dev", f"unix:{directory / 'notify.sock'},server=on"],
+                             command=[str(exe)], prefix=lab.host_prefix(),
+                             name="colo-xdp compare", stdout=subprocess.STDOUT)
     proc.directory = directory
     proc.cpu = lab.cpu
-    proc.log_path = log_path
     try:
-        deadline = time.monotonic() + READY_TIMEOUT
-        while not _ready(log_path, directory):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("colo-xdp compare did not come up: " + _tail(log_path))
-            time.sleep(0.01)
+        proc.start()
+        try:
+            proc.wait_for(lambda: _ready(proc, directory), READY_TIMEOUT)
+        except ProcessError:
+            raise RuntimeError("colo-xdp compare did not come up: " + _tail(proc)) from None
         yield proc
     finally:
-        _stop(proc)
+        proc.stop(STOP_GRACE_S)
 
 
-def _tail(path: Path) -> str:
-    text = path.read_text(errors="replace") if path.exists() else ""
-    return " | ".join(text.strip().splitlines()[-3:]) or "(empty log)"
+def _tail(proc: SupervisedProcess) -> str:
+    return proc.tail(3, empty="(empty log)")
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(3)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
-def run_xdp_mode(lab: Lab, exe: Path, row, frames: Frames, warmup: float, seconds: float,
+def run_xdp_mode(lab: BenchNetwork, exe: Path, row, frames: Frames, warmup: float, seconds: float,
                  runs: int, bench) -> tuple[list, str]:
     """Drive one comparator for warmup + runs x seconds; a Measurement per window."""
     with comparator(lab, exe, f"row{row.number}") as proc, senders(lab) as tx:
@@ -313,7 +301,7 @@ def _drive(proc, socks, tx, row, frames: Frames, warmup, seconds, runs, bench):
             while True:
                 n = out_recv(out_buf)
                 if not n:
-                    raise RuntimeError("colo-xdp closed its outdev: " + _tail(proc.log_path))
+                    raise RuntimeError("colo-xdp closed its outdev: " + _tail(proc))
                 if len(head) < head_bytes:
                     head += out_buf[:min(n, head_bytes - len(head))]
                 got_out += n
@@ -325,7 +313,7 @@ def _drive(proc, socks, tx, row, frames: Frames, warmup, seconds, runs, bench):
         try:
             n = notify_recv(notify_buf)
             if not n:
-                raise RuntimeError("colo-xdp closed its notify_dev: " + _tail(proc.log_path))
+                raise RuntimeError("colo-xdp closed its notify_dev: " + _tail(proc))
             got_notify += n
         except BlockingIOError:
             pass
@@ -333,7 +321,7 @@ def _drive(proc, socks, tx, row, frames: Frames, warmup, seconds, runs, bench):
         if now >= next_alive:
             if proc.poll() is not None:
                 raise RuntimeError(f"colo-xdp exited ({proc.returncode}): "
-                                   + _tail(proc.log_path))
+                                   + _tail(proc))
             next_alive = now + 0.1
         if now >= marks_at[len(marks)]:
             marks.append((now, got_out, got_notify, follower.sent,
@@ -377,7 +365,7 @@ def _blast(tx: dict[str, Sender], frames: Frames, seconds: float,
     return (c1 - c0) / (t1 - t0), (s1 - s0) / (t1 - t0)
 
 
-def drop_ceiling(lab: Lab, frames: Frames, seconds: float) -> tuple[float, float]:
+def drop_ceiling(lab: BenchNetwork, frames: Frames, seconds: float) -> tuple[float, float]:
     """Frames/s an XDP_DROP program on p-h and s-h counts, and what was sent."""
     from bcc import BPF
     b = BPF(text=DROP_PROG)
@@ -402,30 +390,31 @@ def drop_ceiling(lab: Lab, frames: Frames, seconds: float) -> tuple[float, float
         b.cleanup()
 
 
-def xsk_ceiling(lab: Lab, frames: Frames, seconds: float) -> tuple[float, float]:
+def xsk_ceiling(lab: BenchNetwork, frames: Frames, seconds: float) -> tuple[float, float]:
     """Frames/s an AF_XDP sink (classify.c + XskSocket, rx_burst/rx_done, no engine)
     receives on p-h and s-h on cpu 1; and the frames/s its rx rings dropped."""
-    argv = lab.host_argv([sys.executable, "-m", "tools.bench_xdp", "--xsk-sink",
-                          "p-h", "s-h"])
-    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, bufsize=1,
-                            start_new_session=True,
-                            cwd=str(Path(__file__).resolve().parent.parent))
+    proc = SupervisedProcess(["-m", "tools.bench_xdp", "--xsk-sink", "p-h", "s-h"],
+                             command=[sys.executable], prefix=lab.host_prefix(),
+                             name="AF_XDP sink", stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             cwd=str(Path(__file__).resolve().parent.parent))
     try:
-        line = proc.stdout.readline()
+        proc.start()
+        line = proc.stdout.readline().decode()
         if line.strip() != "ready":
+            proc.wait(2)
             raise RuntimeError("AF_XDP sink did not come up: "
-                               + (line + proc.stderr.read()).strip().replace("\n", " | "))
+                               + (line.strip() + " | " + proc.tail(5)).strip(" |"))
 
         def query() -> tuple[int, int]:
             try:
-                proc.stdin.write("?\n")
+                proc.stdin.write(b"?\n")
+                proc.stdin.flush()
                 got, dropped = proc.stdout.readline().split()
                 return int(got), int(dropped)
             except (OSError, ValueError):
                 proc.wait(2)
                 raise RuntimeError(f"AF_XDP sink exited ({proc.returncode}): "
-                                   + proc.stderr.read().strip()[-300:].replace("\n", " | "))
+                                   + proc.log[-300:].replace("\n", " | "))
         drops = []
 
         def count() -> int:
@@ -439,7 +428,7 @@ def xsk_ceiling(lab: Lab, frames: Frames, seconds: float) -> tuple[float, float]
     finally:
         with contextlib.suppress(Exception):
             proc.stdin.close()
-        _stop(proc)
+        proc.stop(STOP_GRACE_S)
 
 
 def run_xsk_sink(ifaces: list[str]) -> int:
@@ -503,7 +492,7 @@ def _raise_interrupt(*_args) -> None:
 
 
 def _run(rows, exe, runs, warmup, seconds, bench, report, cpu, results) -> None:
-    with Lab(cpu) as lab:
+    with BenchNetwork(cpu) as lab:
         for row in rows:
             frames = Frames(row, bench.build_stream)
             r = XdpRowResult(row)

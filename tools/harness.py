@@ -20,6 +20,7 @@ is only defined if the sends are apart in time: the driver waits
 from __future__ import annotations
 
 import contextlib
+import re
 import selectors
 import shutil
 import socket
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 from colo_xdp.lab.pktgen import Decoder, Record, describe, encode
+from colo_xdp.lab.process import READY_LINE, ProcessError, SupervisedProcess
 
 # Gap between two writes of a script, so that QEMU sees them in script order.
 # Measured with interleaved primary/secondary UDP pairs: 1 ms let about one
@@ -110,8 +112,7 @@ class Comparator:
     name: str
     directory: Path
     options: CompareOptions
-    process: subprocess.Popen
-    log_path: Path
+    process: SupervisedProcess
 
     def socket_path(self, which: str) -> Path:
         """Path of one of the four sockets: ``pin``, ``sin``, ``out``, ``notify``."""
@@ -123,7 +124,7 @@ class Comparator:
 
     def log(self) -> str:
         """Everything the process wrote to stdout and stderr so far."""
-        return self.log_path.read_text(errors="replace")
+        return self.process.log
 
 
 ArgvFor = Callable[[Path], list[str]]
@@ -137,7 +138,7 @@ def sockets_exist(comparator: Comparator) -> bool:
 
 def logged_ready(comparator: Comparator) -> bool:
     """Ready check for colo-xdp: a log line says ``ready`` (``colo-xdp: ready``)."""
-    return any(line.split()[-1:] == ["ready"] for line in comparator.log().splitlines())
+    return any(re.search(READY_LINE, line) for line in comparator.log().splitlines())
 
 
 @contextlib.contextmanager
@@ -152,47 +153,22 @@ def supervised(name: str, argv_for: ArgvFor, options: CompareOptions,
     """
     directory = Path(tempfile.mkdtemp(prefix=f"{name}-"))
     try:
-        log_path = directory / "log"
-        argv = argv_for(directory)
-        if cpus is not None:
-            argv = ["taskset", "-c", cpus] + argv
-        with open(log_path, "wb") as log:
-            process = subprocess.Popen(argv, cwd=directory, stdin=subprocess.DEVNULL,
-                                       stdout=log, stderr=subprocess.STDOUT,
-                                       start_new_session=True)
+        process = SupervisedProcess(
+            command=argv_for(directory), name=name, cwd=directory,
+            prefix=["taskset", "-c", cpus] if cpus is not None else [],
+            stdout=subprocess.STDOUT)           # stdout and stderr, one log
         try:
-            comparator = Comparator(name, directory, options, process, log_path)
-            _wait_ready(comparator, ready, timeout)
+            try:
+                process.start()
+                comparator = Comparator(name, directory, options, process)
+                process.wait_for(lambda: ready(comparator), timeout)
+            except ProcessError as exc:
+                raise HarnessError(str(exc)) from None
             yield comparator
         finally:
-            _stop(process)
+            process.stop(STOP_GRACE_S)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
-
-
-def _wait_ready(comparator: Comparator, ready: ReadyCheck, timeout: float) -> None:
-    """Return once ``ready`` holds; raise HarnessError if it exits or times out."""
-    deadline = time.monotonic() + timeout
-    while not ready(comparator):
-        if not comparator.alive():
-            raise HarnessError(f"{comparator.name} exited with status "
-                               f"{comparator.process.returncode} before it was ready: "
-                               f"{_tail(comparator.log())}")
-        if time.monotonic() > deadline:
-            raise HarnessError(f"{comparator.name} was not ready after {timeout} s: "
-                               f"{_tail(comparator.log())}")
-        time.sleep(0.005)
-
-
-def _stop(process: subprocess.Popen) -> None:
-    """Stop a process we started: SIGTERM, then SIGKILL after STOP_GRACE_S."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(STOP_GRACE_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def _tail(text: str, lines: int = 5) -> str:

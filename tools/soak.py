@@ -55,7 +55,6 @@ import re
 import signal
 import socket
 import struct
-import subprocess
 import sys
 import tempfile
 import threading
@@ -68,6 +67,7 @@ from typing import Callable
 from colo_xdp.lab import pktgen as g
 from tools.harness import default_colo_xdp_exe
 from colo_xdp.lab.netns import NetnsError, add_netns, add_veth, in_netns, sh
+from colo_xdp.lab.process import ProcessError, SupervisedProcess
 
 MAX_QUEUE = 256
 MAX_CONNECTIONS = 4096
@@ -339,31 +339,30 @@ class SoakedService:
 
     def __init__(self, argv: list[str], control: Path):
         self.control = control
-        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, text=True, errors="replace")
-        self.lines: list[str] = []
         self.events = Counter()            # (event, role) -> lines logged
-        self.ready = threading.Event()
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
+        self.proc = SupervisedProcess(command=argv, name="colo-xdp compare", keep_lines=300,
+                                      on_line=self._count)
+        self.proc.start()
         self._client = None
-        if not self.ready.wait(30):
+        try:
+            self.proc.wait_ready(30)
+        except ProcessError:
             self.kill()
-            raise SoakError("colo-xdp compare did not get ready:\n" + "\n".join(self.lines))
+            raise SoakError("colo-xdp compare did not get ready:\n" + self.proc.log) from None
 
     @property
     def pid(self) -> int:
         return self.proc.pid
 
-    def _read(self) -> None:
-        for line in self.proc.stderr:
-            line = line.rstrip("\n")
-            self.lines = self.lines[-300:] + [line]
-            if line == "colo-xdp: ready":
-                self.ready.set()
-            m = re.match(r"colo-xdp: (\w+)(?: role=(\S+))?", line)
-            if m:
-                self.events[(m.group(1), m.group(2))] += 1
+    @property
+    def lines(self) -> list[str]:
+        """The newest 300 lines of its stderr."""
+        return self.proc.lines
+
+    def _count(self, line: str) -> None:
+        m = re.match(r"colo-xdp: (\w+)(?: role=(\S+))?", line)
+        if m:
+            self.events[(m.group(1), m.group(2))] += 1
 
     def rss_kib(self) -> int:
         try:
@@ -404,19 +403,11 @@ class SoakedService:
     def stop(self) -> tuple[int, str]:
         if self._client:
             self._client.close()
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            rc = self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            rc = -9
-        self.reader.join(5)
+        rc = self.proc.stop(30)            # SIGKILL after 30 s: -9
         return rc, next((ln for ln in reversed(self.lines) if " stopped " in ln), "")
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
+        self.proc.kill(10)
 
 
 def _service_args(work: Path) -> list[str]:

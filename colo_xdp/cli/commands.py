@@ -12,9 +12,9 @@ from colo_xdp.cli import configfile
 from colo_xdp.observe import log as logmod
 from colo_xdp.observe.log import EventLog
 from colo_xdp.engine import (DEFAULT_COMPARE_TIMEOUT_MS, DEFAULT_EXPIRED_SCAN_CYCLE_MS,
-                             DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_QUEUE_SIZE, EngineConfig,
-                             EngineError)
-from colo_xdp.transport.chardev.endpoint import EndpointError, SpecError, parse_spec
+                             DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_QUEUE_SIZE, EngineConfig)
+from colo_xdp.errors import ColoXdpError, EndpointError
+from colo_xdp.transport.chardev.endpoint import SpecError, parse_spec
 from colo_xdp.version import VERSION
 
 
@@ -181,7 +181,7 @@ def compare(primary_in, secondary_in, primary_xdp, secondary_xdp, xdp_mode, outd
     tap (--primary-xdp, --secondary-xdp); --outdev may be xdp:IFACE to send
     released frames with AF_XDP.
     """
-    from colo_xdp.proto.control import FlowError, PassthroughError, parse_flow
+    from colo_xdp.proto.flows import FlowError, parse_flow
     from colo_xdp.service.compare import serve
     from colo_xdp.service.config import CompareConfig
 
@@ -224,10 +224,10 @@ def compare(primary_in, secondary_in, primary_xdp, secondary_xdp, xdp_mode, outd
         if check:
             _checked("compare")
         svc = serve(config, log, on_ready=lambda svc: _started(svc, log))
-    except (SpecError, EngineError, PassthroughError, ValueError) as exc:
-        _fail(str(exc))
     except EndpointError as exc:
         _fail(exc.strerror, code=1)
+    except ColoXdpError as exc:         # a spec, setting, rule or pcap limit
+        _fail(str(exc))
     _summary(svc, log)
     if svc.fatal:
         _fail(svc.fatal, code=1)
@@ -359,7 +359,7 @@ def demo(quiet, chardev) -> None:
         if problem is None:
             try:
                 ok = lab.run(echo=click.echo)
-            except NetnsError as exc:          # LabError, or an ip/tc command's
+            except NetnsError as exc:          # XdpDemoError, or an ip/tc command's
                 _fail(str(exc), code=1)
             except KeyboardInterrupt:
                 _fail("demo interrupted; its namespaces and processes are removed", code=130)

@@ -20,8 +20,10 @@ import tomllib
 
 import click
 
+from colo_xdp.errors import ConfigError
 
-class ConfigFileError(Exception):
+
+class ConfigFileError(ConfigError):
     """The config file cannot be used; the message is one sentence."""
 
 

@@ -15,8 +15,10 @@ import socket
 from collections import deque
 from typing import Iterator
 
+from colo_xdp.errors import ControlError
 
-class ClientError(Exception):
+
+class ClientError(ControlError):
     """The control socket cannot be used; the message is one sentence."""
 
 

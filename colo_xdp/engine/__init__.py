@@ -25,7 +25,9 @@ import socket
 import struct
 from dataclasses import dataclass, field
 
-from colo_xdp._native import ffi, lib
+from colo_xdp import native
+from colo_xdp.errors import EngineError, FramingError
+from colo_xdp.proto.ipv4 import PROTO_BY_NUMBER, net_bytes
 
 # Defaults carry QEMU's property names (net/colo-compare.c).
 DEFAULT_COMPARE_TIMEOUT_MS = 3000
@@ -34,42 +36,44 @@ DEFAULT_MAX_QUEUE_SIZE = 1024
 # QEMU's HASHTABLE_MAX_SIZE; here a limit with eviction, never a wipe.
 DEFAULT_MAX_CONNECTIONS = 16384
 DEFAULT_MAX_EVENTS = 65536
-NET_BUFSIZE = lib.CX_NET_BUFSIZE
+NET_BUFSIZE = native.CX_NET_BUFSIZE
 
 
 class Side(enum.IntEnum):
-    PRIMARY = lib.CX_PRIMARY
-    SECONDARY = lib.CX_SECONDARY
+    """Which guest a frame comes from; also classify.c's -DCX_XDP_SIDE."""
+
+    PRIMARY = native.CX_PRIMARY
+    SECONDARY = native.CX_SECONDARY
 
 
 class CheckpointReason(enum.IntEnum):
-    MISMATCH = lib.CX_CKPT_MISMATCH
-    TIMEOUT = lib.CX_CKPT_TIMEOUT
-    QUEUE_FULL = lib.CX_CKPT_QUEUE_FULL
-    TABLE_FULL = lib.CX_CKPT_TABLE_FULL
+    MISMATCH = native.CX_CKPT_MISMATCH
+    TIMEOUT = native.CX_CKPT_TIMEOUT
+    QUEUE_FULL = native.CX_CKPT_QUEUE_FULL
+    TABLE_FULL = native.CX_CKPT_TABLE_FULL
 
 
 class DropReason(enum.IntEnum):
-    UNSUPPORTED = lib.CX_DROP_UNSUPPORTED
-    QUEUE_FULL = lib.CX_DROP_QUEUE_FULL
-    TABLE_FULL = lib.CX_DROP_TABLE_FULL
-    FLUSHED = lib.CX_DROP_FLUSHED
-    FAILOVER = lib.CX_DROP_FAILOVER
-    EMPTY = lib.CX_DROP_EMPTY
-    OVERSIZE = lib.CX_DROP_OVERSIZE
-    TRUNCATED = lib.CX_DROP_TRUNCATED
-    NO_MEMORY = lib.CX_DROP_NO_MEMORY
-    PASSTHROUGH = lib.CX_DROP_PASSTHROUGH
+    UNSUPPORTED = native.CX_DROP_UNSUPPORTED
+    QUEUE_FULL = native.CX_DROP_QUEUE_FULL
+    TABLE_FULL = native.CX_DROP_TABLE_FULL
+    FLUSHED = native.CX_DROP_FLUSHED
+    FAILOVER = native.CX_DROP_FAILOVER
+    EMPTY = native.CX_DROP_EMPTY
+    OVERSIZE = native.CX_DROP_OVERSIZE
+    TRUNCATED = native.CX_DROP_TRUNCATED
+    NO_MEMORY = native.CX_DROP_NO_MEMORY
+    PASSTHROUGH = native.CX_DROP_PASSTHROUGH
 
 
 class ReleaseReason(enum.IntEnum):
-    MATCHED = lib.CX_REL_MATCHED
-    UNSUPPORTED = lib.CX_REL_UNSUPPORTED
-    NO_PAYLOAD = lib.CX_REL_NO_PAYLOAD
-    RETRANSMIT = lib.CX_REL_RETRANSMIT
-    FLUSHED = lib.CX_REL_FLUSHED
-    FAILOVER = lib.CX_REL_FAILOVER
-    PASSTHROUGH = lib.CX_REL_PASSTHROUGH
+    MATCHED = native.CX_REL_MATCHED
+    UNSUPPORTED = native.CX_REL_UNSUPPORTED
+    NO_PAYLOAD = native.CX_REL_NO_PAYLOAD
+    RETRANSMIT = native.CX_REL_RETRANSMIT
+    FLUSHED = native.CX_REL_FLUSHED
+    FAILOVER = native.CX_REL_FAILOVER
+    PASSTHROUGH = native.CX_REL_PASSTHROUGH
 
 
 def _name(member: enum.Enum) -> str:
@@ -87,7 +91,7 @@ class ConnKey:
     proto: int
 
     def __str__(self) -> str:
-        proto = {1: "icmp", 6: "tcp", 17: "udp"}.get(self.proto, f"ip{self.proto}")
+        proto = PROTO_BY_NUMBER.get(self.proto, f"ip{self.proto}")
         return f"{proto} {self.saddr}:{self.sport} > {self.daddr}:{self.dport}"
 
 
@@ -163,19 +167,14 @@ class ConnectionEvicted:
 Action = Release | CheckpointRequest | Drop | ConnectionOpened | ConnectionEvicted
 
 
-class EngineError(Exception):
-    """The engine could not be created or was fed something it refuses."""
-
-
-class FramingError(EngineError):
-    """A chardev stream carried a record that breaks its framing."""
-
-    def __init__(self, reason: DropReason, consumed: int):
-        what = "a zero-length frame" if reason is DropReason.EMPTY else (
-            f"a frame longer than {NET_BUFSIZE} bytes")
-        super().__init__(f"the stream carried {what}; its framing is lost")
-        self.reason = reason
-        self.consumed = consumed
+def _framing_error(reason: DropReason, consumed: int) -> FramingError:
+    """The FramingError of a stream the engine refused at ``consumed``."""
+    what = "a zero-length frame" if reason is DropReason.EMPTY else (
+        f"a frame longer than {NET_BUFSIZE} bytes")
+    err = FramingError(f"the stream carried {what}; its framing is lost")
+    err.reason = reason
+    err.consumed = consumed
+    return err
 
 
 @dataclass
@@ -236,18 +235,11 @@ def _addr(a: int) -> str:
 
 def _net(text: str | None, what: str) -> tuple[int, int]:
     """'10.0.0.0/8' -> (address, mask), both in network byte order as ints."""
-    if text is None:
-        return 0, 0
-    addr, _, prefix = text.partition("/")
     try:
-        raw = socket.inet_aton(addr)
-        bits = int(prefix) if prefix else 32
-    except (OSError, ValueError):
-        raise EngineError(f"{what} {text!r} is not an IPv4 address or address/prefix") from None
-    if not 0 <= bits <= 32:
-        raise EngineError(f"{what} {text!r} has a prefix outside 0..32")
-    mask = struct.pack(">I", (0xFFFFFFFF << (32 - bits)) & 0xFFFFFFFF)
-    return struct.unpack("=I", raw)[0], struct.unpack("=I", mask)[0]
+        addr, mask = net_bytes(text, what)
+    except ValueError as exc:
+        raise EngineError(str(exc)) from None
+    return struct.unpack("=I", addr)[0], struct.unpack("=I", mask)[0]
 
 
 _EVIDENCE = struct.Struct("=IBBHIIQ")
@@ -263,7 +255,7 @@ class Engine:
     def __init__(self, config: EngineConfig | None = None):
         self.config = config or EngineConfig()
         self.config.validate()
-        cfg = ffi.new("struct cx_config *", {
+        cfg = {
             "compare_timeout_ms": self.config.compare_timeout_ms,
             "expired_scan_cycle_ms": self.config.expired_scan_cycle_ms,
             "max_queue_size": self.config.max_queue_size,
@@ -271,15 +263,17 @@ class Engine:
             "max_events": self.config.max_events,
             "evidence_max_bytes": self.config.evidence_max_bytes,
             "vnet_hdr": int(self.config.vnet_hdr),
-        })
-        ptr = lib.cx_engine__new(cfg)
-        if ptr == ffi.NULL:
-            raise EngineError("the engine could not allocate its tables")
-        self._e = ffi.gc(ptr, lib.cx_engine__free)
-        self._consumed = ffi.new("size_t *")
-        self._data = ffi.new("const uint8_t **")
-        self._events = ffi.new("const struct cx_event **")
+        }
+        try:
+            self._e = native.EngineCore(cfg)
+        except native.NativeError:
+            raise EngineError("the engine could not allocate its tables") from None
         self._hdr = 8 if self.config.vnet_hdr else 4
+
+    @property
+    def handle(self) -> native.EngineCore:
+        """The C engine, for the XDP glue (colo_xdp.native.rx_to_engine)."""
+        return self._e
 
     # -- batch interface (transports) ------------------------------------
 
@@ -289,55 +283,50 @@ class Engine:
         A partial record at the end is left for the next call.  Raises
         FramingError (with ``consumed``) on a zero-length or oversized record.
         """
-        rc = lib.cx_engine__feed_stream(self._e, side, ffi.from_buffer(chunk), len(chunk),
-                                        now_ms, self._consumed)
-        if rc < 0:
-            reason = DropReason.EMPTY if -rc == errno.EBADMSG else DropReason.OVERSIZE
-            raise FramingError(reason, self._consumed[0])
-        return self._consumed[0]
+        try:
+            return self._e.feed_stream(side, chunk, now_ms)
+        except native.NativeError as exc:
+            reason = DropReason.EMPTY if exc.errno == errno.EBADMSG else DropReason.OVERSIZE
+            raise _framing_error(reason, self._e.consumed) from None
 
     def output(self) -> memoryview:
         """Released frames, in the outdev's framing, not yet consumed."""
-        n = lib.cx_engine__out_peek(self._e, self._data)
-        return memoryview(ffi.buffer(self._data[0], n)) if n else memoryview(b"")
+        return self._e.out_peek()
 
     def consume_output(self, n: int) -> None:
-        lib.cx_engine__out_consume(self._e, n)
+        self._e.out_consume(n)
 
     def abandon_partial_output(self) -> bool:
         """The outdev left mid-record: skip its rest (counted); True if one was cut."""
-        return bool(lib.cx_engine__out_abandon_partial(self._e))
+        return self._e.out_abandon_partial()
 
     def output_pending(self) -> int:
-        return lib.cx_engine__out_peek(self._e, self._data)
+        return self._e.out_pending()
 
     def drain_events(self) -> list[Action]:
         """Events since the last drain, in order; checkpoint requests carry
         their evidence when the engine keeps it."""
-        n = lib.cx_engine__events(self._e, self._events)
         out: list[Action] = []
-        evs = self._events[0]
         evidence = self._take_evidence() if self.config.evidence_max_bytes else {}
-        for i in range(n):
-            ev = evs[i]
+        for i, ev in enumerate(self._e.events()):
             key = _key(ev.key) if ev.has_key else None
-            if ev.kind == lib.CX_EV_CHECKPOINT:
+            if ev.kind == native.CX_EV_CHECKPOINT:
                 out.append(CheckpointRequest(CheckpointReason(ev.reason), key,
                                              tuple(evidence.get(i, ()))))
-            elif ev.kind == lib.CX_EV_DROP:
+            elif ev.kind == native.CX_EV_DROP:
                 out.append(Drop(Side(ev.side), DropReason(ev.reason), key))
-            elif ev.kind == lib.CX_EV_CONN_NEW:
+            elif ev.kind == native.CX_EV_CONN_NEW:
                 out.append(ConnectionOpened(key))
-            elif ev.kind == lib.CX_EV_CONN_EVICT:
+            elif ev.kind == native.CX_EV_CONN_EVICT:
                 out.append(ConnectionEvicted(key))
-        lib.cx_engine__events_clear(self._e)
+        self._e.events_clear()
         return out
 
     def _take_evidence(self) -> dict[int, list[Evidence]]:
-        n = lib.cx_engine__evidence(self._e, self._data)
+        buf = self._e.evidence()
+        n = len(buf)
         if not n:
             return {}
-        buf = bytes(ffi.buffer(self._data[0], n))
         by_event: dict[int, list[Evidence]] = {}
         pos = 0
         while pos < n:
@@ -351,50 +340,50 @@ class Engine:
     def set_passthrough(self, rules: list[PassthroughRule]) -> None:
         """Replace the passthrough list; flows it now covers release what
         they hold (primary) and drop the rest (secondary)."""
-        arr = ffi.new("struct cx_rule[]", max(len(rules), 1))
-        for i, rule in enumerate(rules):
-            r = arr[i]
-            r.saddr, r.smask = _net(rule.src, "source")
-            r.daddr, r.dmask = _net(rule.dst, "destination")
+        arr: list[dict[str, int]] = []
+        for rule in rules:
+            r: dict[str, int] = {}
+            arr.append(r)
+            r["saddr"], r["smask"] = _net(rule.src, "source")
+            r["daddr"], r["dmask"] = _net(rule.dst, "destination")
             for name in ("sport", "dport", "proto"):
                 value = getattr(rule, name)
                 limit = 255 if name == "proto" else 65535
                 if value is not None and not 0 <= value <= limit:
                     raise EngineError(f"{name} {value} is outside 0..{limit}")
-                setattr(r, name, value or 0)
-        if lib.cx_engine__set_passthrough(self._e, arr, len(rules)) < 0:
+                r[name] = value or 0
+        try:
+            self._e.set_passthrough(arr)
+        except native.NativeError:
             raise EngineError("the engine could not allocate the passthrough list")
 
     def connections(self) -> list[ConnInfo]:
         """Every connection of the table, in creation order."""
-        n = lib.cx_engine__connections(self._e)
-        arr = ffi.new("struct cx_conn_info[]", max(n, 1))
-        n = min(lib.cx_engine__conn_snapshot(self._e, arr, n), n)
         return [ConnInfo(_key(c.key), bool(c.passthrough), c.queued[0], c.queued[1],
                          c.created_ms, c.last_ms, c.matched, c.released, c.mismatches,
-                         c.checkpoints) for c in arr[0:n]]
+                         c.checkpoints) for c in self._e.conn_snapshot()]
 
     def note_drop(self, side: Side, reason: DropReason) -> None:
         """Count a frame a transport lost (e.g. a peer gone mid-frame)."""
-        lib.cx_engine__note_drop(self._e, side, reason)
+        self._e.note_drop(side, reason)
 
     # -- control ---------------------------------------------------------
 
     def feed_frame(self, side: Side, frame: bytes, now_ms: int, vnet_hdr_len: int = 0) -> None:
         """Feed one frame (its vnet header, if any, included)."""
-        lib.cx_engine__feed(self._e, side, frame, len(frame), vnet_hdr_len, now_ms)
+        self._e.feed(side, frame, vnet_hdr_len, now_ms)
 
     def run_timers(self, now_ms: int) -> int:
         """Run the expired-frame scan if due; return when to call again (ms)."""
-        return lib.cx_engine__tick(self._e, now_ms)
+        return self._e.tick(now_ms)
 
     def checkpoint(self) -> None:
         """The COLO frame reports a checkpoint: flush every connection."""
-        lib.cx_engine__checkpoint(self._e)
+        self._e.checkpoint()
 
     def failover(self) -> None:
         """Stop comparing for good: flush, then pass primary frames through."""
-        lib.cx_engine__failover(self._e)
+        self._e.failover()
 
     def take_releases(self) -> list[Release]:
         """Decode and consume the pending output into Release actions."""
@@ -416,7 +405,7 @@ class Engine:
     # -- state -----------------------------------------------------------
 
     def counters(self) -> Counters:
-        c = lib.cx_engine__counters(self._e)
+        c = self._e.counters()
         sides = {s: _name(s) for s in Side}
         return Counters(
             frames_in={sides[s]: c.frames_in[s] for s in Side},
@@ -429,8 +418,8 @@ class Engine:
             checkpoints={_name(r): c.checkpoints[r] for r in CheckpointReason},
             mismatches={"tcp": c.mismatches_by_proto[0], "udp_icmp": c.mismatches_by_proto[1],
                         "other": c.mismatches_by_proto[2]},
-            queued={sides[s]: lib.cx_engine__queued(self._e, s) for s in Side},
-            connections=lib.cx_engine__connections(self._e),
+            queued={sides[s]: self._e.queued(s) for s in Side},
+            connections=self._e.connections(),
             conns_created=c.conns_created,
             conns_evicted=c.conns_evicted,
             events_lost=c.events_lost,

@@ -32,8 +32,6 @@ import shlex
 import signal
 import socket
 import struct
-import subprocess
-import sys
 import tempfile
 import textwrap
 import time
@@ -42,12 +40,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
+from colo_xdp.errors import LabError
+from colo_xdp.lab.process import ProcessError, SupervisedProcess, colo_xdp_command
 from colo_xdp.proto.notify import CHECKPOINT_DONE, DO_CHECKPOINT, PROXY_INIT, PROXY_INIT_REPLY
 from colo_xdp.lab.pktgen import (ARP_REPLY, ETH_P_ARP, ETH_P_IP, IPPROTO_ICMP, IPPROTO_TCP,
                              IPPROTO_UDP, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, TCP_URG,
                              EtherAddrs, IPv4Fields, arp_frame, icmp_echo_frame, tcp_frame,
                              udp_frame)
 from colo_xdp.proto.framing import Decoder, FramingError, encode
+from colo_xdp.proto.ipv4 import PROTO_BY_NUMBER
 
 # The service runs with short timers so that the timeout phase takes < 0.5 s.
 COMPARE_TIMEOUT_MS = 300
@@ -69,7 +70,7 @@ NOTIFY = "notify"    # a message from the service on notify-dev
 LOG = "log"          # a line of the service's stderr
 
 
-class DemoError(Exception):
+class DemoError(LabError):
     """The demo could not run (the service did not start, a socket failed);
     the message is one sentence."""
 
@@ -92,7 +93,6 @@ class Decoded:
 _TCP_FLAGS = ((TCP_FIN, "F"), (TCP_SYN, "S"), (TCP_RST, "R"), (TCP_PSH, "P"),
               (TCP_ACK, "."), (TCP_URG, "U"))     # tcpdump's notation and order
 _ICMP_TYPES = {0: "echo-reply", 8: "echo-request"}
-_PROTO_NAMES = {IPPROTO_ICMP: "icmp", IPPROTO_TCP: "tcp", IPPROTO_UDP: "udp"}
 
 
 def _ip4(raw: bytes) -> str:
@@ -115,7 +115,7 @@ def decode(frame: bytes) -> Decoded:
     (total,) = struct.unpack_from("!H", ip, 2)
     proto, saddr, daddr = ip[9], _ip4(ip[12:16]), _ip4(ip[16:20])
     l4 = ip[ihl:total]
-    name = _PROTO_NAMES.get(proto, f"ip{proto}")
+    name = PROTO_BY_NUMBER.get(proto, f"ip{proto}")
     if proto in (IPPROTO_TCP, IPPROTO_UDP) and len(l4) >= 8:
         sport, dport = struct.unpack_from("!HH", l4)
         conn = f"{name} {saddr}:{sport} > {daddr}:{dport}"
@@ -382,44 +382,27 @@ def check_scenario(phases: Sequence[Phase]) -> None:
 def service_argv(directory: Path) -> list[str]:
     """``colo-xdp compare`` as a user runs it: the colo-xdp script installed next
     to this Python (else the same CLI through ``-m``), every socket a server."""
-    script = Path(sys.executable).with_name("colo-xdp")
-    argv = [str(script)] if script.exists() else [sys.executable, "-m", "colo_xdp.cli"]
-    argv.append("compare")
+    argv = [*colo_xdp_command(), "compare"]
     for name, option in SOCKETS.items():
         argv += [option, f"unix:{directory / name}.sock,server=on"]
     return argv + ["--compare-timeout", str(COMPARE_TIMEOUT_MS),
                    "--expired-scan-cycle", str(EXPIRED_SCAN_CYCLE_MS)]
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    """Stop a process we started: SIGTERM, SIGKILL after STOP_TIMEOUT_S or on Ctrl-C."""
-    if proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    except KeyboardInterrupt:
-        proc.kill()
-        proc.wait()
-        raise
-
-
 @contextlib.contextmanager
-def _service(argv: list[str]) -> Iterator[subprocess.Popen]:
-    """Run the service for the block; it is gone when the block ends, however it ends."""
+def _service(argv: list[str]) -> Iterator[SupervisedProcess]:
+    """Run the service for the block; it is gone when the block ends, however it ends
+    (SIGTERM, SIGKILL after STOP_TIMEOUT_S or on Ctrl-C).  Its stderr is the Link's
+    to read, with the sockets."""
+    proc = SupervisedProcess(command=argv, capture=False)
     try:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, start_new_session=True)
-    except OSError as exc:
-        raise DemoError(f"cannot start {argv[0]}: {exc.strerror}") from None
+        proc.start()
+    except ProcessError as exc:
+        raise DemoError(str(exc)) from None
     try:
         yield proc
     finally:
-        _stop(proc)
-        proc.stderr.close()
+        proc.stop(STOP_TIMEOUT_S)
 
 
 @contextlib.contextmanager
@@ -454,7 +437,7 @@ class Link:
     ``pump``, one selector, and appended to ``seen`` in arrival order.
     """
 
-    def __init__(self, proc: subprocess.Popen, directory: Path):
+    def __init__(self, proc: SupervisedProcess, directory: Path):
         self.proc = proc
         self.directory = directory
         self.seen: list[Seen] = []

@@ -18,11 +18,13 @@ import os
 import subprocess
 from typing import Iterator
 
+from colo_xdp.errors import LabError
+
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-class NetnsError(RuntimeError):
+class NetnsError(LabError, RuntimeError):
     """A namespace command or switch failed; the message is one sentence."""
 
 

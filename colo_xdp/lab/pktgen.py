@@ -20,9 +20,12 @@ import ipaddress
 import struct
 from dataclasses import dataclass
 
-# The chardev codec lives with the transport; drivers and tests take it from here.
+# The chardev codec and the protocol numbers live in proto/; drivers and tests
+# take them from here.
 from colo_xdp.proto.framing import (NET_BUFSIZE, Decoder, FramingError,  # noqa: F401
                                         Record, encode)
+from colo_xdp.proto.ipv4 import (IPPROTO_GRE, IPPROTO_ICMP, IPPROTO_TCP,  # noqa: F401
+                                 IPPROTO_UDP)
 
 ETH_HLEN = 14
 ETH_P_IP = 0x0800
@@ -30,10 +33,6 @@ ETH_P_ARP = 0x0806
 ETH_P_8021Q = 0x8100
 ETH_P_IPV6 = 0x86DD
 
-IPPROTO_ICMP = 1
-IPPROTO_TCP = 6
-IPPROTO_UDP = 17
-IPPROTO_GRE = 47
 IPV6_NO_NEXT_HEADER = 59
 
 IP_DF = 0x2  # flags field of the IPv4 header (3 bits): don't fragment

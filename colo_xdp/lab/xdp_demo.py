@@ -36,13 +36,13 @@ import struct
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
 from colo_xdp.lab.netns import NetnsError, add_netns, add_veth, in_netns
+from colo_xdp.lab.process import ProcessError, SupervisedProcess, colo_xdp_command
 from colo_xdp.lab.netns import sh as _sh
 
 # Addresses: both guests are 10.77.0.2 with one MAC, as a COLO pair is.
@@ -66,7 +66,7 @@ DIVERGED = b"DIVERGED"
 _counter = itertools.count()
 
 
-class LabError(NetnsError):
+class XdpDemoError(NetnsError):
     """The lab could not be built or run; the message is one sentence (as
     the NetnsError a failing ip or tc command raises)."""
 
@@ -114,14 +114,14 @@ def lab_namespaces() -> list[str]:
 
 
 @dataclass
-class Lab:
+class DemoNetwork:
     """Namespaces client, host, guest-p, guest-s; veth pairs c, p, s between
     host and the others; tc mirroring of the client's frames to both guests."""
 
     tag: str = field(default_factory=lambda: f"{os.getpid()}-{next(_counter)}")
     dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="colo-xdp-lab-")))
     made: list[str] = field(default_factory=list)
-    procs: list[subprocess.Popen] = field(default_factory=list)
+    procs: list[SupervisedProcess] = field(default_factory=list)
 
     LINKS = {"c": "client", "p": "guest-p", "s": "guest-s"}
 
@@ -159,21 +159,24 @@ class Lab:
             "action", "mirred", "egress", "mirror", "dev", "s-h",
             "action", "mirred", "egress", "redirect", "dev", "p-h")
 
-    def start(self, where: str, argv: list[str], **kw) -> subprocess.Popen:
+    def start(self, where: str, argv: list[str], name: str, **kw) -> SupervisedProcess:
         # Its own session: a Ctrl-C on the terminal reaches the demo only,
         # which stops the lab's processes in order.
-        proc = subprocess.Popen(["ip", "netns", "exec", self.ns(where), *argv],
-                                stdin=subprocess.DEVNULL, start_new_session=True, **kw)
+        proc = SupervisedProcess(command=argv, prefix=["ip", "netns", "exec", self.ns(where)],
+                                 name=name, **kw)
         self.procs.append(proc)
-        return proc
+        try:
+            return proc.start()
+        except ProcessError as exc:
+            raise XdpDemoError(str(exc)) from None
 
     def responders(self) -> None:
         for where, flag in (("guest-p", None), ("guest-s", self.flag)):
             argv = [sys.executable, "-m", "colo_xdp.lab.xdp_demo", "responder", str(SERVICE_PORT)]
-            proc = self.start(where, argv + ([str(flag)] if flag else []),
-                              stdout=subprocess.PIPE, text=True)
-            if proc.stdout.readline().strip() != "responder ready":
-                raise LabError(f"the responder in {where} did not start")
+            proc = self.start(where, argv + ([str(flag)] if flag else []), "responder",
+                              stdout=subprocess.PIPE)
+            if proc.stdout.readline().strip() != b"responder ready":
+                raise XdpDemoError(f"the responder in {where} did not start")
 
     def xdp_attached(self) -> list[str]:
         """Host-side links that still carry an XDP program."""
@@ -199,13 +202,7 @@ class Lab:
 
     def _close(self) -> None:
         for proc in reversed(self.procs):
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(STOP_TIMEOUT_S)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            proc.stop(STOP_TIMEOUT_S)
         for ns in reversed(self.made):
             _sh("ip", "netns", "del", ns, check=False)
         self.made.clear()
@@ -317,7 +314,7 @@ def udp_payload(frame: bytes) -> bytes:
 
 
 class Demo:
-    def __init__(self, lab: Lab, echo: Callable[[str], None], live: bool):
+    def __init__(self, lab: DemoNetwork, echo: Callable[[str], None], live: bool):
         self.lab, self.echo = lab, echo
         self.table = Table(echo, live)
         self.result = Result()
@@ -327,22 +324,19 @@ class Demo:
 
     # -- colo-xdp
     def argv(self) -> list[str]:
-        exe = shutil.which("colo-xdp", path=os.path.dirname(sys.executable)) or "colo-xdp"
-        return [exe, "compare", "--primary-xdp", "p-h", "--secondary-xdp", "s-h",
+        return [*colo_xdp_command(), "compare", "--primary-xdp", "p-h", "--secondary-xdp", "s-h",
                 "--outdev", "xdp:c-h", "--control", self.control,
                 "--miscompare-pcap", str(self.pcap),
                 "--compare-timeout", str(COMPARE_TIMEOUT_MS)]
 
-    def start_service(self) -> subprocess.Popen:
-        proc = self.lab.start("host", self.argv(), stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True)
-        threading.Thread(target=lambda: self.log.extend(proc.stderr), daemon=True).start()
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while not any(line.strip().endswith("ready") for line in self.log):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                tail = "".join(self.log[-3:]).strip() or "no output"
-                raise LabError(f"colo-xdp compare did not come up: {tail}")
-            time.sleep(0.05)
+    def start_service(self) -> SupervisedProcess:
+        proc = self.lab.start("host", self.argv(), "colo-xdp compare")
+        self.log = proc.lines
+        try:
+            proc.wait_ready(READY_TIMEOUT_S)
+        except ProcessError:
+            raise XdpDemoError("colo-xdp compare did not come up: "
+                           + proc.tail(3, empty="no output")) from None
         return proc
 
     def ask(self, request: dict) -> dict:
@@ -351,9 +345,9 @@ class Demo:
             with ControlClient.connect(path=self.control) as client:
                 reply = client.request(request)
         except ClientError as exc:
-            raise LabError(str(exc)) from None
+            raise XdpDemoError(str(exc)) from None
         if not reply.get("ok"):
-            raise LabError(f"colo-xdp refused {request['cmd']}: {reply.get('error')}")
+            raise XdpDemoError(f"colo-xdp refused {request['cmd']}: {reply.get('error')}")
         return reply
 
     def stats(self) -> dict:
@@ -393,7 +387,7 @@ class Demo:
         say, r = self.echo, self.result
         proc = self.start_service()
         say(f"colo-xdp compare is up (pid {proc.pid}):")
-        say("  " + " ".join(self.argv()[1:]))
+        say("  " + " ".join(self.argv()[len(colo_xdp_command()):]))
         sock = self.client_socket()
         n = itertools.count(1)
         try:
@@ -447,13 +441,7 @@ class Demo:
                 r.replies.append(extra)
         finally:
             sock.close()
-            proc.send_signal(signal.SIGTERM)
-            try:
-                r.service_status = proc.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                r.service_status = proc.wait()
-        time.sleep(0.05)
+            r.service_status = proc.stop(STOP_TIMEOUT_S)      # its stderr read to the end
         r.stopped_line = next((l.strip() for l in self.log if " stopped " in f" {l}"), "")
         say("")
         say(f"The miscompare pcap ({self.pcap.name}), decoded:")
@@ -502,12 +490,12 @@ def _sigterm_interrupts() -> Iterator[None]:
 
 def run(echo: Callable[[str], None] = print, live: bool | None = None) -> bool:
     """Build the lab, play the scenario, remove the lab.  True when what
-    happened is what COLO promises.  Raises LabError when the lab cannot be
+    happened is what COLO promises.  Raises XdpDemoError when the lab cannot be
     built or run, KeyboardInterrupt on Ctrl-C or SIGTERM; the lab is gone on
     every path."""
     began = time.monotonic()
     live = sys.stdout.isatty() if live is None else live
-    lab = Lab()
+    lab = DemoNetwork()
     echo("colo-xdp demo: XDP mode on a lab of network namespaces on this host")
     echo(f"  client {CLIENT_IP} -> guests {GUEST_IP} (primary and secondary, same MAC "
          f"{GUEST_MAC}), UDP port {SERVICE_PORT}; namespaces cxlab-*-{lab.tag}")

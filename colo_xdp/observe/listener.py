@@ -16,6 +16,8 @@ import selectors
 import socket
 import stat
 
+from colo_xdp.errors import ConfigError
+
 READ = selectors.EVENT_READ
 WRITE = selectors.EVENT_WRITE
 RECV_CHUNK = 64 * 1024
@@ -23,7 +25,7 @@ BACKLOG = 64
 ACCEPTS_PER_TURN = 16      # a burst of clients cannot hold up the loop
 
 
-class AddressError(ValueError):
+class AddressError(ConfigError):
     """A HOST:PORT that cannot be used; the message is one sentence."""
 
 

@@ -28,6 +28,8 @@ import sys
 import time
 from typing import Callable
 
+from colo_xdp.errors import ConfigError
+
 logger = logging.getLogger("colo_xdp")
 
 LOG_FORMATS = ("text", "json")
@@ -44,6 +46,7 @@ EVENT_NAMES = (
     "notify_init", "notify_unknown_message",
     "qmp_connected", "qmp_colo_active", "qmp_waiting_for_colo", "qmp_no_colo",
     "qmp_protocol_error", "qmp_checkpoint_retry", "qmp_checkpoint_failed", "qmp_vm_stopped",
+    "checkpoint_stop_late",
     "passthrough_changed", "control_refused", "control_error", "miscompare_pcap_failed",
     "miscompare_pcap_rotated",
     "xdp_attached", "xdp_detached", "xdp_rx_failed", "xdp_iface_gone", "xdp_attach_failed",
@@ -196,7 +199,7 @@ def setup(verbose: bool = False, fmt: str = "text", log_file: str | None = None,
     cannot be opened."""
     global _format_in_use
     if fmt not in LOG_FORMATS:
-        raise ValueError(f"log format {fmt!r} is not one of {', '.join(LOG_FORMATS)}")
+        raise ConfigError(f"log format {fmt!r} is not one of {', '.join(LOG_FORMATS)}")
     _format_in_use = fmt
     if log_file:
         if os.path.islink(log_file):

@@ -27,6 +27,7 @@ import struct
 import time
 
 from colo_xdp.engine import CheckpointRequest
+from colo_xdp.errors import ConfigError
 from colo_xdp.observe.log import format_text
 
 LINKTYPE_ETHERNET = 1
@@ -96,9 +97,9 @@ class RotatingFile:
 
     def __init__(self, path: str, max_bytes: int, keep: int, header: bytes):
         if max_bytes <= len(header):
-            raise ValueError(f"a pcap file limit of {max_bytes} bytes leaves no room for frames")
+            raise ConfigError(f"a pcap file limit of {max_bytes} bytes leaves no room for frames")
         if keep < 1:
-            raise ValueError("keep at least one pcap file")
+            raise ConfigError("keep at least one pcap file")
         self.path = path
         self.max_bytes = max_bytes
         self.keep = keep

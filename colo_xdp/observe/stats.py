@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from colo_xdp.engine import ConnInfo
+from colo_xdp.proto.ipv4 import PROTO_BY_NUMBER
 
 SIDES = ("primary", "secondary")
 
@@ -25,7 +26,7 @@ def _has_peer(ch) -> bool:
 
 def _conn_row(info: ConnInfo, now_ms: int) -> dict:
     key = info.conn
-    proto = {1: "icmp", 6: "tcp", 17: "udp"}.get(key.proto, str(key.proto))
+    proto = PROTO_BY_NUMBER.get(key.proto, str(key.proto))
     return {
         "conn": str(key), "proto": proto, "src": key.saddr, "sport": key.sport,
         "dst": key.daddr, "dport": key.dport, "passthrough": info.passthrough,

@@ -11,6 +11,8 @@ from __future__ import annotations
 import struct
 from typing import NamedTuple
 
+from colo_xdp.errors import FramingError
+
 NET_BUFSIZE = 69632  # QEMU's limit on one record
 _U32 = struct.Struct(">I")
 
@@ -20,12 +22,6 @@ class Record(NamedTuple):
 
     vnet_hdr_len: int
     frame: bytes
-
-
-class FramingError(ValueError):
-    """A byte stream that is not QEMU chardev framing."""
-
-    records: tuple = ()   # Decoder.feed sets the records completed before it
 
 
 def encode(frame: bytes, vnet_hdr_len: int | None = None) -> bytes:

@@ -23,11 +23,14 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from colo_xdp.errors import ControlError
+
 MAX_LINE = 1 << 20      # no reply colo-xdp asks for comes near this
 
 
-class QmpError(ValueError):
-    """The peer broke the QMP protocol; the message is one sentence."""
+class QmpError(ControlError, ValueError):
+    """The peer broke the QMP protocol (it is not a QMP monitor, or not a
+    working one); the message is one sentence."""
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,10 @@ class QmpClient:
         if arguments is not None:
             msg["arguments"] = arguments
         return Command(cid, name, json.dumps(msg, separators=(",", ":")).encode() + b"\n")
+
+    def buffered_has(self, text: bytes) -> bool:
+        """Is ``text`` in what was received but not yet returned as a message?"""
+        return text in self._buf
 
     def receive(self, data: bytes) -> list[Message]:
         self._buf += data

@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from typing import Callable
 
 from colo_xdp.engine import (CheckpointRequest, ConnectionEvicted, ConnectionOpened, Drop,
                              DropReason, Engine, Side)
 from colo_xdp.observe.control_server import ControlServer, ServiceTarget
 from colo_xdp.observe.log import EventLog
-from colo_xdp.proto.control import PassthroughTable, format_flow
+from colo_xdp.proto.flows import PassthroughTable, format_flow
 from colo_xdp.service.config import CompareConfig, Endpoint
 from colo_xdp.observe.log import PerSide
 from colo_xdp.service import signals as sigs
@@ -194,28 +195,39 @@ class CompareService(Loop):
             elif isinstance(action, ConnectionEvicted):
                 self.log.event("connection_evicted", level=10, conn=action.conn)
 
-    def colo_checkpoint(self, source: str = "notify-dev", **fields) -> None:
-        """The COLO frame reports a checkpoint: flush."""
-        self.engine.checkpoint()
+    def colo_checkpoint(self, source: str = "notify-dev", flush: bool = True, **fields) -> None:
+        """The COLO frame reports a checkpoint: flush (unless the caller has)."""
+        if flush:
+            self.engine.checkpoint()
         self.checkpoints_done[source] += 1
         self.last_checkpoint_at = time.time()
         self.log.event("checkpoint_done", source=source, **fields)
 
-    def checkpoint_at_stop(self, **fields) -> None:
-        """The primary stopped for a checkpoint (QMP): every frame it sent
-        before is in our inputs already, none after it can be.  Read what
-        the inputs hold, flushing as we go, then count the checkpoint."""
+    def checkpoint_at_stop(self, resumed: Callable[[], bool], **fields) -> bool:
+        """The primary stopped for a checkpoint (QMP STOP in COLO): every frame
+        it sent before is in our inputs already, none after it can be until
+        it resumes.  Read what the inputs hold, flushing as we go, for as
+        long as ``resumed()`` says the primary has not resumed; frames read
+        after it has are compared as usual.  False when the STOP was read
+        too late, after the RESUME: nothing is flushed then (what the
+        checkpoint should have released waits for the next one)."""
+        if resumed():
+            self.log.warning("checkpoint_stop_late", **fields)
+            return False
         self.draining = True
         try:
             for _ in range(DRAIN_ROUNDS_MAX):
                 got = sum(inp.read_now() for inp in self.inputs)
+                if resumed():
+                    break
                 self.engine.checkpoint()
                 self.after_batch()
                 if not got:
                     break
         finally:
             self.draining = False
-        self.colo_checkpoint("qmp", **fields)
+        self.colo_checkpoint("qmp", flush=False, **fields)
+        return True
 
     def failover(self, source: str = "signal", why: str | None = None) -> bool:
         """Comparing stops for good: held primary frames are released and

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from colo_xdp.engine import Engine, EngineConfig, Side
 from colo_xdp.observe.control_server import DEFAULT_IDLE_TIMEOUT_S, ControlServer, ServiceTarget
 from colo_xdp.observe.log import EventLog
-from colo_xdp.proto.control import CommandError, PassthroughError, PassthroughTable
+from colo_xdp.proto.control import CommandError
+from colo_xdp.proto.flows import PassthroughError, PassthroughTable
 from colo_xdp.service.loop import Loop, serve_loop
 from colo_xdp.transport.chardev.endpoint import Spec
 from colo_xdp.transport.chardev.roles import Outdev

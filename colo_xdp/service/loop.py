@@ -29,7 +29,7 @@ from colo_xdp.observe.log import EventLog
 from colo_xdp.proto.framing import count_records
 from colo_xdp.service import signals as sigs
 from colo_xdp.service.sdnotify import Notifier
-from colo_xdp.transport.chardev.endpoint import EndpointError
+from colo_xdp.errors import EndpointError
 
 READ = selectors.EVENT_READ
 WRITE = selectors.EVENT_WRITE

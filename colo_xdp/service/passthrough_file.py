@@ -15,7 +15,7 @@ import os
 import tempfile
 
 from colo_xdp.engine import PassthroughRule
-from colo_xdp.proto.control import FlowError, PassthroughError, format_flow, parse_flow
+from colo_xdp.proto.flows import FlowError, PassthroughError, format_flow, parse_flow
 
 FILE_MODE = 0o640
 HEADER = ("# colo-xdp passthrough list: flows not compared, one a line.\n"

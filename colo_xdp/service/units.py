@@ -13,12 +13,14 @@ import sys
 import tempfile
 from pathlib import Path
 
+from colo_xdp.errors import ColoXdpError
+
 PLACEHOLDER_EXEC = "/usr/local/bin/colo-xdp"
 UNIT_NAMES = ("colo-xdp-compare@.service", "colo-xdp-forward@.service")
 DEFAULT_UNIT_DIR = "/etc/systemd/system"
 
 
-class UnitsError(Exception):
+class UnitsError(ColoXdpError):
     """The units could not be found or written; the message is one sentence."""
 
 

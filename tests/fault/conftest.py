@@ -1,6 +1,6 @@
 """Fault injection against the real `colo-xdp compare` (chardev mode).
 
-The process, its sockets and its peers come from the unit tests' Lab
+The process, its sockets and its peers come from the unit tests' ServiceSandbox
 (tests/unit/test_service.py), shared rather than copied: the ``lab``
 fixture starts the CLI, fails the test on a traceback and undoes everything.
 """

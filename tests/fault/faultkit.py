@@ -7,12 +7,12 @@ import struct
 
 from colo_xdp.lab.pktgen import udp_frame
 from test_service import (COLO_CHECKPOINT_WIRE, DO_CHECKPOINT_WIRE, INIT_REPLY_WIRE,
-                          INIT_WIRE, TIMEOUT, Compare, Lab, PairSender, Peer, Summary,
+                          INIT_WIRE, TIMEOUT, Compare, ServiceSandbox, PairSender, Peer, Summary,
                           connect_all, encode, free_tcp_ports)
 
 # The unit tests' service kit, shared (not copied), and what is added here.
 __all__ = ["COLO_CHECKPOINT_WIRE", "DO_CHECKPOINT_WIRE", "INIT_REPLY_WIRE", "INIT_WIRE",
-           "TIMEOUT", "Compare", "Lab", "PairSender", "Peer", "Summary", "connect_all",
+           "TIMEOUT", "Compare", "ServiceSandbox", "PairSender", "Peer", "Summary", "connect_all",
            "encode", "free_tcp_ports", "flow_frame", "framed", "still_serving", "started_line"]
 
 _TEMPLATE = udp_frame(b"fault-" + bytes(20))

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from control_kit import Ctl
-from faultkit import (TIMEOUT, Compare, Lab, connect_all, flow_frame, free_tcp_ports,
+from faultkit import (TIMEOUT, Compare, connect_all, flow_frame, free_tcp_ports,
                       still_serving)
 from test_service import colo_xdp_argv, udp
 

@@ -43,6 +43,7 @@ import math
 import os
 import struct
 import sys
+from types import SimpleNamespace
 
 NET_BUFSIZE = 69632
 
@@ -508,7 +509,8 @@ class _ControlRun:
 
 
 def fuzz_control(data: bytes) -> None:
-    from colo_xdp.proto import control as c
+    from colo_xdp.proto import control, flows
+    c = SimpleNamespace(**{**vars(flows), **vars(control)})   # the protocol and its flow specs
 
     if not data:
         return
@@ -540,7 +542,7 @@ def fuzz_control(data: bytes) -> None:
 TARGETS = {"framing": fuzz_framing, "notify": fuzz_notify, "spec": fuzz_spec,
            "control": fuzz_control}
 MODULES = ["colo_xdp.proto.framing", "colo_xdp.proto.notify", "colo_xdp.transport.chardev.endpoint",
-           "colo_xdp.proto.control"]
+           "colo_xdp.proto.control", "colo_xdp.proto.flows"]
 
 
 def main(argv: list[str]) -> None:

@@ -49,7 +49,7 @@ def python_reader(vnet, pieces):
 
 
 def c_reader(vnet, pieces):
-    """As colo_xdp.service.compare.Input feeds the engine; after failover every
+    """As colo_xdp.transport.chardev.roles.Input feeds the engine; after failover every
     primary frame comes out as it went in, so the output shows the records."""
     eng = Engine(EngineConfig(vnet_hdr=vnet))
     eng.failover()

@@ -122,6 +122,14 @@ class FakeQmp:
         self.in_checkpoint = False
         self.event("RESUME")
 
+    def late_checkpoint(self) -> None:
+        """A checkpoint whose STOP and RESUME reach the client together, as
+        when the client's loop was busy for the whole checkpoint."""
+        self.stops.append(time.monotonic())
+        with self._lock:
+            if self._conn:
+                self._conn.sendall(b'{"event": "STOP"}\r\n{"event": "RESUME"}\r\n')
+
     def event(self, name: str, data: dict | None = None) -> None:
         msg: dict = {"event": name, "timestamp": {"seconds": int(time.time()),
                                                   "microseconds": 0}}

@@ -19,22 +19,22 @@ import pytest
 
 from colo_xdp.lab.pktgen import arp_frame
 from control_kit import TIMEOUT, Ctl
-from test_service import Lab, colo_xdp_argv, connect_all, free_tcp_ports, udp
+from test_service import ServiceSandbox, colo_xdp_argv, connect_all, free_tcp_ports, udp
 
 CTL = "ctl.sock"
 
 
-def start(lab: Lab, *args: str, notify: bool = True):
+def start(lab: ServiceSandbox, *args: str, notify: bool = True):
     cmp = lab.start(args=("--control", lab.path(CTL), *args), notify=notify)
     return cmp, lab.track_ctl(Ctl.unix(lab.path(CTL)))
 
 
-def _track_ctl(self: Lab, ctl: Ctl) -> Ctl:
+def _track_ctl(self: ServiceSandbox, ctl: Ctl) -> Ctl:
     self.track(ctl.sock)
     return ctl
 
 
-Lab.track_ctl = _track_ctl
+ServiceSandbox.track_ctl = _track_ctl
 
 
 def stats(ctl: Ctl, **args) -> dict:
@@ -412,7 +412,7 @@ def run_cli(*args: str, timeout: float = 10.0) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=timeout)
 
 
-def compare_args(lab: Lab, prefix: str = "") -> list[str]:
+def compare_args(lab: ServiceSandbox, prefix: str = "") -> list[str]:
     return ["compare", "--primary-in", f"unix:{lab.path(prefix + 'pin.sock')},server=on",
             "--secondary-in", f"unix:{lab.path(prefix + 'sin.sock')},server=on",
             "--outdev", f"unix:{lab.path(prefix + 'out.sock')},server=on"]

@@ -1,15 +1,16 @@
-"""The control protocol without sockets: line framing, requests, commands,
-flow specs and the passthrough table (colo_xdp.proto.control)."""
+"""The control protocol without sockets: line framing, requests, commands
+(colo_xdp.proto.control), flow specs and the passthrough table
+(colo_xdp.proto.flows)."""
 from __future__ import annotations
 
 import json
 
 import pytest
 
-from colo_xdp.proto.control import (COMMANDS, MAX_LINE, BadRequest, Commands, FlowError,
-                              LineReader, PassthroughError, PassthroughTable, Request,
-                              encode, event_line, flow_from_fields, format_flow, parse_flow,
-                              parse_request)
+from colo_xdp.proto.control import (COMMANDS, MAX_LINE, BadRequest, Commands, LineReader,
+                                    Request, encode, event_line, parse_request)
+from colo_xdp.proto.flows import (FlowError, PassthroughError, PassthroughTable,
+                                  flow_from_fields, format_flow, parse_flow)
 from colo_xdp.engine import EngineError, PassthroughRule
 from colo_xdp.observe.log import EVENT_NAMES
 

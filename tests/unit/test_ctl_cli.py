@@ -9,16 +9,16 @@ import subprocess
 import time
 
 from control_kit import TIMEOUT, Ctl
-from test_service import Lab, colo_xdp_argv, connect_all, free_tcp_ports, udp
+from test_service import ServiceSandbox, colo_xdp_argv, connect_all, free_tcp_ports, udp
 
 CTL = "ctl.sock"
 
 
-def start(lab: Lab, *args: str):
+def start(lab: ServiceSandbox, *args: str):
     return lab.start(args=("--control", lab.path(CTL), *args))
 
 
-def ctl(lab: Lab, *args: str, env: dict | None = None, path: str | None = None):
+def ctl(lab: ServiceSandbox, *args: str, env: dict | None = None, path: str | None = None):
     argv = colo_xdp_argv() + ["ctl", "--control", path or lab.path(CTL), *args]
     return subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                           timeout=10, env=env)

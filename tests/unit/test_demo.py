@@ -5,7 +5,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pytest
 
 from colo_xdp.lab import chardev_demo as demo
 from colo_xdp.lab.pktgen import icmp_echo_frame, udp_frame
+from colo_xdp.lab.process import colo_xdp_command
 
 DEMO_BUDGET_S = 10.0
 
@@ -20,9 +20,7 @@ DEMO_BUDGET_S = 10.0
 def _demo_argv(*args: str) -> list[str]:
     """The chardev demo (`colo-xdp demo --chardev`, `make demo`'s fallback), run by
     the colo-xdp script of this Python."""
-    script = Path(sys.executable).with_name("colo-xdp")
-    head = [str(script)] if script.exists() else [sys.executable, "-m", "colo_xdp.cli"]
-    return [*head, "demo", "--chardev", *args]
+    return [*colo_xdp_command(), "demo", "--chardev", *args]
 
 
 def _header_value(text: str, name: str) -> str:

@@ -242,15 +242,11 @@ def test_stream_and_frame_feeding_give_the_same_output():
 
 def test_burst_feeding_equals_frame_feeding():
     """cx_engine__feed_burst (the AF_XDP path) is cx_engine__feed per frame."""
-    from colo_xdp._native import ffi, lib
     frames = [udp(i) for i in range(5)] + [g.arp_frame()]
     by_frame, by_burst = Engine(EngineConfig()), Engine(EngineConfig())
     for side in (P, S):
         for f in frames:
             by_frame.feed_frame(side, f, 0)
-        keep = [ffi.from_buffer(f) for f in frames]
-        ptrs = ffi.new("const uint8_t *[]", keep)
-        lens = ffi.new("uint32_t[]", [len(f) for f in frames])
-        lib.cx_engine__feed_burst(by_burst._e, side, ptrs, lens, len(frames), 0)
+        by_burst.handle.feed_burst(side, frames, 0)
     assert bytes(by_burst.output()) == bytes(by_frame.output())
     assert by_burst.counters() == by_frame.counters()

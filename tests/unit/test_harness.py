@@ -2,6 +2,7 @@
 
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -64,8 +65,8 @@ def test_process_is_stopped_and_cleaned_up_when_the_block_raises():
 @pytest.mark.parametrize("text, ready", [("colo-xdp: ready\n", True), ("ready\n", True),
                                          ("colo-xdp: ready to go\n", False), ("", False)])
 def test_logged_ready_is_a_line_ending_in_ready(tmp_path, text, ready):
-    (tmp_path / "log").write_text(text)
-    comparator = h.Comparator("x", tmp_path, h.CompareOptions(), None, tmp_path / "log")
+    process = SimpleNamespace(log=text)          # what a SupervisedProcess collected
+    comparator = h.Comparator("x", tmp_path, h.CompareOptions(), process)
     assert h.logged_ready(comparator) is ready
 
 

@@ -13,12 +13,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from colo_xdp.lab.pktgen import arp_frame
-from test_service import Lab, connect_all, free_tcp_ports, udp
+from test_service import ServiceSandbox, connect_all, free_tcp_ports, udp
 
 TIMEOUT = 5.0
 
 
-def start(lab: Lab, *args: str):
+def start(lab: ServiceSandbox, *args: str):
     (port,) = free_tcp_ports(1)
     cmp = lab.start(args=("--metrics", f"127.0.0.1:{port}", *args))
     return cmp, port
@@ -196,7 +196,7 @@ def test_xdp_hooks_verdicts_and_a_second_passthrough_sink(tmp_path):
     when it refuses one the engine is put back as it was."""
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from colo_xdp.proto.control import PassthroughError, parse_flow
+    from colo_xdp.proto.flows import PassthroughError, parse_flow
     from colo_xdp.observe.metrics import ServiceCollector
     from colo_xdp.service.compare import CompareService
     from colo_xdp.service.config import CompareConfig

@@ -17,7 +17,7 @@ import pytest
 from colo_xdp.observe import pcap
 from colo_xdp.lab.pktgen import vnet_header
 from control_kit import need_module, need_tool
-from test_service import Lab, connect_all, udp
+from test_service import ServiceSandbox, connect_all, udp
 
 TIMEOUT = 5.0
 
@@ -72,7 +72,7 @@ def packets_now(path: str) -> list[dict]:
         return []
 
 
-def start(lab: Lab, *args: str):
+def start(lab: ServiceSandbox, *args: str):
     path = lab.path("evidence.pcapng")
     return lab.start(args=("--miscompare-pcap", path, *args)), path
 
@@ -178,8 +178,7 @@ def test_no_evidence_kept_without_the_option():
 
 def test_unwritable_pcap_is_one_sentence(lab):
     cmp = lab.start(args=("--miscompare-pcap", lab.path("no/such/dir/e.pcapng")), ready=False)
-    assert cmp.proc.wait(TIMEOUT) == 1
-    cmp._reader.join(TIMEOUT)
+    assert cmp.wait(TIMEOUT) == 1             # exited, its stderr read to the end
     assert cmp.lines == [f"colo-xdp: error: cannot write --miscompare-pcap "
                          f"{lab.path('no/such/dir/e.pcapng')}: No such file or directory"]
 

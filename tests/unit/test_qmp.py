@@ -149,16 +149,35 @@ def test_frames_sent_before_the_stop_are_released_by_it_even_if_unread(lab, qmp)
     assert lab_stats(lab)["held"]["primary"] == 1
 
 
-def test_a_stop_that_is_not_a_checkpoint_flushes_nothing(lab, qmp):
+def test_an_operators_stop_in_colo_flushes_and_is_said(lab, qmp):
+    """In COLO a STOP is taken as a checkpoint's at once (asking first would
+    be too late); one that was not is said afterwards."""
     cmp = start(lab)
     cmp.wait_line(r"qmp_colo_active")
     out, _, pin, _sin = connect_all(lab, notify=False)
     pin.send(udp(b"held"))
+    out.expect_quiet(0.2)
     qmp.status = "paused"
     qmp.event("STOP")
+    assert out.frames(1) == [udp(b"held")]
     cmp.wait_line(r"qmp_vm_stopped status=paused")
+    assert lab_stats(lab)["qmp"]["not_checkpoints"] == 1
+
+
+def test_a_stop_read_after_its_resume_flushes_nothing(lab, qmp):
+    """A STOP that reaches us with its RESUME behind it: frames in our inputs
+    may be from after the checkpoint, so none is released uncompared."""
+    cmp = start(lab)
+    cmp.wait_line(r"qmp_colo_active")
+    out, _, pin, _sin = connect_all(lab, notify=False)
+    pin.send(udp(b"held"))
     out.expect_quiet(0.2)
-    assert lab_stats(lab)["checkpoints_done"] == 0
+    qmp.late_checkpoint()                # STOP and RESUME in one write
+    cmp.wait_line(r"checkpoint_stop_late")
+    out.expect_quiet(0.3)
+    s = lab_stats(lab)
+    assert s["held"]["primary"] == 1 and s["qmp"]["late_stops"] == 1
+    assert s["checkpoints_done"] == 0
 
 
 def test_a_kick_with_no_checkpoint_is_sent_again(lab, qmp):

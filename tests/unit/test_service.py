@@ -15,8 +15,6 @@ import shutil
 import signal
 import socket
 import struct
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -25,10 +23,10 @@ from pathlib import Path
 
 import pytest
 
+from colo_xdp.lab.process import ProcessError, SupervisedProcess, colo_xdp_command
 from colo_xdp.lab.pktgen import (NET_BUFSIZE, EtherAddrs, IPv4Fields, Record, arp_frame,
                              encode, udp_frame, vnet_header)
 
-ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 5.0             # any single wait in these tests
 STOP_TIMEOUT = 5.0        # SIGTERM to exit
 
@@ -42,11 +40,8 @@ SUMMARY = re.compile(r"^colo-xdp: stopped frames_in=(\d+)/(\d+) released=(\d+) "
 
 
 def colo_xdp_argv() -> list[str]:
-    """The installed console script (``.venv/bin/colo-xdp``), else the module."""
-    for exe in (ROOT / ".venv" / "bin" / "colo-xdp", Path(sys.executable).parent / "colo-xdp"):
-        if exe.exists():
-            return [str(exe)]
-    return [sys.executable, "-m", "colo_xdp.cli"]
+    """The installed console script next to this Python, else the module."""
+    return colo_xdp_command()
 
 
 # -- the service process ------------------------------------------------------------------
@@ -59,68 +54,27 @@ class Summary:
     checkpoints: int
 
 
-class Compare:
+class Compare(SupervisedProcess):
     """One ``colo-xdp compare`` process; its stderr collected line by line."""
 
     def __init__(self, argv: list[str]):
-        self.argv = argv
-        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        self.lines: list[str] = []
-        self.terminated = False
-        self._cond = threading.Condition()
-        self._reader = threading.Thread(target=self._read_stderr, daemon=True)
-        self._reader.start()
-
-    def _read_stderr(self) -> None:
-        for raw in self.proc.stderr:
-            with self._cond:
-                self.lines.append(raw.decode(errors="replace").rstrip("\n"))
-                self._cond.notify_all()
-        with self._cond:
-            self._cond.notify_all()
-
-    @property
-    def log(self) -> str:
-        with self._cond:
-            return "\n".join(self.lines)
+        super().__init__(command=argv)
+        self.start()
 
     def wait_line(self, pattern: str, timeout: float = TIMEOUT, start: int = 0) -> str:
         """The first stderr line (from index ``start``) matching regex ``pattern``."""
-        regex = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                for line in self.lines[start:]:
-                    if regex.search(line):
-                        return line
-                left = deadline - time.monotonic()
-                if left <= 0 or (self.proc.poll() is not None and not self._reader.is_alive()):
-                    raise AssertionError(f"no stderr line matching {pattern!r}; "
-                                         f"stderr so far:\n{chr(10).join(self.lines)}")
-                self._cond.wait(min(left, 0.1))
-
-    def count(self, pattern: str) -> int:
-        regex = re.compile(pattern)
-        with self._cond:
-            return sum(1 for line in self.lines if regex.search(line))
+        try:
+            return self.wait_for(pattern, timeout, start=start)
+        except ProcessError:
+            raise AssertionError(f"no stderr line matching {pattern!r}; "
+                                 f"stderr so far:\n{self.log}") from None
 
     def stop(self) -> int:
-        """SIGTERM (once: a second one may land while Python is exiting and
-        has restored the default handler); the exit status."""
-        self.terminate()
-        try:
-            rc = self.proc.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self.kill()
+        """SIGTERM (once); the exit status."""
+        rc = super().stop(STOP_TIMEOUT)
+        if self.killed:
             raise AssertionError(f"no exit {STOP_TIMEOUT} s after SIGTERM:\n{self.log}")
-        self._reader.join(TIMEOUT)
         return rc
-
-    def terminate(self) -> None:
-        if self.proc.poll() is None and not self.terminated:
-            self.terminated = True
-            self.proc.send_signal(signal.SIGTERM)
 
     def stop_summary(self) -> Summary:
         """SIGTERM, a clean exit and the ``stopped ...`` line, parsed."""
@@ -131,13 +85,6 @@ class Compare:
         assert match, f"last stderr line is not the summary:\n{self.log}"
         n = [int(x) for x in match.groups()]
         return Summary((n[0], n[1]), n[2], (n[3], n[4]), n[5])
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(STOP_TIMEOUT)
-        self._reader.join(TIMEOUT)
-        self.proc.stderr.close()
 
 
 # -- peers --------------------------------------------------------------------------------
@@ -237,7 +184,7 @@ class Peer:
         self.sock.close()
 
 
-class Lab:
+class ServiceSandbox:
     """A temp directory, the processes and sockets of one test; all undone by close()."""
 
     def __init__(self):
@@ -309,7 +256,7 @@ class Lab:
 
 @pytest.fixture
 def lab():
-    lab = Lab()
+    lab = ServiceSandbox()
     try:
         yield lab
     finally:
@@ -329,7 +276,7 @@ def free_tcp_ports(n: int) -> list[int]:
             sock.close()
 
 
-def connect_all(lab: Lab, vnet: bool = False, notify: bool = True):
+def connect_all(lab: ServiceSandbox, vnet: bool = False, notify: bool = True):
     """Outdev first (as with QEMU), then notify-dev, then both inputs."""
     out = lab.connect("out.sock", vnet)
     note = lab.connect("notify.sock") if notify else None

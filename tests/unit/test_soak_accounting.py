@@ -1,4 +1,4 @@
-"""The soak's judge (colo_xdp/soak.py): a frame missing anywhere is caught."""
+"""The soak's judge (tools/soak.py): a frame missing anywhere is caught."""
 import argparse
 from collections import Counter
 

@@ -9,7 +9,7 @@ from typing import Iterator
 import pytest
 
 from tools import vmlab
-from vmkit import Lab, need
+from vmkit import VmNetwork, need
 
 
 @pytest.fixture(scope="session")
@@ -34,8 +34,8 @@ def xdp_ready() -> None:
 
 
 @pytest.fixture
-def lab(guest, request) -> Iterator[Lab]:
-    lab = Lab(guest)
+def lab(guest, request) -> Iterator[VmNetwork]:
+    lab = VmNetwork(guest)
     try:
         lab.build()
         yield lab

@@ -11,11 +11,9 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -23,9 +21,8 @@ import pytest
 
 from tools import vmlab
 from colo_xdp.lab.netns import add_netns, add_veth, in_netns, sh
+from colo_xdp.lab.process import ProcessError, SupervisedProcess
 
-ROOT = Path(__file__).resolve().parents[2]
-EXE = str(ROOT / ".venv" / "bin" / "colo-xdp")
 CI = bool(os.environ.get("CI"))
 BOOT_TIMEOUT = float(os.environ.get("COLO_XDP_VM_BOOT_TIMEOUT", "90"))
 TIMEOUT = 10.0
@@ -51,13 +48,15 @@ def need(ok: bool, message: str) -> None:
     pytest.skip(message)
 
 
-class Lab:
-    def __init__(self, guest: vmlab.Guest):
+class VmNetwork:
+    def __init__(self, guest: vmlab.Guest, prefix: str = "cxv", dir_prefix: str = "cx-vm-"):
+        """Namespaces PREFIXh-N (host) and PREFIXc-N (client), temp dir
+        /tmp/DIR_PREFIX*."""
         tag = f"{os.getpid() % 10000}{next(_counter)}"
         self.guest = guest
-        self.host, self.client_ns = f"cxvh-{tag}", f"cxvc-{tag}"
-        self.dir = Path(tempfile.mkdtemp(prefix="cx-vm-"))
-        self.procs: list[subprocess.Popen] = []
+        self.host, self.client_ns = f"{prefix}h-{tag}", f"{prefix}c-{tag}"
+        self.dir = Path(tempfile.mkdtemp(prefix=dir_prefix))
+        self.procs: list[SupervisedProcess] = []
         self.socks: list[socket.socket] = []
         self.made: list[str] = []
         self.timings: dict[str, float] = {}
@@ -100,20 +99,19 @@ class Lab:
            "protocol", "all", "u32", "match", "u32", "0", "0", "action", "mirred", "egress", "mirror", "dev", tap)
 
     # --- processes ----------------------------------------------------------------
-    def spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
-        proc = subprocess.Popen(["ip", "netns", "exec", self.host, *argv],
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True)
-        proc.name, proc.log = name, []
-        threading.Thread(target=lambda: proc.log.extend(proc.stderr), daemon=True).start()
-        self.procs.append(proc)
+    def spawn(self, name: str, argv: list[str] | None, args: tuple[str, ...] = ()
+              ) -> SupervisedProcess:
+        """``argv`` (None: colo-xdp) with ``args`` in the host namespace."""
+        proc = SupervisedProcess(args, command=argv, name=name,
+                                 prefix=["ip", "netns", "exec", self.host])
+        self.procs.append(proc.start())
         return proc
 
     def serial(self, name: str) -> Path:
         return self.dir / f"{name}.serial"
 
     def boot(self, name: str, *, diverge: bool, netdev: str, extra: tuple[str, ...] = ()
-             ) -> subprocess.Popen:
+             ) -> SupervisedProcess:
         cmdline = (f"colo.ip={GUEST_IP}/24 colo.peer={CLIENT_IP},{CLIENT_MAC} "
                    f"colo.diverge={int(diverge)}")
         argv = vmlab.qemu_argv(self.guest, name, mac=GUEST_MAC, cmdline=cmdline,
@@ -136,25 +134,22 @@ class Lab:
                 pytest.fail(f"guests {sorted(pending)} not ready:\n{self.logs()}")
             time.sleep(0.1)
 
-    def colo_xdp(self, *args: str) -> subprocess.Popen:
-        proc = self.spawn("colo-xdp", [EXE, *args])
-        deadline = time.monotonic() + TIMEOUT
-        while not any(line.strip().endswith("ready") for line in proc.log):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail("colo-xdp did not come up:\n" + "".join(proc.log))
-            time.sleep(0.02)
+    def colo_xdp(self, *args: str, ready_timeout: float = TIMEOUT) -> SupervisedProcess:
+        proc = self.spawn("colo-xdp", None, args)
+        try:
+            proc.wait_ready(ready_timeout)
+        except ProcessError:
+            pytest.fail("colo-xdp did not come up:\n" + proc.log)
         return proc
 
-    def stop(self, proc: subprocess.Popen) -> str:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(TIMEOUT) == 0, "".join(proc.log)
-        time.sleep(0.05)   # the reader thread's last lines
-        return "".join(proc.log)
+    def stop(self, proc: SupervisedProcess) -> str:
+        assert proc.stop(TIMEOUT) == 0 and not proc.killed, proc.log
+        return proc.log
 
     def logs(self) -> str:
         out = []
         for proc in self.procs:
-            out.append(f"--- {proc.name} (rc={proc.poll()}):\n" + "".join(proc.log)[-2000:])
+            out.append(f"--- {proc.name} (rc={proc.poll()}):\n" + proc.log[-2000:])
         for path in sorted(self.dir.glob("*.serial")):
             out.append(f"--- {path.name}:\n" + path.read_text(errors="replace")[-1500:])
         return "\n".join(out)
@@ -184,14 +179,9 @@ class Lab:
         for sock in self.socks:
             sock.close()
         for proc in self.procs:
-            if proc.poll() is None:
-                proc.terminate()
+            proc.terminate()
         for proc in self.procs:
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+            proc.stop(5)
         for ns in self.made:
             sh("ip", "netns", "del", ns, check=False)
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -209,7 +199,8 @@ def silent(sock: socket.socket, seconds: float) -> bool:
         sock.settimeout(TIMEOUT)
 
 
-def exchange_and_diverge(lab: Lab, notify: socket.socket, n: int = 5, vnet: bool = False) -> None:
+def exchange_and_diverge(lab: VmNetwork, notify: socket.socket, n: int = 5,
+                         vnet: bool = False) -> None:
     """The checks both tests make, from the client's side:
 
     1. n requests answered, in order, with the guests' (equal) replies, and

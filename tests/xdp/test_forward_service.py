@@ -46,7 +46,7 @@ def test_forward_backs_off_then_serves_control_and_metrics(lab):
                      lab.unix("sin.sock", server=False) + ",reconnect=0.05",
                      "--control", ctl, "--metrics", f"127.0.0.1:{METRICS_PORT}")
     wait_log(proc, "retry_s=0.4")
-    waits = [float(m.group(1)) for line in proc.log if "connect_failed" in line
+    waits = [float(m.group(1)) for line in proc.lines if "connect_failed" in line
              for m in [re.search(r"retry_s=(\S+)", line)]]
     assert waits[:5] == [0.05, 0.05, 0.1, 0.2, 0.4], waits   # doubled per failure
     listener = lab.listen("sin.sock")

@@ -1,4 +1,4 @@
-"""`colo-xdp demo` on the real path (colo_xdp/lab.py): the namespace lab with
+"""`colo-xdp demo` on the real path (colo_xdp/lab/xdp_demo.py): the namespace lab with
 colo-xdp in XDP mode, end to end through the CLI, and its teardown on every
 path.  Root, bcc and headers as the other XDP tests (skip without, fail
 under CI)."""

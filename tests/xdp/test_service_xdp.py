@@ -20,7 +20,6 @@ import signal
 import socket
 import subprocess
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Iterator
@@ -30,6 +29,7 @@ import pytest
 from colo_xdp.lab import pktgen as g
 from colo_xdp.proto.framing import Decoder
 from colo_xdp.lab.netns import add_netns, add_veth
+from colo_xdp.lab.process import ProcessError, SupervisedProcess
 from xdp_kit import in_netns, sh, xdp_shown
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,7 +40,7 @@ DO_CHECKPOINT = b"\x00\x00\x00\x0dDO_CHECKPOINT"
 _counter = itertools.count()
 
 
-class Lab:
+class XdpServiceNetwork:
     """Namespaces host/guest-p/guest-s/uplink joined by veth pairs."""
 
     LINKS = {"p": "guest_p", "s": "guest_s", "u": "uplink"}
@@ -50,7 +50,7 @@ class Lab:
         self.ns = {name: f"cx{name[0]}{name[-1]}-{tag}"
                    for name in ("host", "guest_p", "guest_s", "uplink")}
         self.dir = Path(tempfile.mkdtemp(prefix="cx-xdp-"))
-        self.procs: list[subprocess.Popen] = []
+        self.procs: list[SupervisedProcess] = []
         self.socks: list[socket.socket] = []
         self.made: list[str] = []
 
@@ -65,19 +65,14 @@ class Lab:
         """The veth pair {short}-h (host) / {short}-g, both ends up."""
         add_veth(self.ns["host"], f"{short}-h", self.ns[self.LINKS[short]], f"{short}-g")
 
-    def start(self, *args: str, ready: bool = True) -> subprocess.Popen:
-        proc = subprocess.Popen(["ip", "netns", "exec", self.ns["host"], EXE, *args],
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True)
-        self.procs.append(proc)
-        proc.log = []
-        threading.Thread(target=lambda: proc.log.extend(proc.stderr), daemon=True).start()
+    def start(self, *args: str, ready: bool = True) -> SupervisedProcess:
+        proc = SupervisedProcess(args, prefix=["ip", "netns", "exec", self.ns["host"]])
+        self.procs.append(proc.start())
         if ready:
-            deadline = time.monotonic() + TIMEOUT
-            while not any(line.strip().endswith("ready") for line in proc.log):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail("colo-xdp did not come up:\n" + "".join(proc.log))
-                time.sleep(0.02)
+            try:
+                proc.wait_ready(TIMEOUT)
+            except ProcessError:
+                pytest.fail("colo-xdp did not come up:\n" + proc.log)
         return proc
 
     def unix(self, name: str, server: bool = True) -> str:
@@ -120,17 +115,15 @@ class Lab:
         for sock in self.socks:
             sock.close()
         for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait(5)
+            proc.kill(5)
         for ns in self.made:
             sh("ip", "netns", "del", ns, check=False)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
 @pytest.fixture
-def lab(bpf_ready, netns_available) -> Iterator[Lab]:
-    lab = Lab()
+def lab(bpf_ready, netns_available) -> Iterator[XdpServiceNetwork]:
+    lab = XdpServiceNetwork()
     try:
         lab.build()
         yield lab
@@ -158,11 +151,11 @@ def quiet(sock: socket.socket, seconds: float = 0.3) -> bool:
         sock.settimeout(TIMEOUT)
 
 
-def wait_log(proc: subprocess.Popen, text: str, count: int = 1) -> None:
+def wait_log(proc: SupervisedProcess, text: str, count: int = 1) -> None:
     """Until ``text`` is in ``count`` lines of the service's log."""
     deadline = time.monotonic() + TIMEOUT
-    while sum(text in line for line in proc.log) < count:
-        assert time.monotonic() < deadline and proc.poll() is None, "".join(proc.log)
+    while sum(text in line for line in proc.lines) < count:
+        assert time.monotonic() < deadline and proc.poll() is None, proc.log
         time.sleep(0.05)
 
 
@@ -170,13 +163,12 @@ def udp(tag: bytes, sport: int = 4000) -> bytes:
     return g.udp_frame(tag, src="10.98.0.2", dst="10.98.0.1", sport=sport, dport=53)
 
 
-def stop(proc: subprocess.Popen) -> str:
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(TIMEOUT) == 0, "".join(proc.log)
-    return "".join(proc.log)
+def stop(proc: SupervisedProcess) -> str:
+    assert proc.stop(TIMEOUT) == 0 and not proc.killed, proc.log
+    return proc.log
 
 
-def compare_args(lab: Lab, outdev: str | None = None, *extra: str) -> list[str]:
+def compare_args(lab: XdpServiceNetwork, outdev: str | None = None, *extra: str) -> list[str]:
     return ["compare", "--primary-xdp", "p-h", "--secondary-xdp", "s-h",
             "--outdev", outdev or lab.unix("out.sock"),
             "--notify-dev", lab.unix("notify.sock"), *extra]
@@ -327,7 +319,7 @@ def test_a_veth_made_with_default_queue_counts(lab):
     proc = lab.start("compare", "--primary-xdp", "d-h", "--secondary-xdp", "s-h",
                      "--outdev", lab.unix("out.sock"))
     assert any("xdp_attached role=primary-in iface=d-h mode=native queues=1" in line
-               for line in proc.log), "".join(proc.log)
+               for line in proc.lines), proc.log
     stop(proc)
 
 
@@ -357,7 +349,7 @@ def test_outdev_stall_in_xdp_mode_pauses_and_every_frame_is_accounted(lab):
     # Paced pairs until the service pauses (about 8 MiB released, unread),
     # then 2000 more: the rings overflow for sure.
     while paused_at is None or len(frames) < paused_at + 2000:
-        assert len(frames) < 40000, "no backpressure:\n" + "".join(proc.log[-20:])
+        assert len(frames) < 40000, "no backpressure:\n" + "\n".join(proc.lines[-20:])
         chunk = [udp(b"%06d" % i + bytes(1300), sport=4000 + i % 16)
                  for i in range(len(frames), len(frames) + 100)]
         frames += chunk
@@ -366,7 +358,7 @@ def test_outdev_stall_in_xdp_mode_pauses_and_every_frame_is_accounted(lab):
                 tx[side].send(frame)
         if paused_at is None:
             time.sleep(0.002)
-            if any("backpressure on=True" in line for line in proc.log):
+            if any("backpressure on=True" in line for line in proc.lines):
                 paused_at = len(frames)
     pairs = len(frames)
     wait_log(proc, "xdp_kernel_dropped role=primary-in")
@@ -378,7 +370,7 @@ def test_outdev_stall_in_xdp_mode_pauses_and_every_frame_is_accounted(lab):
             assert time.monotonic() < deadline, f"got {len(got)} frames"
             got.extend(r.frame for r in dec.feed(out.recv(1 << 20)))
 
-    read_until(lambda: any("backpressure on=False" in line for line in proc.log))
+    read_until(lambda: any("backpressure on=False" in line for line in proc.lines))
     # Pairs the kernel broke up mismatch; the COLO frame's checkpoint heals that.
     note.sendall(b"\x00\x00\x00\x0fCOLO_CHECKPOINT")
     wait_log(proc, "checkpoint_done")
@@ -417,7 +409,7 @@ def test_killed_and_restarted_at_once_it_starts_clean_and_serves(lab):
     proc.kill()
     proc.wait(TIMEOUT)
     proc = lab.start(*compare_args(lab))        # same socket paths, left behind
-    started = next(line for line in proc.log if " started " in line)
+    started = next(line for line in proc.lines if " started " in line)
     assert "state=clean" in started and "held=0" in started, started
     out, _note = lab.connect("out.sock"), lab.connect("notify.sock")
     frames = [udp(b"after the restart %d" % i) for i in range(5)]
@@ -432,7 +424,7 @@ def test_missing_interface_is_one_sentence(lab):
     proc = lab.start("compare", "--primary-xdp", "nope0", "--secondary-xdp", "s-h",
                      "--outdev", lab.unix("out.sock"), ready=False)
     assert proc.wait(TIMEOUT) == 1
-    lines = [line for line in proc.log if line.strip()]
+    lines = [line for line in proc.lines if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("colo-xdp: error: primary-in: nope0")
     assert lab.attached() == []
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import pytest
 
 from colo_xdp.lab import pktgen
-from colo_xdp.engine import ActionEngine, EngineConfig, Side as EngineSide
+from colo_xdp.engine import ActionEngine, EngineConfig
 from colo_xdp.lab.pktgen import EtherAddrs, IPv4Fields
 from colo_xdp.transport.xdp.bpfsys import XDP_DROP, XDP_PASS, XDP_REDIRECT
 from colo_xdp.transport.xdp.classify_abi import (META_F_FRAGMENT, META_F_VLAN, META_SIZE, Meta, Side,
@@ -326,7 +326,7 @@ def test_compared_exactly_when_the_engine_compares(programs, name):
     """The program sends the engine what the engine compares, nothing else."""
     frame = ALL_FRAMES[name]
     engine = ActionEngine(EngineConfig())
-    engine.feed(EngineSide.PRIMARY, frame, now_ms=0)
+    engine.feed(Side.PRIMARY, frame, now_ms=0)
     engine_compares = engine.counters().released.get("unsupported", 0) == 0
     verdict = run(programs[Side.PRIMARY], frame).verdict
     assert (verdict is Verdict.COMPARE) == engine_compares, verdict

@@ -264,5 +264,5 @@ def test_memlock(veth, limits, drop, expect):
 
 
 def test_metadata_size_fits_the_cleared_area():
-    from colo_xdp._native import lib
-    assert META_SIZE <= lib.XSK__META_MAX
+    from colo_xdp import native
+    assert META_SIZE <= native.XSK_META_MAX

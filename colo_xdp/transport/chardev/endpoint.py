@@ -21,16 +21,14 @@ import socket
 import stat
 from dataclasses import dataclass
 
+from colo_xdp.errors import ConfigError, EndpointError
+
 ON_VALUES = {"on", "yes", "true", "1", ""}
 OFF_VALUES = {"off", "no", "false", "0"}
 
 
-class SpecError(ValueError):
+class SpecError(ConfigError):
     """A spec that cannot name an endpoint; the message is one sentence."""
-
-
-class EndpointError(OSError):
-    """An endpoint that cannot be opened; the message is one sentence."""
 
 
 @dataclass(frozen=True)

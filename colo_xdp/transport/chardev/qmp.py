@@ -13,15 +13,18 @@ COLO thread in-process.  From outside, the monitor is the way in:
   counted (``coalesced``), and a kick that no checkpoint followed within
   ``KICK_RETRY_S`` is sent again (``retries``).
 * **Checkpoint done.**  Every checkpoint, periodic ones included, is
-  bracketed by the primary's ``STOP`` and ``RESUME`` events, the run state
-  in between being ``colo``.  At STOP the primary's vCPUs are stopped, and
-  every frame the guest sent before it is already in our input sockets or
-  rings (QEMU writes a frame to the filter's chardev, or a tap, before the
-  COLO thread can stop the VM).  So at a STOP whose run state is ``colo``
-  the service reads what its inputs hold and flushes: nothing the primary
-  produced before the checkpoint stays held, and nothing it produces after
-  it can have arrived yet.  RESUME would be too late: frames produced after
-  it could be released uncompared.  docs/qmp.md has the reasoning.
+  bracketed by the primary's ``STOP`` and ``RESUME`` events.  At STOP the
+  primary's vCPUs are stopped, and every frame the guest sent before it is
+  already in our input sockets or rings (QEMU writes a frame to the filter's
+  chardev, or a tap, before the COLO thread can stop the VM); QEMU writes
+  RESUME before the resumed guest can send anything.  So at a STOP while in
+  COLO the service reads what its inputs hold and flushes, for as long as no
+  RESUME has reached us: nothing the primary produced before the checkpoint
+  stays held, nothing it produced after it is released uncompared.  A STOP
+  read after its RESUME (a loop late by a whole checkpoint) flushes nothing
+  (``late_stops``).  Waiting for RESUME, or asking ``query-status`` first,
+  would be too late: frames produced after it could be released uncompared.
+  docs/qmp.md has the reasoning.
 * **COLO ends.**  ``COLO_EXIT`` on the primary, or the monitor reporting
   COLO mode ``none`` after it was ``primary``: the service fails over.
 
@@ -31,6 +34,7 @@ QMP monitor is one warning and a reconnect later, never a crash.
 """
 from __future__ import annotations
 
+import socket
 import time
 from typing import TYPE_CHECKING, Callable
 
@@ -66,10 +70,11 @@ class QmpMonitor(Channel):
         # the kick went out; None when none is outstanding.
         self.requested_at: float | None = None
         self.kicked_at: float | None = None
-        self.stopped = False                # between a colo STOP and RESUME
         self.counts = {"requests": 0, "kicks": 0, "coalesced": 0, "retries": 0,
-                       "undelivered": 0, "checkpoints": 0, "not_checkpoints": 0}
+                       "undelivered": 0, "checkpoints": 0, "late_stops": 0,
+                       "not_checkpoints": 0}
         self.stop_seen = 0.0                  # when the last STOP event was read
+        self.later: list = []                 # messages read behind the one being handled
 
     # -- the connection ----------------------------------------------------------
 
@@ -85,7 +90,6 @@ class QmpMonitor(Channel):
         self.out.clear()
         self.pending.clear()
         self.kicked_at = None
-        self.stopped = False
         self.colo_mode = "unknown"
 
     def _ready(self, mask: int) -> None:
@@ -111,7 +115,8 @@ class QmpMonitor(Channel):
             if not self.spec.server:
                 self.retry_at = time.monotonic() + max(self.spec.reconnect or 0, RETRY_NOT_QMP_S)
             return
-        for msg in messages:
+        for i, msg in enumerate(messages):
+            self.later = messages[i + 1:]
             if isinstance(msg, Greeting):
                 self.version = msg.version
                 self._send("qmp_capabilities", None, self._negotiated)
@@ -242,29 +247,49 @@ class QmpMonitor(Channel):
 
     def _event(self, event: Event) -> None:
         if event.name == "STOP":
-            # Which stop?  Only a checkpoint's has run state colo.
             self.stop_seen = time.monotonic()
+            if self.colo_mode == "primary":
+                self._checkpoint_stop()
+            # Only to say so when it was not a checkpoint's (run state colo,
+            # or running again already): an operator's stop, an error.
             self._send("query-status", None, self._stopped)
-        elif event.name == "RESUME":
-            self.stopped = False
         elif event.name == "COLO_EXIT":
             mode, reason = event.data.get("mode", "?"), event.data.get("reason", "?")
             if mode == "primary" or self.was_primary:
                 self._colo_ended(f"COLO_EXIT mode={mode} reason={reason}")
 
-    def _stopped(self, reply: Reply) -> None:
-        status = reply.value.get("status") if reply.ok and isinstance(reply.value, dict) else None
-        if status != "colo":
-            self.counts["not_checkpoints"] += 1
-            self.svc.log.event("qmp_vm_stopped", status=status or "?")
-            return
-        self.stopped = True
-        self.counts["checkpoints"] += 1
+    def resumed(self) -> bool:
+        """Has the primary's RESUME reached us, read or still in the socket?
+        QEMU writes RESUME before the resumed guest can send a frame, so while
+        this is False every frame in our inputs is from before the stop."""
+        if any(isinstance(m, Event) and m.name == "RESUME" for m in self.later):
+            return True
+        if self.qmp.buffered_has(b'"RESUME"'):
+            return True
+        try:
+            peek = self.sock.recv(65536, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            return True                          # cannot tell: take the safe side
+        return b'"RESUME"' in peek
+
+    def _checkpoint_stop(self) -> None:
         fields = {}
         if self.requested_at is not None:      # the checkpoint we asked for
             fields["request_to_stop_ms"] = round((self.stop_seen - self.requested_at) * 1000, 3)
         self.requested_at = self.kicked_at = None
-        self.svc.checkpoint_at_stop(**fields)
+        if self.svc.checkpoint_at_stop(self.resumed, **fields):
+            self.counts["checkpoints"] += 1
+        else:
+            self.counts["late_stops"] += 1
+
+    def _stopped(self, reply: Reply) -> None:
+        status = reply.value.get("status") if reply.ok and isinstance(reply.value, dict) else None
+        if status not in ("colo", "running"):
+            self.counts["not_checkpoints"] += 1
+            self.svc.log.warning("qmp_vm_stopped", status=status or "?",
+                                 colo_mode=self.colo_mode)
 
     def stats(self) -> dict:
         return {"connected": self.ready, "colo_mode": self.colo_mode,

@@ -41,6 +41,7 @@ import threading
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
+from colo_xdp.errors import XdpError
 from colo_xdp.transport.xdp import bpfsys
 from colo_xdp.transport.xdp.classify_abi import (CFG_GUEST_MACS, CFG_VLAN_COMPARE, CLASSIFY_C,
                                          CONFIG, MAX_GUEST_MACS, MAX_QUEUES, MAX_RULES,
@@ -51,10 +52,6 @@ ENTRY_POINT = b"xdp_classify"
 # Where bcc looks for the running kernel's headers.
 KERNEL_BUILD_DIR = f"/lib/modules/{os.uname().release}/build"
 KHEADERS = "/sys/kernel/kheaders.tar.xz"
-
-
-class XdpError(Exception):
-    """XDP could not be set up; the message is one sentence saying what to do."""
 
 
 class Terminated(SystemExit):
@@ -76,7 +73,7 @@ class Mode(str, enum.Enum):
 
 
 @dataclass(frozen=True)
-class Counter:
+class VerdictCount:
     frames: int = 0
     bytes: int = 0
 
@@ -435,13 +432,14 @@ class XdpClassifier:
         with contextlib.suppress(KeyError):
             del table[ctypes.c_int(queue)]
 
-    def counters(self) -> dict[Verdict, Counter]:
+    def counters(self) -> dict[Verdict, VerdictCount]:
         """Frames and bytes per verdict, added up over the CPUs."""
         table = self._table(b"counters")
         out = {}
         for verdict in Verdict:
             per_cpu = table[ctypes.c_int(verdict)]
-            out[verdict] = Counter(sum(c.frames for c in per_cpu), sum(c.bytes for c in per_cpu))
+            out[verdict] = VerdictCount(sum(c.frames for c in per_cpu),
+                                        sum(c.bytes for c in per_cpu))
         return out
 
     def test_run(self, frame: bytes, rx_queue: int = 0) -> bpfsys.TestRun:

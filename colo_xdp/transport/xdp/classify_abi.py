@@ -3,7 +3,8 @@ passthrough rules, guest MACs and the metadata in front of every frame the
 XDP program sends to an AF_XDP socket.
 
 The header is the source of truth; ``tests/xdp/test_header.py`` parses it and
-checks every value and layout here against it.  Standard library only, so
+checks every value and layout here against it.  Standard library and the
+engine's ``Side`` only (classify.h numbers the sides as the engine does), so
 that transports and tests can use it without bcc::
 
     meta = Meta.unpack(buf[addr - META_SIZE:addr])   # AF_XDP buffer
@@ -18,6 +19,9 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from colo_xdp.engine import Side
+from colo_xdp.errors import ConfigError
+from colo_xdp.proto.ipv4 import net_bytes
 from colo_xdp.transport.xdp.bpfsys import XDP_DROP, XDP_PASS, XDP_REDIRECT
 
 # bpf/ is package data: an installed colo-xdp (a wheel) carries it as
@@ -44,13 +48,6 @@ MAX_QUEUES = 64
 MAX_RULES = 64
 MAX_GUEST_MACS = 16
 MAX_VLAN_TAGS = 2
-
-
-class Side(enum.IntEnum):
-    """Which guest's output the interface carries (-DCX_XDP_SIDE)."""
-
-    PRIMARY = 0
-    SECONDARY = 1
 
 
 class Verdict(enum.IntEnum):
@@ -102,7 +99,7 @@ META = struct.Struct("<I4s4s2s2sBBHHHI")
 META_SIZE = META.size
 
 
-class ClassifyError(ValueError):
+class ClassifyError(ConfigError):
     """A rule or MAC that cannot be written to the program's maps."""
 
 
@@ -159,18 +156,6 @@ class Meta:
                          self.proto)
 
 
-def _net(text: str | None, what: str) -> tuple[bytes, bytes]:
-    """Address and mask bytes of 'a.b.c.d' or 'a.b.c.d/len'; None matches all."""
-    if text is None:
-        return b"\0" * 4, b"\0" * 4
-    try:
-        net = ipaddress.IPv4Network(text, strict=False)
-    except ValueError:
-        raise ClassifyError(f"{what} {text!r} is not an IPv4 address or address/prefix") \
-            from None
-    return net.network_address.packed, net.netmask.packed
-
-
 def _number(value: int | None, name: str, limit: int) -> int:
     if value is None:
         return 0
@@ -187,8 +172,11 @@ def pack_rule(rule) -> bytes:
     Everything goes in network byte order, as the program compares it with
     the frame's bytes.
     """
-    saddr, smask = _net(rule.src, "source")
-    daddr, dmask = _net(rule.dst, "destination")
+    try:
+        saddr, smask = net_bytes(rule.src, "source")
+        daddr, dmask = net_bytes(rule.dst, "destination")
+    except ValueError as exc:
+        raise ClassifyError(str(exc)) from None
     le = lambda b: int.from_bytes(b, "little")  # noqa: E731
     swap16 = lambda v: int.from_bytes(v.to_bytes(2, "big"), "little")  # noqa: E731
     return RULE.pack(le(saddr), le(smask), le(daddr), le(dmask),

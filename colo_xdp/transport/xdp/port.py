@@ -24,16 +24,16 @@ import socket
 from collections import Counter
 from dataclasses import dataclass
 
-from colo_xdp._native import lib
+from colo_xdp import native
 from colo_xdp.engine import Engine, Side
-from colo_xdp.transport.chardev.endpoint import EndpointError
-from colo_xdp.transport.xdp.classifier import Mode, XdpClassifier, XdpError
+from colo_xdp.errors import EndpointError, XdpError
+from colo_xdp.transport.xdp.classifier import Mode, XdpClassifier
 from colo_xdp.transport.xdp.xsk import XskConfig, XskError, XskSocket, _rx_queues
 
 READ = selectors.EVENT_READ
 WRITE = selectors.EVENT_WRITE
 
-BURST = lib.XDP_GLUE__BURST
+BURST = native.XDP_GLUE_BURST
 IFACE_CHECK_S = 1.0     # how often a role looks for a vanished interface
 # XDP_STATISTICS counters that are frames lost after the redirect.
 KERNEL_DROP_REASONS = ("rx_ring_full", "rx_dropped")
@@ -50,7 +50,7 @@ class XdpIface:
         return f"xdp:{self.name}"
 
 
-class XdpPortError(Exception):
+class XdpPortError(XdpError):
     """An XDP port could not be opened or used; one sentence."""
 
 
@@ -123,20 +123,20 @@ class XdpPort:
 
 def rx_to_engine(sock: XskSocket, engine: Engine, side: Side, now_ms: int) -> int:
     """Move up to BURST received frames into the engine; returns how many."""
-    n = lib.xdp_glue__rx_to_engine(sock._x, engine._e, side, now_ms, BURST)
-    if n < 0:
+    try:
+        return native.rx_to_engine(sock.handle, engine.handle, side, now_ms, BURST)
+    except native.NativeError as exc:
         raise XdpPortError(f"{sock.ifname} queue {sock.queue}: receiving failed "
-                           f"(errno {-n})")
-    return n
+                           f"(errno {exc.errno})") from None
 
 
 def tx_from_engine(sock: XskSocket, engine: Engine) -> int:
     """Send up to BURST released frames; returns how many (0: ring full or
     nothing to send)."""
-    n = lib.xdp_glue__tx_from_engine(sock._x, engine._e, BURST)
-    if n < 0:
-        raise XdpPortError(f"{sock.ifname}: sending failed (errno {-n})")
-    return n
+    try:
+        return native.tx_from_engine(sock.handle, engine.handle, BURST)
+    except native.NativeError as exc:
+        raise XdpPortError(f"{sock.ifname}: sending failed (errno {exc.errno})") from None
 
 
 class XdpInput:

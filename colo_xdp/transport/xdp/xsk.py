@@ -30,22 +30,23 @@ import socket
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
-from colo_xdp._native import ffi, lib
+from colo_xdp import native
+from colo_xdp.errors import XdpError
 from colo_xdp.transport.xdp.classify_abi import META_SIZE, Meta
 
 DEFAULT_BURST = 64
 
 
-class XskError(Exception):
+class XskError(XdpError):
     """An AF_XDP socket could not be opened or used; one sentence."""
 
 
 @dataclass(frozen=True)
 class XskConfig:
-    frame_size: int = lib.XSK__DEFAULT_FRAME_SIZE     # 2048 or 4096
-    frame_count: int = lib.XSK__DEFAULT_FRAME_COUNT   # half rx, half tx
-    ring_size: int = lib.XSK__DEFAULT_RING_SIZE       # power of two
-    bind_timeout_ms: int = lib.XSK__DEFAULT_BIND_TIMEOUT_MS
+    frame_size: int = native.XSK_DEFAULT_FRAME_SIZE   # 2048 or 4096
+    frame_count: int = native.XSK_DEFAULT_FRAME_COUNT # half rx, half tx
+    ring_size: int = native.XSK_DEFAULT_RING_SIZE     # power of two
+    bind_timeout_ms: int = native.XSK_DEFAULT_BIND_TIMEOUT_MS
     burst: int = DEFAULT_BURST                        # most frames per rx_burst
 
 
@@ -135,10 +136,8 @@ class XskSocket:
         self.info: XskInfo | None = None
         self._x = None
         burst = max(1, self.config.burst)
-        self._addrs = ffi.new("uint64_t[]", burst)
+        self._addrs, self._lens = native.XskCore.burst_arrays(burst)
         self._last_burst = 0
-        self._lens = ffi.new("uint32_t[]", burst)
-        self._umem = None
 
     # -- lifecycle --------------------------------------------------------
 
@@ -158,30 +157,34 @@ class XskSocket:
             raise XskError(f"there is no interface {self.ifname!r}: check the name with "
                            "'ip link'") from None
         c = self.config
-        cfg = ffi.new("struct xsk__config *", {
+        cfg = {
             "ifindex": ifindex, "queue": self.queue, "frame_size": c.frame_size,
             "frame_count": c.frame_count, "ring_size": c.ring_size,
-            "bind_timeout_ms": c.bind_timeout_ms})
-        out = ffi.new("struct xsk **")
-        info = ffi.new("struct xsk__info *")
-        rc = lib.xsk__open(cfg, out, info)
-        if rc < 0:
-            raise XskError(_open_error(rc, self.ifname, self.queue, c))
-        self._x = out[0]
-        self.info = XskInfo(info.umem_bytes, info.rx_frames, info.tx_frames,
-                            info.bind_retries, bool(info.memlock_raised), info.memlock_limit)
-        self._umem = ffi.buffer(lib.xsk__umem(self._x), lib.xsk__umem_size(self._x))
+            "bind_timeout_ms": c.bind_timeout_ms}
+        try:
+            self._x = native.XskCore.open(cfg)
+        except native.NativeError as exc:
+            raise XskError(_open_error(-exc.errno, self.ifname, self.queue, c)) from None
+        info = self._x.info
+        self.info = XskInfo(info["umem_bytes"], info["rx_frames"], info["tx_frames"],
+                            info["bind_retries"], bool(info["memlock_raised"]),
+                            info["memlock_limit"])
 
     def close(self) -> None:
         """Close the socket and free its UMEM; safe to call twice."""
         x, self._x = self._x, None
-        self._umem = None
         if x is not None:
-            lib.xsk__close(x)
+            x.close()
 
     def fileno(self) -> int:
         self._need_open()
-        return lib.xsk__fd(self._x)
+        return self._x.fd()
+
+    @property
+    def handle(self) -> native.XskCore:
+        """The C socket, for the XDP glue (colo_xdp.native.rx_to_engine)."""
+        self._need_open()
+        return self._x
 
     def _need_open(self) -> None:
         if self._x is None:
@@ -195,7 +198,7 @@ class XskSocket:
         the next rx_burst, and the caller's until ``rx_done``."""
         self._need_open()
         limit = len(self._addrs) if max_frames is None else min(max_frames, len(self._addrs))
-        self._last_burst = max(lib.xsk__rx_burst(self._x, self._addrs, self._lens, limit), 0)
+        self._last_burst = max(self._x.rx_burst(self._addrs, self._lens, limit), 0)
         return self._last_burst
 
     @property
@@ -219,20 +222,21 @@ class XskSocket:
             raise XskError(f"cannot hand back {n} frames: the last burst took "
                            f"{self._last_burst}")
         self._last_burst = 0                  # each burst is given back once
-        rc = lib.xsk__rx_done(self._x, self._addrs, n)
-        if rc < 0:
+        try:
+            self._x.rx_done(self._addrs, n)
+        except native.NativeError:
             raise XskError("a frame handed back is not one this socket received "
-                           "(handed back twice?)")
+                           "(handed back twice?)") from None
 
     def frame(self, addr: int, length: int) -> memoryview:
         """A view of a received frame in the UMEM (valid until rx_done)."""
         self._need_open()
-        return memoryview(self._umem)[addr:addr + length]
+        return memoryview(self._x.umem)[addr:addr + length]
 
     def meta(self, addr: int) -> Meta | None:
         """classify.c's metadata in front of a received frame, if it has one."""
         self._need_open()
-        return Meta.unpack(self._umem[addr - META_SIZE:addr])
+        return Meta.unpack(self._x.umem[addr - META_SIZE:addr])
 
     # -- transmit -------------------------------------------------------------
 
@@ -242,36 +246,34 @@ class XskSocket:
         self._need_open()
         if not frames:
             return 0
-        lens = ffi.new("uint32_t[]", [len(f) for f in frames])
-        rc = lib.xsk__tx_burst(self._x, b"".join(frames), lens, len(frames))
-        if rc == -errno.EMSGSIZE:
-            raise XskError(f"a frame is longer than the AF_XDP frame size "
-                           f"({self.config.frame_size} bytes)")
-        if rc < 0:
+        try:
+            return self._x.tx_burst(frames)
+        except native.NativeError as exc:
+            if exc.errno == errno.EMSGSIZE:
+                raise XskError(f"a frame is longer than the AF_XDP frame size "
+                               f"({self.config.frame_size} bytes)") from None
             raise XskError(f"sending on {self.ifname} queue {self.queue} failed: "
-                           f"{os.strerror(-rc)}")
-        return rc
+                           f"{exc.strerror}") from None
 
     def tx_reap(self) -> int:
         """Kick the kernel for queued frames, take completed ones back;
         returns the tx frames free."""
         self._need_open()
-        rc = lib.xsk__tx_reap(self._x)
-        if rc < 0:
+        try:
+            return self._x.tx_reap()
+        except native.NativeError as exc:
             raise XskError(f"sending on {self.ifname} queue {self.queue} failed: "
-                           f"{os.strerror(-rc)}")
-        return rc
+                           f"{exc.strerror}") from None
 
     @property
     def tx_pending(self) -> int:
         self._need_open()
-        return lib.xsk__tx_pending(self._x)
+        return self._x.tx_pending()
 
     def stats(self) -> dict[str, int]:
         """The kernel's counters for this socket (XDP_STATISTICS)."""
         self._need_open()
-        st = ffi.new("struct xsk__stats *")
-        rc = lib.xsk__stats(self._x, st)
-        if rc < 0:
-            raise XskError(f"reading AF_XDP statistics failed: {os.strerror(-rc)}")
-        return {name: getattr(st, name) for name, _ in ffi.typeof(st[0]).fields}
+        try:
+            return self._x.stats()
+        except native.NativeError as exc:
+            raise XskError(f"reading AF_XDP statistics failed: {exc.strerror}") from None

@@ -1,0 +1,252 @@
+"""The one door to the C helper (``colo_xdp._native``, built from csrc/).
+
+Nothing else in colo_xdp imports the cffi module: the engine, the AF_XDP
+sockets and the glue between them come through here as thin typed wrappers,
+one per C call, that keep their own scratch buffers.  C functions return 0
+(or a count) or ``-errno``; ``_check`` is the one place that turns a negative
+return into ``NativeError``, an ``OSError`` carrying the errno, and callers
+turn that into their own sentence::
+
+    core = EngineCore({"compare_timeout_ms": 3000, ...})  # struct cx_config
+    consumed = core.feed_stream(Side.PRIMARY, chunk, now_ms)
+    xsk = XskCore.open({"ifindex": 3, "queue": 0, ...})   # struct xsk__config
+    n = rx_to_engine(xsk, core, Side.PRIMARY, now_ms, XDP_GLUE_BURST)
+
+Calls cross once per burst or chunk, never once per frame (``feed`` is for
+tests and tools).
+
+Lives at the package's top rather than in engine/ because it serves the XDP
+transport (sockets, glue) as much as the engine.
+"""
+from __future__ import annotations
+
+import errno
+import os
+
+from colo_xdp._native import ffi, lib
+from colo_xdp.errors import ColoXdpError
+
+# -- constants (csrc/*.h, the cdef regions) ----------------------------------
+
+CX_NET_BUFSIZE = lib.CX_NET_BUFSIZE
+CX_PRIMARY = lib.CX_PRIMARY
+CX_SECONDARY = lib.CX_SECONDARY
+
+CX_EV_CHECKPOINT = lib.CX_EV_CHECKPOINT
+CX_EV_DROP = lib.CX_EV_DROP
+CX_EV_CONN_NEW = lib.CX_EV_CONN_NEW
+CX_EV_CONN_EVICT = lib.CX_EV_CONN_EVICT
+
+CX_CKPT_MISMATCH = lib.CX_CKPT_MISMATCH
+CX_CKPT_TIMEOUT = lib.CX_CKPT_TIMEOUT
+CX_CKPT_QUEUE_FULL = lib.CX_CKPT_QUEUE_FULL
+CX_CKPT_TABLE_FULL = lib.CX_CKPT_TABLE_FULL
+
+CX_DROP_UNSUPPORTED = lib.CX_DROP_UNSUPPORTED
+CX_DROP_QUEUE_FULL = lib.CX_DROP_QUEUE_FULL
+CX_DROP_TABLE_FULL = lib.CX_DROP_TABLE_FULL
+CX_DROP_FLUSHED = lib.CX_DROP_FLUSHED
+CX_DROP_FAILOVER = lib.CX_DROP_FAILOVER
+CX_DROP_EMPTY = lib.CX_DROP_EMPTY
+CX_DROP_OVERSIZE = lib.CX_DROP_OVERSIZE
+CX_DROP_TRUNCATED = lib.CX_DROP_TRUNCATED
+CX_DROP_NO_MEMORY = lib.CX_DROP_NO_MEMORY
+CX_DROP_PASSTHROUGH = lib.CX_DROP_PASSTHROUGH
+
+CX_REL_MATCHED = lib.CX_REL_MATCHED
+CX_REL_UNSUPPORTED = lib.CX_REL_UNSUPPORTED
+CX_REL_NO_PAYLOAD = lib.CX_REL_NO_PAYLOAD
+CX_REL_RETRANSMIT = lib.CX_REL_RETRANSMIT
+CX_REL_FLUSHED = lib.CX_REL_FLUSHED
+CX_REL_FAILOVER = lib.CX_REL_FAILOVER
+CX_REL_PASSTHROUGH = lib.CX_REL_PASSTHROUGH
+
+XSK_META_MAX = lib.XSK__META_MAX
+XSK_DEFAULT_FRAME_SIZE = lib.XSK__DEFAULT_FRAME_SIZE
+XSK_DEFAULT_FRAME_COUNT = lib.XSK__DEFAULT_FRAME_COUNT
+XSK_DEFAULT_RING_SIZE = lib.XSK__DEFAULT_RING_SIZE
+XSK_DEFAULT_BIND_TIMEOUT_MS = lib.XSK__DEFAULT_BIND_TIMEOUT_MS
+
+XDP_GLUE_BURST = lib.XDP_GLUE__BURST
+
+
+class NativeError(ColoXdpError, OSError):
+    """A C helper call returned -errno; ``errno`` says which, ``call`` where."""
+
+    def __init__(self, err: int, call: str):
+        super().__init__(err, f"{call}: {os.strerror(err)}")
+        self.call = call
+
+
+def _check(rc: int, call: str) -> int:
+    """The one check of a C return value: -errno raises, anything else is returned."""
+    if rc < 0:
+        raise NativeError(-rc, call)
+    return rc
+
+
+# -- the engine (csrc/cx_engine.h) -------------------------------------------
+
+class EngineCore:
+    """One ``struct cx_engine``, freed with this object."""
+
+    def __init__(self, config: dict[str, int]):
+        ptr = lib.cx_engine__new(ffi.new("struct cx_config *", config))
+        if ptr == ffi.NULL:
+            raise NativeError(errno.ENOMEM, "cx_engine__new")
+        self._e = ffi.gc(ptr, lib.cx_engine__free)
+        self._consumed = ffi.new("size_t *")
+        self._data = ffi.new("const uint8_t **")
+        self._events = ffi.new("const struct cx_event **")
+
+    def feed(self, side: int, frame: bytes, vnet_len: int, now_ms: int) -> None:
+        lib.cx_engine__feed(self._e, side, frame, len(frame), vnet_len, now_ms)
+
+    def feed_burst(self, side: int, frames: list[bytes], now_ms: int) -> None:
+        """cx_engine__feed_burst, the AF_XDP path's call (tests compare the two)."""
+        keep = [ffi.from_buffer(f) for f in frames]
+        ptrs = ffi.new("const uint8_t *[]", keep)
+        lens = ffi.new("uint32_t[]", [len(f) for f in frames])
+        lib.cx_engine__feed_burst(self._e, side, ptrs, lens, len(frames), now_ms)
+
+    def feed_stream(self, side: int, chunk, now_ms: int) -> int:
+        """Bytes consumed.  NativeError (EBADMSG, EMSGSIZE) when the stream
+        lost its framing; then ``consumed`` says where the bad record starts."""
+        rc = lib.cx_engine__feed_stream(self._e, side, ffi.from_buffer(chunk), len(chunk),
+                                        now_ms, self._consumed)
+        _check(rc, "cx_engine__feed_stream")
+        return self._consumed[0]
+
+    @property
+    def consumed(self) -> int:
+        """What the last feed_stream consumed (also when it failed)."""
+        return self._consumed[0]
+
+    def tick(self, now_ms: int) -> int:
+        return lib.cx_engine__tick(self._e, now_ms)
+
+    def checkpoint(self) -> None:
+        lib.cx_engine__checkpoint(self._e)
+
+    def failover(self) -> None:
+        lib.cx_engine__failover(self._e)
+
+    def set_passthrough(self, rules: list[dict[str, int]]) -> None:
+        arr = ffi.new("struct cx_rule[]", rules or 1)
+        _check(lib.cx_engine__set_passthrough(self._e, arr, len(rules)),
+               "cx_engine__set_passthrough")
+
+    def conn_snapshot(self) -> list:
+        """``struct cx_conn_info`` of every connection, in creation order."""
+        n = lib.cx_engine__connections(self._e)
+        arr = ffi.new("struct cx_conn_info[]", max(n, 1))
+        n = min(lib.cx_engine__conn_snapshot(self._e, arr, n), n)
+        return arr[0:n]
+
+    def evidence(self) -> bytes:
+        n = lib.cx_engine__evidence(self._e, self._data)
+        return bytes(ffi.buffer(self._data[0], n)) if n else b""
+
+    def note_drop(self, side: int, reason: int) -> None:
+        lib.cx_engine__note_drop(self._e, side, reason)
+
+    def out_peek(self) -> memoryview:
+        n = lib.cx_engine__out_peek(self._e, self._data)
+        return memoryview(ffi.buffer(self._data[0], n)) if n else memoryview(b"")
+
+    def out_pending(self) -> int:
+        return lib.cx_engine__out_peek(self._e, self._data)
+
+    def out_consume(self, n: int) -> None:
+        lib.cx_engine__out_consume(self._e, n)
+
+    def out_abandon_partial(self) -> bool:
+        return bool(lib.cx_engine__out_abandon_partial(self._e))
+
+    def events(self) -> list:
+        """``struct cx_event`` since the last events_clear (valid until then)."""
+        n = lib.cx_engine__events(self._e, self._events)
+        return self._events[0][0:n] if n else []
+
+    def events_clear(self) -> None:
+        lib.cx_engine__events_clear(self._e)
+
+    def counters(self):
+        """The engine's ``struct cx_counters`` (live: read it before the next call)."""
+        return lib.cx_engine__counters(self._e)
+
+    def connections(self) -> int:
+        return lib.cx_engine__connections(self._e)
+
+    def queued(self, side: int) -> int:
+        return lib.cx_engine__queued(self._e, side)
+
+
+# -- AF_XDP sockets (csrc/xsk.h) ---------------------------------------------
+
+class XskCore:
+    """One ``struct xsk``: an AF_XDP socket and its UMEM, until ``close``."""
+
+    def __init__(self, x, info: dict[str, int]):
+        self._x = x
+        self.info = info
+        self.umem = ffi.buffer(lib.xsk__umem(x), lib.xsk__umem_size(x))
+
+    @classmethod
+    def open(cls, config: dict[str, int]) -> "XskCore":
+        """NativeError with xsk__open's errno when the socket is refused."""
+        out = ffi.new("struct xsk **")
+        info = ffi.new("struct xsk__info *")
+        _check(lib.xsk__open(ffi.new("struct xsk__config *", config), out, info), "xsk__open")
+        return cls(out[0], {name: getattr(info, name)
+                            for name, _ in ffi.typeof(info[0]).fields})
+
+    def close(self) -> None:
+        x, self._x = self._x, None
+        self.umem = None
+        if x is not None:
+            lib.xsk__close(x)
+
+    def fd(self) -> int:
+        return lib.xsk__fd(self._x)
+
+    @staticmethod
+    def burst_arrays(n: int):
+        """The (addrs, lens) arrays rx_burst fills: uint64_t[n], uint32_t[n]."""
+        return ffi.new("uint64_t[]", n), ffi.new("uint32_t[]", n)
+
+    def rx_burst(self, addrs, lens, max_frames: int) -> int:
+        return lib.xsk__rx_burst(self._x, addrs, lens, max_frames)
+
+    def rx_done(self, addrs, n: int) -> None:
+        _check(lib.xsk__rx_done(self._x, addrs, n), "xsk__rx_done")
+
+    def tx_burst(self, frames) -> int:
+        lens = ffi.new("uint32_t[]", [len(f) for f in frames])
+        return _check(lib.xsk__tx_burst(self._x, b"".join(frames), lens, len(frames)),
+                      "xsk__tx_burst")
+
+    def tx_reap(self) -> int:
+        return _check(lib.xsk__tx_reap(self._x), "xsk__tx_reap")
+
+    def tx_pending(self) -> int:
+        return lib.xsk__tx_pending(self._x)
+
+    def stats(self) -> dict[str, int]:
+        st = ffi.new("struct xsk__stats *")
+        _check(lib.xsk__stats(self._x, st), "xsk__stats")
+        return {name: getattr(st, name) for name, _ in ffi.typeof(st[0]).fields}
+
+
+# -- the glue (csrc/xdp_glue.h) ----------------------------------------------
+
+def rx_to_engine(xsk: XskCore, engine: EngineCore, side: int, now_ms: int, max_frames: int) -> int:
+    """Up to max_frames from the socket's rx ring into the engine; how many."""
+    return _check(lib.xdp_glue__rx_to_engine(xsk._x, engine._e, side, now_ms, max_frames),
+                  "xdp_glue__rx_to_engine")
+
+
+def tx_from_engine(xsk: XskCore, engine: EngineCore, max_frames: int) -> int:
+    """Up to max_frames of the engine's releases out of the socket; how many."""
+    return _check(lib.xdp_glue__tx_from_engine(xsk._x, engine._e, max_frames),
+                  "xdp_glue__tx_from_engine")
