@@ -174,17 +174,17 @@ class LogFile(_QuietHandler, logging.FileHandler):
         return os.fdopen(fd, "a", encoding="utf-8")
 
     def reopen(self) -> None:
+        """Open the path anew; if that fails (raises OSError), logging goes
+        on into the file already open."""
         self.acquire()
         try:
-            old, self.stream = self.stream, None
-            try:
-                self.stream = self._open()
-            finally:
-                if old is not None:
-                    try:
-                        old.close()
-                    except OSError:
-                        pass
+            new = self._open()
+            old, self.stream = self.stream, new
+            if old is not None:
+                try:
+                    old.close()
+                except OSError:
+                    pass
         finally:
             self.release()
 

@@ -8,6 +8,7 @@ abstract ``@`` address), so nothing needs systemd running as PID 1.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import time
@@ -183,3 +184,22 @@ def test_install_units_into_a_missing_directory_is_one_line(tmp_path):
     assert result.returncode == 1
     assert result.stderr == f"colo-xdp: error: {tmp_path / 'no'} is not a directory; create " \
                             "it or give another --dir\n"
+
+
+def test_a_log_file_that_cannot_be_reopened_keeps_the_old_one(tmp_path):
+    from colo_xdp.observe import log as logmod
+    path = tmp_path / "logs" / "colo.log"
+    path.parent.mkdir()
+    logmod.setup(False, "text", log_file=str(path))
+    try:
+        logmod.EventLog().event("ready")
+        path.rename(tmp_path / "colo.log.1")
+        path.parent.rmdir()                        # nowhere to create the new file
+        with pytest.raises(OSError):
+            logmod.reopen()
+        logmod.EventLog().event("status", frames_in=1)
+        text = (tmp_path / "colo.log.1").read_text()
+        assert re.search(r"Z info colo-xdp: ready\n.*Z info colo-xdp: status frames_in=1\n$",
+                         text, re.S), text
+    finally:
+        logmod.setup(False, "text")
