@@ -8,6 +8,8 @@ SIGHUP     reopen the log file and the evidence pcap (logrotate); nothing
            else changes, nothing is lost
 SIGUSR1    compare: failover (comparing stops for good)
 SIGUSR2    log a ``status`` line: the counters so far
+others     SIGALRM, SIGVTALRM, SIGPROF, SIGIO, SIGPWR (whose default is to
+           end the process) are ignored: a stray one stops nothing
 =========  ==========================================================
 
 Handlers only note the signal (they may run in the middle of an engine
@@ -24,6 +26,8 @@ STOP = (signal.SIGINT, signal.SIGTERM)
 REOPEN = signal.SIGHUP
 STATUS = signal.SIGUSR2
 FAILOVER = signal.SIGUSR1
+IGNORED = tuple(getattr(signal, name) for name in
+                ("SIGALRM", "SIGVTALRM", "SIGPROF", "SIGIO", "SIGPWR") if hasattr(signal, name))
 
 
 class Signals:
@@ -46,6 +50,9 @@ class Signals:
         self.loop.watch(self._wake_r, 1, self._drain)
         for sig in self.handled:
             self._old[sig] = signal.signal(sig, self._note)
+        for sig in IGNORED:
+            if sig not in self.handled:
+                self._old[sig] = signal.signal(sig, signal.SIG_IGN)
 
     def restore(self) -> None:
         for sig, old in self._old.items():

@@ -149,7 +149,8 @@ def test_sighup_reopens_the_log_and_evidence_files_and_loses_nothing(lab):
     assert "Traceback" not in text
 
 
-@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGUSR2])
+@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGUSR2, signal.SIGALRM, signal.SIGPWR,
+                                 signal.SIGIO, signal.SIGPROF, signal.SIGVTALRM])
 def test_sighup_and_sigusr2_do_not_kill(lab, sig):
     cmp = lab.start()
     out, note, pin, sin = connect_all(lab)
