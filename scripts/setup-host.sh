@@ -5,7 +5,8 @@ set -euo pipefail
 
 PACKAGES=(python3 python3-venv python3-dev gcc make qemu-system-x86 iproute2 util-linux tcpdump
           clang libclang-rt-dev    # clang, libclang-rt-dev: make fuzz, the sanitizer tests
-          vagrant vagrant-libvirt shellcheck)   # tests/lab: vagrant validate, the provisioning scripts
+          vagrant vagrant-libvirt shellcheck   # tests/lab: vagrant validate, the provisioning scripts
+          systemd)   # systemd-analyze: tests/unit/test_systemd.py verifies the unit files
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

@@ -8,12 +8,14 @@ import time
 
 import click
 
+from colo_xdp.cli import configfile
 from colo_xdp.observe import log as logmod
 from colo_xdp.observe.log import EventLog
 from colo_xdp.engine import (DEFAULT_COMPARE_TIMEOUT_MS, DEFAULT_EXPIRED_SCAN_CYCLE_MS,
                              DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_QUEUE_SIZE, EngineConfig)
 from colo_xdp.errors import ColoXdpError, EndpointError
 from colo_xdp.transport.chardev.endpoint import SpecError, parse_spec
+from colo_xdp.version import VERSION
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -47,6 +49,15 @@ def _control_path(text: str | None) -> str | None:
 
 
 _DEFAULT = "\0default"       # --control with no value
+MAX_TIMER_MS = 86_400_000     # a day: --compare-timeout and --expired-scan-cycle
+MAX_PCAP_MB = 1_000_000       # a terabyte per evidence file (and no inf, no nan)
+
+
+def _finite(ctx, param, value):
+    """FloatRange lets nan through (every comparison with it is false)."""
+    if value is not None and value != value:
+        raise click.BadParameter("nan is not a number", ctx, param)
+    return value
 
 
 def _spec(option: str, text: str | None):
@@ -58,12 +69,42 @@ def _spec(option: str, text: str | None):
         _fail(f"{option}: {exc}")
 
 
+def _log_options(func):
+    func = click.option("--log-timestamps", is_flag=True,
+                        help="Text lines on stderr start with the time (UTC) and the level.")(func)
+    func = click.option("--log-file", metavar="FILE", type=click.Path(dir_okay=False),
+                        help="Log here instead of stderr (mode 0640, time and level on every "
+                             "line); SIGHUP reopens it.")(func)
+    return func
+
+
+def _check_option(func):
+    return click.option("--check", is_flag=True,
+                        help="Check the options (and --config file), say so, and exit without "
+                             "opening anything (e.g. ExecStartPre=).")(func)
+
+
+def _checked(command: str) -> None:
+    click.echo(f"colo-xdp {command}: the configuration is valid")
+    sys.exit(0)
+
+
+def _setup_log(verbose: bool, fmt: str, log_file: str | None, timestamps: bool) -> None:
+    try:
+        logmod.setup(verbose, fmt, log_file=log_file, timestamps=timestamps)
+    except OSError as exc:
+        _fail(f"cannot write --log-file {log_file}: {exc.strerror or exc}", code=1)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(VERSION, "-V", "--version", prog_name="colo-xdp",
+                      message="%(prog)s %(version)s")
 def main() -> None:
     """COLO network output comparison, a drop-in for QEMU's colo-compare."""
 
 
 @main.command()
+@configfile.option
 @click.option("--primary-in", metavar="SPEC",
               help="Primary guest's frames (QEMU primary_in), e.g. tcp:127.0.0.1:9001.")
 @click.option("--secondary-in", metavar="SPEC",
@@ -83,10 +124,11 @@ def main() -> None:
                    "checkpoint requests kick its COLO thread, its checkpoints flush.")
 @click.option("--vnet-hdr-support", is_flag=True,
               help="Frames carry a vnet header and the framing its length.")
-@click.option("--compare-timeout", type=click.IntRange(min=1), metavar="MS",
+@click.option("--compare-timeout", type=click.IntRange(min=1, max=MAX_TIMER_MS), metavar="MS",
               default=DEFAULT_COMPARE_TIMEOUT_MS, show_default=True,
               help="A frame held longer than this requests a checkpoint.")
-@click.option("--expired-scan-cycle", type=click.IntRange(min=1), metavar="MS",
+@click.option("--expired-scan-cycle", type=click.IntRange(min=1, max=MAX_TIMER_MS),
+              metavar="MS",
               default=DEFAULT_EXPIRED_SCAN_CYCLE_MS, show_default=True,
               help="How often to look for frames held too long.")
 @click.option("--max-queue-size", type=click.IntRange(min=1, max=1 << 24), metavar="N",
@@ -101,11 +143,15 @@ def main() -> None:
                    "/run/colo-xdp/colo-xdp.sock as root, else $XDG_RUNTIME_DIR/colo-xdp.sock.")
 @click.option("--control-tcp", metavar="HOST:PORT",
               help="Also serve the control protocol on TCP; loopback addresses only.")
+@click.option("--control-idle-timeout", metavar="SECONDS", default=300.0, show_default=True,
+              type=click.FloatRange(min=0.1, max=86400), callback=_finite,
+              help="Close a control connection that neither asks nor subscribes for this long.")
 @click.option("--metrics", metavar="HOST:PORT",
               help="Serve Prometheus metrics at http://HOST:PORT/metrics.")
 @click.option("--miscompare-pcap", metavar="FILE", type=click.Path(dir_okay=False),
               help="Write both frames of every mismatch and timeout to this pcapng file.")
-@click.option("--miscompare-pcap-size", metavar="MB", type=click.FloatRange(min=0.001),
+@click.option("--miscompare-pcap-size", metavar="MB",
+              type=click.FloatRange(min=0.001, max=MAX_PCAP_MB), callback=_finite,
               default=64, show_default=True,
               help="Rotate the pcap file past this many megabytes (10^6 bytes).")
 @click.option("--miscompare-pcap-keep", metavar="N", type=click.IntRange(min=1, max=1000),
@@ -113,14 +159,20 @@ def main() -> None:
               help="pcap files kept: FILE, FILE.1 .. FILE.<N-1>.")
 @click.option("--passthrough", "passthrough", metavar="FLOW", multiple=True,
               help="A flow not to compare, e.g. 'udp * > *:53' (repeatable).")
+@click.option("--passthrough-file", metavar="FILE", type=click.Path(dir_okay=False),
+              help="Keep the passthrough list here across restarts: read at start, "
+                   "rewritten at every 'ctl passthrough add/del'.")
 @click.option("--log-format", type=click.Choice(logmod.LOG_FORMATS), default="text",
               show_default=True, help="text: colo-xdp: EVENT key=value; json: one object a line.")
+@_log_options
+@_check_option
 @click.option("-v", "--verbose", is_flag=True, help="Log connection events too.")
 def compare(primary_in, secondary_in, primary_xdp, secondary_xdp, xdp_mode, outdev,
             notify_dev, qmp, vnet_hdr_support, compare_timeout,
-            expired_scan_cycle, max_queue_size, max_connections, control, control_tcp, metrics,
-            miscompare_pcap, miscompare_pcap_size, miscompare_pcap_keep, passthrough,
-            log_format, verbose) -> None:
+            expired_scan_cycle, max_queue_size, max_connections, control, control_tcp,
+            control_idle_timeout, metrics, miscompare_pcap, miscompare_pcap_size,
+            miscompare_pcap_keep, passthrough, passthrough_file,
+            log_format, log_file, log_timestamps, check, verbose) -> None:
     """Compare primary and secondary output; release matching primary frames.
 
     SPEC is unix:PATH or tcp:HOST:PORT, with ,server=on to listen and
@@ -133,13 +185,19 @@ def compare(primary_in, secondary_in, primary_xdp, secondary_xdp, xdp_mode, outd
     from colo_xdp.service.compare import serve
     from colo_xdp.service.config import CompareConfig
 
-    logmod.setup(verbose, log_format)
+    _setup_log(verbose, log_format, log_file, log_timestamps)
     rules = []
     for flow in passthrough:
         try:
             rules.append(parse_flow(flow))
         except FlowError as exc:
             _fail(f"--passthrough: {exc}")
+    if passthrough_file:
+        from colo_xdp.service import passthrough_file as ptfile
+        try:
+            rules += ptfile.read(passthrough_file)
+        except FlowError as exc:
+            _fail(str(exc))
     config = CompareConfig(
         primary_in=_endpoint("primary", primary_in, primary_xdp, xdp_mode),
         secondary_in=_endpoint("secondary", secondary_in, secondary_xdp, xdp_mode),
@@ -152,21 +210,27 @@ def compare(primary_in, secondary_in, primary_xdp, secondary_xdp, xdp_mode, outd
                             vnet_hdr=vnet_hdr_support),
         control_path=_control_path(control),
         control_tcp=_hostport("--control-tcp", control_tcp),
+        control_idle_timeout=control_idle_timeout,
         metrics=_hostport("--metrics", metrics),
         miscompare_pcap=miscompare_pcap,
         miscompare_pcap_bytes=int(miscompare_pcap_size * 1_000_000),
         miscompare_pcap_keep=miscompare_pcap_keep,
         passthrough=rules,
+        passthrough_file=passthrough_file,
     )
     log = EventLog()
     try:
         config.validate()
+        if check:
+            _checked("compare")
         svc = serve(config, log, on_ready=lambda svc: _started(svc, log))
     except EndpointError as exc:
         _fail(exc.strerror, code=1)
     except ColoXdpError as exc:         # a spec, setting, rule or pcap limit
         _fail(str(exc))
     _summary(svc, log)
+    if svc.fatal:
+        _fail(svc.fatal, code=1)
 
 
 def _endpoint(side: str, spec: str | None, iface: str | None, xdp_mode: str):
@@ -187,6 +251,7 @@ def _outdev_endpoint(text: str, xdp_mode: str):
 
 
 @main.command()
+@configfile.option
 @click.option("--xdp", "iface", required=True, metavar="IFACE",
               help="The secondary guest's tap: its output is taken here with XDP.")
 @click.option("--to", "to", required=True, metavar="SPEC",
@@ -197,7 +262,19 @@ def _outdev_endpoint(text: str, xdp_mode: str):
               show_default=True, help="How the XDP program is attached.")
 @click.option("--log-format", type=click.Choice(logmod.LOG_FORMATS), default="text",
               show_default=True)
-def forward(iface, to, vnet_hdr_support, xdp_mode, log_format) -> None:
+@click.option("--control", "control", is_flag=False, flag_value=_DEFAULT, default=None,
+              metavar="[PATH]", help="Control socket (unix, mode 0600): stats, subscribe.")
+@click.option("--control-tcp", metavar="HOST:PORT",
+              help="Also serve the control protocol on TCP; loopback addresses only.")
+@click.option("--control-idle-timeout", metavar="SECONDS", default=300.0, show_default=True,
+              type=click.FloatRange(min=0.1, max=86400), callback=_finite,
+              help="Close a control connection that neither asks nor subscribes for this long.")
+@click.option("--metrics", metavar="HOST:PORT",
+              help="Serve Prometheus metrics at http://HOST:PORT/metrics.")
+@_log_options
+@_check_option
+def forward(iface, to, vnet_hdr_support, xdp_mode, control, control_tcp, control_idle_timeout,
+            metrics, log_format, log_file, log_timestamps, check) -> None:
     """Secondary host: send the secondary guest's output to the primary.
 
     Replaces QEMU's filter-redirector on the secondary: frames the guest
@@ -207,16 +284,58 @@ def forward(iface, to, vnet_hdr_support, xdp_mode, log_format) -> None:
     from colo_xdp.service.forward import ForwardConfig, serve_forward
     from colo_xdp.transport.xdp.port import XdpIface
 
-    logmod.setup(False, log_format)
+    _setup_log(False, log_format, log_file, log_timestamps)
     log = EventLog()
-    config = ForwardConfig(XdpIface(iface, xdp_mode), _spec("--to", to), vnet_hdr_support)
+    from colo_xdp.observe.listener import is_loopback
+    config = ForwardConfig(XdpIface(iface, xdp_mode), _spec("--to", to), vnet_hdr_support,
+                           control_path=_control_path(control),
+                           control_tcp=_hostport("--control-tcp", control_tcp),
+                           control_idle_timeout=control_idle_timeout,
+                           metrics=_hostport("--metrics", metrics))
+    if config.control_tcp and not is_loopback(config.control_tcp[0]):
+        _fail(f"--control-tcp must listen on a loopback address such as 127.0.0.1, not "
+              f"{config.control_tcp[0]}: the control socket has no authentication")
+    if check:
+        _checked("forward")
+
+    def ready(fwd) -> None:
+        log.once("started", pid=os.getpid(), version=VERSION, iface=iface, to=config.to,
+                 vnet_hdr="on" if vnet_hdr_support else "off")
+        log.once("ready")
+
     try:
-        fwd = serve_forward(config, log, on_ready=lambda _f: log.once("ready"))
+        fwd = serve_forward(config, log, on_ready=ready)
     except EndpointError as exc:
         _fail(exc.strerror, code=1)
-    c = fwd.engine.counters()
-    log.once("stopped", frames_in=c.frames_in["primary"], forwarded=c.released_total,
-             cut=c.outdev_cut, kernel_dropped=sum(fwd.input.kernel_drops().values()))
+    log.once("stopped", **fwd.summary_fields())
+    if fwd.fatal:
+        _fail(fwd.fatal, code=1)
+
+
+@main.command("install-units")
+@click.option("--dir", "target", default="/etc/systemd/system", show_default=True,
+              metavar="DIR", help="Where to write the unit files.")
+@click.option("--exec", "executable", metavar="PATH",
+              help="The colo-xdp the units start (default: this one).")
+@click.option("--dry-run", is_flag=True, help="Print the units instead of writing them.")
+def install_units(target, executable, dry_run) -> None:
+    """Install the systemd units colo-xdp-compare@.service and
+    colo-xdp-forward@.service (docs/service.md), with ExecStart naming this
+    colo-xdp.  Then: systemctl daemon-reload."""
+    from colo_xdp.service import units
+
+    try:
+        executable = executable or units.running_executable()
+        if dry_run:
+            for name, text in units.rendered_units(executable).items():
+                click.echo(f"# {os.path.join(target, name)}\n{text}")
+            return
+        for path in units.install(target, executable):
+            click.echo(f"wrote {path}")
+    except units.UnitsError as exc:
+        _fail(str(exc), code=1)
+    click.echo("now: systemctl daemon-reload; then e.g. systemctl enable --now "
+               "colo-xdp-compare@vm1 (its configuration: /etc/colo-xdp/vm1.toml)")
 
 
 @main.command()
@@ -264,7 +383,7 @@ def _started(svc, log: EventLog) -> None:
     seen = c.frames_in["primary"] + c.frames_in["secondary"]
     e = cfg.engine
     log.once("started", state="clean" if not (held or seen or c.connections) else "NOT-clean",
-             pid=os.getpid(), held=held, connections=c.connections, frames_in=seen,
+             pid=os.getpid(), version=VERSION, held=held, connections=c.connections, frames_in=seen,
              primary_in=cfg.primary_in, secondary_in=cfg.secondary_in, outdev=cfg.outdev,
              notify_dev=cfg.notify_dev or "-", qmp=cfg.qmp or "-", vnet_hdr="on" if e.vnet_hdr else "off",
              compare_timeout_ms=e.compare_timeout_ms,
@@ -274,20 +393,7 @@ def _started(svc, log: EventLog) -> None:
 
 
 def _summary(svc, log: EventLog) -> None:
-    c = svc.engine.counters()
-    log.once("stopped", frames_in=f"{c.frames_in['primary']}/{c.frames_in['secondary']}",
-             released=c.released_total,
-             dropped=f"{c.dropped_total('primary')}/{c.dropped_total('secondary')}",
-             checkpoints_requested=sum(c.checkpoints.values()), **_kernel_dropped(svc))
-
-
-def _kernel_dropped(svc) -> dict:
-    """XDP mode: ``kernel_dropped=P/S`` (frames that never reached us)."""
-    if not getattr(svc, "kernel_drops", None):
-        return {}
-    drops = svc.kernel_drops()
-    side = lambda name: sum(drops.get(name, {}).values())  # noqa: E731
-    return {"kernel_dropped": f"{side('primary')}/{side('secondary')}"}
+    log.once("stopped", **svc.summary_fields())
 
 
 # -- the control socket's clients ------------------------------------------------------------
@@ -334,7 +440,8 @@ def _ask(ctx: click.Context, request: dict) -> dict:
 @main.group()
 @_control_options
 @click.option("--json", "as_json", is_flag=True, help="Print the replies as JSON.")
-@click.option("--timeout", type=click.FloatRange(min=0.1), default=5.0, show_default=True,
+@click.option("--timeout", type=click.FloatRange(min=0.1, max=86400), default=5.0,
+              show_default=True, callback=_finite,
               metavar="SECONDS", help="How long to wait for a reply.")
 @click.pass_context
 def ctl(ctx, control, control_tcp, as_json, timeout) -> None:
@@ -464,7 +571,8 @@ def ctl_send(ctx, request) -> None:
 
 @main.command()
 @_control_options
-@click.option("--interval", type=click.FloatRange(min=0.1), default=1.0, show_default=True,
+@click.option("--interval", type=click.FloatRange(min=0.1, max=86400), default=1.0,
+              show_default=True, callback=_finite,
               metavar="SECONDS", help="Refresh period.")
 @click.option("--once", is_flag=True, help="Print once and exit.")
 @click.option("--connections", type=click.IntRange(min=0, max=65536), default=20,

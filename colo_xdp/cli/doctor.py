@@ -202,6 +202,21 @@ def check_bcc(host: Host) -> Check:
                  "apt-get install python3-bpfcc; a venv needs --system-site-packages")
 
 
+def check_classifier(host: Host) -> Check:
+    """The classifier's C (bpf/classify.c and classify.h) where bcc will look:
+    package data of an installed colo-xdp, or the source tree's bpf/."""
+    from colo_xdp.transport.xdp import classify_abi
+    found = classify_abi.find_bpf_dir()
+    missing = [name for name in ("classify.c", "classify.h") if not (found / name).is_file()]
+    if not missing:
+        return Check("classifier", XDP, OK, f"the XDP classifier's source at {found}")
+    return Check("classifier", XDP, MISSING,
+                 f"no {' and no '.join(missing)} at {classify_abi.PACKAGE_BPF_DIR} (the "
+                 f"package) or {classify_abi.SOURCE_BPF_DIR} (a source tree)",
+                 "reinstall colo-xdp from a wheel or sdist built by its setup.py "
+                 "(it carries bpf/ as package data)")
+
+
 def check_headers(host: Host) -> Check:
     build = f"lib/modules/{host.release}/build"
     if os.path.isdir(host.path(build)):
@@ -278,7 +293,8 @@ def check_tcpdump(host: Host) -> Check:
 
 
 CHECKS = (check_python, check_engine, check_prometheus,
-          check_kernel, check_bpf, check_af_xdp, check_btf, check_bcc, check_headers,
+          check_kernel, check_bpf, check_af_xdp, check_btf, check_bcc, check_classifier,
+          check_headers,
           check_privileges, check_memlock,
           check_tun, check_kvm, check_qemu, check_tcpdump)
 

@@ -23,23 +23,26 @@ from colo_xdp.observe.listener import Client, Listener, listen_tcp, listen_unix_
 
 OUT_HIGH = 1024 * 1024          # reply bytes queued before a client is no longer read
 EVENTS_HIGH = 1024 * 1024       # event bytes queued before a subscriber loses events
-MAX_CLIENTS = 64
+MAX_CLIENTS = 64                # per listener: TCP clients cannot lock out the unix socket
+DEFAULT_IDLE_TIMEOUT_S = 300.0  # a connection that neither asks nor subscribes is closed
 
 
 class ControlSession(Client):
     """One control connection."""
 
-    def __init__(self, server: "ControlServer", sock: socket.socket):
+    def __init__(self, server: "ControlServer", sock: socket.socket, clients: list):
         self.server = server
         self.reader = LineReader()
         self.events: frozenset[str] = frozenset()
         self.lost = 0               # events not queued since the last events_lost line
-        super().__init__(server.svc, sock, server.clients, OUT_HIGH)
+        self.active_at = time.monotonic()
+        super().__init__(server.svc, sock, clients, OUT_HIGH)
 
     def wants_input(self) -> bool:
         return not self.reader.has_line()
 
     def on_data(self, data: bytes) -> None:
+        self.active_at = time.monotonic()
         self.reader.feed(data)
         self.pump()
 
@@ -105,13 +108,17 @@ class ControlServer:
 
     name = "control"
 
-    def __init__(self, svc, target, unix_path: str | None, tcp: tuple[str, int] | None):
+    def __init__(self, svc, target, unix_path: str | None, tcp: tuple[str, int] | None,
+                 idle_timeout: float = DEFAULT_IDLE_TIMEOUT_S):
         self.svc = svc
         self.commands = Commands(target)
         self.unix_path = unix_path
         self.tcp = tcp
+        self.idle_timeout = idle_timeout
         self.listeners: list[Listener] = []
-        self.clients: list[ControlSession] = []
+        # One client list, and one cap, per listener.
+        self.unix_clients: list[ControlSession] = []
+        self.tcp_clients: list[ControlSession] = []
         self.subscribers: list[ControlSession] = []
         self.wanted: frozenset[str] = frozenset()
         self.dirty: set[ControlSession] = set()
@@ -128,12 +135,14 @@ class ControlServer:
                 if self.unix_path == control.default_control_path():
                     os.makedirs(os.path.dirname(self.unix_path), mode=0o700, exist_ok=True)
                 sock, self._inode = listen_unix_private(self.unix_path, "control socket")
-                self.listeners.append(Listener(self.svc, sock, self._accept, MAX_CLIENTS,
-                                               self.clients, "control"))
+                self.listeners.append(Listener(
+                    self.svc, sock, lambda s: ControlSession(self, s, self.unix_clients),
+                    MAX_CLIENTS, self.unix_clients, "control"))
             if self.tcp:
                 sock = listen_tcp(*self.tcp, "control socket")
-                self.listeners.append(Listener(self.svc, sock, self._accept, MAX_CLIENTS,
-                                               self.clients, "control"))
+                self.listeners.append(Listener(
+                    self.svc, sock, lambda s: ControlSession(self, s, self.tcp_clients),
+                    MAX_CLIENTS, self.tcp_clients, "control-tcp"))
         except OSError:
             self.close()
             raise
@@ -150,8 +159,16 @@ class ControlServer:
             remove_own_socket(self.unix_path, self._inode)
             self._inode = 0
 
+    @property
+    def clients(self) -> list[ControlSession]:
+        return self.unix_clients + self.tcp_clients
+
     def tick(self, now: float) -> None:
-        pass
+        """Close connections idle for longer than the idle timeout: no request
+        and no subscription (a subscriber waits for events by design)."""
+        limit = now - self.idle_timeout
+        for session in [c for c in self.clients if not c.events and c.active_at < limit]:
+            session.close()
 
     def end_batch(self) -> None:
         """Once per loop batch: summed drops out, queued events flushed."""
@@ -172,9 +189,6 @@ class ControlServer:
                            "events_lost": self.events_lost}
 
     # -- sessions ------------------------------------------------------------------------
-
-    def _accept(self, sock: socket.socket) -> None:
-        ControlSession(self, sock)
 
     def update_subscribers(self) -> None:
         self.subscribers = [s for s in self.clients if s.events and not s.closed]

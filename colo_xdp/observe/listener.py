@@ -168,7 +168,12 @@ class Listener:
                 sock.close()
                 continue
             sock.setblocking(False)
-            self.on_accept(sock)
+            try:
+                self.on_accept(sock)
+            except Exception as exc:   # noqa: BLE001 - a bug here must not stop the service
+                self.svc.log.warning("control_error", role=self.what,
+                                     error=f"{type(exc).__name__}: {exc}")
+                sock.close()
 
     def close(self) -> None:
         self.svc.unwatch(self.sock)
@@ -227,6 +232,17 @@ class Client:
                 self.svc.unwatch(self.sock)
 
     def _ready(self, mask: int) -> None:
+        """The selector's handler: what a client's handling raises (a bug, a
+        library's surprise) closes that client and is logged; the service
+        goes on."""
+        try:
+            self._serve(mask)
+        except Exception as exc:   # noqa: BLE001 - nothing around the service may stop it
+            self.svc.log.warning("control_error", role=type(self).__name__,
+                                 error=f"{type(exc).__name__}: {exc}")
+            self.close()
+
+    def _serve(self, mask: int) -> None:
         if mask & WRITE:
             self.flush()
         if not mask & READ or self.closed:

@@ -20,8 +20,10 @@ subscribed events share one vocabulary (docs/observability.md lists it).
 from __future__ import annotations
 
 import enum
+import errno
 import json
 import logging
+import os
 import sys
 import time
 from typing import Callable
@@ -49,6 +51,7 @@ EVENT_NAMES = (
     "miscompare_pcap_rotated",
     "xdp_attached", "xdp_detached", "xdp_rx_failed", "xdp_iface_gone", "xdp_attach_failed",
     "xdp_kernel_dropped", "events_suppressed",
+    "status", "log_reopened", "reopen_failed",
 )
 
 Tap = Callable[[str, dict], None]
@@ -59,9 +62,23 @@ class TextFormatter(logging.Formatter):
         super().__init__("colo-xdp: %(message)s")
 
 
+class PerSide(tuple):
+    """(primary, secondary): ``3/2`` in text, ``{"primary": 3, "secondary": 2}``
+    in JSON (numbers stay numbers)."""
+
+    def __new__(cls, primary, secondary):
+        return super().__new__(cls, (primary, secondary))
+
+    def __str__(self) -> str:
+        return f"{self[0]}/{self[1]}"
+
+
 def json_value(value):
     """A field value as JSON has it: numbers, booleans and None stay, enums
-    by lower-case name, everything else (ConnKey, Spec, ...) as its text."""
+    by lower-case name, a PerSide as an object of two numbers, everything
+    else (ConnKey, Spec, ...) as its text."""
+    if isinstance(value, PerSide):
+        return {"primary": value[0], "secondary": value[1]}
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if isinstance(value, enum.Enum):
@@ -73,8 +90,7 @@ class JSONFormatter(logging.Formatter):
     """One JSON object per line: ts (UTC), level, event, then the fields."""
 
     def format(self, record: logging.LogRecord) -> str:
-        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-        obj = {"ts": f"{ts}.{int(record.msecs):03d}Z", "level": record.levelname.lower()}
+        obj = {"ts": _stamp(record), "level": record.levelname.lower()}
         name = getattr(record, "cx_event", None)
         if name is None:
             obj["event"] = "message"
@@ -87,19 +103,141 @@ class JSONFormatter(logging.Formatter):
 
 
 _format_in_use = "text"
+_handlers: list[logging.Handler] = []
+
+# syslog priorities (sd-daemon(3)): journald reads a "<N>" line prefix as the level.
+SYSLOG_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3,
+                   logging.CRITICAL: 2}
+LOG_FILE_MODE = 0o640
 
 
-def setup(verbose: bool = False, fmt: str = "text") -> None:
-    """Log to stderr in ``fmt`` ("text" or "json")."""
+def _stamp(record: logging.LogRecord) -> str:
+    ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+    return f"{ts}.{int(record.msecs):03d}Z"
+
+
+class StampedTextFormatter(TextFormatter):
+    """``2026-01-02T03:04:05.678Z warning colo-xdp: EVENT key=value``: log
+    files, and stderr with --log-timestamps."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{_stamp(record)} {record.levelname.lower()} {super().format(record)}"
+
+
+class JournalFormatter(logging.Formatter):
+    """Under journald (stderr is $JOURNAL_STREAM): ``<4>colo-xdp: ...``, so a
+    warning is a warning in ``journalctl -p``; journald adds the time."""
+
+    def __init__(self, inner: logging.Formatter):
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"<{SYSLOG_PRIORITY.get(record.levelno, 6)}>{self.inner.format(record)}"
+
+
+def stderr_is_journal(environ=None, stream=None) -> bool:
+    """systemd sets JOURNAL_STREAM=DEV:INODE when stderr goes to journald."""
+    value = (os.environ if environ is None else environ).get("JOURNAL_STREAM", "")
+    dev, _, ino = value.partition(":")
+    try:
+        st = os.fstat((stream or sys.stderr).fileno())
+        return (st.st_dev, st.st_ino) == (int(dev), int(ino))
+    except (ValueError, OSError, AttributeError):
+        return False
+
+
+class _QuietHandler:
+    """A log line that cannot be written (full disk, closed stderr) is counted,
+    never a traceback on stderr, never an exception into the service."""
+
+    errors = 0
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging's name)
+        self.errors += 1
+
+
+class StderrHandler(_QuietHandler, logging.StreamHandler):
+    pass
+
+
+class LogFile(_QuietHandler, logging.FileHandler):
+    """``--log-file FILE``: appended to, created 0640, never through a symbolic
+    link, reopened by ``reopen()`` (SIGHUP, after logrotate moved it)."""
+
+    def __init__(self, path: str):
+        super().__init__(path, mode="a", encoding="utf-8", delay=False)
+
+    def _open(self):
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(self.baseFilename, flags, LOG_FILE_MODE)
+        return os.fdopen(fd, "a", encoding="utf-8")
+
+    def reopen(self) -> None:
+        """Open the path anew; if that fails (raises OSError), logging goes
+        on into the file already open."""
+        self.acquire()
+        try:
+            new = self._open()
+            old, self.stream = self.stream, new
+            if old is not None:
+                try:
+                    old.close()
+                except OSError:
+                    pass
+        finally:
+            self.release()
+
+
+def setup(verbose: bool = False, fmt: str = "text", log_file: str | None = None,
+          timestamps: bool = False) -> None:
+    """Log to stderr (or ``log_file``) in ``fmt`` ("text" or "json").
+
+    Text lines on stderr are ``colo-xdp: EVENT ...`` (with ``timestamps``
+    prefixed by the time and level; under journald by a syslog priority);
+    a log file always has time and level.  Raises OSError if the file
+    cannot be opened."""
     global _format_in_use
     if fmt not in LOG_FORMATS:
         raise ConfigError(f"log format {fmt!r} is not one of {', '.join(LOG_FORMATS)}")
     _format_in_use = fmt
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JSONFormatter() if fmt == "json" else TextFormatter())
+    if log_file:
+        if os.path.islink(log_file):
+            raise OSError(errno.ELOOP, f"{log_file} is a symbolic link; the log is never "
+                                       "written through one")
+        handler: logging.Handler = LogFile(log_file)
+        handler.setFormatter(JSONFormatter() if fmt == "json" else StampedTextFormatter())
+    else:
+        handler = StderrHandler(sys.stderr)
+        if fmt == "json":
+            formatter: logging.Formatter = JSONFormatter()
+        elif timestamps:
+            formatter = StampedTextFormatter()
+        else:
+            formatter = TextFormatter()
+        if stderr_is_journal():
+            formatter = JournalFormatter(TextFormatter() if fmt == "text" else formatter)
+        handler.setFormatter(formatter)
+    for old in _handlers:
+        old.close()
+    _handlers[:] = [handler]
     logger.handlers[:] = [handler]
     logger.setLevel(logging.DEBUG if verbose else logging.INFO)
     logger.propagate = False
+
+
+def reopen() -> None:
+    """SIGHUP: reopen the log file, if there is one (raises OSError)."""
+    for handler in _handlers:
+        if isinstance(handler, LogFile):
+            handler.reopen()
+
+
+def log_file_in_use() -> str | None:
+    for handler in _handlers:
+        if isinstance(handler, LogFile):
+            return handler.baseFilename
+    return None
 
 
 def is_json() -> bool:

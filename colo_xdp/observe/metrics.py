@@ -14,26 +14,22 @@ paths 404, other methods 405.  One request per connection; a client gets
 """
 from __future__ import annotations
 
-import importlib.metadata
 import socket
 import time
 
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
-from prometheus_client.exposition import choose_encoder
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, choose_encoder, generate_latest
 
 from colo_xdp.observe.listener import Client, Listener, listen_tcp
 from colo_xdp.observe.stats import snapshot
+from colo_xdp.version import VERSION
 
 MAX_HEAD = 8 * 1024      # request line and headers
 IDLE_S = 10.0
 MAX_CLIENTS = 32
 PREFIX = "colo_xdp"
 
-try:
-    VERSION = importlib.metadata.version("colo-xdp")
-except importlib.metadata.PackageNotFoundError:
-    VERSION = "unknown"
 
 
 def _counter(name: str, doc: str, labels: tuple[str, ...] = ()) -> CounterMetricFamily:
@@ -76,6 +72,11 @@ def families(s: dict) -> list:
     for source, n in s.get("checkpoints_done_by_source", {}).items():
         m.add_metric([source], n)
     out.append(m)
+    if s.get("last_checkpoint_unix") is not None:
+        m = _gauge("last_checkpoint_timestamp_seconds", "Unix time of the last checkpoint "
+                   "done (absent until one is).")
+        m.add_metric([], s["last_checkpoint_unix"])
+        out.append(m)
     if "qmp" in s:
         m = _counter("qmp_checkpoint_kicks", "With --qmp: checkpoint requests and the kicks "
                      "sent to QEMU's COLO thread, by outcome.", ("outcome",))
@@ -178,6 +179,16 @@ def families(s: dict) -> list:
     return out
 
 
+def _encoder(accept: str):
+    """prometheus_client's choice for this Accept header; the plain text format
+    when it cannot parse the header (it raises TypeError for a version such
+    as ``version=abc``): a scraper's typo gets metrics, never a dead service."""
+    try:
+        return choose_encoder(accept)
+    except Exception:      # noqa: BLE001 - any parse failure inside the library
+        return generate_latest, CONTENT_TYPE_LATEST
+
+
 class ServiceCollector:
     """prometheus_client collector over the service (runs on its loop only)."""
 
@@ -228,7 +239,7 @@ class HttpSession(Client):
         path = target.split("?", 1)[0]
         head_only = method == "HEAD"
         if path == "/metrics":
-            encoder, ctype = choose_encoder(headers.get("accept", ""))
+            encoder, ctype = _encoder(headers.get("accept", ""))
             try:
                 body = encoder(self.server.registry)
             except Exception as exc:   # a bug must not take the COLO service down with it

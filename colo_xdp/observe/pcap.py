@@ -21,7 +21,7 @@ SHB, one IDB per side, one EPB per frame; little-endian throughout.
 """
 from __future__ import annotations
 
-import importlib.metadata
+import errno
 import os
 import struct
 import time
@@ -78,17 +78,22 @@ def enhanced_packet(interface: int, ts_us: int, frame: bytes, comment: str) -> b
 
 
 def file_header() -> bytes:
-    try:
-        version = importlib.metadata.version("colo-xdp")
-    except importlib.metadata.PackageNotFoundError:
-        version = "unknown"
-    return (section_header(f"colo-xdp {version} miscompare evidence")
+    from colo_xdp.version import VERSION
+    return (section_header(f"colo-xdp {VERSION} miscompare evidence")
             + interface_description("primary", "primary guest output (primary_in)")
             + interface_description("secondary", "secondary guest output (secondary_in)"))
 
 
+FILE_MODE = 0o600                   # guest payloads: the owner only, whatever the umask
+
+
 class RotatingFile:
-    """FILE written in records, rotated to FILE.1 .. FILE.<keep-1> past max_bytes."""
+    """FILE written in records, rotated to FILE.1 .. FILE.<keep-1> past max_bytes.
+
+    Unbuffered: a record is written with os.write as a whole, so a write
+    error (a full disk) leaves nothing behind in a buffer for a later close
+    or flush to fail on again, and the file is cut back to its last whole
+    record.  Created with mode 0600 and never through a symbolic link."""
 
     def __init__(self, path: str, max_bytes: int, keep: int, header: bytes):
         if max_bytes <= len(header):
@@ -99,12 +104,19 @@ class RotatingFile:
         self.max_bytes = max_bytes
         self.keep = keep
         self.header = header
-        self.file = None
+        self.fd: int | None = None
         self.size = 0
         self.rotations = 0
 
+    @property
+    def is_open(self) -> bool:
+        return self.fd is not None
+
     def open(self) -> None:
         """Start a fresh file; one left by an earlier run is rotated away first."""
+        if os.path.islink(self.path):
+            raise OSError(errno.ELOOP, f"{self.path} is a symbolic link; evidence is never "
+                                       "written through one")
         if os.path.exists(self.path) and os.path.getsize(self.path) > 0:
             self._shift()
         self._start()
@@ -113,46 +125,67 @@ class RotatingFile:
         names = [self.path] + [f"{self.path}.{i}" for i in range(1, self.keep)]
         if self.keep == 1:
             return                               # the one file is started again
-        if os.path.exists(names[-1]):
+        if os.path.lexists(names[-1]):
             os.unlink(names[-1])
         for i in range(len(names) - 2, -1, -1):
-            if os.path.exists(names[i]):
+            if os.path.lexists(names[i]):
                 os.replace(names[i], names[i + 1])
 
     def _start(self) -> None:
-        self.file = open(self.path, "wb")
-        self.file.write(self.header)
-        self.file.flush()                  # a reader sees a valid, empty capture at once
-        self.size = len(self.header)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(self.path, flags, FILE_MODE)
+        try:
+            os.fchmod(fd, FILE_MODE)
+            self.fd, self.size = fd, 0
+            self._write_all(self.header)       # a reader sees a valid, empty capture at once
+        except OSError:
+            self.close()
+            try:
+                os.unlink(self.path)           # not even a header: leave no broken file
+            except OSError:
+                pass
+            raise
+
+    def _write_all(self, data: bytes) -> None:
+        """Write data whole, or cut the file back to its last whole record and raise."""
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(self.fd, view):]
+        except OSError:
+            try:
+                os.ftruncate(self.fd, self.size)
+            except OSError:
+                pass
+            raise
+        self.size += len(data)
 
     def write(self, record: bytes) -> bool:
         """Write one record; True if the file was rotated first."""
         rotated = False
         if self.size > len(self.header) and self.size + len(record) > self.max_bytes:
-            self.file.close()
-            self.file = None
+            self.close()
             self._shift()
             self._start()
             self.rotations += 1
             rotated = True
-        self.file.write(record)
-        self.size += len(record)
+        self._write_all(record)
         return rotated
 
     def flush(self) -> None:
-        if self.file:
-            self.file.flush()
+        """Nothing is buffered; kept for callers that flush."""
 
     def close(self) -> None:
-        if self.file:
+        if self.fd is not None:
+            fd, self.fd = self.fd, None
             try:
-                self.file.close()
-            finally:
-                self.file = None
+                os.close(fd)
+            except OSError:                    # nothing buffered: nothing lost here
+                pass
 
     def remove_if_empty(self) -> None:
         """Remove the current file if it holds nothing but its header."""
-        if self.file is None and self.size == len(self.header) and not self.rotations:
+        if self.fd is None and self.size == len(self.header) and not self.rotations:
             try:
                 os.unlink(self.path)
             except FileNotFoundError:
@@ -206,7 +239,7 @@ class MiscomparePcap:
         if not self.pending:
             return
         pending, self.pending = self.pending, []
-        if self.file.file is None and not self._reopen():
+        if not self.file.is_open and not self._reopen():
             self.errors += sum(_count_epbs(r) for r in pending)
             return
         written = 0
@@ -239,6 +272,14 @@ class MiscomparePcap:
 
     def tick(self, now: float) -> None:
         pass
+
+    def reopen(self) -> None:
+        """SIGHUP (logrotate): write what is pending, then start FILE anew (a
+        FILE still there with frames in it is rotated to FILE.1 first)."""
+        self.end_batch()
+        self.file.close()
+        self.retry_at = 0.0
+        self._reopen()
 
     def close(self) -> None:
         """Write what is pending and close; a run without evidence leaves no file."""

@@ -69,6 +69,8 @@ def snapshot(svc, connections: int = 0) -> dict[str, Any]:
         "checkpoint_requests": c.checkpoints,
         "checkpoints_done": sum(svc.checkpoints_done.values()),
         "checkpoints_done_by_source": dict(svc.checkpoints_done),
+        # Unix time of the last checkpoint done (None: none yet).
+        "last_checkpoint_unix": getattr(svc, "last_checkpoint_at", None),
         "dropped": c.dropped,
         "connections": {
             "count": c.connections, "max": svc.config.engine.max_connections,

@@ -60,7 +60,8 @@ def _proto(value: Any) -> int | None:
 
 
 def _net(value: Any, what: str) -> str | None:
-    """'10.0.0.7/24' -> '10.0.0.0/24', '10.0.0.1/32' -> '10.0.0.1', '*' -> None."""
+    """'10.0.0.7/24' -> '10.0.0.0/24', '10.0.0.1/32' -> '10.0.0.1', '*' -> None;
+    a /0 prefix is refused (say * for any address)."""
     if value is None:
         return None
     text = str(value).strip()
@@ -71,7 +72,10 @@ def _net(value: Any, what: str) -> str | None:
     except ValueError:
         raise FlowError(f"{what} {text!r} is not an IPv4 address, address/prefix or *") from None
     if net.prefixlen == 0:
-        return None
+        # Every address: a typo away from "compare nothing for anyone".  The
+        # wildcard must be said as such.
+        raise FlowError(f"{what} {text!r} has prefix /0, which matches every address; "
+                        "use * for any address")
     return str(net.network_address) if net.prefixlen == 32 else str(net)
 
 

@@ -88,3 +88,17 @@ class Decoder:
         frame = bytes(self._buf[head_len:head_len + size])
         del self._buf[:head_len + size]
         return Record(vnet_hdr_len, frame)
+
+
+def count_records(data, vnet: bool) -> int:
+    """Whole records in ``data`` (which starts at a record boundary): what
+    was released but never delivered, counted in frames at exit."""
+    head_len = 8 if vnet else 4
+    n = pos = 0
+    while pos + head_len <= len(data):
+        size = _U32.unpack_from(data, pos)[0]
+        if pos + head_len + size > len(data):
+            break
+        n += 1
+        pos += head_len + size
+    return n

@@ -20,7 +20,7 @@ doing per-frame work.
 """
 from __future__ import annotations
 
-import signal
+import time
 from collections import Counter
 from typing import Callable
 
@@ -30,7 +30,9 @@ from colo_xdp.observe.control_server import ControlServer, ServiceTarget
 from colo_xdp.observe.log import EventLog
 from colo_xdp.proto.flows import PassthroughTable, format_flow
 from colo_xdp.service.config import CompareConfig, Endpoint
-from colo_xdp.service.loop import Loop
+from colo_xdp.observe.log import PerSide
+from colo_xdp.service import signals as sigs
+from colo_xdp.service.loop import Loop, serve_loop
 from colo_xdp.transport.chardev.qmp import QmpMonitor
 from colo_xdp.transport.chardev.roles import Input, Notify, Outdev
 from colo_xdp.transport.xdp.port import XdpIface, XdpInput, XdpOutdev
@@ -88,6 +90,7 @@ class CompareService(Loop):
         self.channels = [self.outdev, *self.colo_drivers, *self.inputs]
         self.failed_over = False
         self.checkpoints_done: Counter = Counter()      # by source
+        self.last_checkpoint_at: float | None = None    # wall clock of the last one done
         self.draining = False            # reading what the inputs hold at a checkpoint
         self.checkpoint_asked_ms: int | None = None   # last request sent, if outstanding
         xdp_inputs = [i for i in self.inputs if isinstance(i, XdpInput)]
@@ -105,6 +108,10 @@ class CompareService(Loop):
             "passthrough_changed", op=op, flow=format_flow(rule),
             rules=len(self.passthrough.rules))
         self.passthrough.replace(config.passthrough)
+        if config.passthrough_file:
+            # Kept across restarts: every change is written there first.
+            from colo_xdp.service.passthrough_file import PassthroughFile
+            self.passthrough.add_sink(PassthroughFile(config.passthrough_file))
         self.pcap = None
         self.attachments = self._attachments(config)
 
@@ -114,7 +121,7 @@ class CompareService(Loop):
         parts: list = []
         if config.control_path or config.control_tcp:
             parts.append(ControlServer(self, ServiceTarget(self), config.control_path,
-                                       config.control_tcp))
+                                       config.control_tcp, config.control_idle_timeout))
         if config.metrics:
             from colo_xdp.observe.metrics import MetricsServer
             parts.append(MetricsServer(self, *config.metrics))
@@ -140,9 +147,40 @@ class CompareService(Loop):
             self._failover_requested = False
             self.failover()
 
+    def on_signal(self, signum: int) -> None:
+        if signum == sigs.FAILOVER:
+            self.failover()
+        else:
+            super().on_signal(signum)
+
+    def summary_fields(self) -> dict:
+        c = self.engine.counters()
+        fields = {"frames_in": PerSide(c.frames_in["primary"], c.frames_in["secondary"]),
+                  "released": c.released_total,
+                  "dropped": PerSide(c.dropped_total("primary"), c.dropped_total("secondary")),
+                  "checkpoints_requested": sum(c.checkpoints.values())}
+        if self.kernel_drops:            # XDP mode: frames that never reached us
+            drops = self.kernel_drops()
+            fields["kernel_dropped"] = PerSide(*(sum(drops.get(side, {}).values())
+                                                 for side in ("primary", "secondary")))
+        return fields
+
     def close(self) -> None:
-        """Release what is still held (as QEMU does when the object goes away),
-        then deliver and close as every loop does."""
+        """Read what the inputs still hold (frames the guests sent before the
+        stop are counted, never left unread), release everything held (as
+        QEMU does when the object goes away), then deliver and close as every
+        loop does."""
+        self.draining = True             # no checkpoint requests go out now
+        try:
+            for _ in range(DRAIN_ROUNDS_MAX):
+                if not sum(inp.read_now() for inp in self.inputs):
+                    break
+                self.after_batch()
+        finally:
+            self.draining = False
+        for inp in self.inputs:          # a record cut short by the stop: counted (truncated)
+            if isinstance(inp, Input) and inp.sock is not None:
+                inp.disconnected()
         self.engine.checkpoint()
         self.after_batch()
         super().close()
@@ -195,6 +233,7 @@ class CompareService(Loop):
             self.engine.checkpoint()
         self.checkpoint_asked_ms = None
         self.checkpoints_done[source] += 1
+        self.last_checkpoint_at = time.time()
         self.log.event("checkpoint_done", source=source, **fields)
 
     def checkpoint_at_stop(self, resumed: Callable[[], bool], **fields) -> bool:
@@ -237,18 +276,9 @@ class CompareService(Loop):
 
 
 def serve(config: CompareConfig, log: EventLog, on_ready=None) -> CompareService:
-    """Open, announce readiness, run until SIGINT/SIGTERM, then close."""
+    """Open, announce readiness, run until SIGINT/SIGTERM, then close; SIGHUP
+    reopens files, SIGUSR1 fails over (the COLO frame's COLO_EVENT_FAILOVER,
+    which QEMU delivers in-process), SIGUSR2 logs the counters."""
     svc = CompareService(config, log)
-    svc.open()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, svc.stop)
-    # Failover by signal as well as on the control socket: the COLO frame's
-    # COLO_EVENT_FAILOVER, which QEMU delivers in-process.
-    signal.signal(signal.SIGUSR1, svc.request_failover)
-    if on_ready:
-        on_ready(svc)
-    try:
-        svc.run()
-    finally:
-        svc.close()
+    serve_loop(svc, on_ready, (*sigs.STOP, sigs.REOPEN, sigs.STATUS, sigs.FAILOVER))
     return svc

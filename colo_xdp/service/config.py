@@ -24,11 +24,13 @@ class CompareConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)
     control_path: str | None = None              # unix control socket, mode 0600
     control_tcp: tuple[str, int] | None = None   # loopback TCP control socket
+    control_idle_timeout: float = 300.0          # s: a control client that neither asks nor subscribes
     metrics: tuple[str, int] | None = None       # Prometheus exposition
     miscompare_pcap: str | None = None
     miscompare_pcap_bytes: int = 64_000_000
     miscompare_pcap_keep: int = 4
     passthrough: list[PassthroughRule] = field(default_factory=list)
+    passthrough_file: str | None = None          # the list, kept across restarts
 
     def validate(self) -> None:
         """Raise SpecError or EngineError with one sentence for the first

@@ -37,8 +37,12 @@ import selectors
 import time
 
 from colo_xdp.engine import Engine
+from colo_xdp.observe import log as logmod
 from colo_xdp.observe.log import EventLog
-from colo_xdp.transport.chardev.endpoint import EndpointError
+from colo_xdp.proto.framing import count_records
+from colo_xdp.service import signals as sigs
+from colo_xdp.service.sdnotify import Notifier
+from colo_xdp.errors import EndpointError
 
 READ = selectors.EVENT_READ
 WRITE = selectors.EVENT_WRITE
@@ -72,6 +76,10 @@ class Loop:
         self.resumed_ms = -(1 << 62)     # when backpressure last ended
         self._stop = False
         self._t0 = time.monotonic()
+        self.signals: sigs.Signals | None = None     # installed by serve_loop
+        self.undelivered = 0             # released frames the outdev never took (at exit)
+        self.fatal: str | None = None    # why the loop gave up (exit status 1)
+        self.notifier = Notifier()       # systemd Type=notify: READY=1, WATCHDOG=1
 
     # -- what roles use -------------------------------------------------------
 
@@ -92,6 +100,13 @@ class Loop:
 
     def stop(self, *_args) -> None:
         """Signal-safe: the loop ends after its current turn."""
+        self._stop = True
+
+    def give_up(self, why: str) -> None:
+        """A role cannot go on (a connecting endpoint without reconnect lost
+        its peer): stop, and exit non-zero with ``why`` (the first one)."""
+        if self.fatal is None:
+            self.fatal = why
         self._stop = True
 
     # -- running ----------------------------------------------------------------
@@ -122,7 +137,8 @@ class Loop:
         while not self._stop:
             now = self.now_ms()
             wake = min(deadline, self.wake_at_ms())
-            wait_s = min(max(wake - now, 0) / 1000.0, MAX_SLEEP_S)
+            wait_s = min(max(wake - now, 0) / 1000.0, MAX_SLEEP_S,
+                         self.notifier.due_in(time.monotonic()))
             if self.held_inputs():
                 wait_s = min(wait_s, FLOW_STALL_MS / 4000.0)
             for key, mask in self.sel.select(wait_s):
@@ -135,7 +151,11 @@ class Loop:
             for role in self.channels:
                 role.maybe_retry(mono)
             for part in self.attachments:
-                part.tick(mono)
+                self.guarded(part, part.tick, mono)
+            self.notifier.tick(mono)
+            if self.signals is not None and self.signals.pending:
+                for signum in self.signals.take():
+                    self.on_signal(signum)
             self.on_turn()
             self.log.tick()
             self.after_batch()
@@ -223,7 +243,7 @@ class Loop:
         self.outdev.write_pending()
         self.on_events(self.engine.drain_events())
         for part in self.attachments:
-            part.end_batch()
+            self.guarded(part, part.end_batch)
         pending = self.engine.output_pending()
         if not self.paused and pending > OUT_HIGH_WATER:
             self._pause(True, pending)
@@ -246,7 +266,51 @@ class Loop:
             self.outdev.write_pending()
         left = self.engine.output_pending()
         if left:
-            self.log.warning("undelivered_at_exit", bytes=left)
+            # Given up: a record half-sent is cut (counted in lost.outdev_cut);
+            # the whole ones left are counted in frames, not only in bytes.
+            cut = self.engine.abandon_partial_output()
+            out = self.engine.output()
+            frames = count_records(out, self.engine.config.vnet_hdr)
+            out.release()
+            self.undelivered = frames
+            self.log.warning("undelivered_at_exit", bytes=left, frames=frames, cut=int(cut))
+
+    def guarded(self, part, call, *args) -> None:
+        """Call an attachment (control socket, /metrics, evidence pcap): what
+        it raises is logged, never the end of comparing."""
+        try:
+            call(*args)
+        except Exception as exc:   # noqa: BLE001 - nothing around the service may stop it
+            self.log.warning("control_error", role=getattr(part, "name", type(part).__name__),
+                             error=f"{type(exc).__name__}: {exc}")
+
+    # -- signals ------------------------------------------------------------------
+
+    def on_signal(self, signum: int) -> None:
+        """A signal noted since the last turn (colo_xdp.service.signals)."""
+        if signum == sigs.REOPEN:
+            self.reopen()
+        elif signum == sigs.STATUS:
+            self.log.once("status", **self.summary_fields())
+
+    def reopen(self) -> None:
+        """SIGHUP: reopen the log file and every attachment's file (logrotate)."""
+        log_path = logmod.log_file_in_use()
+        try:
+            logmod.reopen()
+        except OSError as exc:
+            self.log.warning("reopen_failed", path=log_path, error=exc.strerror or str(exc))
+        files = []
+        for part in self.attachments:
+            reopen = getattr(part, "reopen", None)
+            if reopen is not None:
+                self.guarded(part, reopen)
+                files.append(part.name)
+        self.log.event("log_reopened", log=log_path or "-", files=",".join(files) or "-")
+
+    def summary_fields(self) -> dict:
+        """The counters as the ``stopped`` and ``status`` lines give them."""
+        return {}
 
     # -- hooks --------------------------------------------------------------------
 
@@ -259,3 +323,25 @@ class Loop:
     def wake_at_ms(self) -> float:
         """When the subclass next needs a turn without any socket ready."""
         return float("inf")
+
+
+def serve_loop(loop: Loop, on_ready=None, handled: tuple[int, ...] = (
+        *sigs.STOP, sigs.REOPEN, sigs.STATUS)) -> Loop:
+    """Install the signals, open, announce readiness, run until SIGINT or
+    SIGTERM (or ``loop.stop``), close, restore the signals."""
+    loop.signals = sigs.Signals(loop, handled)
+    loop.signals.install()
+    try:
+        loop.open()
+        if on_ready:
+            on_ready(loop)
+        loop.notifier.ready(status="ready")
+        try:
+            loop.run()
+        finally:
+            loop.notifier.stopping()
+            loop.close()
+    finally:
+        loop.signals.restore()
+        loop.notifier.close()
+    return loop

@@ -249,8 +249,7 @@ def test_passthrough_bad_requests(request_, fragment):
      "47 10.1.0.0/16 > 10.2.0.0/16"),
     ("  UDP   1.2.3.4:1000>5.6.7.8:2000 ", PassthroughRule(17, "1.2.3.4", "5.6.7.8", 1000, 2000),
      "udp 1.2.3.4:1000 > 5.6.7.8:2000"),
-    ("tcp 0.0.0.0/0:* > 10.0.0.1/32:*", PassthroughRule(proto=6, dst="10.0.0.1"),
-     "tcp * > 10.0.0.1"),
+    ("tcp * > 10.0.0.1/32:*", PassthroughRule(proto=6, dst="10.0.0.1"), "tcp * > 10.0.0.1"),
     ("sctp", None, None),
 ])
 def test_flow_specs(text, rule, canonical):
@@ -266,6 +265,7 @@ def test_flow_specs(text, rule, canonical):
 @pytest.mark.parametrize("text", [
     "", "udp tcp", "udp a > b > c", "udp 1.2.3.4", "udp 1.2.3.4:0 > *", "udp :53 > *",
     "udp * > *:http", "256", "0", "icmp * > *:1", "udp 1.2.3.4/33 > *", "udp * >",
+    "tcp 0.0.0.0/0:* > 10.0.0.1", "10.0.0.0/0 > *", "* > 192.168.1.0/0",
 ])
 def test_bad_flow_specs_are_one_sentence(text):
     with pytest.raises(FlowError) as info:

@@ -13,7 +13,7 @@ from colo_xdp.cli import doctor
 from colo_xdp.cli import main
 from test_service import colo_xdp_argv
 
-CHECK_NAMES = ["python", "engine", "prometheus", "kernel", "bpf", "af_xdp", "btf", "bcc",
+CHECK_NAMES = ["python", "engine", "prometheus", "kernel", "bpf", "af_xdp", "btf", "bcc", "classifier",
                "headers", "privileges", "memlock", "tun", "kvm", "qemu", "tcpdump"]
 LINE = re.compile(r"^(ok|missing|unknown) +(chardev|xdp|lab) +(\w+) +(.+)$")
 

@@ -113,7 +113,9 @@ def test_service_logs_json(lab):
     assert cmp.stop() == 0
     events = [json.loads(x) for x in cmp.lines]        # every line is JSON
     assert events[-1]["event"] == "stopped"
-    assert events[-1]["frames_in"] == "1/1" and events[-1]["checkpoints_requested"] == 1
+    # Numbers stay numbers: per side as an object, as in stats.
+    assert events[-1]["frames_in"] == {"primary": 1, "secondary": 1}
+    assert events[-1]["checkpoints_requested"] == 1
 
 
 def test_errors_are_json_too(lab):

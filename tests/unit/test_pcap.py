@@ -2,10 +2,12 @@
 read back with real readers: Debian's tcpdump and the python-pcapng library."""
 from __future__ import annotations
 
+import errno
 import glob
 import io
 import os
 import re
+import stat
 import struct
 import subprocess
 import time
@@ -240,3 +242,39 @@ def test_a_run_without_evidence_leaves_no_file(lab):
                        args=("--miscompare-pcap", path), ready=False)
     assert failed.proc.wait(TIMEOUT) == 1
     assert not os.path.exists(path)
+
+
+def test_a_write_error_leaves_whole_records_and_nothing_to_fail_on_again(tmp_path, monkeypatch):
+    """A full disk mid-record: the file is cut back to its last whole record,
+    and close (or a later rotation) has nothing buffered to write again."""
+    path = str(tmp_path / "e.pcapng")
+    rf = pcap.RotatingFile(path, 10_000, 2, b"H" * 10)
+    rf.open()
+    rf.write(b"A" * 40)
+    real_write = os.write
+
+    def full_disk(fd, data):
+        if len(data) > 20:
+            real_write(fd, bytes(data[:20]))          # part of it, then the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(pcap.os, "write", full_disk)
+    with pytest.raises(OSError):
+        rf.write(b"B" * 40)
+    rf.close()                                       # nothing left to flush: no error
+    rf.close()
+    monkeypatch.setattr(pcap.os, "write", real_write)
+    with open(path, "rb") as f:
+        assert f.read() == b"H" * 10 + b"A" * 40
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+
+
+def test_evidence_is_not_written_through_a_symlink(tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_text("keep")
+    os.symlink(victim, tmp_path / "e.pcapng")
+    rf = pcap.RotatingFile(str(tmp_path / "e.pcapng"), 1000, 2, b"H")
+    with pytest.raises(OSError, match="symbolic link"):
+        rf.open()
+    assert victim.read_text() == "keep"

@@ -9,7 +9,8 @@ A spec names one end of a stream the way QEMU's ``-chardev socket`` does::
 
 A listening endpoint serves one peer at a time, as QEMU's does: while a peer
 is connected it accepts nobody else.  A connecting endpoint without
-``reconnect`` must reach its peer at start; with it, it keeps retrying.
+``reconnect`` must reach its peer at start, and the service exits (status 1)
+when it loses it later; with it, it keeps retrying.
 """
 from __future__ import annotations
 
@@ -136,23 +137,102 @@ def _sockaddr(spec: Spec):
     return spec.path if spec.kind == "unix" else (spec.host, spec.port)
 
 
-def listen(spec: Spec) -> socket.socket:
-    """Bind and listen; a stale unix socket file is replaced."""
+SOCKET_MODE = 0o660   # a listening unix socket: its owner and group (QEMU's user in it)
+SO_ACCEPTCON = 0x10000    # /proc/net/unix Flags: the socket listens
+
+
+def listen(spec: Spec, role: str = "") -> socket.socket:
+    """Bind and listen.  A unix socket is created with mode 0660 whatever the
+    umask; a stale socket file (nobody listening) is replaced, a live one
+    (another process listens there) is refused."""
     sock = socket.socket(_family(spec), socket.SOCK_STREAM)
+    what = f" ({role})" if role else ""
+    old_umask = None
     try:
         if spec.kind == "unix":
-            _remove_stale_socket(spec.path)
+            refuse_live_socket(spec.path, what)
+            old_umask = os.umask(0o777 & ~SOCKET_MODE)
         else:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(_sockaddr(spec))
+        if spec.kind == "unix":
+            os.chmod(spec.path, SOCKET_MODE)
         sock.listen(1)
         sock.setblocking(False)
+    except EndpointError:
+        sock.close()
+        raise
     except OSError as exc:
         sock.close()
         # Some bind errors carry no strerror (e.g. "AF_UNIX path too long").
         reason = exc.strerror or str(exc)
         raise EndpointError(exc.errno, f"cannot listen on {spec}: {reason}") from None
+    finally:
+        if old_umask is not None:
+            os.umask(old_umask)
     return sock
+
+
+def _listening_unix_paths() -> set[str]:
+    """The paths of the unix sockets listening in this network namespace."""
+    paths = set()
+    try:
+        with open("/proc/net/unix", encoding="utf-8", errors="replace") as f:
+            next(f, None)
+            for line in f:
+                parts = line.split(None, 7)
+                if len(parts) == 8 and int(parts[3], 16) & SO_ACCEPTCON:
+                    paths.add(parts[7].rstrip("\n"))
+    except (OSError, ValueError):
+        pass
+    return paths
+
+
+def refuse_live_socket(path: str, what: str = "") -> None:
+    """Make way for a new listening socket at ``path``: a stale socket file
+    (its process is gone) is removed; a live one, or a file that is not a
+    socket, raises EndpointError with one sentence.
+
+    Live is decided without connecting where possible (/proc/net/unix lists
+    the listening sockets by path): a probe connection would be accepted by
+    the other process as a peer, and an outdev would send it frames.  Only a
+    socket file not listed (bound in another network namespace, or by a
+    relative path) is probed by connecting."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise EndpointError(errno.EEXIST, f"{path} exists and is not a socket; choose "
+                                          f"another path{what}")
+    busy = EndpointError(errno.EADDRINUSE, f"another process listens on {path}{what}; "
+                                           "stop it or choose another path")
+    listening = _listening_unix_paths()
+    if path in listening or os.path.abspath(path) in listening:
+        raise busy
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(0.5)
+    try:
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        _remove_stale_socket(path)             # stale: its process is gone
+        return
+    except OSError:
+        pass                                    # EAGAIN (backlog full), ...: someone is there
+    finally:
+        probe.close()
+    raise busy
+
+
+def bound_inode(spec: Spec) -> int:
+    """The inode of a listening unix endpoint's socket file (0 for TCP), so
+    that cleanup removes only our own."""
+    if spec.kind != "unix":
+        return 0
+    try:
+        return os.stat(spec.path).st_ino
+    except OSError:
+        return 0
 
 
 def _remove_stale_socket(path: str) -> None:
@@ -228,7 +308,14 @@ def tune(sock: socket.socket) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def cleanup(spec: Spec) -> None:
-    """Remove what a listening endpoint left on disk."""
-    if spec.server and spec.kind == "unix":
+def cleanup(spec: Spec, inode: int = 0) -> None:
+    """Remove what a listening endpoint left on disk: its socket file, if
+    it is still ours (``inode`` from bound_inode; 0: whatever socket is there)."""
+    if not (spec.server and spec.kind == "unix"):
+        return
+    try:
+        st = os.lstat(spec.path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISSOCK(st.st_mode) and (not inode or st.st_ino == inode):
         _remove_stale_socket(spec.path)

@@ -111,7 +111,7 @@ class QmpMonitor(Channel):
             messages = self.qmp.receive(data)
         except QmpError as exc:
             self.svc.log.warning("qmp_protocol_error", endpoint=self.spec, error=str(exc))
-            self.lost("not a QMP monitor")
+            self.lost("not a QMP monitor", reconnect_now=True)    # retried, later:
             if not self.spec.server:
                 self.retry_at = time.monotonic() + max(self.spec.reconnect or 0, RETRY_NOT_QMP_S)
             return

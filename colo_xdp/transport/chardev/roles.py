@@ -46,6 +46,7 @@ class Channel:
         self.role = role
         self.spec = spec
         self.listener: socket.socket | None = None
+        self.inode = 0                    # our listening socket file's (cleanup removes only it)
         self.sock: socket.socket | None = None
         self.retry_at: float | None = None
         # A retry's non-blocking connect in progress, and when to give it up.
@@ -56,7 +57,8 @@ class Channel:
 
     def open(self) -> None:
         if self.spec.server:
-            self.listener = endpoint.listen(self.spec)
+            self.listener = endpoint.listen(self.spec, self.role)
+            self.inode = endpoint.bound_inode(self.spec)
             self.svc.watch(self.listener, READ, self._accept)
         else:
             try:
@@ -76,7 +78,7 @@ class Channel:
             self.svc.unwatch(self.listener)
             self.listener.close()
             self.listener = None
-            endpoint.cleanup(self.spec)
+            endpoint.cleanup(self.spec, self.inode)
 
     def maybe_retry(self, now: float) -> None:
         """Runs every loop turn.  Retries never block the loop: the connect is
@@ -150,6 +152,11 @@ class Channel:
             self.svc.watch(self.listener, READ, self._accept)
         elif self.spec.reconnect or reconnect_now:
             self.retry_at = time.monotonic() + (0 if reconnect_now else self.spec.reconnect)
+        else:
+            # Staying up without it would look alive and do nothing: exit
+            # non-zero, so that a supervisor (systemd) starts us again.
+            self.svc.give_up(f"{self.role}: the peer at {self.spec} went away and the "
+                             "endpoint has no ,reconnect=SECONDS; exiting")
 
     # -- hooks ---------------------------------------------------------------
 

@@ -279,6 +279,9 @@ class XdpClassifier:
             _ifindex(self.ifname)
         bcc = _import_bcc()
         _check_headers()
+        if not CLASSIFY_C.is_file():
+            raise XdpError(f"the XDP classifier's source {CLASSIFY_C} is missing: reinstall "
+                           "colo-xdp ('colo-xdp doctor' checks it)")
         cflags = [f"-I{BPF_DIR}", f"-DCX_XDP_SIDE={int(self.side)}"]
         with _stderr_captured() as out:
             try:

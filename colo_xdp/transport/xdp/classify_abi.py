@@ -24,7 +24,22 @@ from colo_xdp.errors import ConfigError
 from colo_xdp.proto.ipv4 import net_bytes
 from colo_xdp.transport.xdp.bpfsys import XDP_DROP, XDP_PASS, XDP_REDIRECT
 
-BPF_DIR = Path(__file__).resolve().parents[3] / "bpf"
+# bpf/ is package data: an installed colo-xdp (a wheel) carries it as
+# colo_xdp/bpf/ (setup.py copies it there at build time); a source tree or
+# an editable install uses the tree's own bpf/.
+PACKAGE_BPF_DIR = Path(__file__).resolve().parents[2] / "bpf"
+SOURCE_BPF_DIR = Path(__file__).resolve().parents[3] / "bpf"
+
+
+def find_bpf_dir() -> Path:
+    """Where classify.c and classify.h are: the package's copy, else the tree's."""
+    for candidate in (PACKAGE_BPF_DIR, SOURCE_BPF_DIR):
+        if (candidate / "classify.c").is_file() and (candidate / "classify.h").is_file():
+            return candidate
+    return PACKAGE_BPF_DIR
+
+
+BPF_DIR = find_bpf_dir()
 CLASSIFY_C = BPF_DIR / "classify.c"
 CLASSIFY_H = BPF_DIR / "classify.h"
 
