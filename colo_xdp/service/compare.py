@@ -173,8 +173,9 @@ class CompareService(Loop):
         self.draining = True             # no checkpoint requests go out now
         try:
             for _ in range(DRAIN_ROUNDS_MAX):
-                if not sum(inp.read_now() for inp in self.inputs):
+                if not sum(inp.read_now(force=True) for inp in self.inputs):
                     break
+                self.engine.checkpoint()     # released below anyway: keep the queues short
                 self.after_batch()
         finally:
             self.draining = False
