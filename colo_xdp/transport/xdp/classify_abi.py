@@ -45,8 +45,9 @@ class Verdict(enum.IntEnum):
     COMPARE_NO_META = 1    # redirected without metadata (no room in the driver)
     NO_SOCKET = 2          # to be compared, no socket on its queue: dropped
     PASSTHROUGH = 3        # on the passthrough list: primary pass, secondary drop
-    UNSUPPORTED = 4        # not IPv4 (or tagged): primary pass, secondary drop
-    MALFORMED = 5          # IPv4 the engine would not parse: as UNSUPPORTED
+    UNSUPPORTED = 4        # ARP, ND/MLD, other EtherTypes, tagged without VLAN
+                           # compare: primary pass, secondary drop
+    MALFORMED = 5          # IPv4/IPv6 the engine would not parse: as UNSUPPORTED
     NOT_GUEST = 6          # source MAC not a guest's: pass on both sides
 
 
@@ -75,14 +76,17 @@ CFG_VLAN_COMPARE = 0x2
 META_MAGIC = 0xC01A0D01
 META_F_VLAN = 0x1
 META_F_FRAGMENT = 0x2
+META_F_IPV6 = 0x4
 
 # Layouts, little-endian host (x86_64, arm64): "<" plus explicit padding.
 COUNTER = struct.Struct("<QQ")            # struct cx_xdp_counter
 CONFIG = struct.Struct("<II")             # struct cx_xdp_config
-RULE = struct.Struct("<IIIIHHB3x")        # struct cx_rule (bpf/cx_wire.h)
+RULE = struct.Struct("<16s16s16s16sHHB3x")  # struct cx_rule (bpf/cx_wire.h)
 MAC = struct.Struct("<6s")                # struct cx_xdp_mac
 # struct cx_xdp_meta: hash, saddr, daddr, sport, dport (network order, kept
-# as bytes), proto, flags, l3_off, l4_off, vlan_tci, magic.
+# as bytes), proto, flags, l3_off, l4_off, vlan_tci, magic.  IPv6 addresses
+# are folded to 4 bytes (the XOR of their words; META_F_IPV6): the metadata
+# area holds at most 32 bytes.
 META = struct.Struct("<I4s4s2s2sBBHHHI")
 META_SIZE = META.size
 
@@ -113,7 +117,8 @@ def flow_hash(saddr: bytes, daddr: bytes, sport: bytes, dport: bytes, proto: int
 
 @dataclass(frozen=True)
 class Meta:
-    """struct cx_xdp_meta, decoded: addresses dotted, ports as numbers."""
+    """struct cx_xdp_meta, decoded: addresses dotted (IPv6: their 4-byte
+    fold, flags & META_F_IPV6), ports as numbers."""
 
     hash: int
     saddr: str
@@ -144,16 +149,29 @@ class Meta:
                          self.proto)
 
 
+def fold6(addr: bytes) -> bytes:
+    """An IPv6 address as the metadata carries it: the XOR of its 4 words."""
+    words = struct.unpack("<4I", addr)
+    return struct.pack("<I", words[0] ^ words[1] ^ words[2] ^ words[3])
+
+
 def _net(text: str | None, what: str) -> tuple[bytes, bytes]:
-    """Address and mask bytes of 'a.b.c.d' or 'a.b.c.d/len'; None matches all."""
+    """Address and mask bytes (16 each, IPv4 mapped as ::ffff:a.b.c.d with a
+    mask of 96 + len bits) of an IPv4 or IPv6 address or address/len; None
+    matches all."""
     if text is None:
-        return b"\0" * 4, b"\0" * 4
+        return b"\0" * 16, b"\0" * 16
     try:
-        net = ipaddress.IPv4Network(text, strict=False)
+        net = ipaddress.ip_network(text, strict=False)
     except ValueError:
-        raise ClassifyError(f"{what} {text!r} is not an IPv4 address or address/prefix") \
-            from None
-    return net.network_address.packed, net.netmask.packed
+        raise ClassifyError(f"{what} {text!r} is not an IPv4 or IPv6 address or "
+                            f"address/prefix") from None
+    if net.version == 4:
+        addr, bits = b"\0" * 10 + b"\xff\xff" + net.network_address.packed, 96 + net.prefixlen
+    else:
+        addr, bits = net.network_address.packed, net.prefixlen
+    mask = (((1 << 128) - 1) ^ ((1 << (128 - bits)) - 1)).to_bytes(16, "big")
+    return addr, mask
 
 
 def _number(value: int | None, name: str, limit: int) -> int:
@@ -174,9 +192,8 @@ def pack_rule(rule) -> bytes:
     """
     saddr, smask = _net(rule.src, "source")
     daddr, dmask = _net(rule.dst, "destination")
-    le = lambda b: int.from_bytes(b, "little")  # noqa: E731
     swap16 = lambda v: int.from_bytes(v.to_bytes(2, "big"), "little")  # noqa: E731
-    return RULE.pack(le(saddr), le(smask), le(daddr), le(dmask),
+    return RULE.pack(saddr, smask, daddr, dmask,
                      swap16(_number(rule.sport, "source port", 0xFFFF)),
                      swap16(_number(rule.dport, "destination port", 0xFFFF)),
                      _number(rule.proto, "protocol", 0xFF))
