@@ -70,7 +70,7 @@ def action_of(verdict: Verdict, side: Side) -> int:
 
 # struct cx_xdp_config flags.
 CFG_GUEST_MACS = 0x1
-CFG_VLAN_COMPARE = 0x2
+CFG_VLAN_UNCOMPARED = 0x2
 
 # Metadata.
 META_MAGIC = 0xC01A0D01
