@@ -759,6 +759,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-xdp", dest="xdp", action="store_false",
                    help="skip the XDP mode rows (colo-xdp on veths, AF_XDP and XDP_DROP "
                         "ceilings; root and bcc)")
+    p.add_argument("--no-shaped", dest="shaped", action="store_false",
+                   help="skip the QEMU-shaped rows (independent senders, one side ahead), "
+                        "the COLO-frame simulator and the latency rows")
+    p.add_argument("--shaped-only", action="store_true",
+                   help="run only the QEMU-shaped rows, simulator and latency")
+    p.add_argument("--shaped-rows", metavar="TEXT",
+                   help="only the shaped rows whose label contains TEXT")
     p.add_argument("--sink", type=Path, metavar="DIR", help=argparse.SUPPRESS)
     return p
 
@@ -826,6 +833,8 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout.flush()
 
     started = time.monotonic()
+    if args.shaped_only:
+        return _shaped_section(args, launchers, ceiling)
     try:
         results = run_bench(args.rows, launchers, ceiling, args.runs, args.warmup,
                             args.seconds, lambda line: print(line, flush=True))
@@ -842,12 +851,30 @@ def main(argv: list[str] | None = None) -> int:
           f"the comparator used; driver max: the same driver against a sink that "
           f"forwards the primary unchanged; {time.monotonic() - started:.0f} s in all)")
     failed = any(r.errors[name] for r in results for name in r.errors)
+    if args.shaped:
+        failed = bool(_shaped_section(args, launchers, ceiling)) or failed
     if args.xdp:
         try:
             failed = _xdp_section(args, results, comparator_cpu) or failed
         except KeyboardInterrupt:
             return 130
     return 1 if failed else 0
+
+
+def _shaped_section(args, launchers: dict[str, Launcher], ceiling: Launcher | None) -> int:
+    """The QEMU-shaped rows (tools.bench_shaped); 1 if a comparator failed."""
+    from tools import bench_shaped
+
+    print()
+    print("QEMU-shaped traffic: independent sender processes, one side up to N frames "
+          "ahead; checkpoints never answered (but in the simulator)")
+    rows = [r for r in bench_shaped.shaped_rows()
+            if not args.shaped_rows or args.shaped_rows in r.label]
+    lines = bench_shaped.run(launchers, ceiling, args.warmup, args.seconds,
+                             lambda line: print(line, flush=True), rows)
+    print()
+    print("\n".join(lines))
+    return int(any("failed" in line for line in lines))
 
 
 def _xdp_section(args, results: list[RowResult], comparator_cpu: str | None) -> bool:

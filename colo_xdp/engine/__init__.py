@@ -361,6 +361,10 @@ class Engine:
         """The side's stream has a new peer: stop skipping an oversize record."""
         lib.cx_engine__stream_reset(self._e, side)
 
+    def queued(self, side: Side) -> int:
+        """Frames held on one side, over all connections."""
+        return lib.cx_engine__queued(self._e, side)
+
     def checkpoint_wanted(self) -> frozenset[CheckpointReason]:
         """Reasons of the checkpoint requests since the last checkpoint (or
         failover): outstanding until one is done, never lost."""

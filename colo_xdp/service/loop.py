@@ -17,11 +17,12 @@ by the engine's state, not by chunk sizes.  A feed the engine holds back (its
 side would run ahead of the other, see cx_engine.h) leaves the input
 unread, its lead in the kernel; every turn the held inputs are fed again,
 so they go on as soon as the other side has caught up.  When every input is
-held back, or the others have taken nothing for ``FLOW_STALL_MS`` (a side
-that stopped), the held input is fed with flow control off and the engine's
-limits decide (queue_full, table_full, a checkpoint), so nothing deadlocks.
-That bound also keeps the expired-frame scan honest: a frame waits at most
-that long for a partner we chose not to read.
+held back, or another has taken nothing for ``FLOW_STALL_MS`` while frames of
+its side are queued (they may wait for frames behind the held one), or for
+``compare_timeout`` (it stopped), the held input is fed with flow control off
+and the engine's limits decide (queue_full, table_full, a checkpoint), so
+nothing deadlocks.  The first two keep the expired-frame scan honest: a frame
+waits at most FLOW_STALL_MS for a partner we chose not to read.
 
 A role is any object with ``open``, ``shutdown`` and ``maybe_retry(now)``;
 inputs add ``pause(paused)``, ``held``, ``last_fed_ms`` and ``feed(force)``,
@@ -45,8 +46,8 @@ OUT_HIGH_WATER = 8 * 1024 * 1024   # stop reading inputs above this much output
 OUT_LOW_WATER = 1 * 1024 * 1024    # ... and resume below this
 SHUTDOWN_DRAIN_S = 2.0             # how long to try delivering at exit
 MAX_SLEEP_S = 0.5
-# Flow control: a held input is forced after the other inputs took nothing
-# for this long (they have stopped producing, or are gone).
+# Flow control: a held input is forced after another input took nothing for
+# this long while frames of its side are queued (see _force_reason).
 FLOW_STALL_MS = 200
 
 
@@ -173,12 +174,35 @@ class Loop:
         now = self.now_ms()
         for inp in held:
             others = [o for o in self.inputs if o is not inp]
-            if all(o.held or now - o.last_fed_ms >= FLOW_STALL_MS for o in others):
-                self.log.event("flow_forced", side=inp.side.name.lower(),
-                               why="both held" if all(o.held for o in others) else "stalled")
+            why = self._force_reason(others, now)
+            if why:
+                self.log.event("flow_forced", side=inp.side.name.lower(), why=why)
                 inp.feed(force=True)
                 break                     # the other one gets its turn first
         self.after_batch()
+
+    def _force_reason(self, others: list, now: int) -> str | None:
+        """Why a held input must be fed anyway, or None to keep waiting:
+        - every other input is held too (each waits for the other);
+        - another one took nothing for FLOW_STALL_MS while frames of its side
+          are queued: they may wait for frames behind the held one;
+        - another one took nothing for compare_timeout: it has stopped (its
+          frames, if any, have timed out by now); the limits decide.
+        A side merely behind is waited for: frames ahead that wait too long
+        expire and ask for a checkpoint, as without flow control."""
+        if all(o.held for o in others):
+            return "both held"
+        timeout = self.engine.config.compare_timeout_ms
+        for o in others:
+            if o.held:
+                continue
+            quiet = now - o.last_fed_ms
+            if quiet >= timeout:
+                return "stopped"
+            if quiet >= FLOW_STALL_MS and self.engine.queued(o.side):
+                return "stalled"
+            return None
+        return None
 
     # -- after every batch ------------------------------------------------------
 

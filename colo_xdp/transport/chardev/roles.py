@@ -170,11 +170,12 @@ class Input(Channel):
         self.view = memoryview(self.buf)
         self.start = self.end = 0
         self.held = False               # flow control: the engine wants the other side
-        self.last_fed_ms = -(1 << 62)   # when a feed last took something
+        self.last_fed_ms = svc.now_ms()   # when a feed last took something
 
     def connected(self) -> None:
         self.svc.engine.stream_reset(self.side)
         self.held = False
+        self.last_fed_ms = self.svc.now_ms()      # quiet is counted from here
         if not self.svc.paused:
             self.svc.watch(self.sock, READ, self._readable)
 

@@ -176,7 +176,7 @@ class XdpInput:
         self.carried_drops: Counter = Counter()
         self.drops_logged = 0
         self.held_socks: set = set()       # flow control: sockets left unread
-        self.last_fed_ms = -(1 << 62)
+        self.last_fed_ms = svc.now_ms()
 
     def open(self) -> None:
         table = getattr(self.svc, "passthrough", None)
