@@ -114,6 +114,7 @@ struct cx_conn {
     struct cx_conn *all_prev, *all_next;
     struct cx_conn *idle_prev, *idle_next;
     struct cx_queue q[2];
+    uint32_t held[2];              /* frames the queues stand for (fragments) */
     /* TCP compare state */
     uint32_t max_ack[2];
     bool have_ack[2];
@@ -629,6 +630,7 @@ static void frame_drop(struct cx_engine *e, struct cx_conn *c, int side, struct 
 {
     queue_unlink(&c->q[side], f);
     e->queued[side] -= f->weight;
+    c->held[side] -= f->weight;
     frags_free(f->frags);
     free(f);
 }
@@ -1064,6 +1066,7 @@ static void feed_queue(struct cx_engine *e, struct cx_conn *c, int side, struct 
     }
     queue_insert(q, f, c->cmp == CMP_TCP);
     e->queued[side] += f->weight;
+    c->held[side] += f->weight;
     compare_conn(e, c);
     /* Still full after comparing: only a checkpoint can make room. */
     if (q->count >= e->cfg.max_queue_size)
@@ -1554,8 +1557,8 @@ static void conn_info(const struct cx_conn *c, struct cx_conn_info *ci)
 {
     memset(ci, 0, sizeof(*ci));
     ci->key = c->key;
-    ci->queued[0] = c->q[0].count;
-    ci->queued[1] = c->q[1].count;
+    ci->queued[0] = c->held[0];
+    ci->queued[1] = c->held[1];
     ci->created_ms = c->created_ms;
     ci->last_ms = c->last_ms;
     ci->matched = c->matched;

@@ -138,7 +138,8 @@ struct cx_event {
 struct cx_conn_info {
     struct cx_key key;
     uint8_t passthrough;
-    uint32_t queued[2];
+    uint32_t queued[2];             /* frames held (a reassembled datagram:
+                                       its fragments) */
     uint64_t created_ms;
     uint64_t last_ms;               /* last frame seen */
     uint64_t matched;               /* primary frames released as matched */
