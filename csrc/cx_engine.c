@@ -1521,11 +1521,13 @@ uint64_t cx_engine__tick(struct cx_engine *e, uint64_t now_ms)
  * released oldest (TCP: lowest sequence) first. */
 static void flush_all(struct cx_engine *e, int why, int drop_reason)
 {
-    reasm_flush(e, why, drop_reason);
     for (struct cx_conn *c = e->all.head; c; c = c->all_next) {
         conn_flush(e, c, why, drop_reason);
         conn_touch(e, c);
     }
+    /* Then the datagrams not yet whole (their fragments mostly came after
+     * the ones queued), in the order they were begun. */
+    reasm_flush(e, why, drop_reason);
 }
 
 int cx_engine__set_passthrough(struct cx_engine *e, const struct cx_rule *rules, size_t n)
