@@ -299,6 +299,7 @@ def _net(text: str | None, what: str) -> tuple[tuple[int, ...], tuple[int, ...]]
 
 
 _EVIDENCE = struct.Struct("=IBBHIIQ")
+_NONE: frozenset = frozenset()
 
 
 def _key(k) -> ConnKey:
@@ -369,7 +370,12 @@ class Engine:
         """Reasons of the checkpoint requests since the last checkpoint (or
         failover): outstanding until one is done, never lost."""
         mask = lib.cx_engine__checkpoint_wanted(self._e)
-        return frozenset(r for r in CheckpointReason if mask & (1 << r))
+        return frozenset(r for r in CheckpointReason if mask & (1 << r)) if mask else _NONE
+
+    def checkpoint_outstanding(self) -> bool:
+        """Whether a checkpoint request is outstanding (checkpoint_wanted,
+        cheap enough for every batch)."""
+        return bool(lib.cx_engine__checkpoint_wanted(self._e))
 
     def output(self) -> memoryview:
         """Released frames, in the outdev's framing, not yet consumed."""
@@ -390,6 +396,8 @@ class Engine:
         """Events since the last drain, in order; checkpoint requests carry
         their evidence when the engine keeps it."""
         n = lib.cx_engine__events(self._e, self._events)
+        if not n:                     # the usual batch; evidence only comes with events
+            return []
         out: list[Action] = []
         evs = self._events[0]
         evidence = self._take_evidence() if self.config.evidence_max_bytes else {}

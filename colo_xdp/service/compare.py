@@ -168,7 +168,7 @@ class CompareService(Loop):
     def _ask_for_checkpoint(self) -> None:
         """One DO_CHECKPOINT per outstanding request (the engine keeps it
         until a checkpoint is done, apart from its events: never lost)."""
-        if not self.notify or not self.engine.checkpoint_wanted():
+        if not self.notify or not self.engine.checkpoint_outstanding():
             return
         now = self.now_ms()
         if (self.checkpoint_asked_ms is not None

@@ -25,7 +25,8 @@ nothing deadlocks.  The first two keep the expired-frame scan honest: a frame
 waits at most FLOW_STALL_MS for a partner we chose not to read.
 
 A role is any object with ``open``, ``shutdown`` and ``maybe_retry(now)``;
-inputs add ``pause(paused)``, ``held``, ``last_fed_ms`` and ``feed(force)``,
+inputs add ``pause(paused)``, ``held``, ``held_since``, ``stopped_other_at``,
+``last_fed_ms`` and ``feed(force)``,
 the outdev ``has_peer``, ``write_pending`` and ``wait_writable(timeout)``.  An attachment (control socket, /metrics, the
 evidence pcap) has ``open``, ``close``, ``tick(now)``, ``end_batch`` and
 ``stats``.
@@ -174,20 +175,24 @@ class Loop:
         now = self.now_ms()
         for inp in held:
             others = [o for o in self.inputs if o is not inp]
-            why = self._force_reason(others, now)
+            why = self._force_reason(inp, others, now)
             if why:
+                if why == "stopped":
+                    inp.stopped_other_at = now
                 self.log.event("flow_forced", side=inp.side.name.lower(), why=why)
                 inp.feed(force=True)
                 break                     # the other one gets its turn first
         self.after_batch()
 
-    def _force_reason(self, others: list, now: int) -> str | None:
-        """Why a held input must be fed anyway, or None to keep waiting:
+    def _force_reason(self, inp, others: list, now: int) -> str | None:
+        """Why the held input ``inp`` must be fed anyway, or None to wait:
         - every other input is held too (each waits for the other);
-        - another one took nothing for FLOW_STALL_MS while frames of its side
-          are queued: they may wait for frames behind the held one;
-        - another one took nothing for compare_timeout: it has stopped (its
-          frames, if any, have timed out by now); the limits decide.
+        - since ``inp`` was held, another one took nothing for FLOW_STALL_MS
+          while frames of its side are queued: they may wait for frames
+          behind the held one;
+        - since ``inp`` was held, another one took nothing for
+          compare_timeout: it has stopped (its frames, if any, have timed out
+          by now), and until it takes something again the limits decide.
         A side merely behind is waited for: frames ahead that wait too long
         expire and ask for a checkpoint, as without flow control."""
         if all(o.held for o in others):
@@ -196,7 +201,10 @@ class Loop:
         for o in others:
             if o.held:
                 continue
-            quiet = now - o.last_fed_ms
+            if inp.stopped_other_at is not None and o.last_fed_ms <= inp.stopped_other_at:
+                return "stopped"
+            inp.stopped_other_at = None
+            quiet = now - max(o.last_fed_ms, inp.held_since)
             if quiet >= timeout:
                 return "stopped"
             if quiet >= FLOW_STALL_MS and self.engine.queued(o.side):
@@ -207,10 +215,12 @@ class Loop:
     # -- after every batch ------------------------------------------------------
 
     def after_batch(self) -> None:
+        # Released frames first: nothing below changes them, and a frame's
+        # latency ends when it is written.
+        self.outdev.write_pending()
         self.on_events(self.engine.drain_events())
         for part in self.attachments:
             part.end_batch()
-        self.outdev.write_pending()
         pending = self.engine.output_pending()
         if not self.paused and pending > OUT_HIGH_WATER:
             self._pause(True, pending)

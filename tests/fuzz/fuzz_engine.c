@@ -33,6 +33,7 @@
  */
 #include "cx_engine.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -354,8 +355,9 @@ static void op_rules(struct world *w, struct cursor *c)
         memcpy(&rules[i].saddr, be, 4);
         put32(be, mask);
         memcpy(&rules[i].smask, be, 4);
-        rules[i].sport = (a[2] & 1) ? (uint16_t)(((a[2] & 2) ? 4000 : 1000) + ((a[2] >> 2) & 3)) : 0;
-        rules[i].dport = (a[3] & 1) ? 2000 : 0;
+        /* ports in network byte order, as in cx_wire.h */
+        rules[i].sport = htons((a[2] & 1) ? (uint16_t)(((a[2] & 2) ? 4000 : 1000) + ((a[2] >> 2) & 3)) : 0);
+        rules[i].dport = htons((a[3] & 1) ? 2000 : 0);
     }
     CHECK(cx_engine__set_passthrough(w->e, n ? rules : NULL, n) == 0);
 }
@@ -374,8 +376,11 @@ static void run_op(struct world *w, struct cursor *c, uint32_t op, bool *at_boun
         if (n > c->n)
             n = (uint32_t)c->n;
         take(c, n, &data);
-        int rc = cx_engine__feed_stream(w->e, side, data, n, w->now, &consumed);
-        CHECK(rc == 0 || rc == -EBADMSG || rc == -EMSGSIZE);
+        /* with flow control, or forced (bit 0x40) */
+        int rc = cx_engine__feed_stream(w->e, side, data, n, w->now,
+                                        (op & 0x40) ? CX_FEED_FORCE : 0, &consumed);
+        CHECK(rc == CX_FEED_DONE || rc == CX_FEED_BLOCKED);
+        CHECK(!(op & 0x40) || rc == CX_FEED_DONE);
         CHECK(consumed <= n);
         break;
     }

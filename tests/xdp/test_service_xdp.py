@@ -355,8 +355,9 @@ def test_outdev_stall_in_xdp_mode_pauses_and_every_frame_is_accounted(lab):
     frames: list[bytes] = []
     paused_at = None
     # Paced pairs until the service pauses (about 8 MiB released, unread),
-    # then 2000 more: the rings overflow for sure.
-    while paused_at is None or len(frames) < paused_at + 2000:
+    # then twice an input ring more: the rings overflow for sure.
+    from colo_xdp.transport.xdp.port import INPUT_RING_SIZE
+    while paused_at is None or len(frames) < paused_at + 2 * INPUT_RING_SIZE:
         assert len(frames) < 40000, "no backpressure:\n" + "".join(proc.log[-20:])
         chunk = [udp(b"%06d" % i + bytes(1300), sport=4000 + i % 16)
                  for i in range(len(frames), len(frames) + 100)]
@@ -442,8 +443,9 @@ def test_frames_the_kernel_drops_are_counted_not_lost(lab):
     ring holds: the kernel drops the overflow.  Those frames are reported
     (a warning, the summary's kernel_dropped), and with frames_in they make
     up every frame the guest sent."""
-    sent = 3000                                   # the rx ring holds 1024
-    proc = lab.start(*compare_args(lab, None, "--max-queue-size", "4096"))
+    from colo_xdp.transport.xdp.port import INPUT_RING_SIZE
+    sent = 3 * INPUT_RING_SIZE                    # more than the rx ring holds
+    proc = lab.start(*compare_args(lab, None, "--max-queue-size", "16384"))
     _out, _note = lab.connect("out.sock"), lab.connect("notify.sock")
     os.kill(proc.pid, signal.SIGSTOP)
     try:
@@ -455,5 +457,26 @@ def test_frames_the_kernel_drops_are_counted_not_lost(lab):
     m = re.search(r"stopped frames_in=(\d+)/0 .* kernel_dropped=(\d+)/0", log)
     assert m, log
     frames_in, kernel_dropped = map(int, m.groups())
-    assert kernel_dropped > 0 and frames_in >= 1024
+    assert kernel_dropped > 0 and frames_in >= INPUT_RING_SIZE
     assert frames_in + kernel_dropped == sent, log
+
+
+@pytest.mark.parametrize("ahead", ["s", "p"])
+def test_a_lead_of_2048_frames_waits_in_the_rx_ring_without_kernel_drops(lab, ahead):
+    """Flow control in XDP mode: one guest 2048 frames ahead on one flow.
+    The engine takes half a queue of them; the rest waits in the rx ring,
+    which is sized for it: no kernel drop, no engine drop, no checkpoint."""
+    proc = lab.start(*compare_args(lab))
+    out, note = lab.connect("out.sock"), lab.connect("notify.sock")
+    frames = [udp(b"lead %05d" % i) for i in range(2048)]
+    behind = "p" if ahead == "s" else "s"
+    lab.send(ahead, *frames)
+    time.sleep(0.2)
+    lab.send(behind, *frames)
+    assert records(out, len(frames)) == frames
+    assert quiet(note)                           # not one DO_CHECKPOINT
+    log = stop(proc)
+    m = re.search(r"stopped frames_in=(\d+)/(\d+) released=(\d+) dropped=(\d+)/(\d+) "
+                  r"checkpoints_requested=(\d+)", log)
+    assert m and tuple(map(int, m.groups())) == (2048, 2048, 2048, 0, 0, 0), log
+    assert "kernel_dropped=0/0" in log or "kernel_dropped" not in log, log

@@ -171,6 +171,8 @@ class Input(Channel):
         self.start = self.end = 0
         self.held = False               # flow control: the engine wants the other side
         self.last_fed_ms = svc.now_ms()   # when a feed last took something
+        self.held_since = 0               # when flow control last held it back
+        self.stopped_other_at: int | None = None   # forced: the other side stopped
 
     def connected(self) -> None:
         self.svc.engine.stream_reset(self.side)
@@ -214,6 +216,8 @@ class Input(Channel):
         if held == self.held:
             return
         self.held = held
+        if held:
+            self.held_since = self.svc.now_ms()
         if not self.sock:
             return
         if held:

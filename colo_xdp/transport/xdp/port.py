@@ -177,6 +177,8 @@ class XdpInput:
         self.drops_logged = 0
         self.held_socks: set = set()       # flow control: sockets left unread
         self.last_fed_ms = svc.now_ms()
+        self.held_since = 0
+        self.stopped_other_at: int | None = None
 
     def open(self) -> None:
         table = getattr(self.svc, "passthrough", None)
@@ -208,6 +210,8 @@ class XdpInput:
         if n:
             self.last_fed_ms = now
         if held and sock not in self.held_socks:
+            if not self.held_socks:
+                self.held_since = now
             self.held_socks.add(sock)
             self.svc.unwatch(sock)            # the lead waits in the rx ring
         elif not held and sock in self.held_socks:
