@@ -289,6 +289,8 @@ def _net(text: str | None, what: str) -> tuple[tuple[int, ...], tuple[int, ...]]
     except ValueError:
         raise EngineError(f"{what} {text!r} is not an IPv4 or IPv6 address or "
                           f"address/prefix") from None
+    if net.prefixlen == 0:                 # any address, of either family
+        return (0,) * 4, (0,) * 4
     if net.version == 4:
         addr = ipaddress.IPv6Address(b"\0" * 10 + b"\xff\xff" + net.network_address.packed)
         bits = 96 + net.prefixlen

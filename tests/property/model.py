@@ -252,6 +252,8 @@ def _in_net(addr: str, net: str | None) -> bool:
     if net is None:
         return True
     n = ipaddress.ip_network(net, strict=False)
+    if n.prefixlen == 0:
+        return True                      # "a /0 of either is any address"
     bits = n.prefixlen + (96 if n.version == 4 else 0)
     mask = ((1 << 128) - 1) ^ ((1 << (128 - bits)) - 1)
     return (_mapped(addr) ^ _mapped(str(n.network_address))) & mask == 0

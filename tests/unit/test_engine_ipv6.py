@@ -137,3 +137,12 @@ def test_a_passthrough_rule_for_ipv6_releases_what_it_holds():
     eng.set_passthrough([PassthroughRule(src="fd00::1/128")])
     assert released(eng.collect()) == held
     assert_accounted(eng)
+
+
+def test_a_slash_zero_of_either_family_is_any_address():
+    for src in ("0.0.0.0/0", "::/0"):
+        eng = engine()
+        eng.set_passthrough([PassthroughRule(src=src)])
+        for frame in (g.udp_frame(b"4"), g.udp6_frame(b"6")):
+            assert released(eng.feed(P, frame, 0)) == [frame]
+        assert eng.counters().connections == 0

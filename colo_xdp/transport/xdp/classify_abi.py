@@ -166,6 +166,8 @@ def _net(text: str | None, what: str) -> tuple[bytes, bytes]:
     except ValueError:
         raise ClassifyError(f"{what} {text!r} is not an IPv4 or IPv6 address or "
                             f"address/prefix") from None
+    if net.prefixlen == 0:                 # any address, of either family
+        return b"\0" * 16, b"\0" * 16
     if net.version == 4:
         addr, bits = b"\0" * 10 + b"\xff\xff" + net.network_address.packed, 96 + net.prefixlen
     else:
