@@ -137,7 +137,8 @@ struct cx_event {
 /* One connection, for stats. */
 struct cx_conn_info {
     struct cx_key key;
-    uint8_t passthrough;
+    uint8_t passthrough;            /* always 0 now: passthrough flows take no
+                                       connection (kept for the stats rows) */
     uint32_t queued[2];             /* frames held (a reassembled datagram:
                                        its fragments) */
     uint64_t created_ms;
