@@ -10,6 +10,7 @@ NATIVE_SRC := $(wildcard csrc/*.c csrc/*.h) csrc/build_cffi.py
 
 setup: $(STAMP)
 	scripts/setup-bpf.sh
+	scripts/build-qemu.sh
 
 $(STAMP): pyproject.toml setup.py $(NATIVE_SRC) scripts/setup-host.sh
 	scripts/setup-host.sh

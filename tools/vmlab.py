@@ -6,19 +6,27 @@ repository (or ``$COLO_XDP_VM_CACHE``):
 - ``vmlinuz``: from Debian's versioned ``linux-image-6.1.*-amd64`` package
   (the one ``linux-image-amd64`` depends on), fetched with ``apt-get download``;
 - ``initrd.gz``: a newc cpio made here (no root, no cpio binary) holding
-  busybox-static (``apt-get download busybox-static``), the virtio-net modules
-  of that kernel (Debian builds virtio, virtio_pci and virtio_net as modules),
-  ``colo-echo`` (a 40-line static UDP echo compiled from the C source below
-  with the host's gcc and glibc's libc.a) and ``/init``.
+  busybox-static (``apt-get download busybox-static``), the virtio-net and
+  qemu_fw_cfg modules of that kernel (Debian builds virtio, virtio_pci,
+  virtio_net and qemu_fw_cfg as modules), ``colo-echo`` (a 50-line static UDP
+  echo compiled from the C source below with the host's gcc and glibc's
+  libc.a) and ``/init``.
 
 The guest's ``/init`` loads the modules, gives ``eth0`` the address in
 ``colo.ip=ADDR/LEN``, a static ARP entry for ``colo.peer=IP,MAC`` (no
 ARP needed: frames of both replicas stay identical), and runs
-``colo-echo 7 DIVERGE`` where DIVERGE is ``colo.diverge=`` (default 0). The
-echo answers every datagram with ``echo:`` and the payload; with diverge on,
-a payload starting with ``!`` is answered with its letters' case flipped, so
-one boot serves both matching traffic and a forced divergence. When ready it
-prints ``COLO-GUEST-READY`` on the serial console.
+``colo-echo 7 DIVERGE FWCFG`` where DIVERGE is ``colo.diverge=`` (default 0)
+and FWCFG is the fw_cfg file ``opt/colo/diverge`` in sysfs. The echo answers
+every datagram with ``echo:`` and the payload; with diverge on, a payload
+starting with ``!`` is answered with its letters' case flipped (same length),
+so one boot serves both matching traffic and a forced divergence. Diverge is
+on when the command line says so, or when the fw_cfg file (QEMU's
+``-fw_cfg name=opt/colo/diverge,file=PATH``) starts with ``1``; that file is
+read again for every datagram. The command-line flag lives in guest RAM, so
+in a COLO pair the first checkpoint overwrites the secondary's with the
+primary's; the fw_cfg file belongs to each QEMU process and is not migrated,
+so a secondary started with it set diverges after every checkpoint. When
+ready the guest prints ``COLO-GUEST-READY`` on the serial console.
 
 Nothing is downloaded from anywhere but Debian's apt mirrors.
 """
@@ -41,20 +49,38 @@ READY = "COLO-GUEST-READY"
 
 # Load order matters: dependencies first (modules.dep is not shipped unbuilt).
 MODULES = ("virtio_ring", "virtio", "virtio_pci_legacy_dev", "virtio_pci_modern_dev",
-           "virtio_pci", "failover", "net_failover", "virtio_net")
+           "virtio_pci", "failover", "net_failover", "virtio_net", "qemu_fw_cfg")
+# The guest reads the divergence switch here (see the module docstring).
+FW_CFG_DIVERGE = "opt/colo/diverge"
+FW_CFG_DIVERGE_SYSFS = f"/sys/firmware/qemu_fw_cfg/by_name/{FW_CFG_DIVERGE}/raw"
 
 ECHO_C = r"""
-/* colo-echo PORT [DIVERGE]: UDP echo for the COLO VM tests. */
+/* colo-echo PORT [DIVERGE [FWCFG]]: UDP echo for the COLO VM tests. */
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+/* Does the fw_cfg file say 1?  Read anew each time: not cached in RAM. */
+static int fwcfg_on(const char *path)
+{
+    char c = 0;
+    int fd = path ? open(path, O_RDONLY) : -1;
+    if (fd < 0)
+        return 0;
+    if (read(fd, &c, 1) != 1)
+        c = 0;
+    close(fd);
+    return c == '1';
+}
+
 int main(int argc, char **argv)
 {
     int port = argc > 1 ? atoi(argv[1]) : 7;
     int diverge = argc > 2 && atoi(argv[2]);
+    const char *fwcfg = argc > 3 ? argv[3] : NULL;
     int s = socket(AF_INET, SOCK_DGRAM, 0);
     struct sockaddr_in me = {0};
     me.sin_family = AF_INET;
@@ -70,7 +96,7 @@ int main(int argc, char **argv)
             continue;
         memcpy(out, "echo:", 5);
         memcpy(out + 5, in, n);
-        if (diverge && n > 0 && in[0] == '!')
+        if (n > 0 && in[0] == '!' && (diverge || fwcfg_on(fwcfg)))
             for (ssize_t i = 5; i < n + 5; i++)
                 if ((out[i] | 0x20) >= 'a' && (out[i] | 0x20) <= 'z')
                     out[i] ^= 0x20;
@@ -101,7 +127,7 @@ ip link set lo up
 ip addr add "$ip" dev eth0
 ip link set eth0 up
 [ -n "$peer" ] && arp -i eth0 -s "${peer%%%%,*}" "${peer#*,}"
-/bin/colo-echo 7 "$diverge" &
+/bin/colo-echo 7 "$diverge" %(fwcfg)s &
 echo "%(ready)s ip=$ip diverge=$diverge"
 while true; do sleep 3600; done
 """
@@ -199,7 +225,8 @@ def build_guest(cache: Path | None = None) -> Guest:
     kdeb = _download(debs, r"linux-image-6\.1\.\S+-amd64_.*\.deb$", kpkg or "linux-image-amd64")
     bdeb = _download(debs, r"busybox-static_.*\.deb$", "busybox-static")
     version = kdeb.name.split("_")[0][len("linux-image-"):]
-    init = (INIT_SH % {"modules": " ".join(MODULES), "ready": READY}).encode()
+    init = (INIT_SH % {"modules": " ".join(MODULES), "ready": READY,
+                       "fwcfg": FW_CFG_DIVERGE_SYSFS}).encode()
     stamp = _fingerprint(kdeb.name.encode(), bdeb.name.encode(), init, ECHO_C.encode())
     out = cache / stamp
     guest = Guest(out / "vmlinuz", out / "initrd.gz", version)
@@ -256,9 +283,10 @@ def qemu_problem() -> str | None:
 
 
 def qemu_argv(guest: Guest, name: str, *, mac: str, cmdline: str, netdev: str,
-              serial_log: Path, extra: tuple[str, ...] = ()) -> list[str]:
+              serial_log: Path, extra: tuple[str, ...] = (),
+              binary: str = "qemu-system-x86_64") -> list[str]:
     """A TCG guest: one virtio-net NIC on ``netdev`` (id hn0), serial to a file."""
-    return ["qemu-system-x86_64", "-name", name, "-accel", "tcg", "-m", "256",
+    return [binary, "-name", name, "-accel", "tcg", "-m", "256",
             "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
             "-kernel", str(guest.kernel), "-initrd", str(guest.initrd),
             "-append", f"console=ttyS0 quiet panic=-1 ipv6.disable=1 {cmdline}",

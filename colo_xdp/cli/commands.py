@@ -77,7 +77,10 @@ def main() -> None:
 @click.option("--outdev", required=True, metavar="SPEC",
               help="Where released primary frames go (QEMU outdev).")
 @click.option("--notify-dev", metavar="SPEC",
-              help="QEMU notify_dev peer: DO_CHECKPOINT out, COLO_CHECKPOINT in.")
+              help="QEMU notify_dev peer: DO_CHECKPOINT out, COLO_CHECKPOINT in (Xen COLO).")
+@click.option("--qmp", metavar="SPEC",
+              help="The primary QEMU's QMP monitor (QEMU's own COLO, KVM or TCG): "
+                   "checkpoint requests kick its COLO thread, its checkpoints flush.")
 @click.option("--vnet-hdr-support", is_flag=True,
               help="Frames carry a vnet header and the framing its length.")
 @click.option("--compare-timeout", type=click.IntRange(min=1), metavar="MS",
@@ -114,7 +117,7 @@ def main() -> None:
               show_default=True, help="text: colo-xdp: EVENT key=value; json: one object a line.")
 @click.option("-v", "--verbose", is_flag=True, help="Log connection events too.")
 def compare(primary_in, secondary_in, primary_xdp, secondary_xdp, xdp_mode, outdev,
-            notify_dev, vnet_hdr_support, compare_timeout,
+            notify_dev, qmp, vnet_hdr_support, compare_timeout,
             expired_scan_cycle, max_queue_size, max_connections, control, control_tcp, metrics,
             miscompare_pcap, miscompare_pcap_size, miscompare_pcap_keep, passthrough,
             log_format, verbose) -> None:
@@ -142,6 +145,7 @@ def compare(primary_in, secondary_in, primary_xdp, secondary_xdp, xdp_mode, outd
         secondary_in=_endpoint("secondary", secondary_in, secondary_xdp, xdp_mode),
         outdev=_outdev_endpoint(outdev, xdp_mode),
         notify_dev=_spec("--notify-dev", notify_dev),
+        qmp=_spec("--qmp", qmp),
         engine=EngineConfig(compare_timeout_ms=compare_timeout,
                             expired_scan_cycle_ms=expired_scan_cycle,
                             max_queue_size=max_queue_size, max_connections=max_connections,
@@ -262,7 +266,7 @@ def _started(svc, log: EventLog) -> None:
     log.once("started", state="clean" if not (held or seen or c.connections) else "NOT-clean",
              pid=os.getpid(), held=held, connections=c.connections, frames_in=seen,
              primary_in=cfg.primary_in, secondary_in=cfg.secondary_in, outdev=cfg.outdev,
-             notify_dev=cfg.notify_dev or "-", vnet_hdr="on" if e.vnet_hdr else "off",
+             notify_dev=cfg.notify_dev or "-", qmp=cfg.qmp or "-", vnet_hdr="on" if e.vnet_hdr else "off",
              compare_timeout_ms=e.compare_timeout_ms,
              expired_scan_cycle_ms=e.expired_scan_cycle_ms, max_queue_size=e.max_queue_size,
              max_connections=e.max_connections)

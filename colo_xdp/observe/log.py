@@ -40,6 +40,8 @@ EVENT_NAMES = (
     "connection_opened", "connection_evicted", "frame_dropped",
     "backpressure", "flow_forced", "outdev_cut", "undelivered_at_exit",
     "notify_init", "notify_unknown_message",
+    "qmp_connected", "qmp_colo_active", "qmp_waiting_for_colo", "qmp_no_colo",
+    "qmp_protocol_error", "qmp_checkpoint_retry", "qmp_checkpoint_failed", "qmp_vm_stopped",
     "passthrough_changed", "control_refused", "control_error", "miscompare_pcap_failed",
     "miscompare_pcap_rotated",
     "xdp_attached", "xdp_detached", "xdp_rx_failed", "xdp_iface_gone", "xdp_attach_failed",

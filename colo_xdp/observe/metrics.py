@@ -71,9 +71,17 @@ def families(s: dict) -> list:
     for reason, n in s["checkpoint_requests"].items():
         m.add_metric([reason], n)
     out.append(m)
-    m = _counter("checkpoints", "Checkpoints done (COLO_CHECKPOINT or the control socket).")
-    m.add_metric([], s["checkpoints_done"])
+    m = _counter("checkpoints", "Checkpoints done, by what reported them "
+                 "(notify-dev, qmp, control).", ("source",))
+    for source, n in s.get("checkpoints_done_by_source", {}).items():
+        m.add_metric([source], n)
     out.append(m)
+    if "qmp" in s:
+        m = _counter("qmp_checkpoint_kicks", "With --qmp: checkpoint requests and the kicks "
+                     "sent to QEMU's COLO thread, by outcome.", ("outcome",))
+        for outcome in ("requests", "kicks", "coalesced", "retries", "undelivered"):
+            m.add_metric([outcome], s["qmp"][outcome])
+        out.append(m)
 
     m = _counter("released_frames", "Primary frames released to the outdev, by reason.",
                  ("reason",))

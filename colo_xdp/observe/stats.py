@@ -67,7 +67,8 @@ def snapshot(svc, connections: int = 0) -> dict[str, Any]:
         "outdev_pending_bytes": svc.engine.output_pending(),
         "max_queue_size": svc.config.engine.max_queue_size,
         "checkpoint_requests": c.checkpoints,
-        "checkpoints_done": svc.checkpoints_done,
+        "checkpoints_done": sum(svc.checkpoints_done.values()),
+        "checkpoints_done_by_source": dict(svc.checkpoints_done),
         "dropped": c.dropped,
         # datagrams that came in IP fragments, by side and outcome
         "fragments": c.frag,
@@ -85,6 +86,8 @@ def snapshot(svc, connections: int = 0) -> dict[str, Any]:
         # and reason (they never reached the engine: not in frames_in).
         "kernel_dropped": svc.kernel_drops() if getattr(svc, "kernel_drops", None) else {},
     }
+    if getattr(svc, "qmp", None):
+        snap["qmp"] = svc.qmp.stats()
     for part in svc.attachments:
         name, value = part.stats()
         snap[name] = value

@@ -21,6 +21,7 @@ doing per-frame work.
 from __future__ import annotations
 
 import signal
+from collections import Counter
 
 from colo_xdp.engine import (CheckpointRequest, ConnectionEvicted, ConnectionOpened, Drop,
                              DropReason, Engine, Side)
@@ -29,6 +30,7 @@ from colo_xdp.observe.log import EventLog
 from colo_xdp.proto.control import PassthroughTable, format_flow
 from colo_xdp.service.config import CompareConfig, Endpoint
 from colo_xdp.service.loop import Loop
+from colo_xdp.transport.chardev.qmp import QmpMonitor
 from colo_xdp.transport.chardev.roles import Input, Notify, Outdev
 from colo_xdp.transport.xdp.port import XdpIface, XdpInput, XdpOutdev
 
@@ -36,6 +38,9 @@ from colo_xdp.transport.xdp.port import XdpIface, XdpInput, XdpOutdev
 # no checkpoint came this long after (the COLO frame missed it, or notify-dev
 # was not connected yet).
 CHECKPOINT_RESEND_MS = 1000
+
+
+DRAIN_ROUNDS_MAX = 256      # chunks per input read at a checkpoint: bounded, as every turn
 
 
 def _input(svc, role: str, end: Endpoint, side: Side):
@@ -76,12 +81,14 @@ class CompareService(Loop):
         self.outdev = _outdev(self, config.outdev)
         self.notify = (Notify(self, "notify-dev", config.notify_dev, config.engine.vnet_hdr)
                        if config.notify_dev else None)
-        self.channels = [self.outdev, *self.inputs]
-        if self.notify:
-            self.channels.insert(1, self.notify)
+        self.qmp = QmpMonitor(self, config.qmp) if config.qmp else None
+        # The COLO frame's drivers: checkpoint requests out, checkpoints done in.
+        self.colo_drivers = [d for d in (self.notify, self.qmp) if d]
+        self.channels = [self.outdev, *self.colo_drivers, *self.inputs]
         self.failed_over = False
-        self.checkpoints_done = 0
-        self.checkpoint_asked_ms: int | None = None   # last DO_CHECKPOINT, if outstanding
+        self.checkpoints_done: Counter = Counter()      # by source
+        self.draining = False            # reading what the inputs hold at a checkpoint
+        self.checkpoint_asked_ms: int | None = None   # last request sent, if outstanding
         xdp_inputs = [i for i in self.inputs if isinstance(i, XdpInput)]
         self.mode = "xdp" if xdp_inputs or isinstance(self.outdev, XdpOutdev) else "chardev"
         # In XDP mode: () -> {verdict: packets}, the classifiers' counters summed.
@@ -166,25 +173,45 @@ class CompareService(Loop):
         self._ask_for_checkpoint()
 
     def _ask_for_checkpoint(self) -> None:
-        """One DO_CHECKPOINT per outstanding request (the engine keeps it
-        until a checkpoint is done, apart from its events: never lost)."""
-        if not self.notify or not self.engine.checkpoint_outstanding():
+        """One request (DO_CHECKPOINT, the QMP kick) per outstanding
+        checkpoint: the engine keeps it until a checkpoint is done, apart
+        from its events, so it is never lost.  While a checkpoint's drain
+        reads the frames from before it, that very checkpoint answers."""
+        if (not self.colo_drivers or self.draining
+                or not self.engine.checkpoint_outstanding()):
             return
         now = self.now_ms()
         if (self.checkpoint_asked_ms is not None
                 and now - self.checkpoint_asked_ms < CHECKPOINT_RESEND_MS):
             return
-        self.notify.request_checkpoint()
+        for driver in self.colo_drivers:
+            driver.request_checkpoint()
         self.checkpoint_asked_ms = now
 
-    def colo_checkpoint(self, source: str = "notify-dev") -> None:
+    def colo_checkpoint(self, source: str = "notify-dev", **fields) -> None:
         """The COLO frame reports a checkpoint: flush."""
         self.engine.checkpoint()
         self.checkpoint_asked_ms = None
-        self.checkpoints_done += 1
-        self.log.event("checkpoint_done", source=source)
+        self.checkpoints_done[source] += 1
+        self.log.event("checkpoint_done", source=source, **fields)
 
-    def failover(self, source: str = "signal") -> bool:
+    def checkpoint_at_stop(self, **fields) -> None:
+        """The primary stopped for a checkpoint (QMP): every frame it sent
+        before is in our inputs already, none after it can be.  Read what
+        the inputs hold, flushing as we go, then count the checkpoint."""
+        self.draining = True
+        try:
+            for _ in range(DRAIN_ROUNDS_MAX):
+                got = sum(inp.read_now(force=True) for inp in self.inputs)
+                self.engine.checkpoint()
+                self.after_batch()
+                if not got:
+                    break
+        finally:
+            self.draining = False
+        self.colo_checkpoint("qmp", **fields)
+
+    def failover(self, source: str = "signal", why: str | None = None) -> bool:
         """Comparing stops for good: held primary frames are released and
         later ones pass straight through; secondary frames are dropped.
         False if it had already happened."""
@@ -193,7 +220,7 @@ class CompareService(Loop):
         self.engine.failover()
         self.checkpoint_asked_ms = None
         self.failed_over = True
-        self.log.warning("failover", source=source)
+        self.log.warning("failover", source=source, **({"why": why} if why else {}))
         return True
 
 

@@ -20,6 +20,7 @@ class CompareConfig:
     secondary_in: Endpoint
     outdev: Endpoint
     notify_dev: Spec | None = None
+    qmp: Spec | None = None                      # the primary QEMU's QMP monitor
     engine: EngineConfig = field(default_factory=EngineConfig)
     control_path: str | None = None              # unix control socket, mode 0600
     control_tcp: tuple[str, int] | None = None   # loopback TCP control socket
@@ -42,6 +43,8 @@ class CompareConfig:
         roles = {role: end for role, end in roles.items() if isinstance(end, Spec)}
         if self.notify_dev:
             roles["notify-dev"] = self.notify_dev
+        if self.qmp:
+            roles["qmp"] = self.qmp
         if self.control_path:
             roles["control"] = Spec("unix", path=self.control_path)
         for role, addr in (("control-tcp", self.control_tcp), ("metrics", self.metrics)):

@@ -19,7 +19,7 @@ unread, its lead in the kernel; every turn the held inputs are fed again,
 so they go on as soon as the other side has caught up.  When every input is
 held back, or another has taken nothing for ``FLOW_STALL_MS`` while frames of
 its side are queued (they may wait for frames behind the held one), or for
-``compare_timeout`` (it stopped), the held input is fed with flow control off
+``FLOW_STOPPED_MS`` (it stopped), the held input is fed with flow control off
 and the engine's limits decide (queue_full, table_full, a checkpoint), so
 nothing deadlocks.  The first two keep the expired-frame scan honest: a frame
 waits at most FLOW_STALL_MS for a partner we chose not to read.
@@ -50,6 +50,9 @@ MAX_SLEEP_S = 0.5
 # Flow control: a held input is forced after another input took nothing for
 # this long while frames of its side are queued (see _force_reason).
 FLOW_STALL_MS = 200
+# ... and after it took nothing for this long (or compare_timeout, if shorter)
+# whatever is queued: it has stopped producing, the limits decide.
+FLOW_STOPPED_MS = 1000
 
 
 class Loop:
@@ -190,14 +193,14 @@ class Loop:
         - since ``inp`` was held, another one took nothing for FLOW_STALL_MS
           while frames of its side are queued: they may wait for frames
           behind the held one;
-        - since ``inp`` was held, another one took nothing for
-          compare_timeout: it has stopped (its frames, if any, have timed out
-          by now), and until it takes something again the limits decide.
+        - since ``inp`` was held, another one took nothing for FLOW_STOPPED_MS
+          (or compare_timeout if shorter): it has stopped, and until it
+          takes something again the limits decide (queue_full, table_full).
         A side merely behind is waited for: frames ahead that wait too long
         expire and ask for a checkpoint, as without flow control."""
         if all(o.held for o in others):
             return "both held"
-        timeout = self.engine.config.compare_timeout_ms
+        stopped_ms = min(FLOW_STOPPED_MS, self.engine.config.compare_timeout_ms)
         for o in others:
             if o.held:
                 continue
@@ -205,7 +208,7 @@ class Loop:
                 return "stopped"
             inp.stopped_other_at = None
             quiet = now - max(o.last_fed_ms, inp.held_since)
-            if quiet >= timeout:
+            if quiet >= stopped_ms:
                 return "stopped"
             if quiet >= FLOW_STALL_MS and self.engine.queued(o.side):
                 return "stalled"

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tools.harness import (PRIMARY, SECONDARY, CompareOptions, Driver, checkpoint,
+from tools.harness import (PRIMARY, SECONDARY, CompareOptions, Driver, Sleep, checkpoint,
                               primary, secondary, wait_output)
 from colo_xdp.lab.pktgen import tcp_frame, udp_frame
 
@@ -27,17 +27,25 @@ FLOWS = {
 
 # QEMU keeps max_queue_size + 1 frames, drops the rest without a word and
 # does not ask for a checkpoint, so the primary's output silently loses
-# frames. colo-xdp keeps max_queue_size frames, asks for a checkpoint as the
-# queue fills up, and drops (and counts) the rest.
+# frames. colo-xdp first holds a side that runs ahead of the other (flow
+# control: half the queue, the rest left unread in its socket); when the
+# other side has produced nothing for a second it has stopped, and the queue
+# fills: max_queue_size frames kept, one checkpoint requested, the rest
+# dropped and counted.
+
+STOPPED_S = 1.0        # colo_xdp.service.loop.FLOW_STOPPED_MS
+
 
 @pytest.mark.parametrize("flow", FLOWS)
 def test_ours_full_primary_queue_requests_checkpoint(play_ours, flow):
     frames = FLOWS[flow]()
-    run = play_ours([primary(f) for f in frames] + [checkpoint(),
-                                                    wait_output(QUEUE_SIZE)], SMALL_QUEUE)
-    requests = [row[2] for row in run.after_each_write()]
-    assert requests[:QUEUE_SIZE - 1] == [0] * (QUEUE_SIZE - 1), run.summary()
-    assert requests[QUEUE_SIZE - 1] >= 1, "asked as the queue filled\n" + run.summary()
+    run = play_ours([primary(f) for f in frames]
+                    + [Sleep(STOPPED_S * 1000 + 500), checkpoint(), wait_output(QUEUE_SIZE)],
+                    SMALL_QUEUE)
+    first_write = min(e.t for e in run.events if e.channel == PRIMARY)
+    times = run.checkpoint_times()
+    assert len(times) == 1, "one request while it is outstanding\n" + run.summary()
+    assert times[0] - first_write >= STOPPED_S * 0.9, "held first\n" + run.summary()
     assert run.released == frames[:QUEUE_SIZE], run.summary()
 
 
@@ -45,11 +53,9 @@ def test_ours_full_secondary_queue_requests_checkpoint(play_ours):
     frames = FLOWS["udp"]()
     run = play_ours([secondary(f) for f in frames]
                     + [primary(f) for f in frames[:QUEUE_SIZE]]
-                    + [wait_output(QUEUE_SIZE)], SMALL_QUEUE)
-    requests = [row[2] for row in run.after_each_write()]
-    assert requests[:QUEUE_SIZE - 1] == [0] * (QUEUE_SIZE - 1), run.summary()
-    assert requests[QUEUE_SIZE - 1] >= 1, run.summary()
+                    + [wait_output(QUEUE_SIZE), Sleep(STOPPED_S * 1000 + 500)], SMALL_QUEUE)
     assert run.released == frames[:QUEUE_SIZE], run.summary()
+    assert run.do_checkpoints == 1, run.summary()
 
 
 @pytest.mark.parametrize("flow", FLOWS)

@@ -94,7 +94,7 @@ def test_scrape_counts_what_happened(lab):
 
     # A checkpoint (notify-dev) shows up as released by flush and dropped secondary.
     note.send_raw(b"\x00\x00\x00\x0fCOLO_CHECKPOINT")
-    got = wait_metric(port, "colo_xdp_checkpoints_total", 1)
+    got = wait_metric(port, "colo_xdp_checkpoints_total", 1, source="notify-dev")
     assert value(got, "colo_xdp_released_frames_total", reason="flushed") == 1
     assert value(got, "colo_xdp_dropped_frames_total", side="secondary", reason="flushed") == 1
     assert value(got, "colo_xdp_queued_frames", side="primary") == 0

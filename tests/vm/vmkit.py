@@ -52,11 +52,13 @@ def need(ok: bool, message: str) -> None:
 
 
 class Lab:
-    def __init__(self, guest: vmlab.Guest):
+    def __init__(self, guest: vmlab.Guest, prefix: str = "cxv", dir_prefix: str = "cx-vm-"):
+        """Namespaces PREFIXh-N (host) and PREFIXc-N (client), temp dir
+        /tmp/DIR_PREFIX*."""
         tag = f"{os.getpid() % 10000}{next(_counter)}"
         self.guest = guest
-        self.host, self.client_ns = f"cxvh-{tag}", f"cxvc-{tag}"
-        self.dir = Path(tempfile.mkdtemp(prefix="cx-vm-"))
+        self.host, self.client_ns = f"{prefix}h-{tag}", f"{prefix}c-{tag}"
+        self.dir = Path(tempfile.mkdtemp(prefix=dir_prefix))
         self.procs: list[subprocess.Popen] = []
         self.socks: list[socket.socket] = []
         self.made: list[str] = []

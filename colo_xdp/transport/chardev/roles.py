@@ -226,23 +226,37 @@ class Input(Channel):
             self.svc.watch(self.sock, READ, self._readable)
 
     def _readable(self, mask: int) -> None:
+        self.read_now()
+        self.svc.after_batch()
+
+    def read_now(self, force: bool = False) -> int:
+        """Read one chunk, paused or not, and feed its whole records to the
+        engine (flow control off with ``force``, as at a checkpoint's drain);
+        returns the bytes read (0: nothing was waiting, or held back)."""
+        if not self.sock:
+            return 0
+        if force and self.end > self.start:      # what flow control held back first
+            self.feed(force=True)
         if self.end + CHUNK > len(self.buf):      # slide the partial record down
             n = self.end - self.start
             self.buf[:n] = bytes(self.view[self.start:self.end])
             self.start, self.end = 0, n
+        room = min(CHUNK, len(self.buf) - self.end)
+        if room <= 0:                             # held back: read on once fed
+            return 0
         try:
-            n = self.sock.recv_into(self.view[self.end:self.end + CHUNK])
+            n = self.sock.recv_into(self.view[self.end:self.end + room])
         except (BlockingIOError, InterruptedError):
-            return
+            return 0
         except OSError as exc:
             self.lost(exc.strerror or str(exc))
-            return
+            return 0
         if n == 0:
             self.lost("peer closed the stream")
-            return
+            return 0
         self.end += n
-        self.feed()
-        self.svc.after_batch()
+        self.feed(force)
+        return n
 
 
 class Outdev(Channel):

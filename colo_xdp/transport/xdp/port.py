@@ -200,13 +200,14 @@ class XdpInput:
     def held(self) -> bool:
         return bool(self.held_socks)
 
-    def _rx(self, sock, force: bool) -> None:
+    def _rx(self, sock, force: bool) -> int:
+        """One burst from ``sock`` into the engine; returns the frames taken."""
         now = self.svc.now_ms()
         try:
             n, held = rx_to_engine(sock, self.svc.engine, self.side, now, force)
         except XdpPortError as exc:
             self.svc.log.warning("xdp_rx_failed", role=self.role, error=str(exc))
-            return
+            return 0
         if n:
             self.last_fed_ms = now
         if held and sock not in self.held_socks:
@@ -218,6 +219,7 @@ class XdpInput:
             self.held_socks.discard(sock)
             if not self.svc.paused:
                 self.svc.watch(sock, READ, self._reader(sock))
+        return n
 
     def _reader(self, sock):
         def readable(mask: int) -> None:
@@ -229,6 +231,10 @@ class XdpInput:
         """Feed the held rx rings again (flow control off with ``force``)."""
         for sock in list(self.held_socks):
             self._rx(sock, force)
+
+    def read_now(self, force: bool = False) -> int:
+        """One burst from each socket, paused or not; returns the frames read."""
+        return sum(self._rx(sock, force) for sock in (self.port.sockets if self.port else ()))
 
     def pause(self, paused: bool) -> None:
         """Backpressure: unread frames wait in the rx rings (the kernel drops
