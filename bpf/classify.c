@@ -14,10 +14,13 @@
  *  frame ──▶ guest? ──no──▶ NOT_GUEST
  *             │yes
  *             ▼
- *            Ethernet [802.1Q/802.1ad ×2] ──not IPv4──▶ UNSUPPORTED
- *             │           (tagged, no CX_XDP_CFG_VLAN_COMPARE) ──▶ UNSUPPORTED
+ *            Ethernet [802.1Q/802.1ad ×2] ──not IPv4/IPv6──▶ UNSUPPORTED
+ *             │         (tagged, CX_XDP_CFG_VLAN_UNCOMPARED) ──▶ UNSUPPORTED
  *             ▼
- *            IPv4 ─ TCP/UDP/ICMP/other ──cut or inconsistent──▶ MALFORMED
+ *            IPv4 | IPv6 [ext headers ×6] ──cut or inconsistent──▶ MALFORMED
+ *             │ fragment? ──yes──▶ metadata (no ports): the engine reassembles
+ *             ▼
+ *            TCP/UDP/ICMP/ICMPv6/other ──cut──▶ MALFORMED; ND, MLD ──▶ UNSUPPORTED
  *             │ 5-tuple
  *             ▼
  *            passthrough rule matches? ──yes──▶ PASSTHROUGH
@@ -33,6 +36,7 @@
 #include <uapi/linux/if_ether.h>
 #include <uapi/linux/in.h>
 #include <uapi/linux/ip.h>
+#include <uapi/linux/ipv6.h>
 #include <uapi/linux/tcp.h>
 #include <uapi/linux/udp.h>
 
@@ -47,8 +51,9 @@
 
 /* ---- named return codes --------------------------------------------------- */
 
-/* Parse helpers return the next header's protocol, or this. */
+/* Parse helpers return the next header's protocol, or one of these. */
 #define PARSE_CUT (-1)            /* header cut by data_end or inconsistent */
+#define PARSE_LINK (-2)           /* L4 that is link housekeeping (ND, MLD) */
 
 /* What a frame that is not compared does on this side. */
 #if CX_XDP_SIDE == CX_XDP_SIDE_PRIMARY
@@ -95,10 +100,11 @@ struct cursor {
     __u16 off;
 };
 
-/* The classification of a frame, copied into the metadata. */
+/* The classification of a frame, copied into the metadata.  Addresses as
+ * the engine keeps them: IPv6, IPv4 mapped (::ffff:a.b.c.d). */
 struct flow {
-    __u32 saddr;
-    __u32 daddr;
+    __u32 saddr[4];
+    __u32 daddr[4];
     __u16 sport;
     __u16 dport;
     __u8 proto;
@@ -157,16 +163,81 @@ static __always_inline int parse_iphdr(struct cursor *c, void *data_end,
     if (c->pos + tot > data_end)    /* total length beyond the frame */
         return PARSE_CUT;
 
-    f->saddr = ip->saddr;
-    f->daddr = ip->daddr;
+    f->saddr[2] = f->daddr[2] = bpf_htonl(0xffff);
+    f->saddr[3] = ip->saddr;
+    f->daddr[3] = ip->daddr;
     f->proto = ip->protocol;
     f->l3_off = c->off;
-    if (bpf_ntohs(ip->frag_off) & CX_IP_FRAG_OFFSET_MASK)
-        f->flags |= CX_XDP_META_F_FRAGMENT;
     *l4_len = tot - ihl;
+    if (bpf_ntohs(ip->frag_off) & (CX_IP_FRAG_MF | CX_IP_FRAG_OFFSET_MASK)) {
+        f->flags |= CX_XDP_META_F_FRAGMENT;
+        /* As the engine: only the last part may end off a multiple of 8. */
+        if ((bpf_ntohs(ip->frag_off) & CX_IP_FRAG_MF) && (*l4_len == 0 || *l4_len % 8))
+            return PARSE_CUT;
+    }
     c->pos += ihl;
     c->off += ihl;
     return ip->protocol;
+}
+
+/* IPv6 header and its extension headers (hop-by-hop first only, routing,
+ * destination options, fragment; at most CX_IPV6_MAX_EXT), checked as the
+ * engine checks them: returns the upper-layer protocol, or PARSE_CUT.
+ * *l4_len is what the payload length leaves after the extension headers. */
+static __always_inline int parse_ipv6hdr(struct cursor *c, void *data_end,
+                                         struct flow *f, __u32 *l4_len)
+{
+    struct ipv6hdr *ip6 = c->pos;
+    if ((void *)(ip6 + 1) > data_end)
+        return PARSE_CUT;
+    __u32 left = bpf_ntohs(ip6->payload_len);
+    if (ip6->version != 6 || left == 0)     /* 0: a jumbogram */
+        return PARSE_CUT;
+    if (c->pos + sizeof(*ip6) + left > data_end)
+        return PARSE_CUT;
+    __builtin_memcpy(f->saddr, &ip6->saddr, 16);
+    __builtin_memcpy(f->daddr, &ip6->daddr, 16);
+    f->l3_off = c->off;
+    f->flags |= CX_XDP_META_F_IPV6;
+    __u8 nh = ip6->nexthdr;
+    c->pos += sizeof(*ip6);
+    c->off += sizeof(*ip6);
+
+#pragma unroll
+    for (int i = 0; i < CX_IPV6_MAX_EXT + 1; i++) {
+        if (nh != CX_IPPROTO_HOPOPTS && nh != CX_IPPROTO_ROUTING &&
+            nh != CX_IPPROTO_DSTOPTS && nh != CX_IPPROTO_FRAGMENT)
+            break;
+        if (i == CX_IPV6_MAX_EXT || left < 8)
+            return PARSE_CUT;
+        if (nh == CX_IPPROTO_HOPOPTS && i != 0)
+            return PARSE_CUT;
+        __u8 *eh = c->pos;
+        if ((void *)(eh + 8) > data_end)
+            return PARSE_CUT;
+        if (nh == CX_IPPROTO_FRAGMENT) {
+            /* The rest is the fragmentable part: the engine reassembles. */
+            f->flags |= CX_XDP_META_F_FRAGMENT;
+            f->proto = eh[0];
+            left -= CX_IPV6_FRAG_HLEN;
+            if ((eh[3] & CX_IPV6_FRAG_M) && (left == 0 || left % 8))
+                return PARSE_CUT;
+            *l4_len = left;
+            c->pos += CX_IPV6_FRAG_HLEN;
+            c->off += CX_IPV6_FRAG_HLEN;
+            return eh[0];
+        }
+        __u32 hlen = (eh[1] + 1) * 8;
+        if (hlen > left)
+            return PARSE_CUT;
+        nh = eh[0];
+        left -= hlen;
+        c->pos += hlen;
+        c->off += hlen;
+    }
+    f->proto = nh;
+    *l4_len = left;
+    return nh;
 }
 
 /* L4 header of a first (or only) fragment: ports into f, 0 or PARSE_CUT. */
@@ -198,6 +269,14 @@ static __always_inline int parse_l4(struct cursor *c, void *data_end, int proto,
         if (l4_len < CX_ICMP_HLEN_MIN || c->pos + CX_ICMP_HLEN_MIN > data_end)
             return PARSE_CUT;
         return 0;
+    case CX_IPPROTO_ICMPV6: {
+        __u8 *icmp6 = c->pos;
+        if (!(f->flags & CX_XDP_META_F_IPV6))
+            return 0;                /* protocol 58 in IPv4: an "other" */
+        if (l4_len < CX_ICMP_HLEN_MIN || (void *)(icmp6 + CX_ICMP_HLEN_MIN) > data_end)
+            return PARSE_CUT;
+        return cx_icmpv6_is_link(icmp6[0]) ? PARSE_LINK : 0;
+    }
     case CX_IPPROTO_DCCP:
     case CX_IPPROTO_SCTP:
     case CX_IPPROTO_UDPLITE: {
@@ -257,16 +336,24 @@ static __always_inline int classify(struct xdp_md *ctx, const struct cx_xdp_conf
     int h_proto = parse_ethhdr(&c, data_end, f);
     if (h_proto == PARSE_CUT)
         return CX_XDP_MALFORMED;
-    if (h_proto != bpf_htons(CX_ETH_P_IP))
+    if (h_proto != bpf_htons(CX_ETH_P_IP) && h_proto != bpf_htons(CX_ETH_P_IPV6))
         return CX_XDP_UNSUPPORTED;
-    if ((f->flags & CX_XDP_META_F_VLAN) && !(cfg->flags & CX_XDP_CFG_VLAN_COMPARE))
+    if ((f->flags & CX_XDP_META_F_VLAN) && (cfg->flags & CX_XDP_CFG_VLAN_UNCOMPARED))
         return CX_XDP_UNSUPPORTED;
-    int proto = parse_iphdr(&c, data_end, f, &l4_len);
+    int proto = h_proto == bpf_htons(CX_ETH_P_IP) ? parse_iphdr(&c, data_end, f, &l4_len)
+                                                  : parse_ipv6hdr(&c, data_end, f, &l4_len);
     if (proto == PARSE_CUT)
         return CX_XDP_MALFORMED;
-    if (!(f->flags & CX_XDP_META_F_FRAGMENT) &&
-        parse_l4(&c, data_end, proto, l4_len, f) == PARSE_CUT)
+    /* A fragment goes to the engine, which reassembles it and decides on
+     * the whole datagram (passthrough included: a later fragment has no
+     * ports to match). */
+    if (f->flags & CX_XDP_META_F_FRAGMENT)
+        return CX_XDP_COMPARE;
+    int l4 = parse_l4(&c, data_end, proto, l4_len, f);
+    if (l4 == PARSE_CUT)
         return CX_XDP_MALFORMED;
+    if (l4 == PARSE_LINK)
+        return CX_XDP_UNSUPPORTED;
     if (on_passthrough_list(cfg, f))
         return CX_XDP_PASSTHROUGH;
     return CX_XDP_COMPARE;
@@ -282,9 +369,14 @@ static __always_inline int put_meta(struct xdp_md *ctx, const struct flow *f)
     struct cx_xdp_meta *m = (void *)(long)ctx->data_meta;
     if ((void *)(m + 1) > data)
         return -1;
-    m->hash = cx_xdp_flow_hash(f->saddr, f->daddr, f->sport, f->dport, f->proto);
-    m->saddr = f->saddr;
-    m->daddr = f->daddr;
+    __u32 sa = f->saddr[3], da = f->daddr[3];
+    if (f->flags & CX_XDP_META_F_IPV6) {
+        sa = f->saddr[0] ^ f->saddr[1] ^ f->saddr[2] ^ f->saddr[3];
+        da = f->daddr[0] ^ f->daddr[1] ^ f->daddr[2] ^ f->daddr[3];
+    }
+    m->hash = cx_xdp_flow_hash(sa, da, f->sport, f->dport, f->proto);
+    m->saddr = sa;
+    m->daddr = da;
     m->sport = f->sport;
     m->dport = f->dport;
     m->proto = f->proto;

@@ -47,10 +47,11 @@
  *   COMPARE_NO_META  redirect (no metadata: the driver has no room for it)
  *   NO_SOCKET        drop           drop       (no socket bound on that queue)
  *   PASSTHROUGH      pass           drop       (flow on the passthrough list)
- *   UNSUPPORTED      pass           drop       (ARP, IPv6, tagged when not
- *                                               CX_XDP_CFG_VLAN_COMPARE, ...)
- *   MALFORMED        pass           drop       (IPv4 the engine would not
- *                                               parse: cut or inconsistent)
+ *   UNSUPPORTED      pass           drop       (ARP, ND and MLD, other
+ *                                               EtherTypes, three tags, tagged
+ *                                               with CX_XDP_CFG_VLAN_UNCOMPARED)
+ *   MALFORMED        pass           drop       (IPv4 or IPv6 the engine would
+ *                                               not parse: cut or inconsistent)
  *   NOT_GUEST        pass           pass       (source MAC not a guest's)
  */
 enum cx_xdp_verdict {
@@ -75,9 +76,10 @@ struct cx_xdp_counter {
 /* Only frames whose source MAC is in map "guest_macs" are the guest's;
  * without it every frame on the interface is (a tap carries one guest). */
 #define CX_XDP_CFG_GUEST_MACS 0x1
-/* 802.1Q-tagged IPv4 is compared (metadata offsets point past the tags);
- * without it tagged frames are not compared, as in chardev mode and QEMU. */
-#define CX_XDP_CFG_VLAN_COMPARE 0x2
+/* 802.1Q / QinQ-tagged frames are not compared, as in QEMU; without it
+ * they are, as the engine compares them (metadata offsets point past the
+ * tags). */
+#define CX_XDP_CFG_VLAN_UNCOMPARED 0x2
 
 struct cx_xdp_config {
     __u32 flags;       /* CX_XDP_CFG_* */
@@ -99,14 +101,18 @@ struct cx_xdp_mac {
  * verdict: in an AF_XDP buffer it ends where the frame starts, so it is at
  * addr - sizeof(struct cx_xdp_meta).  The magic is last, next to the frame.
  * Values as in the frame (network byte order); ports are 0 for protocols
- * without them and for non-first fragments.  Offsets count from the start of
- * the Ethernet header; l4_off is 0 when there is no L4 header (fragment).
+ * without them and for fragments (the engine reassembles them and decides
+ * on the datagram).  IPv6 addresses are folded to 32 bits, the XOR of their
+ * words (CX_XDP_META_F_IPV6): the metadata area holds at most 32 bytes.
+ * Offsets count from the start of the Ethernet header; l4_off is 0 when
+ * the L4 header is not parsed (fragment).
  * User space clears the magic before a buffer goes back to the fill ring, so
  * a buffer that came without metadata (COMPARE_NO_META) is never misread.
  */
 #define CX_XDP_META_MAGIC 0xc01a0d01
 #define CX_XDP_META_F_VLAN 0x1       /* frame had 802.1Q / 802.1ad tags */
-#define CX_XDP_META_F_FRAGMENT 0x2   /* a non-first IPv4 fragment */
+#define CX_XDP_META_F_FRAGMENT 0x2   /* an IPv4 or IPv6 fragment */
+#define CX_XDP_META_F_IPV6 0x4       /* IPv6: addresses folded */
 
 struct cx_xdp_meta {
     __u32 hash;        /* cx_xdp_flow_hash() of the 5-tuple below */
@@ -116,7 +122,7 @@ struct cx_xdp_meta {
     __u16 dport;
     __u8 proto;
     __u8 flags;        /* CX_XDP_META_F_* */
-    __u16 l3_off;      /* IPv4 header */
+    __u16 l3_off;      /* IPv4 or IPv6 header */
     __u16 l4_off;      /* TCP/UDP/ICMP/... header, 0 if none */
     __u16 vlan_tci;    /* outer tag's TCI (host order), 0 if untagged */
     __u32 magic;       /* CX_XDP_META_MAGIC */

@@ -53,6 +53,14 @@ CX_DROP_OVERSIZE = lib.CX_DROP_OVERSIZE
 CX_DROP_TRUNCATED = lib.CX_DROP_TRUNCATED
 CX_DROP_NO_MEMORY = lib.CX_DROP_NO_MEMORY
 CX_DROP_PASSTHROUGH = lib.CX_DROP_PASSTHROUGH
+CX_DROP_FRAG_TIMEOUT = lib.CX_DROP_FRAG_TIMEOUT
+CX_DROP_FRAG_OVERLAP = lib.CX_DROP_FRAG_OVERLAP
+CX_DROP_FRAG_LIMIT = lib.CX_DROP_FRAG_LIMIT
+
+CX_FRAG_REASSEMBLED = lib.CX_FRAG_REASSEMBLED
+CX_FRAG_TIMED_OUT = lib.CX_FRAG_TIMED_OUT
+CX_FRAG_OVERLAP = lib.CX_FRAG_OVERLAP
+CX_FRAG_OVER_LIMIT = lib.CX_FRAG_OVER_LIMIT
 
 CX_REL_MATCHED = lib.CX_REL_MATCHED
 CX_REL_UNSUPPORTED = lib.CX_REL_UNSUPPORTED
@@ -102,6 +110,7 @@ class EngineCore:
         self._consumed = ffi.new("size_t *")
         self._data = ffi.new("const uint8_t **")
         self._events = ffi.new("const struct cx_event **")
+        self._rows = None                # the last conn_snapshot's array
 
     def feed(self, side: int, frame: bytes, vnet_len: int, now_ms: int) -> None:
         lib.cx_engine__feed(self._e, side, frame, len(frame), vnet_len, now_ms)
@@ -151,14 +160,16 @@ class EngineCore:
 
     def conn_snapshot(self, limit: int | None = None) -> list:
         """``struct cx_conn_info`` of every connection, in creation order; with
-        ``limit``, the ``limit`` most worth a look (cx_engine__conn_top)."""
+        ``limit``, the ``limit`` most worth a look (cx_engine__conn_top).
+        Valid until the next call: a slice does not keep its array alive,
+        so the array is kept here."""
         n = lib.cx_engine__connections(self._e)
         if limit is not None and limit < n:
-            arr = ffi.new("struct cx_conn_info[]", max(limit, 1))
-            return arr[0:lib.cx_engine__conn_top(self._e, arr, limit)]
-        arr = ffi.new("struct cx_conn_info[]", max(n, 1))
-        n = min(lib.cx_engine__conn_snapshot(self._e, arr, n), n)
-        return arr[0:n]
+            self._rows = ffi.new("struct cx_conn_info[]", max(limit, 1))
+            return self._rows[0:lib.cx_engine__conn_top(self._e, self._rows, limit)]
+        self._rows = ffi.new("struct cx_conn_info[]", max(n, 1))
+        n = min(lib.cx_engine__conn_snapshot(self._e, self._rows, n), n)
+        return self._rows[0:n]
 
     def evidence(self) -> bytes:
         n = lib.cx_engine__evidence(self._e, self._data)

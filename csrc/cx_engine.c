@@ -49,7 +49,55 @@ struct cx_frame {
     uint32_t done;         /* payload bytes already matched (QEMU's offset) */
     bool has_ack;
     bool captured;         /* already given out as miscompare evidence */
+    uint32_t weight;       /* frames it stands for: 1, or a datagram's fragments */
+    struct cx_frag *frags; /* a reassembled datagram: the fragments it was made
+                              of, in arrival order; released in its place */
+    uint8_t data[];        /* a datagram: the reassembled one, compared only */
+};
+
+/* One fragment as it came (vnet header included), and its part. */
+struct cx_frag {
+    struct cx_frag *next;
+    uint32_t off, plen;    /* bytes [off, off + plen) of the datagram's payload */
+    uint32_t pay_at;       /* where that part is in data[] */
+    uint32_t len, vnet_len;
+    uint32_t l3_off;       /* the IP header */
+    uint32_t hdr_end, nh_at;
+    uint8_t nh;            /* (struct cx_fraginfo) */
     uint8_t data[];
+};
+
+/* A datagram being reassembled, one side's.  COLLECT holds fragments;
+ * PASS (after a checkpoint or failover released what it held) lets the
+ * rest through uncompared; DISCARD (overlap, a limit) drops the rest.  Both
+ * last until the timeout. */
+enum reasm_state { RA_COLLECT, RA_PASS, RA_DISCARD };
+
+struct cx_reasm {
+    struct cx_reasm *hnext;            /* hash chain */
+    struct cx_reasm *prev, *next;      /* age order, oldest first */
+    struct cx_key key;                 /* addresses, proto (IPv4), tags */
+    uint32_t id;
+    uint32_t hash;
+    uint8_t side;
+    uint8_t state;                     /* enum reasm_state */
+    uint8_t discard_reason;            /* CX_DROP_* of a DISCARD datagram */
+    bool have_last;
+    uint64_t born_ms;
+    struct cx_frag *head, *tail;       /* arrival order */
+    uint32_t nfrags;
+    uint32_t bytes;                    /* of the fragments held */
+    uint32_t have;                     /* payload bytes held */
+    uint32_t total;                    /* the payload's length, once the last came */
+};
+
+#define REASM_BUCKETS 1024             /* power of two */
+
+struct cx_reasm_table {
+    struct cx_reasm *buckets[REASM_BUCKETS];
+    struct cx_reasm *head, *tail;      /* age order, both sides */
+    uint32_t count[2];
+    uint64_t bytes[2];
 };
 
 struct cx_queue {
@@ -66,6 +114,7 @@ struct cx_conn {
     struct cx_conn *all_prev, *all_next;
     struct cx_conn *idle_prev, *idle_next;
     struct cx_queue q[2];
+    uint32_t held[2];              /* frames the queues stand for (fragments) */
     /* TCP compare state */
     uint32_t max_ack[2];
     bool have_ack[2];
@@ -113,18 +162,35 @@ struct cx_engine {
     size_t evidence_len;
     struct cx_rule *rules;
     size_t nrules;
+    struct cx_reasm_table ra;
     struct cx_counters ctr;
+};
+
+/* Where a fragment belongs: its datagram and its part of it. */
+struct cx_fraginfo {
+    uint32_t id;           /* IPv4 identification or IPv6 fragment id */
+    uint32_t off;          /* of its part in the datagram's payload */
+    uint32_t pay_at;       /* where its part starts in the frame */
+    uint32_t plen;         /* its part's length */
+    uint32_t hdr_end;      /* IPv4: end of the IP header; IPv6: the fragment
+                              header (the unfragmentable part ends there) */
+    uint32_t nh_at;        /* IPv6: the byte naming the fragment header */
+    uint8_t next;          /* IPv6: the fragment header's next header */
+    bool more;             /* more fragments follow */
 };
 
 /* A parsed view of a frame; nothing is copied. */
 struct cx_parsed {
     bool supported;
+    bool fragment;         /* an IP fragment: reassembled before compare */
     struct cx_key key;
     uint8_t cmp;
     uint32_t cmp_off;
+    uint32_t l3_off;
     uint32_t pay_off, pay_len;
     uint32_t seq, ack;
     bool has_ack;
+    struct cx_fraginfo fi;
 };
 
 /* ---- byte helpers ------------------------------------------------------ */
@@ -139,58 +205,38 @@ static inline bool seq_after(uint32_t a, uint32_t b) { return (int32_t)(a - b) >
 
 /* ---- parsing ----------------------------------------------------------- */
 
-/*
- * parse_frame - stands for QEMU's parse_packet_early + fill_connection_key,
- * with the IPv4 header and the L4 header validated before use.  Anything it
- * cannot vouch for is "unsupported": passed through from the primary, dropped
- * from the secondary.
- */
-static void parse_frame(const uint8_t *f, uint32_t len, uint32_t vnet_len,
-                        struct cx_parsed *pp)
+/* The 802.1Q / 802.1ad tags and the EtherType after them: the offset of the
+ * network header, or 0 when the frame is cut or carries too many tags.  The
+ * VIDs go into the key (PCP and DEI are ignored, as IPv4's TOS is). */
+static uint32_t parse_link(const uint8_t *f, uint32_t len, uint32_t vnet_len,
+                           struct cx_key *k, uint16_t *ethertype)
 {
-    memset(pp, 0, sizeof(*pp));
-    if (vnet_len > CX_VNET_HDR_MAX || len < vnet_len + CX_ETH_HLEN + CX_IP_HLEN_MIN)
-        return;
-    const uint8_t *eth = f + vnet_len;
-    uint16_t ethertype = cx_rd16(eth + 12);
-    if (ethertype != CX_ETH_P_IP)           /* ARP, IPv6, 802.1Q, ... */
-        return;
-
-    const uint8_t *ip = eth + CX_ETH_HLEN;
-    uint32_t ip_room = len - vnet_len - CX_ETH_HLEN;
-    uint32_t ihl = (ip[0] & 0x0f) * 4u;
-    uint32_t tot = cx_rd16(ip + 2);
-    if ((ip[0] >> 4) != 4 || ihl < CX_IP_HLEN_MIN || tot < ihl || tot > ip_room)
-        return;
-
-    uint8_t proto = ip[9];
-    uint16_t frag = cx_rd16(ip + 6);
-    bool later_fragment = (frag & CX_IP_FRAG_OFFSET_MASK) != 0;
-    const uint8_t *l4 = ip + ihl;
-    uint32_t l4_len = tot - ihl;
-    uint32_t l4_off = (uint32_t)(l4 - f);
-
-    pp->key.proto = proto;
-    memcpy(&pp->key.saddr, ip + 12, 4);
-    memcpy(&pp->key.daddr, ip + 16, 4);
-    pp->cmp = CMP_WHOLE;
-    pp->cmp_off = vnet_len;
-
-    if (later_fragment) {
-        /* No L4 header here: compare the whole frame, keyed without ports and
-         * apart from the protocol's own flows (a TCP flow with ports 0 would
-         * otherwise take it for a segment). */
-        pp->key.frag = 1;
-        pp->supported = true;
-        return;
+    uint32_t at = vnet_len + 12;
+    uint16_t type = cx_rd16(f + at);
+    while (type == CX_ETH_P_8021Q || type == CX_ETH_P_8021AD) {
+        if (k->ntags == CX_VLAN_MAX_TAGS || len < at + CX_VLAN_HLEN + 2)
+            return 0;
+        k->vid[k->ntags++] = cx_rd16(f + at + 2) & CX_VLAN_VID_MASK;
+        at += CX_VLAN_HLEN;
+        type = cx_rd16(f + at);
     }
+    *ethertype = type;
+    return at + 2;
+}
+
+/* L4 header of a whole datagram at l4 (l4_len bytes by the IP length):
+ * ports, compare kind and TCP fields into pp.  False: not compared. */
+static bool parse_l4(const uint8_t *f, uint32_t l4_off, uint32_t l4_len, uint8_t proto,
+                     struct cx_parsed *pp)
+{
+    const uint8_t *l4 = f + l4_off;
     switch (proto) {
     case CX_IPPROTO_TCP: {
         if (l4_len < CX_TCP_HLEN_MIN)
-            return;
+            return false;
         uint32_t doff = (l4[12] >> 4) * 4u;
         if (doff < CX_TCP_HLEN_MIN || doff > l4_len)
-            return;
+            return false;
         pp->key.sport = cx_rd16(l4);
         pp->key.dport = cx_rd16(l4 + 2);
         pp->cmp = CMP_TCP;
@@ -198,35 +244,183 @@ static void parse_frame(const uint8_t *f, uint32_t len, uint32_t vnet_len,
         pp->ack = cx_rd32(l4 + 8);
         pp->has_ack = (l4[13] & CX_TCP_FLAG_ACK) != 0;
         pp->pay_off = l4_off + doff;
-        /* The IP total length, not the frame size: padding is not payload. */
+        /* The IP length, not the frame size: padding is not payload. */
         pp->pay_len = l4_len - doff;
-        break;
+        return true;
     }
     case CX_IPPROTO_UDP:
         if (l4_len < CX_UDP_HLEN)
-            return;
+            return false;
         pp->key.sport = cx_rd16(l4);
         pp->key.dport = cx_rd16(l4 + 2);
         pp->cmp = CMP_L4;
         pp->cmp_off = l4_off;
-        break;
+        return true;
     case CX_IPPROTO_ICMP:
+    case CX_IPPROTO_ICMPV6:
         if (l4_len < CX_ICMP_HLEN_MIN)
-            return;
+            return false;
+        if (proto == CX_IPPROTO_ICMPV6 && cx_icmpv6_is_link(l4[0]))
+            return false;          /* ND and MLD: as ARP, never compared */
         pp->cmp = CMP_L4;
         pp->cmp_off = l4_off;
-        break;
+        return true;
     default:
         /* Protocols with ports where TCP and UDP keep them (DCCP, SCTP,
-         * UDP-Lite) are keyed by them too, as QEMU does. */
-        if ((proto == CX_IPPROTO_DCCP || proto == CX_IPPROTO_SCTP || proto == CX_IPPROTO_UDPLITE) &&
-            l4_len >= CX_PORTS_LEN) {
+         * UDP-Lite) are keyed by them too, as QEMU does; the whole frame is
+         * compared, so the IP header's TTL / hop limit, TOS / traffic class
+         * and flow label count. */
+        if ((proto == CX_IPPROTO_DCCP || proto == CX_IPPROTO_SCTP ||
+             proto == CX_IPPROTO_UDPLITE) && l4_len >= CX_PORTS_LEN) {
             pp->key.sport = cx_rd16(l4);
             pp->key.dport = cx_rd16(l4 + 2);
         }
-        break;
+        return true;
     }
-    pp->supported = true;
+}
+
+/* IPv4 at ip (room bytes of frame): the address family's part of the key;
+ * *l4_off and *l4_len by the total length.  False: not compared. */
+static bool parse_ipv4(const uint8_t *f, uint32_t ip_off, uint32_t room, struct cx_parsed *pp,
+                       uint32_t *l4_off, uint32_t *l4_len, uint8_t *proto)
+{
+    const uint8_t *ip = f + ip_off;
+    if (room < CX_IP_HLEN_MIN)
+        return false;
+    uint32_t ihl = (ip[0] & 0x0f) * 4u;
+    uint32_t tot = cx_rd16(ip + 2);
+    if ((ip[0] >> 4) != 4 || ihl < CX_IP_HLEN_MIN || tot < ihl || tot > room)
+        return false;
+    pp->key.family = CX_FAMILY_IPV4;
+    pp->key.saddr[2] = pp->key.daddr[2] = htonl(0xffff);
+    memcpy(&pp->key.saddr[3], ip + 12, 4);
+    memcpy(&pp->key.daddr[3], ip + 16, 4);
+    *proto = ip[9];
+    *l4_off = ip_off + ihl;
+    *l4_len = tot - ihl;
+    uint16_t frag = cx_rd16(ip + 6);
+    if (frag & (CX_IP_FRAG_MF | CX_IP_FRAG_OFFSET_MASK)) {
+        pp->fragment = true;
+        pp->fi.id = cx_rd16(ip + 4);
+        pp->fi.off = (frag & CX_IP_FRAG_OFFSET_MASK) * 8u;
+        pp->fi.more = (frag & CX_IP_FRAG_MF) != 0;
+        pp->fi.pay_at = *l4_off;
+        pp->fi.plen = *l4_len;
+        pp->fi.hdr_end = *l4_off;
+        if (pp->fi.more && (pp->fi.plen == 0 || pp->fi.plen % 8))
+            return false;          /* only the last part may end off 8 */
+    }
+    return true;
+}
+
+/* IPv6 at ip: the fixed header, then the extension headers (hop-by-hop,
+ * routing, destination options, fragment; at most CX_IPV6_MAX_EXT, each
+ * within the payload length) to the upper-layer header.  False: not
+ * compared (cut, jumbogram, too many extension headers). */
+static bool parse_ipv6(const uint8_t *f, uint32_t ip_off, uint32_t room, struct cx_parsed *pp,
+                       uint32_t *l4_off, uint32_t *l4_len, uint8_t *proto)
+{
+    const uint8_t *ip = f + ip_off;
+    if (room < CX_IPV6_HLEN || (ip[0] >> 4) != 6)
+        return false;
+    uint32_t plen = cx_rd16(ip + 4);
+    if (plen == 0 || plen > room - CX_IPV6_HLEN)   /* 0: a jumbogram (RFC 2675) */
+        return false;
+    pp->key.family = CX_FAMILY_IPV6;
+    memcpy(pp->key.saddr, ip + 8, 16);
+    memcpy(pp->key.daddr, ip + 24, 16);
+
+    uint32_t end = ip_off + CX_IPV6_HLEN + plen;   /* the packet's end */
+    uint32_t at = ip_off + CX_IPV6_HLEN;
+    uint32_t nh_at = ip_off + 6;                   /* the byte naming the next header */
+    uint8_t nh = ip[6];
+    for (int i = 0;; i++) {
+        if (nh != CX_IPPROTO_HOPOPTS && nh != CX_IPPROTO_ROUTING &&
+            nh != CX_IPPROTO_DSTOPTS && nh != CX_IPPROTO_FRAGMENT)
+            break;                                 /* the upper layer */
+        if (i == CX_IPV6_MAX_EXT || end - at < 8)
+            return false;
+        if (nh == CX_IPPROTO_HOPOPTS && i != 0)    /* only right after the header */
+            return false;
+        if (nh == CX_IPPROTO_FRAGMENT) {
+            if (pp->fragment)                      /* two fragment headers */
+                return false;
+            uint16_t w = cx_rd16(f + at + 2);
+            pp->fi.id = cx_rd32(f + at + 4);
+            pp->fi.off = w & CX_IPV6_FRAG_OFFSET_MASK;
+            pp->fi.more = (w & CX_IPV6_FRAG_M) != 0;
+            pp->fi.hdr_end = at;
+            pp->fi.nh_at = nh_at;
+            pp->fi.next = f[at];
+            pp->fi.pay_at = at + CX_IPV6_FRAG_HLEN;
+            pp->fi.plen = end - pp->fi.pay_at;
+            pp->fragment = true;
+            if (pp->fi.more && (pp->fi.plen == 0 || pp->fi.plen % 8))
+                return false;      /* RFC 8200 4.5: a multiple of 8 */
+            /* What follows is the fragmentable part: not parsed here (a
+             * later fragment has no headers), but in the whole datagram. */
+            *proto = f[at];
+            *l4_off = pp->fi.pay_at;
+            *l4_len = pp->fi.plen;
+            return true;
+        }
+        uint32_t hlen = (f[at + 1] + 1u) * 8u;
+        if (hlen > end - at)
+            return false;
+        nh_at = at;
+        nh = f[at];
+        at += hlen;
+    }
+    *proto = nh;
+    *l4_off = at;
+    *l4_len = end - at;
+    return true;
+}
+
+/*
+ * parse_frame - stands for QEMU's parse_packet_early + fill_connection_key,
+ * for IPv4 and IPv6 (QEMU: IPv4 only), untagged, 802.1Q-tagged or QinQ,
+ * with every header validated before use.  An IP fragment is marked
+ * (pp->fragment) and keyed by its datagram: the caller reassembles it and
+ * parses the whole datagram.  Anything it cannot vouch for is
+ * "unsupported": passed through from the primary, dropped from the
+ * secondary.
+ */
+static void parse_frame(const uint8_t *f, uint32_t len, uint32_t vnet_len,
+                        struct cx_parsed *pp)
+{
+    memset(pp, 0, sizeof(*pp));
+    if (vnet_len > CX_VNET_HDR_MAX || len < vnet_len + CX_ETH_HLEN)
+        return;
+    uint16_t ethertype;
+    uint32_t ip_off = parse_link(f, len, vnet_len, &pp->key, &ethertype);
+    if (!ip_off)
+        return;
+
+    uint32_t l4_off = 0, l4_len = 0;
+    uint8_t proto = 0;
+    bool ok;
+    if (ethertype == CX_ETH_P_IP)
+        ok = parse_ipv4(f, ip_off, len - ip_off, pp, &l4_off, &l4_len, &proto);
+    else if (ethertype == CX_ETH_P_IPV6)
+        ok = parse_ipv6(f, ip_off, len - ip_off, pp, &l4_off, &l4_len, &proto);
+    else
+        ok = false;                         /* ARP and other EtherTypes */
+    if (!ok)
+        return;
+
+    pp->l3_off = ip_off;
+    pp->cmp = CMP_WHOLE;
+    pp->cmp_off = vnet_len;
+    if (pp->fragment) {
+        /* Keyed by its datagram (RFC 791 / RFC 8200: addresses, id; IPv4
+         * also the protocol): no ports in a later fragment. */
+        pp->key.proto = pp->key.family == CX_FAMILY_IPV4 ? proto : 0;
+        pp->supported = true;
+        return;
+    }
+    pp->key.proto = proto;
+    pp->supported = parse_l4(f, l4_off, l4_len, proto, pp);
 }
 
 /* ---- events and output ------------------------------------------------- */
@@ -323,10 +517,18 @@ static void capture(struct cx_engine *e, struct cx_frame *f, int side, int reaso
     f->captured = true;
 }
 
+static void count_drop_n(struct cx_engine *e, int side, int reason, const struct cx_key *key,
+                         uint32_t n)
+{
+    e->ctr.dropped[side][reason] += n;
+    uint32_t ev = emit(e, CX_EV_DROP, (uint8_t)reason, side, key);
+    if (ev != NO_EVENT)
+        e->events[ev].count += n - 1;     /* coalesced: n drops, one record */
+}
+
 static void count_drop(struct cx_engine *e, int side, int reason, const struct cx_key *key)
 {
-    e->ctr.dropped[side][reason]++;
-    emit(e, CX_EV_DROP, (uint8_t)reason, side, key);
+    count_drop_n(e, side, reason, key, 1);
 }
 
 /* Make room for n more bytes in the out buffer; false when out of memory. */
@@ -405,21 +607,53 @@ static void queue_insert(struct cx_queue *q, struct cx_frame *f, bool by_seq)
     queue_insert_after(q, at, f);
 }
 
+static void frags_free(struct cx_frag *fr)
+{
+    while (fr) {
+        struct cx_frag *next = fr->next;
+        free(fr);
+        fr = next;
+    }
+}
+
+/* Release the fragments in arrival order; returns how many. */
+static uint32_t frags_release(struct cx_engine *e, const struct cx_frag *fr, int why)
+{
+    uint32_t n = 0;
+    for (; fr; fr = fr->next, n++)
+        release(e, fr->data, fr->len, fr->vnet_len, why);
+    return n;
+}
+
 /* Take a frame off its queue and free it. */
 static void frame_drop(struct cx_engine *e, struct cx_conn *c, int side, struct cx_frame *f)
 {
     queue_unlink(&c->q[side], f);
-    e->queued[side]--;
+    e->queued[side] -= f->weight;
+    c->held[side] -= f->weight;
+    frags_free(f->frags);
     free(f);
 }
 
+/* A primary frame goes out: a reassembled datagram as its fragments. */
 static void frame_release(struct cx_engine *e, struct cx_conn *c, struct cx_frame *f, int why)
 {
-    release(e, f->data, f->len, f->vnet_len, why);
-    c->released++;
+    if (f->frags)
+        frags_release(e, f->frags, why);
+    else
+        release(e, f->data, f->len, f->vnet_len, why);
+    c->released += f->weight;
     if (why == CX_REL_MATCHED)
-        c->matched++;
+        c->matched += f->weight;
     frame_drop(e, c, CX_PRIMARY, f);
+}
+
+/* A secondary frame consumed by a match or skipped (counted by weight). */
+static void frame_consume(struct cx_engine *e, struct cx_conn *c, struct cx_frame *s,
+                          uint64_t *counter)
+{
+    *counter += s->weight;
+    frame_drop(e, c, CX_SECONDARY, s);
 }
 
 /* A connection asks for a checkpoint; p and s are the frames to keep as
@@ -441,7 +675,7 @@ static void conn_flush(struct cx_engine *e, struct cx_conn *c, int why, int drop
     while (c->q[CX_PRIMARY].head)
         frame_release(e, c, c->q[CX_PRIMARY].head, why);
     while (c->q[CX_SECONDARY].head) {
-        count_drop(e, CX_SECONDARY, drop_reason, &c->key);
+        count_drop_n(e, CX_SECONDARY, drop_reason, &c->key, c->q[CX_SECONDARY].head->weight);
         frame_drop(e, c, CX_SECONDARY, c->q[CX_SECONDARY].head);
     }
 }
@@ -449,30 +683,35 @@ static void conn_flush(struct cx_engine *e, struct cx_conn *c, int why, int drop
 static bool on_passthrough_list(const struct cx_engine *e, const struct cx_key *k)
 {
     for (size_t i = 0; i < e->nrules; i++)
-        if (cx_rule_match(&e->rules[i], k->saddr, k->daddr, htons(k->sport), htons(k->dport),
-                          k->proto))
+        if (cx_rule_match(&e->rules[i], k->saddr, k->daddr, htons(k->sport),
+                          htons(k->dport), k->proto))
             return true;
     return false;
 }
 
 /* ---- connection table -------------------------------------------------- */
 
+/* Mix the key's 11 words (its 44 bytes) into 32 bits. */
 static uint32_t key_hash(const struct cx_key *k)
 {
-    uint64_t h = (uint64_t)k->saddr * 0x9e3779b97f4a7c15ull;
-    h ^= ((uint64_t)k->daddr << 32 | (uint32_t)k->sport << 16 | k->dport) + (h << 6) + (h >> 2);
-    h ^= (uint64_t)k->proto << 8 | k->frag;
-    h ^= h >> 33;
-    h *= 0xff51afd7ed558ccdull;
+    uint32_t w[sizeof(*k) / 4];
+    memcpy(w, k, sizeof(w));
+    uint64_t h = 0x9e3779b97f4a7c15ull;
+    for (size_t i = 0; i < sizeof(w) / 4; i++) {
+        h ^= w[i];
+        h *= 0xff51afd7ed558ccdull;
+        h ^= h >> 29;
+    }
     h ^= h >> 33;
     return (uint32_t)h;
 }
 
 static bool key_eq(const struct cx_key *a, const struct cx_key *b)
 {
-    return a->saddr == b->saddr && a->daddr == b->daddr && a->sport == b->sport &&
-           a->dport == b->dport && a->proto == b->proto && a->frag == b->frag;
+    return memcmp(a, b, sizeof(*a)) == 0;
 }
+
+_Static_assert(sizeof(struct cx_key) == 44, "struct cx_key has no implicit padding");
 
 #define LIST_UNLINK(list, c, prev, next) do {                     \
         if ((c)->prev) (c)->prev->next = (c)->next;                \
@@ -603,8 +842,7 @@ static void compare_dgram(struct cx_engine *e, struct cx_conn *c)
             return;
         }
         frame_release(e, c, p, CX_REL_MATCHED);
-        frame_drop(e, c, CX_SECONDARY, s);
-        e->ctr.matched_secondary++;
+        frame_consume(e, c, s, &e->ctr.matched_secondary);
     }
 }
 
@@ -706,8 +944,7 @@ static void compare_tcp(struct cx_engine *e, struct cx_conn *c)
             p_gone = true;
         }
         if (s->pay_len == 0 || tcp_already_compared(c, s)) {
-            frame_drop(e, c, CX_SECONDARY, s);
-            e->ctr.skipped_secondary++;
+            frame_consume(e, c, s, &e->ctr.skipped_secondary);
             continue;
         }
         if (p_gone)
@@ -717,21 +954,17 @@ static void compare_tcp(struct cx_engine *e, struct cx_conn *c)
         case TCP_BOTH:
             tcp_set_compared(c, p->seq_end);
             frame_release(e, c, p, CX_REL_MATCHED);
-            frame_drop(e, c, CX_SECONDARY, s);
-            e->ctr.matched_secondary++;
+            frame_consume(e, c, s, &e->ctr.matched_secondary);
             break;
         case TCP_PRIMARY:
             tcp_set_compared(c, p->seq_end);
             frame_release(e, c, p, CX_REL_MATCHED);
-            if (s->done == s->pay_len) {   /* nothing left of it to compare */
-                frame_drop(e, c, CX_SECONDARY, s);
-                e->ctr.matched_secondary++;
-            }
+            if (s->done == s->pay_len)     /* nothing left of it to compare */
+                frame_consume(e, c, s, &e->ctr.matched_secondary);
             break;
         case TCP_SECONDARY:
             tcp_set_compared(c, s->seq_end);
-            frame_drop(e, c, CX_SECONDARY, s);
-            e->ctr.matched_secondary++;
+            frame_consume(e, c, s, &e->ctr.matched_secondary);
             break;
         case TCP_WAIT:
             return;
@@ -756,6 +989,15 @@ static void compare_conn(struct cx_engine *e, struct cx_conn *c)
 
 enum feed_step { FEED_TAKEN, FEED_HELD_BACK };
 
+/* What is fed: one frame, or a reassembled datagram standing for the
+ * fragments it was made of (released in its place, counted by weight). */
+struct cx_input {
+    const uint8_t *data;
+    uint32_t len, vnet_len;
+    uint32_t weight;
+    struct cx_frag *frags;         /* owned; taken by a queued frame */
+};
+
 /* Would this frame run its side ahead of the other?  (Flow control; see the
  * header.)  c is the frame's connection, NULL when it has none yet. */
 static bool runs_ahead(const struct cx_engine *e, const struct cx_conn *c, int side)
@@ -765,14 +1007,17 @@ static bool runs_ahead(const struct cx_engine *e, const struct cx_conn *c, int s
     return c->q[side].count >= e->hwm && !c->q[!side].count;
 }
 
-/* The frame of a passthrough flow: not compared, no connection taken. */
-static void feed_passthrough(struct cx_engine *e, int side, const uint8_t *data, uint32_t len,
-                             uint32_t vnet_len, const struct cx_key *key)
+/* Not compared (unsupported, passthrough): the primary's frame goes on (a
+ * datagram's fragments, in the order they came), the secondary's is dropped. */
+static void input_uncompared(struct cx_engine *e, int side, const struct cx_input *in,
+                             int why, int drop_reason, const struct cx_key *key)
 {
-    if (side == CX_PRIMARY)
-        release(e, data, len, vnet_len, CX_REL_PASSTHROUGH);
+    if (side != CX_PRIMARY)
+        count_drop_n(e, side, drop_reason, key, in->weight);
+    else if (in->frags)
+        frags_release(e, in->frags, why);
     else
-        count_drop(e, side, CX_DROP_PASSTHROUGH, key);
+        release(e, in->data, in->len, in->vnet_len, why);
 }
 
 static void count_in(struct cx_engine *e, int side, uint32_t len)
@@ -782,25 +1027,24 @@ static void count_in(struct cx_engine *e, int side, uint32_t len)
 }
 
 /* Queue a frame on its connection and compare; the queue limit decides. */
-static void feed_queue(struct cx_engine *e, struct cx_conn *c, int side, const uint8_t *data,
-                       uint32_t len, uint32_t vnet_len, const struct cx_parsed *pp,
-                       uint64_t now_ms)
+static void feed_queue(struct cx_engine *e, struct cx_conn *c, int side, struct cx_input *in,
+                       const struct cx_parsed *pp, uint64_t now_ms)
 {
     c->last_ms = now_ms;
     struct cx_queue *q = &c->q[side];
     if (q->count >= e->cfg.max_queue_size) {
-        count_drop(e, side, CX_DROP_QUEUE_FULL, &pp->key);
+        count_drop_n(e, side, CX_DROP_QUEUE_FULL, &pp->key, in->weight);
         return;
     }
-    struct cx_frame *f = malloc(sizeof(*f) + len);
+    struct cx_frame *f = malloc(sizeof(*f) + in->len);
     if (!f) {
-        count_drop(e, side, CX_DROP_NO_MEMORY, &pp->key);
+        count_drop_n(e, side, CX_DROP_NO_MEMORY, &pp->key, in->weight);
         conn_touch(e, c);          /* a new connection stays evictable */
         return;
     }
     f->born_ms = now_ms;
-    f->len = len;
-    f->vnet_len = vnet_len;
+    f->len = in->len;
+    f->vnet_len = in->vnet_len;
     f->cmp_off = pp->cmp_off;
     f->pay_off = pp->pay_off;
     f->pay_len = pp->pay_len;
@@ -810,7 +1054,10 @@ static void feed_queue(struct cx_engine *e, struct cx_conn *c, int side, const u
     f->has_ack = pp->has_ack;
     f->done = 0;
     f->captured = false;
-    memcpy(f->data, data, len);
+    f->weight = in->weight;
+    f->frags = in->frags;
+    in->frags = NULL;
+    memcpy(f->data, in->data, in->len);
 
     if (c->cmp == CMP_TCP && pp->has_ack &&
         (!c->have_ack[side] || seq_after(pp->ack, c->max_ack[side]))) {
@@ -818,11 +1065,314 @@ static void feed_queue(struct cx_engine *e, struct cx_conn *c, int side, const u
         c->have_ack[side] = true;
     }
     queue_insert(q, f, c->cmp == CMP_TCP);
-    e->queued[side]++;
+    e->queued[side] += f->weight;
+    c->held[side] += f->weight;
     compare_conn(e, c);
     /* Still full after comparing: only a checkpoint can make room. */
     if (q->count >= e->cfg.max_queue_size)
         conn_checkpoint(e, c, CX_CKPT_QUEUE_FULL, NULL, NULL);
+}
+
+/* A parsed, supported, whole frame or datagram: passthrough, flow control,
+ * its connection. */
+static enum feed_step feed_parsed(struct cx_engine *e, int side, struct cx_input *in,
+                                  const struct cx_parsed *pp, uint64_t now_ms, int flags)
+{
+    uint32_t h = key_hash(&pp->key);
+    struct cx_conn *c = conn_find(e, &pp->key, h);
+    if (!c && e->nrules && on_passthrough_list(e, &pp->key)) {
+        /* The flow is not compared; no connection is taken. */
+        input_uncompared(e, side, in, CX_REL_PASSTHROUGH, CX_DROP_PASSTHROUGH, &pp->key);
+        return FEED_TAKEN;
+    }
+    if (!(flags & CX_FEED_FORCE) && runs_ahead(e, c, side)) {
+        e->ctr.held_back[side]++;
+        return FEED_HELD_BACK;
+    }
+    if (!c)
+        c = conn_new(e, &pp->key, h, pp->cmp, now_ms);
+    if (!c) {
+        count_drop_n(e, side, CX_DROP_TABLE_FULL, &pp->key, in->weight);
+        request_checkpoint(e, CX_CKPT_TABLE_FULL, &pp->key);
+        return FEED_TAKEN;
+    }
+    feed_queue(e, c, side, in, pp, now_ms);
+    return FEED_TAKEN;
+}
+
+/* ---- IP fragment reassembly ---------------------------------------------- */
+
+/*
+ *   ra.buckets: (side, addresses, [IPv4: proto], tags, id) ──▶ reasm ──▶ ...
+ *   ra.head:    reasm ⇄ reasm ⇄ ...        (age order: the timeout scan)
+ *   reasm: frag ─▶ frag ─▶ ...             (arrival order, as released)
+ *
+ * Each side reassembles its own datagrams.  Once every byte is there the
+ * datagram is put together (the first fragment's headers, fragment fields
+ * cleared) and fed as one frame that stands for its fragments: compared by
+ * the rules of its protocol, and when the primary's is released, its
+ * fragments go out, in the order they came.  Bounded: fragments per
+ * datagram, datagram size, datagrams per source address, datagrams and
+ * bytes per side, and a timeout; overlapping fragments abandon the datagram
+ * (RFC 5722; the same for IPv4, as Linux does).
+ */
+
+static uint32_t reasm_hash(const struct cx_key *k, uint32_t id, int side)
+{
+    uint32_t h = key_hash(k) ^ (id * 0x9e3779b1u) ^ (uint32_t)side;
+    h ^= h >> 16;
+    h *= 0x85ebca6bu;
+    h ^= h >> 13;
+    return h;
+}
+
+static struct cx_reasm *reasm_find(const struct cx_engine *e, const struct cx_key *k,
+                                   uint32_t id, int side, uint32_t h)
+{
+    for (struct cx_reasm *r = e->ra.buckets[h & (REASM_BUCKETS - 1)]; r; r = r->hnext)
+        if (r->hash == h && r->id == id && r->side == side && key_eq(&r->key, k))
+            return r;
+    return NULL;
+}
+
+/* Let go of the fragments a datagram holds (the caller has accounted them). */
+static void reasm_clear(struct cx_engine *e, struct cx_reasm *r)
+{
+    frags_free(r->head);
+    r->head = r->tail = NULL;
+    e->ctr.frag_held[r->side] -= r->nfrags;
+    e->ra.bytes[r->side] -= r->bytes;
+    r->nfrags = r->bytes = r->have = 0;
+}
+
+static void reasm_remove(struct cx_engine *e, struct cx_reasm *r)
+{
+    struct cx_reasm **pp = &e->ra.buckets[r->hash & (REASM_BUCKETS - 1)];
+    while (*pp != r)
+        pp = &(*pp)->hnext;
+    *pp = r->hnext;
+    LIST_UNLINK(&e->ra, r, prev, next);
+    e->ra.count[r->side]--;
+    reasm_clear(e, r);
+    free(r);
+}
+
+/* Abandon a datagram: what it holds and what comes of it later is dropped. */
+static void reasm_discard(struct cx_engine *e, struct cx_reasm *r, int drop_reason,
+                          int outcome)
+{
+    if (r->nfrags)
+        count_drop_n(e, r->side, drop_reason, &r->key, r->nfrags);
+    reasm_clear(e, r);
+    e->ctr.frag[r->side][outcome]++;
+    r->state = RA_DISCARD;
+    r->discard_reason = (uint8_t)drop_reason;
+}
+
+/* Datagrams one side is reassembling from this source address. */
+static uint32_t reasm_per_host(const struct cx_engine *e, int side, const struct cx_key *k)
+{
+    uint32_t n = 0;
+    for (const struct cx_reasm *r = e->ra.head; r; r = r->next)
+        n += r->side == side && !memcmp(r->key.saddr, k->saddr, sizeof(k->saddr));
+    return n;
+}
+
+static struct cx_reasm *reasm_new(struct cx_engine *e, int side, const struct cx_parsed *pp,
+                                  uint32_t h, uint64_t now_ms)
+{
+    if (e->ra.count[side] >= e->cfg.reasm_max_datagrams ||
+        reasm_per_host(e, side, &pp->key) >= e->cfg.reasm_max_per_host)
+        return NULL;
+    struct cx_reasm *r = calloc(1, sizeof(*r));
+    if (!r)
+        return NULL;
+    r->key = pp->key;
+    r->id = pp->fi.id;
+    r->hash = h;
+    r->side = (uint8_t)side;
+    r->born_ms = now_ms;
+    r->hnext = e->ra.buckets[h & (REASM_BUCKETS - 1)];
+    e->ra.buckets[h & (REASM_BUCKETS - 1)] = r;
+    LIST_APPEND(&e->ra, r, prev, next);
+    e->ra.count[side]++;
+    return r;
+}
+
+/* Does the part [off, off + plen) overlap one held, or contradict the end? */
+static bool reasm_conflicts(const struct cx_reasm *r, const struct cx_fraginfo *fi)
+{
+    uint32_t end = fi->off + fi->plen;
+    if (!fi->more && (r->have_last || end < r->have))
+        return true;                   /* a second end, or an end before data */
+    if (r->have_last && end > r->total)
+        return true;                   /* data past the end */
+    for (const struct cx_frag *fr = r->head; fr; fr = fr->next) {
+        if (!fi->more && fr->off + fr->plen > end)
+            return true;               /* the end comes before held data */
+        if (fi->off < fr->off + fr->plen && fr->off < end)
+            return true;               /* overlap (an exact duplicate too) */
+    }
+    return false;
+}
+
+/* Put the datagram together: the first fragment's headers with the fragment
+ * fields cleared (IPv4: offset, MF and id zero; IPv6: the fragment header
+ * taken out), then every part at its offset.  NULL: too big, or no memory. */
+static uint8_t *reasm_build(const struct cx_reasm *r, uint32_t *len_out,
+                            uint32_t *vnet_out)
+{
+    const struct cx_frag *first = r->head;
+    while (first->off != 0)
+        first = first->next;           /* there is one: every byte is here */
+    bool v6 = r->key.family == CX_FAMILY_IPV6;
+    uint32_t hdr = first->hdr_end;     /* headers kept: up to the payload or
+                                          the fragment header */
+    uint32_t l3 = first->l3_off;
+    uint32_t ip_len = v6 ? hdr - l3 - CX_IPV6_HLEN + r->total : hdr - l3 + r->total;
+    if (ip_len > 0xffff || hdr + r->total > CX_NET_BUFSIZE)
+        return NULL;
+    uint8_t *d = malloc(hdr + r->total);
+    if (!d)
+        return NULL;
+    memcpy(d, first->data, hdr);
+    for (const struct cx_frag *fr = r->head; fr; fr = fr->next)
+        memcpy(d + hdr + fr->off, fr->data + fr->pay_at, fr->plen);
+    if (v6) {
+        d[first->nh_at] = first->nh;
+        d[l3 + 4] = (uint8_t)(ip_len >> 8);
+        d[l3 + 5] = (uint8_t)ip_len;
+    } else {
+        d[l3 + 2] = (uint8_t)(ip_len >> 8);
+        d[l3 + 3] = (uint8_t)ip_len;
+        memset(d + l3 + 4, 0, 4);      /* id, flags, offset: never compared */
+        memset(d + l3 + 10, 0, 2);     /* nor the checksum, stale and id-bound */
+    }
+    *len_out = hdr + r->total;
+    *vnet_out = first->vnet_len;
+    return d;
+}
+
+/* Every byte is here: feed the datagram as one frame standing for its
+ * fragments (flow control does not apply: its fragments are taken). */
+static void reasm_complete(struct cx_engine *e, struct cx_reasm *r, uint64_t now_ms)
+{
+    int side = r->side;
+    uint32_t len, vnet_len;
+    uint8_t *d = reasm_build(r, &len, &vnet_len);
+    if (!d) {
+        reasm_discard(e, r, CX_DROP_FRAG_LIMIT, CX_FRAG_OVER_LIMIT);
+        reasm_remove(e, r);
+        return;
+    }
+    struct cx_input in = { .data = d, .len = len, .vnet_len = vnet_len,
+                           .weight = r->nfrags, .frags = r->head };
+    struct cx_key key = r->key;
+    e->ctr.frag_held[side] -= r->nfrags;   /* now the datagram's */
+    e->ra.bytes[side] -= r->bytes;
+    r->head = r->tail = NULL;
+    r->nfrags = r->bytes = r->have = 0;
+    reasm_remove(e, r);
+    e->ctr.frag[side][CX_FRAG_REASSEMBLED]++;
+
+    struct cx_parsed pp;
+    parse_frame(d, len, vnet_len, &pp);
+    if (!pp.supported || pp.fragment)
+        input_uncompared(e, side, &in, CX_REL_UNSUPPORTED, CX_DROP_UNSUPPORTED, &key);
+    else
+        feed_parsed(e, side, &in, &pp, now_ms, CX_FEED_FORCE);
+    frags_free(in.frags);
+    free(d);
+}
+
+/* One fragment (counted in): held until its datagram is whole. */
+static void reasm_feed(struct cx_engine *e, int side, const uint8_t *data, uint32_t len,
+                       uint32_t vnet_len, const struct cx_parsed *pp, uint64_t now_ms)
+{
+    const struct cx_fraginfo *fi = &pp->fi;
+    uint32_t h = reasm_hash(&pp->key, fi->id, side);
+    struct cx_reasm *r = reasm_find(e, &pp->key, fi->id, side, h);
+    if (!r && !(r = reasm_new(e, side, pp, h, now_ms))) {
+        count_drop(e, side, CX_DROP_FRAG_LIMIT, &pp->key);
+        e->ctr.frag[side][CX_FRAG_OVER_LIMIT]++;
+        return;
+    }
+    if (r->state == RA_PASS) {         /* its datagram was flushed: the rest too */
+        struct cx_input in = { .data = data, .len = len, .vnet_len = vnet_len, .weight = 1 };
+        input_uncompared(e, side, &in, CX_REL_FLUSHED, CX_DROP_FLUSHED, &pp->key);
+        return;
+    }
+    if (r->state == RA_DISCARD) {
+        count_drop(e, side, r->discard_reason, &pp->key);
+        return;
+    }
+    if (reasm_conflicts(r, fi)) {
+        count_drop(e, side, CX_DROP_FRAG_OVERLAP, &pp->key);
+        reasm_discard(e, r, CX_DROP_FRAG_OVERLAP, CX_FRAG_OVERLAP);
+        return;
+    }
+    if (r->nfrags >= CX_REASM_MAX_FRAGS || fi->off + fi->plen > 0xffff ||
+        e->ra.bytes[side] + len > e->cfg.reasm_max_bytes) {
+        count_drop(e, side, CX_DROP_FRAG_LIMIT, &pp->key);
+        reasm_discard(e, r, CX_DROP_FRAG_LIMIT, CX_FRAG_OVER_LIMIT);
+        return;
+    }
+    struct cx_frag *fr = malloc(sizeof(*fr) + len);
+    if (!fr) {
+        count_drop(e, side, CX_DROP_NO_MEMORY, &pp->key);
+        return;
+    }
+    fr->next = NULL;
+    fr->off = fi->off;
+    fr->plen = fi->plen;
+    fr->pay_at = fi->pay_at;
+    fr->len = len;
+    fr->vnet_len = vnet_len;
+    fr->l3_off = pp->l3_off;
+    fr->hdr_end = fi->hdr_end;
+    fr->nh_at = fi->nh_at;
+    fr->nh = fi->next;
+    memcpy(fr->data, data, len);
+    if (r->tail) r->tail->next = fr; else r->head = fr;
+    r->tail = fr;
+    r->nfrags++;
+    r->bytes += len;
+    r->have += fi->plen;
+    e->ra.bytes[side] += len;
+    e->ctr.frag_held[side]++;
+    if (!fi->more) {
+        r->have_last = true;
+        r->total = fi->off + fi->plen;
+    }
+    if (r->have_last && r->have == r->total)
+        reasm_complete(e, r, now_ms);
+}
+
+/* Datagrams older than reasm_timeout_ms: what they hold is dropped. */
+static void reasm_expire(struct cx_engine *e, uint64_t now_ms)
+{
+    while (e->ra.head && now_ms > e->ra.head->born_ms &&
+           now_ms - e->ra.head->born_ms > e->cfg.reasm_timeout_ms) {
+        struct cx_reasm *r = e->ra.head;
+        if (r->state == RA_COLLECT)
+            reasm_discard(e, r, CX_DROP_FRAG_TIMEOUT, CX_FRAG_TIMED_OUT);
+        reasm_remove(e, r);
+    }
+}
+
+/* A checkpoint or failover: datagrams being collected release (primary) or
+ * drop (secondary) what they hold, and let the rest of them through. */
+static void reasm_flush(struct cx_engine *e, int why, int drop_reason)
+{
+    for (struct cx_reasm *r = e->ra.head; r; r = r->next) {
+        if (r->state != RA_COLLECT)
+            continue;
+        struct cx_input in = { .weight = r->nfrags, .frags = r->head };
+        if (r->nfrags)
+            input_uncompared(e, r->side, &in, why, drop_reason, &r->key);
+        reasm_clear(e, r);
+        r->state = RA_PASS;
+    }
 }
 
 /* One frame: taken (compared, released, queued or counted dropped), or held
@@ -845,36 +1395,21 @@ static enum feed_step feed_one(struct cx_engine *e, int side, const uint8_t *dat
     }
 
     struct cx_parsed pp;
+    struct cx_input in = { .data = data, .len = len, .vnet_len = vnet_len, .weight = 1 };
     parse_frame(data, len, vnet_len, &pp);
     if (!pp.supported) {
         count_in(e, side, len);
-        if (side == CX_PRIMARY)
-            release(e, data, len, vnet_len, CX_REL_UNSUPPORTED);
-        else
-            count_drop(e, side, CX_DROP_UNSUPPORTED, NULL);
+        input_uncompared(e, side, &in, CX_REL_UNSUPPORTED, CX_DROP_UNSUPPORTED, NULL);
         return FEED_TAKEN;
     }
-
-    uint32_t h = key_hash(&pp.key);
-    struct cx_conn *c = conn_find(e, &pp.key, h);
-    if (!c && e->nrules && on_passthrough_list(e, &pp.key)) {
+    if (pp.fragment) {
         count_in(e, side, len);
-        feed_passthrough(e, side, data, len, vnet_len, &pp.key);
+        reasm_feed(e, side, data, len, vnet_len, &pp, now_ms);
         return FEED_TAKEN;
     }
-    if (!(flags & CX_FEED_FORCE) && runs_ahead(e, c, side)) {
-        e->ctr.held_back[side]++;
+    if (feed_parsed(e, side, &in, &pp, now_ms, flags) == FEED_HELD_BACK)
         return FEED_HELD_BACK;
-    }
     count_in(e, side, len);
-    if (!c)
-        c = conn_new(e, &pp.key, h, pp.cmp, now_ms);
-    if (!c) {
-        count_drop(e, side, CX_DROP_TABLE_FULL, &pp.key);
-        request_checkpoint(e, CX_CKPT_TABLE_FULL, &pp.key);
-        return FEED_TAKEN;
-    }
-    feed_queue(e, c, side, data, len, vnet_len, &pp, now_ms);
     return FEED_TAKEN;
 }
 
@@ -972,6 +1507,7 @@ uint64_t cx_engine__tick(struct cx_engine *e, uint64_t now_ms)
     if (now_ms < e->next_scan_ms)
         return e->next_scan_ms;
     e->next_scan_ms = now_ms + e->cfg.expired_scan_cycle_ms;
+    reasm_expire(e, now_ms);
     if (e->failed_over)
         return e->next_scan_ms;
     for (struct cx_conn *c = e->all.head; c; c = c->all_next) {
@@ -995,6 +1531,9 @@ static void flush_all(struct cx_engine *e, int why, int drop_reason)
         conn_flush(e, c, why, drop_reason);
         conn_touch(e, c);
     }
+    /* Then the datagrams not yet whole (their fragments mostly came after
+     * the ones queued), in the order they were begun. */
+    reasm_flush(e, why, drop_reason);
 }
 
 int cx_engine__set_passthrough(struct cx_engine *e, const struct cx_rule *rules, size_t n)
@@ -1026,8 +1565,8 @@ static void conn_info(const struct cx_conn *c, struct cx_conn_info *ci)
 {
     memset(ci, 0, sizeof(*ci));
     ci->key = c->key;
-    ci->queued[0] = c->q[0].count;
-    ci->queued[1] = c->q[1].count;
+    ci->queued[0] = c->held[0];
+    ci->queued[1] = c->held[1];
     ci->created_ms = c->created_ms;
     ci->last_ms = c->last_ms;
     ci->matched = c->matched;
@@ -1198,7 +1737,11 @@ const struct cx_counters *cx_engine__counters(struct cx_engine *e) { return &e->
 
 uint32_t cx_engine__connections(struct cx_engine *e) { return e->nconns; }
 
-uint64_t cx_engine__queued(struct cx_engine *e, int side) { return e->queued[side ? 1 : 0]; }
+uint64_t cx_engine__queued(struct cx_engine *e, int side)
+{
+    side = side ? 1 : 0;
+    return e->queued[side] + e->ctr.frag_held[side];
+}
 
 struct cx_engine *cx_engine__new(const struct cx_config *cfg)
 {
@@ -1216,6 +1759,14 @@ struct cx_engine *cx_engine__new(const struct cx_config *cfg)
         e->hwm = cfg->max_queue_size;
     if (!e->hwm)
         e->hwm = 1;
+    if (!e->cfg.reasm_timeout_ms)
+        e->cfg.reasm_timeout_ms = CX_REASM_TIMEOUT_MS;
+    if (!e->cfg.reasm_max_bytes)
+        e->cfg.reasm_max_bytes = CX_REASM_MAX_BYTES;
+    if (!e->cfg.reasm_max_datagrams)
+        e->cfg.reasm_max_datagrams = CX_REASM_MAX_DATAGRAMS;
+    if (!e->cfg.reasm_max_per_host)
+        e->cfg.reasm_max_per_host = CX_REASM_MAX_PER_HOST;
     e->nslots = 64;
     while (e->nslots < 2 * (uint64_t)cfg->max_events && e->nslots < (1u << 31))
         e->nslots <<= 1;
@@ -1247,6 +1798,7 @@ void cx_engine__free(struct cx_engine *e)
             struct cx_frame *f = c->q[side].head;
             while (f) {
                 struct cx_frame *fn = f->next;
+                frags_free(f->frags);
                 free(f);
                 f = fn;
             }
@@ -1254,6 +1806,8 @@ void cx_engine__free(struct cx_engine *e)
         free(c);
         c = next;
     }
+    while (e->ra.head)
+        reasm_remove(e, e->ra.head);
     free(e->buckets);
     free(e->events);
     free(e->slots);

@@ -45,7 +45,7 @@
 #define CX_CKPT__COUNT 5
 
 /* Why a frame was dropped (never released). */
-#define CX_DROP_UNSUPPORTED 1 /* secondary frame that is not compared IPv4 */
+#define CX_DROP_UNSUPPORTED 1 /* secondary frame that is not compared */
 #define CX_DROP_QUEUE_FULL 2  /* its side of the connection held max_queue_size */
 #define CX_DROP_TABLE_FULL 3  /* no connection slot and none idle to evict */
 #define CX_DROP_FLUSHED 4     /* secondary frame discarded by a checkpoint */
@@ -55,11 +55,30 @@
 #define CX_DROP_TRUNCATED 8   /* peer went away mid-frame (reported by a transport) */
 #define CX_DROP_NO_MEMORY 9   /* the frame could not be stored or released */
 #define CX_DROP_PASSTHROUGH 10 /* secondary frame of a passthrough flow */
-#define CX_DROP__COUNT 11
+#define CX_DROP_FRAG_TIMEOUT 11 /* fragment of a datagram not whole in reasm_timeout_ms */
+#define CX_DROP_FRAG_OVERLAP 12 /* fragment of a datagram with overlapping fragments */
+#define CX_DROP_FRAG_LIMIT 13   /* fragment past the reassembly limits */
+#define CX_DROP__COUNT 14
+
+/* IP fragment reassembly: what became of a datagram (counters.frag). */
+#define CX_FRAG_REASSEMBLED 0 /* whole: compared as one frame */
+#define CX_FRAG_TIMED_OUT 1   /* not whole within reasm_timeout_ms: dropped */
+#define CX_FRAG_OVERLAP 2     /* overlapping fragments (RFC 5722): dropped */
+#define CX_FRAG_OVER_LIMIT 3  /* past a reassembly limit: dropped */
+#define CX_FRAG__COUNT 4
+
+/* Reassembly defaults (cx_config fields left 0 take these). */
+#define CX_REASM_TIMEOUT_MS 3000        /* as compare_timeout: no frame waits longer */
+#define CX_REASM_MAX_BYTES 4194304      /* all fragments held, one side (4 MiB) */
+#define CX_REASM_MAX_DATAGRAMS 1024     /* datagrams being reassembled, one side */
+#define CX_REASM_MAX_FRAGS 64           /* fragments of one datagram */
+#define CX_REASM_MAX_PER_HOST 64        /* datagrams being reassembled per source
+                                           address, one side */
 
 /* Why a primary frame was released. */
 #define CX_REL_MATCHED 0      /* compared equal with the secondary */
-#define CX_REL_UNSUPPORTED 1  /* not compared: non-IPv4 or malformed */
+#define CX_REL_UNSUPPORTED 1  /* not compared: ARP, ND/MLD, other EtherTypes,
+                                 malformed */
 #define CX_REL_NO_PAYLOAD 2   /* TCP segment without payload (SYN, ACK, FIN) */
 #define CX_REL_RETRANSMIT 3   /* TCP data at or below the compared sequence */
 #define CX_REL_FLUSHED 4      /* released by a checkpoint */
@@ -86,17 +105,27 @@ struct cx_config {
     uint32_t flow_high_water;        /* frames one side may hold on a connection
                                         the other side holds nothing on before
                                         a feed stops there; 0: max_queue_size / 2 */
+    /* IP fragment reassembly limits, per side; 0: the CX_REASM_* default */
+    uint64_t reasm_timeout_ms;
+    uint32_t reasm_max_bytes;
+    uint32_t reasm_max_datagrams;
+    uint32_t reasm_max_per_host;
 };
 
-/* A 5-tuple as it appears in the frame: addresses in network byte order,
- * ports in host order (0 for protocols without ports). */
+/* A 5-tuple as it appears in the frame, with its VLAN tags: addresses in
+ * network byte order as IPv6 (IPv4 mapped, ::ffff:a.b.c.d), ports in host
+ * order (0 for protocols without ports), VIDs outer first.  No implicit
+ * padding: keys compare with memcmp. */
 struct cx_key {
-    uint32_t saddr;
-    uint32_t daddr;
+    uint32_t saddr[4];
+    uint32_t daddr[4];
     uint16_t sport;
     uint16_t dport;
+    uint16_t vid[2];     /* 802.1Q/802.1ad VIDs, outer first; 0 past ntags */
     uint8_t proto;
-    uint8_t frag;        /* 1: IP fragments after the first (no L4 header) */
+    uint8_t family;      /* CX_FAMILY_IPV4 or CX_FAMILY_IPV6 */
+    uint8_t ntags;       /* 0, 1 or 2 */
+    uint8_t pad;
 };
 
 /* Events are coalesced between drains: one record per kind, reason, side
@@ -115,7 +144,8 @@ struct cx_conn_info {
     struct cx_key key;
     uint8_t passthrough;            /* always 0 now: passthrough flows take no
                                        connection (kept for the stats rows) */
-    uint32_t queued[2];
+    uint32_t queued[2];             /* frames held (a reassembled datagram:
+                                       its fragments) */
     uint64_t created_ms;
     uint64_t last_ms;               /* last frame seen */
     uint64_t matched;               /* primary frames released as matched */
@@ -155,6 +185,9 @@ struct cx_counters {
     uint64_t outdev_cut;                /* released frames cut short by an outdev
                                            that went away mid-record */
     uint64_t held_back[2];              /* feeds stopped by flow control */
+    uint64_t frag[2][CX_FRAG__COUNT];   /* datagrams by reassembly outcome */
+    uint64_t frag_held[2];              /* fragments now waiting for the rest
+                                           of their datagram (in queued) */
 };
 
 struct cx_engine;

@@ -26,35 +26,71 @@ static uint16_t csum_fold(uint32_t sum)
  * A guest that offloads checksums (virtio-net's default) hands its tap TCP
  * and UDP frames holding only the pseudo-header sum: the kernel would finish
  * them from skb state that XDP and AF_XDP do not carry.  So before AF_XDP
- * sends a frame its IPv4 TCP/UDP checksum is computed in full; a frame whose
- * checksum was right keeps the same value.  UDP without a checksum (0) and
- * fragments are left alone.
+ * sends a frame its TCP/UDP checksum is computed in full, over IPv4's or
+ * IPv6's pseudo-header (RFC 8200 8.1), untagged, 802.1Q or QinQ; a frame
+ * whose checksum was right keeps the same value.  Left alone: UDP over IPv4
+ * without a checksum (0), fragments, and IPv6 with a routing header (its
+ * pseudo-header names the final destination) or more extension headers than
+ * the engine walks.
  */
 static void l4_checksum_finish(uint8_t *f, uint32_t len)
 {
-    if (len < CX_ETH_HLEN + CX_IP_HLEN_MIN || cx_rd16(f + 12) != CX_ETH_P_IP)
+    uint32_t at = 12;
+    uint16_t type = len >= 14 ? cx_rd16(f + 12) : 0;
+    for (int tags = 0; (type == CX_ETH_P_8021Q || type == CX_ETH_P_8021AD); tags++) {
+        if (tags == CX_VLAN_MAX_TAGS || len < at + CX_VLAN_HLEN + 2)
+            return;
+        at += CX_VLAN_HLEN;
+        type = cx_rd16(f + at);
+    }
+    uint8_t *ip = f + at + 2;
+    uint32_t room = len - (at + 2), sum, l4_len;
+    uint8_t proto, *l4;
+    if (type == CX_ETH_P_IP) {
+        if (room < CX_IP_HLEN_MIN)
+            return;
+        uint32_t ihl = (ip[0] & 0x0f) * 4u, tot = cx_rd16(ip + 2);
+        if ((ip[0] >> 4) != 4 || ihl < CX_IP_HLEN_MIN || tot < ihl || tot > room ||
+            (cx_rd16(ip + 6) & 0x3fff))
+            return;
+        proto = ip[9];
+        l4 = ip + ihl;
+        l4_len = tot - ihl;
+        sum = csum_add(0, ip + 12, 8);
+    } else if (type == CX_ETH_P_IPV6) {
+        if (room < CX_IPV6_HLEN || (ip[0] >> 4) != 6)
+            return;
+        uint32_t end = CX_IPV6_HLEN + cx_rd16(ip + 4), off = CX_IPV6_HLEN;
+        if (end > room)
+            return;
+        proto = ip[6];
+        for (int i = 0; proto == CX_IPPROTO_HOPOPTS || proto == CX_IPPROTO_DSTOPTS; i++) {
+            if (i == CX_IPV6_MAX_EXT || end - off < 8 || (ip[off + 1] + 1u) * 8u > end - off)
+                return;
+            proto = ip[off];
+            off += (ip[off + 1] + 1u) * 8u;
+        }
+        l4 = ip + off;
+        l4_len = end - off;
+        sum = csum_add(0, ip + 8, 32);
+    } else {
         return;
-    uint8_t *ip = f + CX_ETH_HLEN;
-    uint32_t ihl = (ip[0] & 0x0f) * 4u, tot = cx_rd16(ip + 2);
-    if ((ip[0] >> 4) != 4 || ihl < CX_IP_HLEN_MIN || tot < ihl || CX_ETH_HLEN + tot > len ||
-        (cx_rd16(ip + 6) & 0x3fff))
-        return;
-    uint8_t proto = ip[9];
-    uint8_t *l4 = ip + ihl;
-    uint32_t l4_len = tot - ihl, at;
+    }
+    uint32_t c_at;
     if (proto == CX_IPPROTO_TCP && l4_len >= CX_TCP_HLEN_MIN)
-        at = 16;
-    else if (proto == CX_IPPROTO_UDP && l4_len >= CX_UDP_HLEN && (l4[6] || l4[7]))
-        at = 6;
+        c_at = 16;
+    else if (proto == CX_IPPROTO_UDP && l4_len >= CX_UDP_HLEN &&
+             (type == CX_ETH_P_IPV6 || l4[6] || l4[7]))
+        c_at = 6;                      /* IPv6 UDP always has one (RFC 8200) */
     else
         return;
-    l4[at] = l4[at + 1] = 0;
-    uint32_t sum = csum_add(0, ip + 12, 8) + proto + l4_len;
+    l4[c_at] = l4[c_at + 1] = 0;
+    sum += proto + (l4_len & 0xffff) + (l4_len >> 16);
     uint16_t c = csum_fold(csum_add(sum, l4, l4_len));
     if (proto == CX_IPPROTO_UDP && c == 0)
         c = 0xffff;
-    l4[at] = c >> 8;
-    l4[at + 1] = c & 0xff;
+    l4[c_at] = c >> 8;
+    l4[c_at + 1] = c & 0xff;
 }
 
 static uint32_t burst_cap(uint32_t max)

@@ -130,8 +130,7 @@ TCP_LAP_SEGMENTS = 2048
 TCP_SEGMENTS_PER_CONN = 1 << 21
 CSUM_PERIOD = 0xFFFF  # the checksum of a segment depends on seq mod 0xffff only
 ETH_IP_HLEN = pktgen.ETH_HLEN + 20
-TCP_SEQ_AT = 4 + ETH_IP_HLEN + 4     # in a framed record: len, eth, ip, ports
-TCP_CSUM_AT = 4 + ETH_IP_HLEN + 16
+IP_HLEN = {4: 20, 6: 40}             # the IPv6 rows: a fixed header, no extension
 
 NOTIFY_RECORD = len(pktgen.encode(b"DO_CHECKPOINT"))
 
@@ -149,6 +148,7 @@ class Row:
     size: int           # UDP: whole frame; TCP: payload per segment
     leader: str = "sin"  # the input the comparator sees first: "sin" or "pin"
     lead: int = 0        # frames by which the leader is ahead of the follower
+    family: int = 4      # IP version of the frames (QEMU compares only 4)
 
 
 ROWS = (
@@ -157,6 +157,10 @@ ROWS = (
     Row(3, "UDP, 1000 flows, 64 B", "udp", 1000, 64),
     Row(4, "TCP, 1 flow, 1448 B payload", "tcp", 1, 1448),
     Row(5, f"UDP, 1 flow, 64 B, primary +{LEAD_FRAMES}", "udp", 1, 64, "pin", LEAD_FRAMES),
+    # IPv6 beside rows 1 and 4.  QEMU 7.2 releases IPv6 uncompared: its
+    # figure is that of a pass-through, not of a compare.
+    Row(6, "IPv6 UDP, 1 flow, 64 B", "udp", 1, 64, family=6),
+    Row(7, "IPv6 TCP, 1 flow, 1448 B payload", "tcp", 1, 1448, family=6),
 )
 
 
@@ -207,14 +211,22 @@ class RingStream:
 
 
 def udp_stream(row: Row) -> RingStream:
-    """Round robin over ``row.flows`` source ports, a counter in every payload."""
-    payload_len = row.size - ETH_IP_HLEN - 8
+    """Round robin over ``row.flows`` source ports, a counter in every payload
+    (IPv6 at 64 B leaves 2 payload bytes: the counter's low 16 bits there,
+    the rest in the flow label, which the compare ignores)."""
+    payload_len = row.size - pktgen.ETH_HLEN - IP_HLEN[row.family] - 8
     per_flow = max(1, min(UDP_BLOCK_FRAMES, UDP_BLOCK_MAX_BYTES // (row.size + 4))
                    // row.flows)
-    filler = b"\xa5" * (payload_len - COUNTER)
-    records = [pktgen.encode(pktgen.udp_frame(n.to_bytes(COUNTER, "big") + filler,
-                                              sport=UDP_SPORT + flow, dport=UDP_DPORT))
-               for n in range(per_flow) for flow in range(row.flows)]
+    width = min(COUNTER, payload_len)
+    filler = b"\xa5" * (payload_len - width)
+
+    def frame(n: int, flow: int) -> bytes:
+        payload = (n & ((1 << 8 * width) - 1)).to_bytes(width, "big") + filler
+        if row.family == 6:
+            return pktgen.udp6_frame(payload, sport=UDP_SPORT + flow, dport=UDP_DPORT,
+                                     ip=pktgen.IPv6Fields(flow_label=n >> 8 * width))
+        return pktgen.udp_frame(payload, sport=UDP_SPORT + flow, dport=UDP_DPORT)
+    records = [pktgen.encode(frame(n, flow)) for n in range(per_flow) for flow in range(row.flows)]
     return RingStream(records)
 
 
@@ -240,7 +252,11 @@ class TcpStream:
     the checksum pktgen gave the template, and lapped out by slicing.
     """
 
-    def __init__(self, payload_len: int):
+    def __init__(self, payload_len: int, family: int = 4):
+        self.family = family
+        self.l4_at = pktgen.ETH_HLEN + IP_HLEN[family]
+        self.seq_at = 4 + self.l4_at + 4        # in a framed record: len, eth, ip, ports
+        self.csum_at = 4 + self.l4_at + 16
         self.mss = payload_len
         self._payload = bytes(range(256)) * (payload_len // 256) + bytes(payload_len % 256)
         self.record = len(self._template(0))
@@ -250,7 +266,8 @@ class TcpStream:
         self._csums: tuple[int, bytes] | None = None   # (connection, 2 periods)
 
     def _template(self, conn: int, seq: int = TCP_ISN) -> bytes:
-        return pktgen.encode(pktgen.tcp_frame(
+        build = pktgen.tcp6_frame if self.family == 6 else pktgen.tcp_frame
+        return pktgen.encode(build(
             self._payload, sport=TCP_SPORT + conn, dport=TCP_DPORT, seq=seq,
             ack=TCP_ACK, flags=pktgen.TCP_ACK | pktgen.TCP_PSH))
 
@@ -258,7 +275,7 @@ class TcpStream:
         """Big-endian checksums of segments 0 .. 2 * 0xffff of connection ``conn``."""
         if self._csums is None or self._csums[0] != conn:
             template = self._template(conn, seq=0)
-            rest = ~int.from_bytes(template[TCP_CSUM_AT:TCP_CSUM_AT + 2], "big") & 0xFFFF
+            rest = ~int.from_bytes(template[self.csum_at:self.csum_at + 2], "big") & 0xFFFF
             out = bytearray()
             for i in range(CSUM_PERIOD):
                 seq = TCP_ISN + i * self.mss
@@ -283,9 +300,9 @@ class TcpStream:
         csums = self._checksums(conn)[start:start + 2 * TCP_LAP_SEGMENTS]
         end = len(buf)
         for lane in range(4):
-            buf[TCP_SEQ_AT + lane:end:self.record] = seq_bytes[lane::4]
+            buf[self.seq_at + lane:end:self.record] = seq_bytes[lane::4]
         for lane in range(2):
-            buf[TCP_CSUM_AT + lane:end:self.record] = csums[lane::2]
+            buf[self.csum_at + lane:end:self.record] = csums[lane::2]
         self._lap_no[slot] = lap
         return buf
 
@@ -296,7 +313,7 @@ class TcpStream:
         return memoryview(buf)[start:start + limit]
 
     def locate(self, frame: bytes) -> int | None:
-        tcp = frame[ETH_IP_HLEN:]
+        tcp = frame[self.l4_at:]
         if len(frame) != self.record - 4 or len(tcp) < 8:
             return None
         conn = int.from_bytes(tcp[0:2], "big") - TCP_SPORT
@@ -323,7 +340,7 @@ class TcpStream:
 def build_stream(row: Row) -> Stream:
     """The stream both sides of ``row`` send (the same frames on both)."""
     if row.proto == "tcp":
-        stream = TcpStream(row.size)
+        stream = TcpStream(row.size, row.family)
         stream.self_check()
         return stream
     return udp_stream(row)

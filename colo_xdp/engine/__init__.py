@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 from colo_xdp import native
 from colo_xdp.errors import EngineError, FramingError
-from colo_xdp.proto.ipv4 import PROTO_BY_NUMBER, net_bytes
+from colo_xdp.proto.inet import PROTO_BY_NUMBER, net_bytes
 
 # Defaults carry QEMU's property names (net/colo-compare.c).
 DEFAULT_COMPARE_TIMEOUT_MS = 3000
@@ -66,6 +66,18 @@ class DropReason(enum.IntEnum):
     TRUNCATED = native.CX_DROP_TRUNCATED
     NO_MEMORY = native.CX_DROP_NO_MEMORY
     PASSTHROUGH = native.CX_DROP_PASSTHROUGH
+    FRAG_TIMEOUT = native.CX_DROP_FRAG_TIMEOUT
+    FRAG_OVERLAP = native.CX_DROP_FRAG_OVERLAP
+    FRAG_LIMIT = native.CX_DROP_FRAG_LIMIT
+
+
+class FragOutcome(enum.IntEnum):
+    """What became of an IP datagram that came in fragments."""
+
+    REASSEMBLED = native.CX_FRAG_REASSEMBLED
+    TIMED_OUT = native.CX_FRAG_TIMED_OUT
+    OVERLAP = native.CX_FRAG_OVERLAP
+    OVER_LIMIT = native.CX_FRAG_OVER_LIMIT
 
 
 class ReleaseReason(enum.IntEnum):
@@ -84,17 +96,27 @@ def _name(member: enum.Enum) -> str:
 
 @dataclass(frozen=True)
 class ConnKey:
-    """A connection's 5-tuple (ports are 0 for protocols without them)."""
+    """A connection's 5-tuple (ports are 0 for protocols without them), IPv4
+    or IPv6, with the VIDs of its 802.1Q / QinQ tags (outer first)."""
 
     saddr: str
     daddr: str
     sport: int
     dport: int
     proto: int
+    vlan: tuple[int, ...] = ()
+
+    @property
+    def family(self) -> int:
+        return 6 if ":" in self.saddr else 4
 
     def __str__(self) -> str:
         proto = PROTO_BY_NUMBER.get(self.proto, f"ip{self.proto}")
-        return f"{proto} {self.saddr}:{self.sport} > {self.daddr}:{self.dport}"
+        if self.family == 6:
+            text = f"{proto} [{self.saddr}]:{self.sport} > [{self.daddr}]:{self.dport}"
+        else:
+            text = f"{proto} {self.saddr}:{self.sport} > {self.daddr}:{self.dport}"
+        return text + "".join(f" vlan {vid}" for vid in self.vlan)
 
 
 @dataclass(frozen=True)
@@ -187,6 +209,11 @@ class EngineConfig:
     # Flow control: frames one side may hold on a connection the other holds
     # nothing on before a feed stops there; 0: max_queue_size / 2.
     flow_high_water: int = 0
+    # IP fragment reassembly, per side; 0: the engine's CX_REASM_* default.
+    reasm_timeout_ms: int = 0
+    reasm_max_bytes: int = 0
+    reasm_max_datagrams: int = 0
+    reasm_max_per_host: int = 0
 
     def validate(self) -> None:
         """Raise EngineError with one sentence for the first bad value."""
@@ -203,6 +230,12 @@ class EngineConfig:
                 0 <= self.flow_high_water <= self.max_queue_size):
             raise EngineError(f"flow_high_water must be from 0 to max_queue_size "
                               f"({self.max_queue_size}), not {self.flow_high_water!r}")
+        for name in ("reasm_timeout_ms", "reasm_max_bytes", "reasm_max_datagrams",
+                     "reasm_max_per_host"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or not 0 <= value < 1 << 32:
+                raise EngineError(f"{name} must be from 0 (the default) to 4294967295, "
+                                  f"not {value!r}")
 
 
 @dataclass
@@ -226,6 +259,8 @@ class Counters:
     evidence_lost: int = 0
     outdev_cut: int = 0
     held_back: dict[str, int] = field(default_factory=dict)   # feeds flow control stopped
+    # datagrams that came in fragments, per side, by outcome (FragOutcome)
+    frag: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def released_total(self) -> int:
@@ -235,17 +270,22 @@ class Counters:
         return sum(self.dropped[side].values())
 
 
-def _addr(a: int) -> str:
-    return socket.inet_ntoa(struct.pack("=I", a))
+_WORDS = struct.Struct("=4I")       # an address as the engine keeps it: 4 words
 
 
-def _net(text: str | None, what: str) -> tuple[int, int]:
-    """'10.0.0.0/8' -> (address, mask), both in network byte order as ints."""
+def _addr(words, family: int) -> str:
+    raw = _WORDS.pack(*words)
+    return socket.inet_ntop(socket.AF_INET6, raw) if family == 6 else socket.inet_ntoa(raw[12:])
+
+
+def _net(text: str | None, what: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """'10.0.0.0/8' or 'fd00::/64' -> (address, mask) as the engine's four
+    words, network byte order, IPv4 mapped (colo_xdp.proto.inet)."""
     try:
         addr, mask = net_bytes(text, what)
     except ValueError as exc:
         raise EngineError(str(exc)) from None
-    return struct.unpack("=I", addr)[0], struct.unpack("=I", mask)[0]
+    return _WORDS.unpack(addr), _WORDS.unpack(mask)
 
 
 _EVIDENCE = struct.Struct("=IBBHIIQ")
@@ -253,7 +293,8 @@ _NONE: frozenset = frozenset()
 
 
 def _key(k) -> ConnKey:
-    return ConnKey(_addr(k.saddr), _addr(k.daddr), k.sport, k.dport, k.proto)
+    return ConnKey(_addr(k.saddr, k.family), _addr(k.daddr, k.family), k.sport, k.dport,
+                   k.proto, tuple(k.vid[0:k.ntags]))
 
 
 class Engine:
@@ -271,6 +312,10 @@ class Engine:
             "evidence_max_bytes": self.config.evidence_max_bytes,
             "vnet_hdr": int(self.config.vnet_hdr),
             "flow_high_water": self.config.flow_high_water,
+            "reasm_timeout_ms": self.config.reasm_timeout_ms,
+            "reasm_max_bytes": self.config.reasm_max_bytes,
+            "reasm_max_datagrams": self.config.reasm_max_datagrams,
+            "reasm_max_per_host": self.config.reasm_max_per_host,
         }
         try:
             self._e = native.EngineCore(cfg)
@@ -473,6 +518,7 @@ class Engine:
             evidence_lost=c.evidence_lost,
             outdev_cut=c.outdev_cut,
             held_back={sides[s]: c.held_back[s] for s in Side},
+            frag={sides[s]: {_name(o): c.frag[s][o] for o in FragOutcome} for s in Side},
         )
 
 

@@ -48,7 +48,7 @@ from colo_xdp.lab.pktgen import (ARP_REPLY, ETH_P_ARP, ETH_P_IP, IPPROTO_ICMP, I
                              EtherAddrs, IPv4Fields, arp_frame, icmp_echo_frame, tcp_frame,
                              udp_frame)
 from colo_xdp.proto.framing import Decoder, FramingError, encode
-from colo_xdp.proto.ipv4 import PROTO_BY_NUMBER
+from colo_xdp.proto.inet import PROTO_BY_NUMBER
 
 # The service runs with short timers so that the timeout phase takes < 0.5 s.
 COMPARE_TIMEOUT_MS = 300

@@ -104,6 +104,13 @@ def families(s: dict) -> list:
             m.add_metric([side, reason], n)
     out.append(m)
 
+    m = _counter("fragmented_datagrams", "IP datagrams that came in fragments, by side and "
+                 "outcome (reassembled, timed_out, overlap, over_limit).", ("side", "outcome"))
+    for side, outcomes in s.get("fragments", {}).items():
+        for outcome, n in outcomes.items():
+            m.add_metric([side, outcome], n)
+    out.append(m)
+
     m = _gauge("queued_frames", "Frames held waiting for a compare, by side.", ("side",))
     for side, n in s["held"].items():
         m.add_metric([side], n)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from colo_xdp.engine import ConnInfo
-from colo_xdp.proto.ipv4 import PROTO_BY_NUMBER
+from colo_xdp.proto.inet import PROTO_BY_NUMBER
 
 SIDES = ("primary", "secondary")
 
@@ -28,7 +28,8 @@ def _conn_row(info: ConnInfo, now_ms: int) -> dict:
     key = info.conn
     proto = PROTO_BY_NUMBER.get(key.proto, str(key.proto))
     return {
-        "conn": str(key), "proto": proto, "src": key.saddr, "sport": key.sport,
+        "conn": str(key), "proto": proto, "family": key.family, "vlan": list(key.vlan),
+        "src": key.saddr, "sport": key.sport,
         "dst": key.daddr, "dport": key.dport, "passthrough": info.passthrough,
         "held": {"primary": info.queued_primary, "secondary": info.queued_secondary},
         "matched": info.matched, "released": info.released,
@@ -72,6 +73,8 @@ def snapshot(svc, connections: int = 0) -> dict[str, Any]:
         # Unix time of the last checkpoint done (None: none yet).
         "last_checkpoint_unix": getattr(svc, "last_checkpoint_at", None),
         "dropped": c.dropped,
+        # datagrams that came in IP fragments, by side and outcome
+        "fragments": c.frag,
         "connections": {
             "count": c.connections, "max": svc.config.engine.max_connections,
             "opened": c.conns_created, "evicted": c.conns_evicted,
@@ -152,6 +155,9 @@ def render(snap: dict, before: dict | None = None, interval: float = 0.0) -> str
         f"opened {_n(conns['opened'])}  evicted {_n(conns['evicted'])}  "
         f"passthrough rules {snap['passthrough_rules']}",
     ]
+    for side, outcomes in snap.get("fragments", {}).items():
+        if any(outcomes.values()):
+            lines.append(f"{'fragmented ' + side:<21}{_by_reason(outcomes)}")
     lost = {k: v for k, v in snap["lost"].items() if v}
     if lost:
         lines.append(f"{'lost':<21}{_by_reason(lost)}")
@@ -160,11 +166,12 @@ def render(snap: dict, before: dict | None = None, interval: float = 0.0) -> str
     for side, drops in snap.get("kernel_dropped", {}).items():
         lines.append(f"{'kernel drops ' + side:<21}{_by_reason(drops)}")
     if conns["table"]:
-        lines += ["", f"{'CONNECTION':<44} {'PT':>2} {'HELD P/S':>11} {'MATCHED':>9} "
+        width = max(44, *(len(row["conn"]) for row in conns["table"]))
+        lines += ["", f"{'CONNECTION':<{width}} {'PT':>2} {'HELD P/S':>11} {'MATCHED':>9} "
                       f"{'RELEASED':>9} {'MISM':>6} {'CKPT':>6} {'IDLE':>7}"]
         for row in conns["table"]:
             hp = f"{row['held']['primary']}/{row['held']['secondary']}"
-            lines.append(f"{row['conn'][:44]:<44} {'pt' if row['passthrough'] else '':>2} "
+            lines.append(f"{row['conn']:<{width}} {'pt' if row['passthrough'] else '':>2} "
                          f"{hp:>11} {row['matched']:>9} {row['released']:>9} "
                          f"{row['mismatches']:>6} {row['checkpoints']:>6} "
                          f"{_duration(row['idle_ms']):>7}")

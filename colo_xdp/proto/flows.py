@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from colo_xdp.engine import PassthroughRule
 from colo_xdp.errors import ConfigError, ControlError
-from colo_xdp.proto.ipv4 import PROTO_BY_NUMBER, PROTO_NAMES, network
+from colo_xdp.proto.inet import PROTO_BY_NUMBER, PROTO_NAMES, network
 
 MAX_PASSTHROUGH_RULES = 1024      # the engine scans them per new connection
 # Protocols the engine keys by port (compare-rules.md: DCCP, SCTP, UDP-Lite too).
@@ -61,7 +61,8 @@ def _proto(value: Any) -> int | None:
 
 def _net(value: Any, what: str) -> str | None:
     """'10.0.0.7/24' -> '10.0.0.0/24', '10.0.0.1/32' -> '10.0.0.1', '*' -> None;
-    a /0 prefix is refused (say * for any address)."""
+    IPv6 alike ('fd00::7/64' -> 'fd00::/64'); a /0 prefix is refused (say *
+    for any address)."""
     if value is None:
         return None
     text = str(value).strip()
@@ -70,13 +71,14 @@ def _net(value: Any, what: str) -> str | None:
     try:
         net = network(text, what)
     except ValueError:
-        raise FlowError(f"{what} {text!r} is not an IPv4 address, address/prefix or *") from None
+        raise FlowError(f"{what} {text!r} is not an IPv4 or IPv6 address, "
+                        "address/prefix or *") from None
     if net.prefixlen == 0:
         # Every address: a typo away from "compare nothing for anyone".  The
         # wildcard must be said as such.
         raise FlowError(f"{what} {text!r} has prefix /0, which matches every address; "
                         "use * for any address")
-    return str(net.network_address) if net.prefixlen == 32 else str(net)
+    return str(net.network_address) if net.prefixlen == net.max_prefixlen else str(net)
 
 
 def _port(value: Any, what: str) -> int | None:
@@ -112,7 +114,15 @@ def _rule(proto, src, dst, sport, dport) -> PassthroughRule:
 
 
 def _endpoint(text: str, what: str) -> tuple[str, str | None]:
-    """'10.0.0.0/24:53' -> ('10.0.0.0/24', '53'); '*' -> ('*', None)."""
+    """'10.0.0.0/24:53' -> ('10.0.0.0/24', '53'); '*' -> ('*', None);
+    IPv6 in brackets when a port follows: '[fd00::/64]:53', else bare."""
+    if text.startswith("["):
+        addr, sep, rest = text[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise FlowError(f"{what} {text!r} is not [IPV6]:PORT or [IPV6]")
+        return addr, rest[1:] or None
+    if text.count(":") > 1:
+        return text, None                        # IPv6 without a port
     addr, sep, port = text.rpartition(":")
     if not sep:
         return text, None
@@ -124,11 +134,14 @@ def _endpoint(text: str, what: str) -> tuple[str, str | None]:
 def parse_flow(text: str) -> PassthroughRule:
     """Read a flow spec: ``[PROTO] SRC[:PORT] > DST[:PORT]``, or ``PROTO`` alone.
 
-    PROTO is tcp, udp, icmp, a protocol number or * / any (the default);
-    an address is A.B.C.D, A.B.C.D/PREFIX or *; a port a number or *::
+    PROTO is tcp, udp, icmp, icmp6, a protocol number or * / any (the
+    default); an address is A.B.C.D, A.B.C.D/PREFIX, an IPv6 address or
+    prefix (in brackets when a port follows) or *; a port a number or *::
 
         udp 10.0.0.0/24:* > *:53      UDP from 10.0.0.0/24 to port 53
         tcp * > 10.0.0.2:22           TCP to 10.0.0.2 port 22
+        udp [fd00::/64]:* > *:53      UDP from fd00::/64 to port 53
+        tcp * > 2001:db8::2           TCP to 2001:db8::2
         10.0.0.9 > *                  everything from 10.0.0.9
         icmp                          all ICMP
     """
@@ -166,6 +179,8 @@ def proto_name(proto: int | None) -> str:
 def format_flow(rule: PassthroughRule) -> str:
     """The canonical spec: ``udp 10.0.0.0/24 > *:53`` (parse_flow reads it back)."""
     def end(addr, port):
+        if port and addr and ":" in addr:
+            return f"[{addr}]:{port}"
         return f"{addr or '*'}:{port}" if port else addr or "*"
     return f"{proto_name(rule.proto)} {end(rule.src, rule.sport)} > {end(rule.dst, rule.dport)}"
 

@@ -11,7 +11,9 @@
  *   config: [0] bit 0 vnet_hdr, bits 1-3 max_queue_size, bits 4-6
  *           max_connections (indices into the tables below), bit 7 evidence
  *           buffer on; [1] compare_timeout (low nibble) and expired_scan_cycle
- *           (high nibble); [2] max_events; [3] unused.
+ *           (high nibble); [2] max_events; [3] reassembly limits: bits 0-1
+ *           reasm_max_datagrams, bits 2-3 reasm_max_bytes, bit 4 a 50 ms
+ *           reasm_timeout, bit 5 one datagram per source (0: the defaults).
  *   op:     one byte, kind = low nibble (OP_*), side = bit 7, then its
  *           arguments; an op cut short by the end of the input is skipped.
  *
@@ -264,16 +266,19 @@ static void check_snapshot(struct world *w)
     CHECK(n == cx_engine__connections(w->e));
     uint64_t queued[2] = {0, 0};
     for (size_t i = 0; i < n && i < 64; i++) {
-        CHECK(info[i].queued[0] <= w->cfg.max_queue_size);
-        CHECK(info[i].queued[1] <= w->cfg.max_queue_size);
+        /* a reassembled datagram is one frame of the queue, standing for
+         * up to CX_REASM_MAX_FRAGS fragments in the counts */
+        CHECK(info[i].queued[0] <= (uint64_t)w->cfg.max_queue_size * CX_REASM_MAX_FRAGS);
+        CHECK(info[i].queued[1] <= (uint64_t)w->cfg.max_queue_size * CX_REASM_MAX_FRAGS);
         CHECK(info[i].matched <= info[i].released);
         CHECK(info[i].mismatches <= info[i].checkpoints);
         queued[0] += info[i].queued[0];
         queued[1] += info[i].queued[1];
     }
-    if (n <= 64) {
-        CHECK(queued[0] == cx_engine__queued(w->e, 0));
-        CHECK(queued[1] == cx_engine__queued(w->e, 1));
+    if (n <= 64) {   /* the totals also count fragments waiting for their datagram */
+        const struct cx_counters *ctr = cx_engine__counters(w->e);
+        CHECK(queued[0] + ctr->frag_held[0] == cx_engine__queued(w->e, 0));
+        CHECK(queued[1] + ctr->frag_held[1] == cx_engine__queued(w->e, 1));
     }
 }
 
@@ -327,6 +332,12 @@ static void report(struct world *w)
             (unsigned long long)c->skipped_secondary, (unsigned long long)c->conns_evicted,
             (unsigned long long)c->events_lost, (unsigned long long)c->evidence_lost,
             (unsigned long long)c->outdev_cut);
+    for (int s = 0; s < 2; s++) {
+        fprintf(stderr, "cx-stats frag%d=", s);
+        for (int r = 0; r < CX_FRAG__COUNT; r++)
+            fprintf(stderr, "%s%llu", r ? "," : "", (unsigned long long)c->frag[s][r]);
+        fprintf(stderr, "\n");
+    }
 }
 
 /* ---- ops --------------------------------------------------------------------- */
@@ -345,16 +356,26 @@ static void op_rules(struct world *w, struct cursor *c)
         const uint8_t *a;
         if (!take(c, 4, &a))
             return;
-        /* protocol, a source /24 or /32 or any, source port of a flow, any */
+        /* protocol, a source /24 or /32 or any (IPv4 mapped, or with bit 4
+         * fd00::/16), source port of a flow, any */
         static const uint8_t PROTO[4] = {0, 6, 17, 47};
         rules[i].proto = PROTO[a[0] & 3];
         v = 0x0a000001 + (a[1] & 3);
         uint32_t mask = (a[1] & 4) ? 0xffffffffu : (a[1] & 8) ? 0xffffff00u : 0;
         uint8_t be[4];
-        put32(be, v);
-        memcpy(&rules[i].saddr, be, 4);
-        put32(be, mask);
-        memcpy(&rules[i].smask, be, 4);
+        if (a[1] & 0x10) {
+            put32(be, 0xfd000000u);
+            memcpy(&rules[i].saddr[0], be, 4);
+            put32(be, 0xffff0000u);
+            memcpy(&rules[i].smask[0], be, 4);
+        } else if (mask) {
+            rules[i].saddr[2] = htonl(0xffff);
+            memset(rules[i].smask, 0xff, 12);
+            put32(be, v);
+            memcpy(&rules[i].saddr[3], be, 4);
+            put32(be, mask);
+            memcpy(&rules[i].smask[3], be, 4);
+        }
         /* ports in network byte order, as in cx_wire.h */
         rules[i].sport = htons((a[2] & 1) ? (uint16_t)(((a[2] & 2) ? 4000 : 1000) + ((a[2] >> 2) & 3)) : 0);
         rules[i].dport = htons((a[3] & 1) ? 2000 : 0);
@@ -494,6 +515,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     w.cfg.compare_timeout_ms = TIMEOUTS[h[1] & 15];
     w.cfg.expired_scan_cycle_ms = TIMEOUTS[h[1] >> 4];
     w.cfg.max_events = EVENT_LIMITS[h[2] & 3];
+    static const uint32_t REASM_DGRAMS[4] = {0, 1, 2, 4}, REASM_BYTES[4] = {0, 300, 2000, 0};
+    w.cfg.reasm_max_datagrams = REASM_DGRAMS[h[3] & 3];
+    w.cfg.reasm_max_bytes = REASM_BYTES[(h[3] >> 2) & 3];
+    w.cfg.reasm_timeout_ms = (h[3] & 0x10) ? 50 : 0;
+    w.cfg.reasm_max_per_host = (h[3] & 0x20) ? 1 : 0;
     w.hdr = w.cfg.vnet_hdr ? 8 : 4;
     w.e = cx_engine__new(&w.cfg);
     CHECK(w.e != NULL);

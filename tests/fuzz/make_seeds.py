@@ -46,9 +46,10 @@ DROP_TRUNCATED, DROP_NO_MEMORY = 8, 9
 
 
 def config(vnet=False, queue=1024, conns=16384, evidence=False, timeout=3000, scan=1000,
-           events=65536) -> bytes:
+           events=65536, reasm=0) -> bytes:
+    """reasm: byte 3 as is (fuzz_engine.c: the reassembly limits)."""
     b0 = int(vnet) | QUEUE[queue] << 1 | CONNS[conns] << 4 | (0x80 if evidence else 0)
-    return bytes([b0, TIMEOUT[timeout] | TIMEOUT[scan] << 4, EVENTS[events], 0])
+    return bytes([b0, TIMEOUT[timeout] | TIMEOUT[scan] << 4, EVENTS[events], reasm])
 
 
 def raw(side: int, frame: bytes, vnet_len: int = 0) -> bytes:
@@ -111,14 +112,49 @@ SEEDS: dict[str, bytes] = {
     + raw(S, g.icmp_echo_frame(b"z", seq=2)),
     "gre-whole-frame": config() + raw(P, g.ipv4_frame(b"gre", 47)) + raw(S, g.ipv4_frame(b"gre", 47))
     + raw(P, g.ipv4_frame(b"gre", 47)) + raw(S, g.ipv4_frame(b"gre", 47, ip=SEC)),
-    "fragment-keyed-without-ports": config()
+    "fragment-alone-times-out": config(timeout=100, scan=50)
     + raw(P, g.ipv4_frame(b"frag", 17, ip=IPv4Fields(flags=0, frag_offset=3)))
-    + raw(S, g.ipv4_frame(b"frag", 17, ip=IPv4Fields(flags=0, frag_offset=3))),
+    + raw(S, g.ipv4_frame(b"frag", 17, ip=IPv4Fields(flags=0, frag_offset=3)))
+    + tick(0) + tick(5000) + tick(5000),
+    # IPv6, tags, fragments (issue 14)
+    "udp6-match-and-mismatch": config(evidence=True) + raw(P, g.udp6_frame(b"a"))
+    + raw(S, g.udp6_frame(b"a", ip=g.IPv6Fields(hop_limit=3, flow_label=7)))
+    + raw(P, g.udp6_frame(b"b", ip=g.IPv6Fields(ext=((0, b""), (60, b"x")))))
+    + raw(S, g.udp6_frame(b"c")) + CKPT,
+    "tcp6-and-icmp6": config() + raw(P, g.tcp6_frame(DATA[:50], seq=1, ack=1))
+    + raw(S, g.tcp6_frame(DATA[:20], seq=1, ack=1)) + raw(S, g.tcp6_frame(DATA[20:50], seq=21, ack=1))
+    + raw(P, g.icmp6_echo_frame(b"p")) + raw(S, g.icmp6_echo_frame(b"p"))
+    + raw(P, g.neighbor_solicit_frame()) + raw(S, g.neighbor_solicit_frame()),
+    "vlan-and-qinq": config() + raw(P, g.vlan_frame(udp(b"v"), 5)) + raw(S, g.vlan_frame(udp(b"v"), 6))
+    + raw(S, g.vlan_frame(udp(b"v"), 5, pcp=3)) + raw(P, g.qinq_frame(g.udp6_frame(b"q")))
+    + raw(S, g.qinq_frame(g.udp6_frame(b"q"))) + raw(P, g.vlan_frame(g.qinq_frame(udp(b"3")))),
+    "fragments-reassembled": config(evidence=True)
+    + b"".join(raw(P, f) for f in g.fragment(g.udp_frame(DATA, ip=IPv4Fields(flags=0)), 64, order=[2, 0, 1, 3]))
+    + b"".join(raw(S, f) for f in g.fragment(g.udp_frame(DATA, ip=IPv4Fields(flags=0)), 96))
+    + b"".join(raw(P, f) for f in g.fragment(g.qinq_frame(g.udp6_frame(DATA)), 48))
+    + b"".join(raw(S, f) for f in g.fragment(g.qinq_frame(g.udp6_frame(DATA[:-1] + b"!")), 80))
+    + DRAIN_ + CKPT,
+    "fragments-overlap-and-limits": config(reasm=0x01 | 0x20)
+    + b"".join(raw(P, f) for f in g.fragment(g.udp6_frame(DATA), 64)[:2])
+    + raw(P, g.fragment(g.udp6_frame(DATA), [56, 64])[1])
+    + raw(P, g.fragment(g.udp6_frame(DATA, src="fd00::9"), 64, ident=9)[0])
+    + raw(S, g.fragment(g.udp_frame(DATA, ip=IPv4Fields(flags=0)), 64, ident=1)[0])
+    + raw(S, g.fragment(g.udp_frame(DATA, ip=IPv4Fields(flags=0)), 64, ident=2)[0])
+    + raw(S, g.fragment(g.udp_frame(DATA, ip=IPv4Fields(flags=0)), 64, ident=1)[0]),
+    "fragments-flushed-then-passed": config(reasm=0x10, timeout=100, scan=50) + tick(0)
+    + raw(P, g.fragment(g.tcp6_frame(DATA, seq=1), 64)[0])
+    + raw(S, g.fragment(g.tcp6_frame(DATA, seq=1), 64)[0]) + CKPT
+    + raw(P, g.fragment(g.tcp6_frame(DATA, seq=1), 64)[1])
+    + raw(S, g.fragment(g.tcp6_frame(DATA, seq=1), 64)[1]) + tick(100) + FAIL
+    + raw(P, g.fragment(g.udp_frame(DATA, ip=IPv4Fields(flags=0)), 64)[0]),
+    "passthrough-ipv6": config() + rules(bytes([2, 0x10, 0, 0]))
+    + raw(P, g.udp6_frame(b"p")) + raw(S, g.udp6_frame(b"p"))
+    + b"".join(raw(P, f) for f in g.fragment(g.udp6_frame(DATA), 64)),
     "sctp-ports": config() + raw(P, g.ipv4_frame(b"\x00\x01\x00\x02sctp", 132))
     + raw(S, g.ipv4_frame(b"\x00\x01\x00\x02sctp", 132)),
     # not compared
     "unsupported": config() + raw(P, g.arp_frame()) + raw(S, g.arp_frame())
-    + raw(P, g.ipv6_frame(b"6")) + raw(S, g.vlan_frame(udp(b"v")))
+    + raw(P, g.ipv6_frame(b"6")[:40]) + raw(S, g.vlan_frame(g.arp_frame()))
     + raw(P, udp(b"runt")[:30]) + raw(S, (lambda f: f[:14] + b"\x44" + f[15:])(udp(b"ihl")))
     + raw(P, (lambda f: f[:46] + b"\xf0" + f[47:])(g.tcp_frame(b""))) + raw(P, udp(b"x"), 21),
     "empty-and-largest": config() + raw(P, b"") + raw(S, b"") + largest(P, False)

@@ -25,7 +25,9 @@ ENGINE_CRASHES = fuzzlib.CRASHES / fuzzlib.ENGINE
 RELEASE = ["matched", "unsupported", "no_payload", "retransmit", "flushed", "failover",
            "passthrough"]
 DROP = ["-", "unsupported", "queue_full", "table_full", "flushed", "failover", "empty",
-        "oversize", "truncated", "no_memory", "passthrough"]
+        "oversize", "truncated", "no_memory", "passthrough", "frag_timeout", "frag_overlap",
+        "frag_limit"]
+FRAG = ["reassembled", "timed_out", "overlap", "over_limit"]
 CHECKPOINT = ["-", "mismatch", "timeout", "queue_full", "table_full"]
 # Not reachable from frames: what only the other side can drop, and running
 # out of memory.
@@ -40,7 +42,8 @@ def _clean(result: fuzzlib.Result) -> None:
 def _reached(log: str) -> set[str]:
     """Counter names that some input's cx-stats line shows above zero."""
     names = {"released": RELEASE, "dropped0": DROP, "dropped1": DROP,
-             "checkpoints": CHECKPOINT, "mismatches": ["tcp", "udp_icmp", "other"]}
+             "checkpoints": CHECKPOINT, "mismatches": ["tcp", "udp_icmp", "other"],
+             "frag0": FRAG, "frag1": FRAG}
     seen = set()
     for line in log.splitlines():
         if not line.startswith("cx-stats "):
@@ -58,10 +61,11 @@ def test_every_rule_runs_clean_under_asan_and_ubsan(engine_fuzzer):
     assert len(seeds) >= 30, "run tests/fuzz/make_seeds.py"
     result = fuzzlib.replay(fuzzlib.ENGINE, seeds, {"CX_FUZZ_STATS": "1"})
     _clean(result)
-    assert result.log.count("cx-stats ") == len(seeds)
+    assert result.log.count("cx-stats ") == 3 * len(seeds)   # counters, then frag0, frag1
     wanted = {f"released.{r}" for r in RELEASE}
     wanted |= {f"dropped{s}.{r}" for s in "01" for r in DROP[1:]} - UNREACHABLE
     wanted |= {f"checkpoints.{r}" for r in CHECKPOINT[1:]}
+    wanted |= {f"frag{s}.{o}" for s in "01" for o in FRAG}
     wanted |= {"mismatches.tcp", "mismatches.udp_icmp", "mismatches.other", "skipped",
                "evicted", "events_lost", "evidence_lost", "outdev_cut"}
     assert wanted - _reached(result.log) == set(), "rules the seeds no longer reach"

@@ -11,7 +11,8 @@ A step (``feed``, ``tick``, ``checkpoint``, ``failover``,
 * releases: ``Out(id, frame, vnet_hdr_len, reason)``, in output order;
 * events: ``("checkpoint", reason, key, evidence)``, ``("drop", side,
   reason, key)``, ``("opened", key)``, ``("evicted", key)``; ``key`` is
-  ``(saddr, daddr, sport, dport, proto)`` with dotted addresses, or None;
+  ``(saddr, daddr, sport, dport, proto, vlan)`` with addresses as text
+  (dotted, or IPv6) and the VIDs of the frame's tags, or None;
   ``evidence`` a tuple of ``(side, frame, vnet_hdr_len, born_ms)``.
 
 Every frame fed in gets an id (its position in the feed order), so the tests
@@ -19,6 +20,7 @@ can follow each primary frame to its one fate: released, held or dropped.
 """
 from __future__ import annotations
 
+import ipaddress
 import socket
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -27,7 +29,14 @@ NET_BUFSIZE = 69632          # a record longer than this is "oversize"
 VNET_HDR_MAX = 20            # sizeof(struct virtio_net_hdr_v1_hash)
 ETH_HLEN = 14
 ETH_P_IP = 0x0800
-IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP = 1, 6, 17
+ETH_P_IPV6 = 0x86DD
+VLAN_TPIDS = (0x8100, 0x88A8)
+IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ICMPV6 = 1, 6, 17, 58
+IPV6_EXT = (0, 43, 60, 44)   # hop-by-hop, routing, destination options, fragment
+IPV6_MAX_EXT = 6
+ICMPV6_LINK = set(range(130, 138)) | {143}   # MLD and ND: not compared, as ARP
+REASM_TIMEOUT_MS, REASM_MAX_BYTES, REASM_MAX_DATAGRAMS = 3000, 4 << 20, 1024
+REASM_MAX_FRAGS, REASM_MAX_PER_HOST = 64, 64
 PORTED_OTHER = (33, 132, 136)  # DCCP, SCTP, UDP-Lite: keyed by their ports too
 TCP_ACK = 0x10
 
@@ -37,7 +46,9 @@ SIDES = (P, S)
 RELEASE_REASONS = ("matched", "unsupported", "no_payload", "retransmit", "flushed",
                    "failover", "passthrough")
 DROP_REASONS = ("unsupported", "queue_full", "table_full", "flushed", "failover", "empty",
-                "oversize", "truncated", "no_memory", "passthrough")
+                "oversize", "truncated", "no_memory", "passthrough", "frag_timeout",
+                "frag_overlap", "frag_limit")
+FRAG_OUTCOMES = ("reassembled", "timed_out", "overlap", "over_limit")
 CHECKPOINT_REASONS = ("mismatch", "timeout", "queue_full", "table_full")
 EVIDENCE_HEADER = 24           # struct cx_evidence; each frame padded to 8 bytes
 
@@ -59,10 +70,25 @@ class Out(NamedTuple):
 
 
 @dataclass
+class FragInfo:
+    """Where a fragment belongs: its datagram and its part of it."""
+    ident: int
+    off: int                   # of its part in the datagram's payload
+    pay_at: int                # where its part starts in the frame
+    plen: int
+    hdr_end: int               # the headers a datagram keeps end here
+    l3_off: int
+    nh_at: int = 0             # IPv6: the byte naming the fragment header
+    nxt: int = 0               # IPv6: the fragment header's next header
+    more: bool = False
+
+
+@dataclass
 class Parsed:
-    key: tuple                 # the 5-tuple, as events and the snapshot show it
-    kind: str                  # "tcp", "l4" (UDP, ICMP) or "whole" (other IPv4)
-    fragment: bool = False     # a later IP fragment: a connection of its own
+    key: tuple                 # the 5-tuple and tags, as events and the snapshot show it
+    kind: str                  # "tcp", "l4" (UDP, ICMP), "whole" (other) or "frag"
+    fragment: bool = False     # an IP fragment: reassembled first
+    frag: FragInfo | None = None
     cmp_off: int = 0           # "l4"/"whole": compared bytes start here
     seq: int = 0               # "tcp" only from here on
     payload: bytes = b""
@@ -79,6 +105,11 @@ class Frame:
     born: int
     p: Parsed
     captured: bool = False     # given out as miscompare evidence already
+    parts: list = field(default_factory=list)   # a datagram: its fragments (Frames)
+
+    @property
+    def weight(self) -> int:
+        return len(self.parts) or 1
 
     @property
     def seq_end(self) -> int:
@@ -109,70 +140,158 @@ class Conn:
 
 # -- "Parsing" --------------------------------------------------------------------
 
-def parse(data: bytes, vnet: int) -> Parsed | None:
-    """Parsed if the frame is *compared*, None if it is *unsupported*."""
-    if vnet > VNET_HDR_MAX:
-        return None
-    eth = data[vnet:]
-    if len(eth) < ETH_HLEN + 20 or int.from_bytes(eth[12:14], "big") != ETH_P_IP:
-        return None
-    ip = eth[ETH_HLEN:]
-    version, ihl = ip[0] >> 4, (ip[0] & 0x0F) * 4
-    total = int.from_bytes(ip[2:4], "big")
-    if version != 4 or ihl < 20 or total < ihl or total > len(ip):
-        return None
-    proto = ip[9]
-    saddr, daddr = socket.inet_ntoa(ip[12:16]), socket.inet_ntoa(ip[16:20])
-    l4 = ip[ihl:total]
-    l4_off = vnet + ETH_HLEN + ihl
-    whole = Parsed((saddr, daddr, 0, 0, proto), "whole", cmp_off=vnet)
-    if int.from_bytes(ip[6:8], "big") & 0x1FFF:
-        # "Non-first IP fragments carry no L4 header: they are keyed without
-        # ports, in connections of their own (apart from the protocol's
-        # flows), and compared whole."
-        whole.fragment = True
-        return whole
+def _link(eth: bytes) -> tuple[int, tuple, int] | None:
+    """"802.1Q and QinQ": (EtherType, VIDs, network header offset), None
+    when cut or with more than two tags."""
+    at, vids = 12, []
+    kind = int.from_bytes(eth[12:14], "big")
+    while kind in VLAN_TPIDS:
+        if len(vids) == 2 or len(eth) < at + 6:
+            return None
+        vids.append(int.from_bytes(eth[at + 2:at + 4], "big") & 0x0FFF)
+        at += 4
+        kind = int.from_bytes(eth[at:at + 2], "big")
+    return kind, tuple(vids), at + 2
+
+
+def _l4(p: Parsed, proto: int, l4: bytes, l4_off: int, keyed) -> Parsed | None:
+    """"TCP: at least 20 bytes ...; UDP: at least 8 bytes; ICMP: at least 4"."""
     if proto == IPPROTO_TCP:
         if len(l4) < 20:
             return None
         doff = (l4[12] >> 4) * 4
         if doff < 20 or doff > len(l4):
             return None
-        return Parsed((saddr, daddr, _u16(l4, 0), _u16(l4, 2), proto), "tcp", cmp_off=vnet,
+        return Parsed(keyed(_u16(l4, 0), _u16(l4, 2)), "tcp", cmp_off=p.cmp_off,
                       seq=_u32(l4, 4), ack=_u32(l4, 8), has_ack=bool(l4[13] & TCP_ACK),
                       payload=bytes(l4[doff:]))
     if proto == IPPROTO_UDP:
         if len(l4) < 8:
             return None
-        return Parsed((saddr, daddr, _u16(l4, 0), _u16(l4, 2), proto), "l4", cmp_off=l4_off)
-    if proto == IPPROTO_ICMP:
-        if len(l4) < 4:
+        return Parsed(keyed(_u16(l4, 0), _u16(l4, 2)), "l4", cmp_off=l4_off)
+    if proto in (IPPROTO_ICMP, IPPROTO_ICMPV6):
+        if len(l4) < 4 or (proto == IPPROTO_ICMPV6 and l4[0] in ICMPV6_LINK):
             return None
-        return Parsed((saddr, daddr, 0, 0, proto), "l4", cmp_off=l4_off)
+        return Parsed(keyed(0, 0), "l4", cmp_off=l4_off)
     if proto in PORTED_OTHER and len(l4) >= 4:
-        whole.key = (saddr, daddr, _u16(l4, 0), _u16(l4, 2), proto)
-    return whole
+        p.key = keyed(_u16(l4, 0), _u16(l4, 2))
+    return p
+
+
+def parse(data: bytes, vnet: int) -> Parsed | None:
+    """Parsed if the frame is *compared*, None if it is *unsupported*."""
+    if vnet > VNET_HDR_MAX or len(data) < vnet + ETH_HLEN:
+        return None
+    eth = data[vnet:]
+    link = _link(eth)
+    if link is None:
+        return None
+    kind, vids, l3 = link
+    ip = eth[l3:]
+    l3_off = vnet + l3
+    frag = None
+    if kind == ETH_P_IP:
+        if len(ip) < 20:
+            return None
+        version, ihl = ip[0] >> 4, (ip[0] & 0x0F) * 4
+        total = int.from_bytes(ip[2:4], "big")
+        if version != 4 or ihl < 20 or total < ihl or total > len(ip):
+            return None
+        proto = ip[9]
+        saddr, daddr = socket.inet_ntoa(ip[12:16]), socket.inet_ntoa(ip[16:20])
+        l4, l4_off = ip[ihl:total], l3_off + ihl
+        word = _u16(ip, 6)
+        if word & 0x3FFF:
+            frag = FragInfo(_u16(ip, 4), (word & 0x1FFF) * 8, l4_off, len(l4), l4_off, l3_off,
+                            more=bool(word & 0x2000))
+    elif kind == ETH_P_IPV6:
+        if len(ip) < 40 or ip[0] >> 4 != 6:
+            return None
+        plen = _u16(ip, 4)
+        if plen == 0 or plen > len(ip) - 40:
+            return None
+        saddr = socket.inet_ntop(socket.AF_INET6, ip[8:24])
+        daddr = socket.inet_ntop(socket.AF_INET6, ip[24:40])
+        end, at, nh_at, nh = 40 + plen, 40, 6, ip[6]
+        for i in range(IPV6_MAX_EXT + 1):
+            if nh not in IPV6_EXT:
+                break
+            if i == IPV6_MAX_EXT or end - at < 8 or (nh == 0 and i != 0):
+                return None
+            if nh == 44:
+                word = _u16(ip, at + 2)
+                frag = FragInfo(_u32(ip, at + 4), word & 0xFFF8, l3_off + at + 8, end - at - 8,
+                                l3_off + at, l3_off, l3_off + nh_at, ip[at], bool(word & 1))
+                nh, at = ip[at], at + 8
+                break
+            hlen = (ip[at + 1] + 1) * 8
+            if hlen > end - at:
+                return None
+            nh_at, nh, at = at, ip[at], at + hlen
+        proto, l4, l4_off = nh, ip[at:end], l3_off + at
+    else:
+        return None                                  # ARP and other EtherTypes
+    whole = Parsed((saddr, daddr, 0, 0, proto, vids), "whole", cmp_off=vnet)
+    if frag is not None:
+        # "reassembled per side and datagram": keyed by it (addresses, id;
+        # IPv4 also the protocol), only the last part may end off 8.
+        if frag.more and (frag.plen == 0 or frag.plen % 8):
+            return None
+        key = (saddr, daddr, 0, 0, proto if kind == ETH_P_IP else 0, vids)
+        return Parsed(key, "frag", fragment=True, frag=frag, cmp_off=vnet)
+    return _l4(whole, proto, l4, l4_off, lambda sp, dp: (saddr, daddr, sp, dp, proto, vids))
+
+
+def _mapped(addr: str) -> int:
+    a = ipaddress.ip_address(addr)
+    return int(a) | (0xFFFF << 32) if a.version == 4 else int(a)
 
 
 def _in_net(addr: str, net: str | None) -> bool:
+    """IPv4 as IPv4-mapped IPv6 on both sides (an IPv4 /n is a /96+n)."""
     if net is None:
         return True
-    base, _, bits = net.partition("/")
-    shift = 32 - int(bits or 32)
-    a, b = (int.from_bytes(socket.inet_aton(x), "big") for x in (addr, base))
-    return shift == 32 or a >> shift == b >> shift
+    n = ipaddress.ip_network(net, strict=False)
+    if n.prefixlen == 0:
+        return True                      # "a /0 of either is any address"
+    bits = n.prefixlen + (96 if n.version == 4 else 0)
+    mask = ((1 << 128) - 1) ^ ((1 << (128 - bits)) - 1)
+    return (_mapped(addr) ^ _mapped(str(n.network_address))) & mask == 0
 
 
 def conn_id(p: Parsed) -> tuple:
-    """What tells connections apart: the 5-tuple, and whether fragments."""
-    return (*p.key, p.fragment)
+    """What tells connections apart: the 5-tuple and tags; a fragment, its
+    datagram."""
+    return (*p.key, p.frag.ident if p.fragment else None)
+
+
+@dataclass(eq=False)
+class Reasm:
+    """A datagram being reassembled, one side's: "collect", "pass" (after a
+    flush: the rest goes through) or "discard" (the rest is dropped)."""
+    side: str
+    key: tuple
+    born: int
+    state: str = "collect"
+    discard_reason: str = ""
+    frags: list = field(default_factory=list)
+    have_last: bool = False
+    total: int = 0
+
+    @property
+    def have(self) -> int:
+        return sum(f.p.frag.plen for f in self.frags)
+
+    @property
+    def bytes(self) -> int:
+        return sum(len(f.data) for f in self.frags)
 
 
 def rule_covers(rule, key: tuple) -> bool:
     """"A list of flow rules (protocol, source and destination address with
     prefix, source and destination port; each may be left open)"; ``rule``
     has the attributes of colo_xdp.engine.PassthroughRule."""
-    saddr, daddr, sport, dport, proto = key
+    saddr, daddr, sport, dport, proto, _vlan = key
     return ((not rule.proto or rule.proto == proto) and _in_net(saddr, rule.src)
             and _in_net(daddr, rule.dst) and (not rule.sport or rule.sport == sport)
             and (not rule.dport or rule.dport == dport))
@@ -193,7 +312,13 @@ class Model:
 
     def __init__(self, compare_timeout_ms=3000, expired_scan_cycle_ms=1000,
                  max_queue_size=1024, max_connections=16384, vnet_hdr=False,
-                 evidence_max_bytes=0):
+                 evidence_max_bytes=0, reasm_timeout_ms=0, reasm_max_bytes=0,
+                 reasm_max_datagrams=0, reasm_max_per_host=0):
+        self.reasm_timeout = reasm_timeout_ms or REASM_TIMEOUT_MS
+        self.reasm_max_bytes = reasm_max_bytes or REASM_MAX_BYTES
+        self.reasm_max_datagrams = reasm_max_datagrams or REASM_MAX_DATAGRAMS
+        self.reasm_max_per_host = reasm_max_per_host or REASM_MAX_PER_HOST
+        self.reasm: dict[tuple, Reasm] = {}     # (side, key, id), in creation order
         self.timeout = compare_timeout_ms
         self.cycle = expired_scan_cycle_ms
         self.max_queue = max_queue_size
@@ -217,6 +342,7 @@ class Model:
             "checkpoints": dict.fromkeys(CHECKPOINT_REASONS, 0),
             "mismatches": {"tcp": 0, "udp_icmp": 0, "other": 0},
             "conns_created": 0, "conns_evicted": 0, "evidence_lost": 0,
+            "frag": {s: dict.fromkeys(FRAG_OUTCOMES, 0) for s in SIDES},
         }
         self._out: list[Out] = []
         self._events: list[tuple] = []
@@ -230,6 +356,16 @@ class Model:
         return out, ev
 
     def _release(self, f: Frame, reason: str) -> None:
+        if f.parts:
+            # "the primary's fragments released in the order they came"
+            if f.p is not None and conn_id(f.p) in self.conns:
+                conn = self.conns[conn_id(f.p)]
+                conn.released += f.weight
+                conn.matched += f.weight * (reason == "matched")
+            for part in f.parts:
+                part.p = None
+                self._release(part, reason)
+            return
         assert self.fate.get(f.id, ("held",))[0] == "held", f"frame {f.id} released twice"
         self.fate[f.id] = ("released", reason)
         self._out.append(Out(f.id, f.data, f.vnet if self.vnet_hdr else 0, reason))
@@ -241,6 +377,10 @@ class Model:
         self.c["released_bytes"] += len(f.data)
 
     def _drop(self, f: Frame, reason: str, key) -> None:
+        if f.parts:
+            for part in f.parts:
+                self._drop(part, reason, key)
+            return
         assert self.fate.get(f.id, ("held",))[0] == "held", f"frame {f.id} dropped twice"
         self.fate[f.id] = ("dropped", reason)
         self.c["dropped"][f.side][reason] += 1
@@ -248,8 +388,9 @@ class Model:
 
     def _consume(self, f: Frame, how: str) -> None:
         """A secondary frame used up by a compare: "matched" or "skipped"."""
-        self.fate[f.id] = (how, None)
-        self.c[f"{how}_secondary"] += 1
+        for part in f.parts or [f]:
+            self.fate[part.id] = (how, None)
+            self.c[f"{how}_secondary"] += 1
 
     def _checkpoint(self, reason: str, key, conn: Conn | None = None, evidence=()) -> None:
         self.c["checkpoints"][reason] += 1
@@ -333,10 +474,124 @@ class Model:
                 self._release(f, "unsupported")
             else:
                 self._drop(f, "unsupported", None)
+        elif parsed.fragment:
+            f.p = parsed
+            self._reasm_feed(f)
         else:
             f.p = parsed
             self._queue(f)
         return self._step()
+
+    # -- "IP fragments" -----------------------------------------------------------------
+
+    def _reasm_drop_held(self, r: Reasm, reason: str, outcome: str) -> None:
+        for part in r.frags:
+            self._drop(part, reason, r.key)
+        r.frags = []
+        self.c["frag"][r.side][outcome] += 1
+        r.state, r.discard_reason = "discard", reason
+
+    def _reasm_feed(self, f: Frame) -> None:
+        fi = f.p.frag
+        rid = (f.side, f.p.key, fi.ident)
+        r = self.reasm.get(rid)
+        if r is None:
+            mine = [x for x in self.reasm.values() if x.side == f.side]
+            if (len(mine) >= self.reasm_max_datagrams or
+                    sum(x.key[0] == f.p.key[0] for x in mine) >= self.reasm_max_per_host):
+                self._drop(f, "frag_limit", f.p.key)
+                self.c["frag"][f.side]["over_limit"] += 1
+                return
+            r = self.reasm[rid] = Reasm(f.side, f.p.key, f.born)
+        if r.state == "pass":
+            # "its datagram was flushed: the rest too"
+            if f.side == P:
+                self._release(f, "flushed")
+            else:
+                self._drop(f, "flushed", f.p.key)
+            return
+        if r.state == "discard":
+            self._drop(f, r.discard_reason, f.p.key)
+            return
+        end = fi.off + fi.plen
+        conflict = ((not fi.more and (r.have_last or end < r.have))
+                    or (r.have_last and end > r.total)
+                    or any((not fi.more and h.p.frag.off + h.p.frag.plen > end)
+                           or (fi.off < h.p.frag.off + h.p.frag.plen and h.p.frag.off < end)
+                           for h in r.frags))
+        if conflict:
+            # "overlapping fragments abandon the datagram (RFC 5722)"
+            self._drop(f, "frag_overlap", f.p.key)
+            self._reasm_drop_held(r, "frag_overlap", "overlap")
+            return
+        side_bytes = sum(x.bytes for x in self.reasm.values() if x.side == f.side)
+        if (len(r.frags) >= REASM_MAX_FRAGS or end > 0xFFFF
+                or side_bytes + len(f.data) > self.reasm_max_bytes):
+            self._drop(f, "frag_limit", f.p.key)
+            self._reasm_drop_held(r, "frag_limit", "over_limit")
+            return
+        r.frags.append(f)
+        self.fate[f.id] = ("held", None)
+        if not fi.more:
+            r.have_last, r.total = True, end
+        if r.have_last and r.have == r.total:
+            self._reasm_complete(rid, r, f.born)
+
+    def _reasm_complete(self, rid, r: Reasm, now: int) -> None:
+        """The first fragment's headers with the fragment fields cleared, then
+        every part at its offset: fed as one frame standing for its parts."""
+        del self.reasm[rid]
+        first = next(x for x in r.frags if x.p.frag.off == 0)
+        fi = first.p.frag
+        l3 = fi.l3_off
+        v6 = ":" in r.key[0]
+        ip_len = (fi.hdr_end - l3 - 40 if v6 else fi.hdr_end - l3) + r.total
+        if ip_len > 0xFFFF or fi.hdr_end + r.total > NET_BUFSIZE:
+            self._reasm_drop_held(r, "frag_limit", "over_limit")
+            return
+        d = bytearray(first.data[:fi.hdr_end]) + bytearray(r.total)
+        for x in r.frags:
+            xi = x.p.frag
+            d[fi.hdr_end + xi.off:fi.hdr_end + xi.off + xi.plen] = x.data[xi.pay_at:xi.pay_at + xi.plen]
+        if v6:
+            d[fi.nh_at] = fi.nxt
+            d[l3 + 4:l3 + 6] = ip_len.to_bytes(2, "big")
+        else:
+            d[l3 + 2:l3 + 4] = ip_len.to_bytes(2, "big")
+            d[l3 + 4:l3 + 8] = bytes(4)
+            d[l3 + 10:l3 + 12] = bytes(2)
+        self.c["frag"][r.side]["reassembled"] += 1
+        dgram = Frame(-1, r.side, bytes(d), first.vnet, now, parse(bytes(d), first.vnet),
+                      parts=list(r.frags))
+        if dgram.p is None or dgram.p.fragment:
+            if dgram.side == P:
+                for part in dgram.parts:
+                    self._release(part, "unsupported")
+            else:
+                for part in dgram.parts:
+                    self._drop(part, "unsupported", r.key)
+            return
+        for part in dgram.parts:
+            part.p = None          # the datagram stands for them now
+        self._queue(dgram)
+
+    def _reasm_expire(self, now: int) -> None:
+        for rid, r in list(self.reasm.items()):
+            if now > r.born and now - r.born > self.reasm_timeout:
+                if r.state == "collect":
+                    self._reasm_drop_held(r, "frag_timeout", "timed_out")
+                del self.reasm[rid]
+
+    def _reasm_flush(self, release_reason: str, drop_reason: str) -> None:
+        for r in self.reasm.values():
+            if r.state != "collect":
+                continue
+            for part in r.frags:
+                if r.side == P:
+                    self._release(part, release_reason)
+                else:
+                    self._drop(part, drop_reason, r.key)
+            r.frags, r.state = [], "pass"
 
     def _queue(self, f: Frame) -> None:
         if conn_id(f.p) not in self.conns and self._covered(f.p.key):
@@ -522,6 +777,7 @@ class Model:
             self.next_scan = now + self.cycle
         elif now >= self.next_scan:
             self.next_scan = now + self.cycle
+            self._reasm_expire(now)
             if not self.failed_over:
                 for conn in self.conns.values():
                     # evidence: the oldest expired frame of each side
@@ -543,10 +799,12 @@ class Model:
     def _flush(self, release_reason: str, drop_reason: str) -> None:
         """"connection by connection in creation order, every queued primary
         frame is released in queue order; every queued secondary frame is
-        dropped".  TCP compare state is kept."""
+        dropped".  TCP compare state is kept.  Then datagrams being
+        reassembled release (primary) or drop (secondary) what they hold."""
         for conn in self.conns.values():
             self._flush_conn(conn, release_reason, drop_reason)
             self._touch(conn)
+        self._reasm_flush(release_reason, drop_reason)
 
     def checkpoint(self):
         self._flush("flushed", "flushed")
@@ -582,7 +840,14 @@ class Model:
     # -- state ---------------------------------------------------------------------
 
     def queued(self, side: str) -> int:
-        return sum(len(c.q[side]) for c in self.conns.values())
+        """Frames held: in queues (a datagram as its fragments) and fragments
+        waiting for the rest of their datagram."""
+        return (sum(f.weight for c in self.conns.values() for f in c.q[side])
+                + sum(len(r.frags) for r in self.reasm.values() if r.side == side))
+
+    def holds(self, f: Frame) -> bool:
+        return (any(f is x or f in x.parts for c in self.conns.values() for x in c.q[f.side])
+                or any(f in r.frags for r in self.reasm.values()))
 
     def counters(self) -> dict:
         """The engine's Counters, as a dict with the same field names."""

@@ -16,9 +16,13 @@ Flows (index ``n`` gives each its own ports, so each is one connection):
   a FIN, ACK numbers that may run ahead of the other side, an ISN just below
   2**32 so sequence numbers wrap, and sometimes a corrupted byte or a
   secondary that stops early;
-* later IP fragments (keyed without ports), and frames the engine does not
-  compare: ARP, IPv6, 802.1Q, runts, bad IPv4 and TCP headers, zero-length
-  and oversize frames.
+* IPv6 (UDP, ICMPv6 and TCP, with extension headers, hop limit, traffic
+  class and flow label changed on the secondary) and 802.1Q / QinQ-tagged
+  flows;
+* IP fragments, IPv4 and IPv6, tagged or not: datagrams cut differently on
+  each side, sent out of order, with overlaps, duplicates, missing parts;
+* frames the engine does not compare: ARP, ND, three tags, runts, bad IPv4,
+  IPv6 and TCP headers, zero-length and oversize frames.
 """
 from __future__ import annotations
 
@@ -139,21 +143,111 @@ def gre_flow(draw, n: int) -> Flow:
     return Flow("gre", prim, sec)
 
 
+V6_SEC = g.IPv6Fields(hop_limit=3, traffic_class=0x28, flow_label=0x12345)
+
+
+@st.composite
+def udp6_flow(draw, n: int) -> Flow:
+    """IPv6 UDP, after extension headers on one side: compared from the L4
+    header on, so hop limit, traffic class, flow label and extension
+    headers do not count."""
+    sport = 6000 + n
+    payloads = draw(_payloads())
+    ext = ((g.IPV6_HOPOPTS, b""), (g.IPV6_DSTOPTS, b"opt"))
+    prim = [g.udp6_frame(b"%d:" % i + p, sport=sport,
+                         ip=g.IPv6Fields(flow_label=_ident(n, i), ext=ext if i % 2 else ()))
+            for i, p in enumerate(payloads)]
+    sec = [g.udp6_frame(b"%d:" % i + p, sport=sport, eth=OTHER_MAC, ip=V6_SEC)
+           for i, p in enumerate(payloads)]
+    return Flow("udp6", prim, draw(_deviate(sec, 14 + 40)))
+
+
+@st.composite
+def icmp6_flow(draw, n: int) -> Flow:
+    src = f"fd00:1::{n + 1}"
+    payloads = draw(_payloads())
+    prim = [g.icmp6_echo_frame(p, seq=i, src=src, ip=g.IPv6Fields(flow_label=_ident(n, i)))
+            for i, p in enumerate(payloads)]
+    sec = [g.icmp6_echo_frame(p, seq=i, src=src, ip=V6_SEC) for i, p in enumerate(payloads)]
+    return Flow("icmp6", prim, draw(_deviate(sec, 14 + 40)))
+
+
+@st.composite
+def vlan_flow(draw, n: int) -> Flow:
+    """UDP over one or two tags: the VIDs are the key; the secondary's PCP
+    differs (not keyed) and sometimes a VID (another connection)."""
+    tags = draw(st.sampled_from([(10,), (20, 30), (30, 20)]))
+    payloads = draw(_payloads())
+
+    def tag(frame, pcp, vids):
+        if len(vids) == 1:
+            return g.vlan_frame(frame, vids[0], pcp)
+        return g.qinq_frame(frame, *vids)
+    sport = 7000 + n
+    prim = [tag(g.udp_frame(b"%d:" % i + p, sport=sport, ip=IPv4Fields(ident=_ident(n, i))),
+                0, tags) for i, p in enumerate(payloads)]
+    sec_tags = tags if draw(st.integers(0, 5)) else tags[::-1] + (0,) * (len(tags) == 1)
+    sec = [tag(g.udp_frame(b"%d:" % i + p, sport=sport), 5, sec_tags)
+           for i, p in enumerate(payloads)]
+    return Flow("vlan", prim, draw(_deviate(sec, 14 + 8 + 20)))
+
+
+@st.composite
+def _fragmented(draw, frame: bytes, ident: int) -> list[bytes]:
+    """``frame`` cut into fragments at random multiples of 8, maybe out of
+    order, maybe with one left out, doubled or overlapping."""
+    body = len(frame) - 14 - 40
+    cuts = draw(st.lists(st.sampled_from([8, 16, 24, 48]), min_size=1, max_size=4))
+    parts = g.fragment(frame, cuts, ident=ident) if body > 8 else [frame]
+    how = draw(st.sampled_from(["same"] * 4 + ["shuffle", "omit", "double", "overlap"]))
+    if how == "shuffle":
+        parts = draw(st.permutations(parts))
+    elif how == "omit" and len(parts) > 1:
+        del parts[draw(st.integers(0, len(parts) - 1))]
+    elif how == "double":
+        k = draw(st.integers(0, len(parts) - 1))
+        parts.insert(k, parts[k])
+    elif how == "overlap" and len(parts) > 1:
+        other = g.fragment(frame, [8] * 20, ident=ident)
+        parts.insert(draw(st.integers(0, len(parts))), draw(st.sampled_from(other)))
+    return list(parts)
+
+
 @st.composite
 def fragment_flow(draw, n: int) -> Flow:
-    """Later fragments of a UDP datagram: keyed without ports, compared whole."""
-    src = f"10.0.3.{n + 1}"
+    """Datagrams in IP fragments (IPv4 or IPv6, tagged or not, UDP, TCP or
+    other), cut differently on each side: reassembled, compared whole."""
+    family = draw(st.sampled_from(["v4", "v6", "v4-vlan", "v6-qinq"]))
+    proto = draw(st.sampled_from(["udp", "udp", "gre"]))
     payloads = draw(_payloads(3))
-    prim = [g.ipv4_frame(p + b"frag", g.IPPROTO_UDP, src=src,
-                         ip=IPv4Fields(ident=_ident(n, 0), flags=0, frag_offset=1 + i))
-            for i, p in enumerate(payloads)]
-    return Flow("fragment", prim, draw(_deviate(prim, 0)))
+    prim, sec = [], []
+    for i, p in enumerate(payloads):
+        body = b"%d:" % i + p * 3 + bytes(range(40))
+        if family.startswith("v4"):
+            mk = (lambda b, ttl: g.udp_frame(b, sport=8000 + n, ip=IPv4Fields(flags=0, ttl=ttl))
+                  if proto == "udp" else
+                  g.ipv4_frame(b, g.IPPROTO_GRE, src=f"10.0.3.{n + 1}",
+                               ip=IPv4Fields(flags=0, ttl=ttl)))
+        else:
+            mk = (lambda b, ttl: g.udp6_frame(b, sport=8000 + n, ip=g.IPv6Fields(hop_limit=ttl))
+                  if proto == "udp" else
+                  g.ipv6_frame(b, next_header=g.IPPROTO_GRE, src=f"fd00:3::{n + 1}",
+                               ip=g.IPv6Fields(hop_limit=ttl)))
+        tag = (lambda f: f) if "-" not in family else (
+            (lambda f: g.vlan_frame(f, 5)) if family == "v4-vlan" else g.qinq_frame)
+        prim += draw(_fragmented(tag(mk(body, 64)), _ident(n, i)))
+        s_body = body if draw(st.integers(0, 4)) else body[:-1] + b"!"
+        sec += draw(_fragmented(tag(mk(s_body, 64)), 0x9000 + i))
+    return Flow("fragment", prim, sec)
 
 
 UNSUPPORTED = [
     g.arp_frame(),
-    g.ipv6_frame(b"v6"),
-    g.vlan_frame(g.udp_frame(b"tagged")),
+    g.neighbor_solicit_frame(),
+    g.vlan_frame(g.qinq_frame(g.udp_frame(b"three tags"))),
+    (lambda f: f[:18] + b"\0\0" + f[20:])(g.udp6_frame(b"jumbo")),
+    g.ipv6_frame(b"\x11\x05" + b"\0" * 6, next_header=g.IPV6_DSTOPTS),
+    g.ipv4_frame(b"x" * 9, g.IPPROTO_UDP, ip=IPv4Fields(flags=g.IP_MF)),
     g.udp_frame(b"runt")[:20],                                     # no IPv4 header
     b"",                                                           # zero-length
     bytes(g.NET_BUFSIZE + 1),                                      # oversize
@@ -237,8 +331,24 @@ def tcp_flow(draw, n: int) -> Flow:
     return Flow("tcp", prim, sec)
 
 
+@st.composite
+def tcp6_flow(draw, n: int) -> Flow:
+    """TCP over IPv6: the same rules, by sequence range."""
+    flow = draw(tcp_flow(n))
+
+    def six(frame: bytes, sec: bool) -> bytes:
+        seg = frame[14 + 20:]
+        # the IPv4 segment as is (its checksum is not compared, nor checked)
+        return g.ethernet(g.ipv6(seg, g.IPPROTO_TCP,
+                                 ip=V6_SEC if sec else g.IPv6Fields(flow_label=len(seg))),
+                          g.ETH_P_IPV6, OTHER_MAC if sec else g.ETHER_DEFAULTS)
+    return Flow("tcp6", [six(f, False) for f in flow.primary],
+                [six(f, True) for f in flow.secondary])
+
+
 FLOWS = {"udp": udp_flow, "icmp": icmp_flow, "gre": gre_flow, "fragment": fragment_flow,
-         "unsupported": unsupported_flow, "tcp": tcp_flow}
+         "unsupported": unsupported_flow, "tcp": tcp_flow, "udp6": udp6_flow,
+         "icmp6": icmp6_flow, "vlan": vlan_flow, "tcp6": tcp6_flow}
 
 
 # -- vnet headers ---------------------------------------------------------------------
@@ -263,6 +373,10 @@ def configs(vnet_hdr: bool = False):
         "max_connections": st.sampled_from([1, 2, 3, 16384]),
         "vnet_hdr": st.just(vnet_hdr),
         "evidence_max_bytes": st.sampled_from([0, 0, 100, 300, 1 << 20]),
+        "reasm_timeout_ms": st.sampled_from([0, 0, 50]),
+        "reasm_max_bytes": st.sampled_from([0, 0, 300]),
+        "reasm_max_datagrams": st.sampled_from([0, 0, 1, 2]),
+        "reasm_max_per_host": st.sampled_from([0, 0, 1]),
     })
 
 
@@ -272,6 +386,8 @@ RULES = st.lists(st.sampled_from([
     PassthroughRule(sport=1000), PassthroughRule(sport=4001), PassthroughRule(proto=47),
     PassthroughRule(src="10.0.1.0/24"), PassthroughRule(src="10.0.2.1", proto=47),
     PassthroughRule(dst="10.0.0.0/8", sport=4000), PassthroughRule(),
+    PassthroughRule(src="fd00::/16", proto=17), PassthroughRule(dst="fd00::2", sport=6001),
+    PassthroughRule(src="fd00:1::1"), PassthroughRule(src="10.0.0.1", sport=7000),
 ]), max_size=2).map(tuple)
 
 

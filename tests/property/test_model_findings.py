@@ -56,13 +56,16 @@ def test_identical_ranges_differing_above_the_compared_sequence_are_a_mismatch()
     assert _both(steps) == ([steps[0][1]], ["mismatch"])
 
 
-def test_later_fragments_are_compared_whole_even_beside_a_port_zero_tcp_flow():
-    """A later IP fragment of TCP is keyed without ports; it used to share the
-    connection of a TCP flow on ports 0 and 0 and go out uncompared as a
-    segment without payload."""
-    def fragment(payload: bytes) -> bytes:
-        return g.ipv4_frame(payload, g.IPPROTO_TCP, ip=g.IPv4Fields(flags=0, frag_offset=10))
+def test_fragments_of_a_port_zero_tcp_segment_are_compared_as_that_segment():
+    """Issue 14: a later IP fragment of TCP used to be keyed without ports
+    (apart from a TCP flow on ports 0 and 0).  Fragments are now reassembled:
+    the datagram is that flow's segment, compared by sequence; a lone later
+    fragment waits for the rest."""
     syn = g.tcp_frame(b"", sport=0, dport=0, seq=0, flags=g.TCP_SYN)
-    steps = [(P, syn), (S, syn), (S, fragment(b"secondary bytes")),
-             (P, fragment(b"primary bytes!!"))]
+    prim = g.fragment(g.tcp_frame(b"primary bytes!!" * 4, sport=0, dport=0, seq=1,
+                                  ip=g.IPv4Fields(flags=0)), 32)
+    sec = g.fragment(g.tcp_frame(b"secondary bytes" * 4, sport=0, dport=0, seq=1,
+                                 ip=g.IPv4Fields(flags=0)), 48)
+    assert _both([(P, syn), (S, syn), (S, sec[1]), (P, prim[1])]) == ([syn], [])
+    steps = [(P, syn), (S, syn), *((S, f) for f in sec), *((P, f) for f in prim)]
     assert _both(steps) == ([syn], ["mismatch"])

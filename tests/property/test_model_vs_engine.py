@@ -40,7 +40,8 @@ SIDE = {"P": P, "S": S}
 
 
 def _key(conn):
-    return None if conn is None else (conn.saddr, conn.daddr, conn.sport, conn.dport, conn.proto)
+    return None if conn is None else (conn.saddr, conn.daddr, conn.sport, conn.dport, conn.proto,
+                                      conn.vlan)
 
 
 def coalesced(events: list[tuple]) -> list[tuple]:
@@ -85,11 +86,12 @@ def engine_events(actions) -> list[tuple]:
 
 COUNTER_FIELDS = ("frames_in", "bytes_in", "released", "released_bytes", "matched_secondary",
                   "skipped_secondary", "dropped", "checkpoints", "mismatches", "queued",
-                  "connections", "conns_created", "conns_evicted", "evidence_lost")
+                  "connections", "conns_created", "conns_evicted", "evidence_lost", "frag")
 
 
 def model_snapshot(model: Model) -> list[tuple]:
-    return [(c.key, c.passthrough, len(c.q[P]), len(c.q[S]), c.created, c.last, c.matched,
+    return [(c.key, c.passthrough, sum(f.weight for f in c.q[P]),
+             sum(f.weight for f in c.q[S]), c.created, c.last, c.matched,
              c.released, c.mismatches, c.checkpoints) for c in model.conns.values()]
 
 
@@ -173,8 +175,12 @@ class Run:
         assert snapshot == model_snapshot(self.model), f"{where}: connection snapshot"
         # Memory bounded by the configured limits.
         assert c.connections <= self.cfg["max_connections"]
+        # (a queue holds max_queue_size frames; a reassembled datagram is one
+        # frame standing for up to 64 fragments, the snapshot counts those)
         for conn in snapshot:
-            assert max(conn[2], conn[3]) <= self.cfg["max_queue_size"]
+            assert max(conn[2], conn[3]) <= self.cfg["max_queue_size"] * 64
+        for conn in self.model.conns.values():
+            assert max(len(conn.q[P]), len(conn.q[S])) <= self.cfg["max_queue_size"]
 
     # -- the end-of-run invariants on what the engine put out --------------------------
 
@@ -191,7 +197,7 @@ class Run:
             if fate == "released":
                 assert f.id in out_ids
             elif fate == "held":
-                assert any(f in c.q[P] for c in m.conns.values())
+                assert m.holds(f)
             else:
                 assert fate == "dropped" and reason, f"frame {f.id}: {m.fate[f.id]}"
         c = self.eng.counters()
@@ -234,6 +240,10 @@ class Run:
                                 "passthrough"},
                        "tick": set(), "checkpoint": {"flushed"}, "failover": {"failover"},
                        "rules": {"passthrough"}}[kind]
+            if kind == "feed" and reason == "flushed":
+                # the rest of a datagram a checkpoint flushed part of
+                assert parse(f.data, f.vnet).fragment, f"frame {fid} flushed by a feed"
+                continue
             assert reason in allowed, f"frame {fid} released as {reason} by a {kind}"
             if reason == "failover" and kind == "feed":
                 assert self.failed_over_at is not None and fid >= self.failed_over_at
@@ -247,7 +257,7 @@ class Run:
     def _matched(self, kind: str):
         for fid, _, fed in self.released:
             f = self.model.frames[fid]
-            if self.model.fate[fid][1] == "matched" and f.p.kind == kind:
+            if self.model.fate[fid][1] == "matched" and f.p is not None and f.p.kind == kind:
                 yield f, fed
 
     def _check_dgram_matches(self) -> None:

@@ -224,8 +224,8 @@ def test_bad_requests_get_an_error_and_the_connection_stays_usable(lab):
     assert_error(ctl.ask({"cmd": "launch", "id": 9}), "unknown command 'launch'")
     assert_error(ctl.ask({"nocmd": True}), "needs \"cmd\"")
     assert_error(ctl.ask({"cmd": "stats", "connections": "all"}), "connections must be")
-    assert_error(ctl.ask({"cmd": "passthrough", "op": "add", "flow": "udp ::1 > *"}),
-                 "not an IPv4 address")
+    assert_error(ctl.ask({"cmd": "passthrough", "op": "add", "flow": "udp ::g > *"}),
+                 "not an IPv4 or IPv6 address")
     ctl.send_raw(b"\n\n   \n")                           # blank lines: ignored
     # An oversized line: one error, the rest of it skipped, then business as usual.
     ctl.send_raw(b'{"cmd": "stats", "pad": "' + b"x" * (200 * 1024))

@@ -228,7 +228,7 @@ def test_passthrough_add_list_del():
     ('{"cmd": "passthrough", "op": "add", "flow": 7}', "flow spec"),
     ('{"cmd": "passthrough", "op": "add", "dport": 70000}', "outside 1..65535"),
     ('{"cmd": "passthrough", "op": "add", "proto": "icmp", "dport": 1}', "icmp has no ports"),
-    ('{"cmd": "passthrough", "op": "add", "src": "10.0.0.300"}', "not an IPv4 address"),
+    ('{"cmd": "passthrough", "op": "add", "src": "10.0.0.300"}', "not an IPv4 or IPv6 address"),
 ])
 def test_passthrough_bad_requests(request_, fragment):
     assert fragment in one_sentence(ask(request_))
@@ -251,6 +251,15 @@ def test_passthrough_bad_requests(request_, fragment):
      "udp 1.2.3.4:1000 > 5.6.7.8:2000"),
     ("tcp * > 10.0.0.1/32:*", PassthroughRule(proto=6, dst="10.0.0.1"), "tcp * > 10.0.0.1"),
     ("sctp", None, None),
+    ("udp [fd00::7/64]:* > *:53", PassthroughRule(proto=17, src="fd00::/64", dport=53),
+     "udp fd00::/64 > *:53"),
+    ("tcp * > 2001:db8::2", PassthroughRule(proto=6, dst="2001:db8::2"),
+     "tcp * > 2001:db8::2"),
+    ("udp [fd00::1]:5 > [fd00::2/128]:6", PassthroughRule(17, "fd00::1", "fd00::2", 5, 6),
+     "udp [fd00::1]:5 > [fd00::2]:6"),
+    ("icmp6 * > fe80::/10", PassthroughRule(proto=58, dst="fe80::/10"),
+     "icmp6 * > fe80::/10"),
+    ("ipv6-icmp", PassthroughRule(proto=58), "icmp6 * > *"),
 ])
 def test_flow_specs(text, rule, canonical):
     if rule is None:
@@ -266,6 +275,8 @@ def test_flow_specs(text, rule, canonical):
     "", "udp tcp", "udp a > b > c", "udp 1.2.3.4", "udp 1.2.3.4:0 > *", "udp :53 > *",
     "udp * > *:http", "256", "0", "icmp * > *:1", "udp 1.2.3.4/33 > *", "udp * >",
     "tcp 0.0.0.0/0:* > 10.0.0.1", "10.0.0.0/0 > *", "* > 192.168.1.0/0",
+    "udp [fd00::1 > *", "udp [fd00::1]x > *", "udp fd00::/129 > *", "udp [10.0.0.1:5 > *",
+    "udp [fd00::g]:5 > *", "icmp6 ::/0 > fe80::/10",
 ])
 def test_bad_flow_specs_are_one_sentence(text):
     with pytest.raises(FlowError) as info:

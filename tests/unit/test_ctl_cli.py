@@ -60,8 +60,8 @@ def test_passthrough_commands(lab):
     assert [r["flow"] for r in listed["rules"]] == ["tcp * > 10.0.0.2:22"]
     bad = ctl(lab, "passthrough", "add", "udp 10.0.0.300 > *")
     assert bad.returncode == 1 and bad.stdout == ""
-    assert bad.stderr == "colo-xdp: error: source '10.0.0.300' is not an IPv4 address, " \
-                         "address/prefix or *\n"
+    assert bad.stderr == "colo-xdp: error: source '10.0.0.300' is not an IPv4 or IPv6 " \
+                         "address, address/prefix or *\n"
 
 
 def test_stats_and_send(lab):

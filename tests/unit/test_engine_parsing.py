@@ -1,13 +1,15 @@
 """docs/compare-rules.md, "Parsing" and "Connections": what is compared, and
 how frames are keyed into connections."""
 import struct
+from dataclasses import replace
 
 import pytest
 
 from colo_xdp.lab import pktgen as g
 from colo_xdp.engine import CheckpointReason, ConnKey, DropReason, Release
 from engine_kit import (
-    GRE_KEY, ICMP_KEY, P, S, TCP_KEY, UDP_KEY, assert_accounted, drops, engine,
+    GRE_KEY, ICMP6_KEY, ICMP_KEY, P, S, TCP6_KEY, TCP_KEY, UDP6_KEY, UDP_KEY,
+    assert_accounted, drops, engine,
     nonzero, opened, reasons, released,
 )
 
@@ -25,8 +27,21 @@ TCP = g.tcp_frame(b"payload", seq=1, ack=1)
 
 UNSUPPORTED = {
     "arp": g.arp_frame(),
-    "ipv6": g.ipv6_frame(b"x" * 8),
-    "vlan-tagged-ipv4": g.vlan_frame(UDP),
+    "ipv6-jumbogram": _set(g.udp6_frame(b"x"), 18, b"\0\0"),
+    "ipv6-payload-length-past-frame": _set(g.udp6_frame(b"x"), 18, b"\0\x40"),
+    "ipv6-version-4": _set(g.udp6_frame(b"x"), 14, b"\x40"),
+    "ipv6-ext-header-past-packet": g.ipv6_frame(b"\x11\x05" + b"\0" * 6,
+                                                next_header=g.IPV6_DSTOPTS),
+    "ipv6-hop-by-hop-not-first": g.udp6_frame(b"x", ip=g.IPv6Fields(
+        ext=((g.IPV6_DSTOPTS, b""), (g.IPV6_HOPOPTS, b"")))),
+    "ipv6-seven-ext-headers": g.udp6_frame(b"x", ip=g.IPv6Fields(
+        ext=((g.IPV6_HOPOPTS, b""),) + ((g.IPV6_DSTOPTS, b""),) * 6)),
+    "icmpv6-neighbour-solicitation": g.neighbor_solicit_frame(),
+    "icmpv6-3-bytes": g.ipv6_frame(b"\x80\0\0", next_header=g.IPPROTO_ICMPV6),
+    "three-vlan-tags": g.vlan_frame(g.qinq_frame(UDP)),
+    "vlan-tag-cut": g.vlan_frame(UDP)[:17],
+    "ipv4-fragment-not-multiple-of-8": g.ipv4_frame(b"x" * 9, g.IPPROTO_UDP,
+                                                    ip=g.IPv4Fields(flags=g.IP_MF)),
     "runt-ethernet": UDP[:13],
     "ipv4-shorter-than-its-header": UDP[:33],
     "ip-version-6-in-ipv4-ethertype": _set(UDP, 14, b"\x65"),
@@ -52,6 +67,16 @@ SUPPORTED = {
     "icmp-echo": (g.icmp_echo_frame(b"ping"), ICMP_KEY),
     "other-without-l4": (g.ipv4_frame(b"", g.IPPROTO_GRE), GRE_KEY),
     "ethernet-padding": (UDP + b"\0" * 20, UDP_KEY),
+    "udp6": (g.udp6_frame(b"x"), UDP6_KEY),
+    "udp6-after-ext-headers": (g.udp6_frame(b"x", ip=g.IPv6Fields(ext=(
+        (g.IPV6_HOPOPTS, b"\x01\x02\0\0"), (g.IPV6_ROUTING, b"\0" * 6 + b"r" * 16),
+        (g.IPV6_DSTOPTS, b"")))), UDP6_KEY),
+    "tcp6": (g.tcp6_frame(b"x", seq=1, ack=1), TCP6_KEY),
+    "icmpv6-echo": (g.icmp6_echo_frame(b"ping"), ICMP6_KEY),
+    "ipv6-no-next-header": (g.ipv6_frame(b"x"), ConnKey(g.DEFAULT_SRC_IP6, g.DEFAULT_DST_IP6,
+                                                        0, 0, g.IPV6_NO_NEXT_HEADER)),
+    "vlan-udp": (g.vlan_frame(UDP, 7), replace(UDP_KEY, vlan=(7,))),
+    "qinq-udp6": (g.qinq_frame(g.udp6_frame(b"x"), 20, 30), replace(UDP6_KEY, vlan=(20, 30))),
 }
 
 
@@ -162,41 +187,3 @@ def test_dccp_sctp_udplite_are_keyed_by_ports(proto):
                                                  4001, 5000, proto)]
 
 
-def _fragment(payload: bytes, proto: int, offset: int, ttl: int = 64) -> bytes:
-    ip = g.IPv4Fields(ident=99, ttl=ttl, flags=0, frag_offset=offset)
-    return g.ipv4_frame(payload, proto, ip=ip)
-
-
-def test_first_fragment_is_parsed_with_its_l4_header():
-    eng = engine()
-    first = g.udp_frame(b"x" * 16, ip=g.IPv4Fields(ident=99, flags=g.IP_MF))
-    assert opened(eng.feed(P, first, 0)) == [UDP_KEY]
-
-
-def test_later_fragment_is_keyed_without_ports_and_compared_whole():
-    # Its first bytes look like a UDP header (ports 1000 > 2000): QEMU would
-    # parse them as one.  Here: keyed without ports, compared from the
-    # Ethernet header on, so a TTL difference is a mismatch.
-    body = struct.pack("!HHHH", 1000, 2000, 16, 0) + b"y" * 8
-    prim = _fragment(body, g.IPPROTO_UDP, offset=3)
-    eng = engine()
-    assert opened(eng.feed(P, prim, 0)) == [ConnKey(g.DEFAULT_SRC_IP, g.DEFAULT_DST_IP,
-                                                    0, 0, g.IPPROTO_UDP)]
-    actions = eng.feed(S, _fragment(body, g.IPPROTO_UDP, offset=3, ttl=63), 0)
-    assert released(actions) == []
-    assert reasons(actions) == [CheckpointReason.MISMATCH]
-    assert eng.counters().mismatches == {"tcp": 0, "udp_icmp": 0, "other": 1}
-    # the identical fragment matches
-    assert released(eng.feed(S, prim, 0)) == [prim]
-    assert_accounted(eng)
-
-
-def test_later_tcp_fragment_is_not_taken_for_a_segment():
-    body = g.tcp(b"z" * 20, seq=5)
-    frag = _fragment(body, g.IPPROTO_TCP, offset=10)
-    eng = engine()
-    assert opened(eng.feed(P, frag, 0)) == [ConnKey(g.DEFAULT_SRC_IP, g.DEFAULT_DST_IP,
-                                                    0, 0, g.IPPROTO_TCP)]
-    # compared whole against the secondary (not released as a segment)
-    assert released(eng.feed(S, frag, 0)) == [frag]
-    assert nonzero(eng.counters().released) == {"matched": 1}

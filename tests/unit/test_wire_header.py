@@ -30,8 +30,8 @@ def test_engine_build_sees_the_wire_numbers():
 
 def test_rule_layout_is_the_classifiers():
     assert ffi.sizeof("struct cx_rule") == classify.RULE.size
-    assert ffi.offsetof("struct cx_rule", "sport") == 16
-    assert ffi.offsetof("struct cx_rule", "proto") == 20
+    assert ffi.offsetof("struct cx_rule", "sport") == 64
+    assert ffi.offsetof("struct cx_rule", "proto") == 68
 
 
 @pytest.mark.parametrize("pattern", [

@@ -62,7 +62,7 @@ def clf(programs, test_sockets, side) -> Iterator[xdp.XdpClassifier]:
     finally:
         prog.set_rules([])
         prog.set_guest_macs([])
-        prog.set_config(vlan_compare=False)
+        prog.set_config(vlan_compare=True)
         prog.set_socket(0, test_sockets[side])
 
 

@@ -152,8 +152,9 @@ def test_stderr_is_restored(bpf_ready):
 
 
 @pytest.mark.parametrize("rule,message", [
-    (dict(src="10.0.0.300"), "source '10.0.0.300' is not an IPv4 address or address/prefix"),
-    (dict(dst="fd00::1"), "destination 'fd00::1' is not an IPv4 address"),
+    (dict(src="10.0.0.300"), "source '10.0.0.300' is not an IPv4 or IPv6 address or "
+                             "address/prefix"),
+    (dict(dst="fd00::1/129"), "destination 'fd00::1/129' is not an IPv4 or IPv6 address"),
     (dict(dport=70000), "destination port 70000 is outside 0..65535"),
     (dict(proto=256), "protocol 256 is outside 0..255"),
 ])

@@ -113,10 +113,11 @@ def _header_of(name: str) -> Path:
     ("CX_XDP_SIDE_PRIMARY", Side.PRIMARY),
     ("CX_XDP_SIDE_SECONDARY", Side.SECONDARY),
     ("CX_XDP_CFG_GUEST_MACS", classify.CFG_GUEST_MACS),
-    ("CX_XDP_CFG_VLAN_COMPARE", classify.CFG_VLAN_COMPARE),
+    ("CX_XDP_CFG_VLAN_UNCOMPARED", classify.CFG_VLAN_UNCOMPARED),
     ("CX_XDP_META_MAGIC", classify.META_MAGIC),
     ("CX_XDP_META_F_VLAN", classify.META_F_VLAN),
     ("CX_XDP_META_F_FRAGMENT", classify.META_F_FRAGMENT),
+    ("CX_XDP_META_F_IPV6", classify.META_F_IPV6),
 ])
 def test_defines(c_name, py_value):
     assert DEFINES[c_name] == py_value
@@ -125,8 +126,8 @@ def test_defines(c_name, py_value):
 def test_every_define_is_mirrored():
     mirrored = {"CX_XDP_MAX_QUEUES", "CX_XDP_MAX_RULES", "CX_XDP_MAX_GUEST_MACS",
                 "CX_XDP_MAX_VLAN_TAGS", "CX_XDP_SIDE_PRIMARY", "CX_XDP_SIDE_SECONDARY",
-                "CX_XDP_CFG_GUEST_MACS", "CX_XDP_CFG_VLAN_COMPARE", "CX_XDP_META_MAGIC",
-                "CX_XDP_META_F_VLAN", "CX_XDP_META_F_FRAGMENT"}
+                "CX_XDP_CFG_GUEST_MACS", "CX_XDP_CFG_VLAN_UNCOMPARED", "CX_XDP_META_MAGIC",
+                "CX_XDP_META_F_VLAN", "CX_XDP_META_F_FRAGMENT", "CX_XDP_META_F_IPV6"}
     assert set(DEFINES) == mirrored, "a new #define in classify.h needs its Python twin"
 
 

@@ -85,7 +85,7 @@ def test_traffic_is_classified_and_nothing_is_left(veth, side, mode):
     arp = [pktgen.arp_frame(sender_ip=veth.guest_ip, target_ip=veth.host_ip,
                             sender_mac=eth.src,
                             eth=EtherAddrs(src=eth.src, dst="ff:ff:ff:ff:ff:ff"))] * 2
-    tagged = [pktgen.vlan_frame(udp(COMPARED_PORT, 99))]
+    tagged = [pktgen.vlan_frame(pktgen.vlan_frame(pktgen.vlan_frame(udp(COMPARED_PORT, 99))))]
 
     with udp_listener(veth, COMPARED_PORT) as to_compared, \
             udp_listener(veth, PASSTHROUGH_PORT) as to_passthrough:

@@ -17,8 +17,9 @@ from colo_xdp.lab import pktgen
 from colo_xdp.engine import ActionEngine, EngineConfig
 from colo_xdp.lab.pktgen import EtherAddrs, IPv4Fields
 from colo_xdp.transport.xdp.bpfsys import XDP_DROP, XDP_PASS, XDP_REDIRECT
-from colo_xdp.transport.xdp.classify_abi import (META_F_FRAGMENT, META_F_VLAN, META_SIZE, Meta, Side,
-                                         Verdict, action_of)
+from colo_xdp.transport.xdp.classify_abi import (META_F_FRAGMENT, META_F_IPV6, META_F_VLAN,
+                                                 META_SIZE, Meta, Side, Verdict, action_of,
+                                                 fold6)
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,14 @@ GUEST_FRAMES = {
     "gre": pktgen.ipv4_frame(b"\0\0\x08\0"),
     "udp-empty": pktgen.udp_frame(b""),
     "udp-padded": pktgen.udp_frame(b"x") + b"\0" * 17,      # Ethernet minimum 60
+    "udp6": pktgen.udp6_frame(b"hello"),
+    "tcp6": pktgen.tcp6_frame(b"data", seq=7),
+    "icmp6-echo": pktgen.icmp6_echo_frame(b"ping"),
+    "udp6-ext": pktgen.udp6_frame(b"x", ip=pktgen.IPv6Fields(ext=(
+        (pktgen.IPV6_HOPOPTS, b""), (pktgen.IPV6_ROUTING, b"\0" * 6 + b"r" * 16),
+        (pktgen.IPV6_DSTOPTS, b"d" * 30)))),
+    "ipv6-no-next": pktgen.ipv6_frame(b"\0" * 8),
+    "qinq-udp6": pktgen.qinq_frame(pktgen.udp6_frame(b"q")),
 }
 
 
@@ -113,10 +122,33 @@ def test_non_first_fragment_is_compared_without_ports(clf):
     assert m.flags == META_F_FRAGMENT
 
 
-def test_first_fragment_keeps_its_ports(clf):
-    frame = pktgen.udp_frame(b"first part", ip=IPv4Fields(flags=pktgen.IP_MF))
+def test_first_fragment_goes_to_the_engine_without_ports_too(clf):
+    """The engine reassembles and keys the datagram; the program decides
+    nothing on one fragment (passthrough included)."""
+    frame = pktgen.fragment(pktgen.udp_frame(b"x" * 40, ip=IPv4Fields(flags=0)), 16)[0]
     m = run(clf, frame).meta
-    assert (m.sport, m.dport, m.flags) == (1000, 2000, 0)
+    assert (m.sport, m.dport, m.flags, m.l4_off) == (0, 0, META_F_FRAGMENT, 0)
+
+
+def test_ipv6_metadata_folds_the_addresses(clf):
+    m = run(clf, pktgen.udp6_frame(b"x", src="2001:db8::1", dst="fd00::2",
+                                   sport=5353, dport=53)).meta
+    assert (m.sport, m.dport, m.proto, m.l3_off, m.l4_off) == (5353, 53, 17, 14, 54)
+    assert m.flags == META_F_IPV6
+    assert m.saddr == ".".join(str(b) for b in fold6(pktgen.ip6_bytes("2001:db8::1")))
+
+
+def test_ipv6_l4_after_extension_headers(clf):
+    m = run(clf, GUEST_FRAMES["udp6-ext"]).meta
+    assert (m.proto, m.l4_off, m.dport) == (17, 14 + 40 + 8 + 24 + 32, 2000)
+
+
+@pytest.mark.parametrize("order", [0, 1])
+def test_ipv6_fragments_go_to_the_engine(clf, order):
+    parts = pktgen.fragment(pktgen.tcp6_frame(b"y" * 100), 64)
+    m = run(clf, parts[order]).meta
+    assert m.flags == META_F_IPV6 | META_F_FRAGMENT and m.proto == 6
+    assert (m.sport, m.dport, m.l4_off) == (0, 0, 0)
 
 
 @pytest.mark.parametrize("proto", [33, 132, 136], ids=["dccp", "sctp", "udplite"])
@@ -136,7 +168,10 @@ def test_hash_is_per_direction(clf):
 
 NON_IPV4 = {
     "arp": pktgen.arp_frame(),
-    "ipv6": pktgen.ipv6_frame(b"\0" * 8),
+    "nd-solicit": pktgen.neighbor_solicit_frame(),
+    "mld2-report": pktgen.ipv6_frame(pktgen.icmpv6(143, b"\0" * 4), next_header=58,
+                                     ip=pktgen.IPv6Fields(ext=((pktgen.IPV6_HOPOPTS,
+                                                                b"\x05\x02\0\0"),))),
     "lldp": pktgen.ethernet(b"\0" * 46, 0x88CC),
     "ethernet-only": pktgen.ethernet(b"", 0x88B5),
 }
@@ -151,15 +186,15 @@ def test_non_ipv4_passes_on_primary_and_is_dropped_on_secondary(clf, side, name)
 
 # --- 802.1Q -----------------------------------------------------------------------------
 
-def test_tagged_ipv4_is_not_compared_by_default(clf, side):
-    """As in chardev mode and QEMU: the engine does not compare tagged frames."""
+def test_tagged_is_not_compared_without_vlan_compare(clf, side):
+    """As in QEMU, when asked: tagged frames go their way uncompared."""
+    clf.set_config(vlan_compare=False)
     r = run(clf, pktgen.vlan_frame(pktgen.udp_frame(b"tagged"), vid=42))
     assert r.verdict is Verdict.UNSUPPORTED
     assert r.action == not_compared(side)
 
 
-def test_tagged_ipv4_is_compared_with_vlan_compare(clf):
-    clf.set_config(vlan_compare=True)
+def test_tagged_ipv4_is_compared_by_default(clf):
     m = run(clf, pktgen.vlan_frame(pktgen.udp_frame(b"tagged", dport=99), vid=42, pcp=5)).meta
     assert (m.l3_off, m.l4_off, m.dport) == (18, 38, 99)
     assert m.flags == META_F_VLAN
@@ -204,6 +239,18 @@ MALFORMED = {
     "tcp-doff-4": pktgen.tcp_frame(b"x")[:46] + b"\x40" + pktgen.tcp_frame(b"x")[47:],
     "tcp-doff-beyond-packet": pktgen.tcp_frame(b"x")[:46] + b"\xf0" + pktgen.tcp_frame(b"x")[47:],
     "icmp-3-bytes": pktgen.ipv4_frame(b"\x08\0\0", pktgen.IPPROTO_ICMP),
+    "ipv4-fragment-off-8": pktgen.ipv4_frame(b"x" * 9, 17, ip=IPv4Fields(flags=pktgen.IP_MF)),
+    "ipv6-jumbogram": pktgen.udp6_frame(b"x")[:18] + b"\0\0" + pktgen.udp6_frame(b"x")[20:],
+    "ipv6-plen-beyond-frame": (pktgen.udp6_frame(b"x")[:18] + b"\x01\0"
+                               + pktgen.udp6_frame(b"x")[20:]),
+    "ipv6-ext-beyond-payload": pktgen.ipv6_frame(b"\x11\x05" + b"\0" * 6,
+                                                 next_header=pktgen.IPV6_DSTOPTS),
+    "ipv6-hop-by-hop-second": pktgen.udp6_frame(b"x", ip=pktgen.IPv6Fields(
+        ext=((pktgen.IPV6_DSTOPTS, b""), (pktgen.IPV6_HOPOPTS, b"")))),
+    "ipv6-seven-ext": pktgen.udp6_frame(b"x", ip=pktgen.IPv6Fields(
+        ext=((pktgen.IPV6_HOPOPTS, b""),) + ((pktgen.IPV6_DSTOPTS, b""),) * 6)),
+    "icmp6-3-bytes": pktgen.ipv6_frame(b"\x80\0\0", next_header=58),
+    "udp6-7-bytes": pktgen.ipv6_frame(b"\0" * 7, next_header=17),
 }
 
 
@@ -219,6 +266,8 @@ CUT_FRAMES = {
     "tcp": pktgen.tcp_frame(b"payload", options=b"\x01" * 8),
     "icmp": pktgen.icmp_echo_frame(b"payload"),
     "ip-options": pktgen.udp_frame(b"p", ip=IPv4Fields(options=b"\x01" * 12)),
+    "udp6-ext": GUEST_FRAMES["udp6-ext"],
+    "tcp6": pktgen.tcp6_frame(b"payload"),
 }
 
 
@@ -247,7 +296,7 @@ def test_truncated_tagged_at_every_cut(programs, vlan_compare):
                     expected = Verdict.UNSUPPORTED
                 assert run(clf, frame[:cut]).verdict is expected, (side.name, cut)
         finally:
-            clf.set_config(vlan_compare=False)
+            clf.set_config(vlan_compare=True)
 
 
 # --- passthrough ---------------------------------------------------------------------------
@@ -265,9 +314,15 @@ PASSTHROUGH_CASES = [
     ([Rule()], pktgen.ipv4_frame(b"gre"), True),
     ([Rule(dport=9), Rule(proto=6), Rule(dst="10.0.0.2/32", dport=2000)],
      pktgen.udp_frame(b"x"), True),
-    # A non-first fragment carries no ports: a rule with ports misses it.
+    # Fragments go to the engine, which decides on the datagram.
     ([Rule(proto=17, dport=2000)],
      pktgen.ipv4_frame(b"frag", 17, ip=IPv4Fields(flags=0, frag_offset=8)), False),
+    ([Rule()], pktgen.fragment(pktgen.udp6_frame(b"z" * 40), 16)[0], False),
+    ([Rule(proto=17, dst="fd00::/16", dport=2000)], pktgen.udp6_frame(b"x"), True),
+    ([Rule(proto=17, dst="fd00::3/128")], pktgen.udp6_frame(b"x"), False),
+    ([Rule(src="10.0.0.0/8")], pktgen.udp6_frame(b"x"), False),
+    ([Rule(src="fd00::/8")], pktgen.udp_frame(b"x"), False),
+    ([Rule(src="10.0.0.1")], pktgen.vlan_frame(pktgen.udp_frame(b"x")), True),
 ]
 
 
@@ -318,7 +373,11 @@ def test_no_socket_on_the_queue_drops(clf):
 ALL_FRAMES = {**{f"guest-{k}": v for k, v in GUEST_FRAMES.items()},
               **{f"non-ipv4-{k}": v for k, v in NON_IPV4.items()},
               **{f"malformed-{k}": v for k, v in MALFORMED.items()},
-              "tagged": pktgen.vlan_frame(pktgen.udp_frame(b"t"))}
+              "tagged": pktgen.vlan_frame(pktgen.udp_frame(b"t")),
+              "three-tags": pktgen.vlan_frame(pktgen.qinq_frame(pktgen.udp_frame(b"t"))),
+              **{f"fragment-{i}": f for i, f in enumerate(
+                  pktgen.fragment(pktgen.udp6_frame(b"f" * 40), 16)
+                  + pktgen.fragment(pktgen.qinq_frame(pktgen.udp_frame(b"f" * 40)), 16))}}
 
 
 @pytest.mark.parametrize("name", ALL_FRAMES)
@@ -327,6 +386,7 @@ def test_compared_exactly_when_the_engine_compares(programs, name):
     frame = ALL_FRAMES[name]
     engine = ActionEngine(EngineConfig())
     engine.feed(Side.PRIMARY, frame, now_ms=0)
+    engine.checkpoint()            # a fragment held for reassembly: out as flushed
     engine_compares = engine.counters().released.get("unsupported", 0) == 0
     verdict = run(programs[Side.PRIMARY], frame).verdict
     assert (verdict is Verdict.COMPARE) == engine_compares, verdict

@@ -43,7 +43,7 @@ from typing import Iterable, Iterator
 
 from colo_xdp.errors import XdpError
 from colo_xdp.transport.xdp import bpfsys
-from colo_xdp.transport.xdp.classify_abi import (CFG_GUEST_MACS, CFG_VLAN_COMPARE, CLASSIFY_C,
+from colo_xdp.transport.xdp.classify_abi import (CFG_GUEST_MACS, CFG_VLAN_UNCOMPARED, CLASSIFY_C,
                                          CONFIG, MAX_GUEST_MACS, MAX_QUEUES, MAX_RULES,
                                          BPF_DIR, ClassifyError, Side, Verdict, pack_mac,
                                          pack_rule)
@@ -240,7 +240,7 @@ class XdpClassifier:
 
     def __init__(self, side: Side, ifname: str | None = None, *, mode: Mode = Mode.NATIVE,
                  rules: Iterable = (), guest_macs: Iterable[str] = (),
-                 vlan_compare: bool = False, handle_sigterm: bool = True):
+                 vlan_compare: bool = True, handle_sigterm: bool = True):
         self.side = Side(side)
         self.ifname = ifname
         self.mode = Mode(mode)
@@ -372,7 +372,7 @@ class XdpClassifier:
         if vlan_compare is not None:
             self._vlan_compare = vlan_compare
         flags = (CFG_GUEST_MACS if self._guest_macs else 0) | \
-            (CFG_VLAN_COMPARE if self._vlan_compare else 0)
+            (0 if self._vlan_compare else CFG_VLAN_UNCOMPARED)
         table = self._table(b"config")
         table[ctypes.c_int(0)] = table.Leaf.from_buffer_copy(
             CONFIG.pack(flags, len(self._rules)))

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from colo_xdp.engine import Side
 from colo_xdp.errors import ConfigError
-from colo_xdp.proto.ipv4 import net_bytes
+from colo_xdp.proto.inet import net_bytes
 from colo_xdp.transport.xdp.bpfsys import XDP_DROP, XDP_PASS, XDP_REDIRECT
 
 # bpf/ is package data: an installed colo-xdp (a wheel) carries it as
@@ -57,8 +57,9 @@ class Verdict(enum.IntEnum):
     COMPARE_NO_META = 1    # redirected without metadata (no room in the driver)
     NO_SOCKET = 2          # to be compared, no socket on its queue: dropped
     PASSTHROUGH = 3        # on the passthrough list: primary pass, secondary drop
-    UNSUPPORTED = 4        # not IPv4 (or tagged): primary pass, secondary drop
-    MALFORMED = 5          # IPv4 the engine would not parse: as UNSUPPORTED
+    UNSUPPORTED = 4        # ARP, ND/MLD, other EtherTypes, tagged without VLAN
+                           # compare: primary pass, secondary drop
+    MALFORMED = 5          # IPv4/IPv6 the engine would not parse: as UNSUPPORTED
     NOT_GUEST = 6          # source MAC not a guest's: pass on both sides
 
 
@@ -81,20 +82,23 @@ def action_of(verdict: Verdict, side: Side) -> int:
 
 # struct cx_xdp_config flags.
 CFG_GUEST_MACS = 0x1
-CFG_VLAN_COMPARE = 0x2
+CFG_VLAN_UNCOMPARED = 0x2
 
 # Metadata.
 META_MAGIC = 0xC01A0D01
 META_F_VLAN = 0x1
 META_F_FRAGMENT = 0x2
+META_F_IPV6 = 0x4
 
 # Layouts, little-endian host (x86_64, arm64): "<" plus explicit padding.
 COUNTER = struct.Struct("<QQ")            # struct cx_xdp_counter
 CONFIG = struct.Struct("<II")             # struct cx_xdp_config
-RULE = struct.Struct("<IIIIHHB3x")        # struct cx_rule (bpf/cx_wire.h)
+RULE = struct.Struct("<16s16s16s16sHHB3x")  # struct cx_rule (bpf/cx_wire.h)
 MAC = struct.Struct("<6s")                # struct cx_xdp_mac
 # struct cx_xdp_meta: hash, saddr, daddr, sport, dport (network order, kept
-# as bytes), proto, flags, l3_off, l4_off, vlan_tci, magic.
+# as bytes), proto, flags, l3_off, l4_off, vlan_tci, magic.  IPv6 addresses
+# are folded to 4 bytes (the XOR of their words; META_F_IPV6): the metadata
+# area holds at most 32 bytes.
 META = struct.Struct("<I4s4s2s2sBBHHHI")
 META_SIZE = META.size
 
@@ -125,7 +129,8 @@ def flow_hash(saddr: bytes, daddr: bytes, sport: bytes, dport: bytes, proto: int
 
 @dataclass(frozen=True)
 class Meta:
-    """struct cx_xdp_meta, decoded: addresses dotted, ports as numbers."""
+    """struct cx_xdp_meta, decoded: addresses dotted (IPv6: their 4-byte
+    fold, flags & META_F_IPV6), ports as numbers."""
 
     hash: int
     saddr: str
@@ -156,6 +161,12 @@ class Meta:
                          self.proto)
 
 
+def fold6(addr: bytes) -> bytes:
+    """An IPv6 address as the metadata carries it: the XOR of its 4 words."""
+    words = struct.unpack("<4I", addr)
+    return struct.pack("<I", words[0] ^ words[1] ^ words[2] ^ words[3])
+
+
 def _number(value: int | None, name: str, limit: int) -> int:
     if value is None:
         return 0
@@ -177,9 +188,8 @@ def pack_rule(rule) -> bytes:
         daddr, dmask = net_bytes(rule.dst, "destination")
     except ValueError as exc:
         raise ClassifyError(str(exc)) from None
-    le = lambda b: int.from_bytes(b, "little")  # noqa: E731
     swap16 = lambda v: int.from_bytes(v.to_bytes(2, "big"), "little")  # noqa: E731
-    return RULE.pack(le(saddr), le(smask), le(daddr), le(dmask),
+    return RULE.pack(saddr, smask, daddr, dmask,
                      swap16(_number(rule.sport, "source port", 0xFFFF)),
                      swap16(_number(rule.dport, "destination port", 0xFFFF)),
                      _number(rule.proto, "protocol", 0xFF))
