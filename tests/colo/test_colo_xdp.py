@@ -20,7 +20,8 @@ import pytest
 
 from colo_xdp.cli.ctl_client import ControlClient
 from colopair import ColoPair
-from test_reference import ask, drain, ms, spread
+from test_reference import ask as ask_reference
+from test_reference import drain, ms, spread
 
 pytestmark = pytest.mark.colo
 
@@ -29,7 +30,18 @@ MODES = ("chardev_pair", "xdp_pair")
 
 @pytest.fixture(params=MODES, scope="module")
 def pair(request) -> ColoPair:
-    return request.getfixturevalue(request.param)
+    ask.pair = request.getfixturevalue(request.param)
+    return ask.pair
+
+
+def ask(client: socket.socket, payload: bytes) -> tuple[bytes, float, float]:
+    """test_reference's ask; a reply that never comes fails with the logs."""
+    try:
+        return ask_reference(client, payload)
+    except socket.timeout:
+        pair = ask.pair
+        pytest.fail(f"no reply to {payload!r}; colo-xdp stats: {stats(pair)}\n"
+                    f"{pair.lab.logs()}")
 
 
 def stats(pair: ColoPair) -> dict:
