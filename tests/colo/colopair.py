@@ -447,6 +447,24 @@ class ColoPair:
         self.failed_over = True
         return t_kill
 
+    def first_reply_after(self, since: float, timeout: float = 10.0) -> float:
+        """Ask the guest until it answers (after a failover); the monotonic
+        time of the first right answer."""
+        client = self.client()
+        client.settimeout(0.05)
+        deadline = since + timeout
+        i = 0
+        while True:
+            assert time.monotonic() < deadline, "the guest never answered"
+            client.send(b"failover %d" % i)
+            try:
+                reply = client.recv(65536)
+            except socket.timeout:
+                i += 1
+                continue
+            if reply == b"echo:failover %d" % i:
+                return time.monotonic()
+
     def close(self) -> None:
         for qmp in (self.qmp_p, self.qmp_s):
             if qmp:

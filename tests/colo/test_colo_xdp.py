@@ -151,20 +151,8 @@ def test_failover_serves_the_client_again(pair: ColoPair):
     client = pair.client()
     t_kill = pair.failover(*([pair.cx] if pair.comparator == "xdp" else []))
     pair.qmp_s.wait_event("COLO_EXIT", t_kill)
-    client.settimeout(0.05)
-    deadline = t_kill + 10
-    i = 0
-    while True:
-        assert time.monotonic() < deadline, "the secondary never answered after failover"
-        client.send(b"failover %d" % i)
-        try:
-            reply = client.recv(65536)
-        except socket.timeout:
-            i += 1
-            continue
-        if reply == b"echo:failover %d" % i:
-            break
-    failover_ms = ms(time.monotonic() - t_kill)
+    t_reply = pair.first_reply_after(t_kill)
+    failover_ms = ms(t_reply - t_kill)
     print(f"\n{pair.comparator}: failover: primary killed to first reply: {failover_ms} ms")
     drain(client)
     for i in range(3):

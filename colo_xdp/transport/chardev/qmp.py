@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Callable
 
 from colo_xdp.proto.qmp import Event, Greeting, QmpClient, QmpError, Reply
 from colo_xdp.transport.chardev.endpoint import Spec
-from colo_xdp.transport.chardev.roles import READ, WRITE, Channel
+from colo_xdp.transport.chardev.roles import Dialogue
 
 if TYPE_CHECKING:
     from colo_xdp.service.compare import CompareService
@@ -51,13 +51,12 @@ OUT_MAX = 64 * 1024         # command bytes kept for a monitor that does not rea
 RETRY_NOT_QMP_S = 5.0       # a peer that is not a monitor: try again this much later
 
 
-class QmpMonitor(Channel):
+class QmpMonitor(Dialogue):
     """The primary QEMU's QMP monitor as a role of the compare service."""
 
     def __init__(self, svc: "CompareService", spec: Spec):
         super().__init__(svc, "qmp", spec)
         self.qmp = QmpClient()
-        self.out = bytearray()
         self.ready = False                  # capabilities negotiated
         self.version = ""
         self.colo_mode = "unknown"          # primary | secondary | none | unknown
@@ -83,7 +82,7 @@ class QmpMonitor(Channel):
         self.out.clear()
         self.pending.clear()
         self.ready = False
-        self.svc.watch(self.sock, READ, self._ready)
+        self.listen_to_peer()
 
     def disconnected(self) -> None:
         self.ready = False
@@ -92,21 +91,7 @@ class QmpMonitor(Channel):
         self.kicked_at = None
         self.colo_mode = "unknown"
 
-    def _ready(self, mask: int) -> None:
-        if mask & WRITE:
-            self._flush()
-        if not mask & READ or not self.sock:
-            return
-        try:
-            data = self.sock.recv(65536)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as exc:
-            self.lost(exc.strerror or str(exc))
-            return
-        if not data:
-            self.lost("peer closed the stream")
-            return
+    def on_data(self, data: bytes) -> None:
         try:
             messages = self.qmp.receive(data)
         except QmpError as exc:
@@ -138,21 +123,7 @@ class QmpMonitor(Channel):
             return
         cmd = self.qmp.command(name, arguments)
         self.pending[cmd.id] = on_reply
-        self.out += cmd.data
-        self._flush()
-
-    def _flush(self) -> None:
-        if not self.sock:
-            return
-        try:
-            n = self.sock.send(self.out) if self.out else 0
-        except (BlockingIOError, InterruptedError):
-            n = 0
-        except OSError as exc:
-            self.lost(exc.strerror or str(exc))
-            return
-        del self.out[:n]
-        self.svc.watch(self.sock, READ | (WRITE if self.out else 0), self._ready)
+        self.send(cmd.data)
 
     def _negotiated(self, reply: Reply) -> None:
         if not reply.ok:

@@ -338,32 +338,26 @@ class Outdev(Channel):
             self.svc.watch(self.sock, READ | (WRITE if want else 0), self._ready)
 
 
-class Notify(Channel):
-    """notify-dev: DO_CHECKPOINT out, COLO_CHECKPOINT in."""
+class Dialogue(Channel):
+    """A role that talks with its peer both ways (notify-dev, the QMP
+    monitor): what it sends waits in ``out`` while the peer is slow, what it
+    reads goes to ``on_data``.  Subclasses call ``listen_to_peer`` when
+    connected and clear what they keep when disconnected."""
 
-    def __init__(self, svc: "Loop", role: str, spec: Spec, vnet: bool):
+    def __init__(self, svc: "Loop", role: str, spec: Spec):
         super().__init__(svc, role, spec)
-        self.vnet = vnet
-        self.proto = NotifyProtocol(vnet)
         self.out = bytearray()
-        self.suppressed = 0
 
-    def connected(self) -> None:
-        self.proto = NotifyProtocol(self.vnet)
+    def listen_to_peer(self) -> None:
         self.svc.watch(self.sock, READ, self._ready)
         self._flush()
 
-    def disconnected(self) -> None:
-        self.out.clear()
-
-    def request_checkpoint(self) -> None:
-        if not self.sock:
-            return
-        if len(self.out) >= NOTIFY_OUT_MAX:   # the peer is not reading: it has enough
-            self.suppressed += 1
-            return
-        self.out += DO_CHECKPOINT_RECORD
+    def send(self, data: bytes) -> None:
+        self.out += data
         self._flush()
+
+    def on_data(self, data: bytes) -> None:
+        raise NotImplementedError
 
     def _ready(self, mask: int) -> None:
         if mask & WRITE:
@@ -380,20 +374,7 @@ class Notify(Channel):
         if not data:
             self.lost("peer closed the stream")
             return
-        reply, events, error = self.proto.receive(data)
-        if reply:
-            self.out += reply
-            self._flush()
-        for kind, msg in events:
-            if kind is NotifyEvent.CHECKPOINT:
-                self.svc.colo_checkpoint()
-            elif kind is NotifyEvent.INIT:
-                self.svc.log.event("notify_init", role=self.role)
-            else:
-                self.svc.log.warning("notify_unknown_message", message=msg[:64])
-        if error:
-            self.svc.log.warning("stream_broken", role=self.role, error=error)
-            self.lost("framing lost", reconnect_now=True)
+        self.on_data(data)
 
     def _flush(self) -> None:
         if not self.sock:
@@ -408,3 +389,42 @@ class Notify(Channel):
         del self.out[:n]
         self.svc.watch(self.sock, READ | (WRITE if self.out else 0), self._ready)
 
+
+class Notify(Dialogue):
+    """notify-dev: DO_CHECKPOINT out, COLO_CHECKPOINT in."""
+
+    def __init__(self, svc: "Loop", role: str, spec: Spec, vnet: bool):
+        super().__init__(svc, role, spec)
+        self.vnet = vnet
+        self.proto = NotifyProtocol(vnet)
+        self.suppressed = 0
+
+    def connected(self) -> None:
+        self.proto = NotifyProtocol(self.vnet)
+        self.listen_to_peer()
+
+    def disconnected(self) -> None:
+        self.out.clear()
+
+    def request_checkpoint(self) -> None:
+        if not self.sock:
+            return
+        if len(self.out) >= NOTIFY_OUT_MAX:   # the peer is not reading: it has enough
+            self.suppressed += 1
+            return
+        self.send(DO_CHECKPOINT_RECORD)
+
+    def on_data(self, data: bytes) -> None:
+        reply, events, error = self.proto.receive(data)
+        if reply:
+            self.send(reply)
+        for kind, msg in events:
+            if kind is NotifyEvent.CHECKPOINT:
+                self.svc.colo_checkpoint()
+            elif kind is NotifyEvent.INIT:
+                self.svc.log.event("notify_init", role=self.role)
+            else:
+                self.svc.log.warning("notify_unknown_message", message=msg[:64])
+        if error:
+            self.svc.log.warning("stream_broken", role=self.role, error=error)
+            self.lost("framing lost", reconnect_now=True)
