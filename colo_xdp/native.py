@@ -70,6 +70,9 @@ CX_REL_FLUSHED = lib.CX_REL_FLUSHED
 CX_REL_FAILOVER = lib.CX_REL_FAILOVER
 CX_REL_PASSTHROUGH = lib.CX_REL_PASSTHROUGH
 
+# Hold-time histogram of released primary frames (counters.hold_hist).
+CX_HOLD_BUCKETS = lib.CX_HOLD_BUCKETS
+
 XSK_META_MAX = lib.XSK__META_MAX
 XSK_DEFAULT_FRAME_SIZE = lib.XSK__DEFAULT_FRAME_SIZE
 XSK_DEFAULT_FRAME_COUNT = lib.XSK__DEFAULT_FRAME_COUNT
@@ -146,6 +149,9 @@ class EngineCore:
 
     def tick(self, now_ms: int) -> int:
         return lib.cx_engine__tick(self._e, now_ms)
+
+    def set_time(self, now_ms: int) -> None:
+        lib.cx_engine__set_time(self._e, now_ms)
 
     def checkpoint(self) -> None:
         lib.cx_engine__checkpoint(self._e)

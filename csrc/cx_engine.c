@@ -58,6 +58,7 @@ struct cx_frame {
 /* One fragment as it came (vnet header included), and its part. */
 struct cx_frag {
     struct cx_frag *next;
+    uint64_t born_ms;      /* when it came (its own hold time) */
     uint32_t off, plen;    /* bytes [off, off + plen) of the datagram's payload */
     uint32_t pay_at;       /* where that part is in data[] */
     uint32_t len, vnet_len;
@@ -146,6 +147,9 @@ struct cx_engine {
     bool failed_over;
     bool scan_armed;
     uint64_t next_scan_ms;
+    /* The time of the latest feed or tick: "now" for the releases that are
+     * given none (checkpoint, failover, set_passthrough). */
+    uint64_t last_now_ms;
     /* out buffer: [head, len) is pending; the record at head has
      * out_rec_left bytes still to go (0: head is a record boundary) */
     uint8_t *out;
@@ -556,10 +560,30 @@ static bool out_reserve(struct cx_engine *e, size_t n)
     return true;
 }
 
+/* The hold-time bucket of held ms (see CX_HOLD_BUCKETS). */
+static unsigned hold_bucket(uint64_t held)
+{
+    if (held == 0)
+        return 0;
+    if (held == 1)
+        return 1;
+    unsigned b = 1 + (64 - __builtin_clzll(held - 1));   /* 1 + ceil(log2(held)) */
+    return b < CX_HOLD_BUCKETS - 1 ? b : CX_HOLD_BUCKETS - 1;
+}
+
 /* release - stands for QEMU's colo_release_primary_pkt/compare_chr_send:
- * append one frame to the out buffer in the outdev's framing. */
+ * append one frame to the out buffer in the outdev's framing.
+ *
+ * Every primary frame that leaves the engine goes through here, exactly
+ * once (matched, unsupported, retransmit, flushed, failover, passthrough:
+ * a queued frame through frame_release, which frees it; a reassembled
+ * datagram as its fragments, each once), so this is where both released[]
+ * and the hold-time histogram count it: hold_hist sums to released[].  A
+ * frame that cannot be appended (out of memory) is counted dropped, in
+ * neither.  born_ms is when the frame came; "now" is the latest time the
+ * engine was given (a checkpoint or failover is given none). */
 static void release(struct cx_engine *e, const uint8_t *data, uint32_t len,
-                    uint32_t vnet_len, int why)
+                    uint32_t vnet_len, int why, uint64_t born_ms)
 {
     size_t hdr = e->cfg.vnet_hdr ? 8 : 4;
     if (!out_reserve(e, hdr + len)) {
@@ -575,6 +599,9 @@ static void release(struct cx_engine *e, const uint8_t *data, uint32_t len,
     e->out_len += hdr + len;
     e->ctr.released[why]++;
     e->ctr.released_bytes += len;
+    uint64_t held = e->last_now_ms > born_ms ? e->last_now_ms - born_ms : 0;
+    e->ctr.hold_hist[hold_bucket(held)]++;
+    e->ctr.hold_ms_sum += held;
 }
 
 /* ---- queues ------------------------------------------------------------ */
@@ -621,7 +648,7 @@ static uint32_t frags_release(struct cx_engine *e, const struct cx_frag *fr, int
 {
     uint32_t n = 0;
     for (; fr; fr = fr->next, n++)
-        release(e, fr->data, fr->len, fr->vnet_len, why);
+        release(e, fr->data, fr->len, fr->vnet_len, why, fr->born_ms);
     return n;
 }
 
@@ -641,7 +668,7 @@ static void frame_release(struct cx_engine *e, struct cx_conn *c, struct cx_fram
     if (f->frags)
         frags_release(e, f->frags, why);
     else
-        release(e, f->data, f->len, f->vnet_len, why);
+        release(e, f->data, f->len, f->vnet_len, why, f->born_ms);
     c->released += f->weight;
     if (why == CX_REL_MATCHED)
         c->matched += f->weight;
@@ -1017,7 +1044,7 @@ static void input_uncompared(struct cx_engine *e, int side, const struct cx_inpu
     else if (in->frags)
         frags_release(e, in->frags, why);
     else
-        release(e, in->data, in->len, in->vnet_len, why);
+        release(e, in->data, in->len, in->vnet_len, why, e->last_now_ms);  /* held 0 */
 }
 
 static void count_in(struct cx_engine *e, int side, uint32_t len)
@@ -1323,6 +1350,7 @@ static void reasm_feed(struct cx_engine *e, int side, const uint8_t *data, uint3
         return;
     }
     fr->next = NULL;
+    fr->born_ms = now_ms;
     fr->off = fi->off;
     fr->plen = fi->plen;
     fr->pay_at = fi->pay_at;
@@ -1388,7 +1416,7 @@ static enum feed_step feed_one(struct cx_engine *e, int side, const uint8_t *dat
     if (e->failed_over) {
         count_in(e, side, len);
         if (side == CX_PRIMARY)
-            release(e, data, len, vnet_len, CX_REL_FAILOVER);
+            release(e, data, len, vnet_len, CX_REL_FAILOVER, now_ms);   /* held 0 */
         else
             count_drop(e, side, CX_DROP_FAILOVER, NULL);
         return FEED_TAKEN;
@@ -1416,12 +1444,14 @@ static enum feed_step feed_one(struct cx_engine *e, int side, const uint8_t *dat
 void cx_engine__feed(struct cx_engine *e, int side, const uint8_t *data,
                      uint32_t len, uint32_t vnet_len, uint64_t now_ms)
 {
+    e->last_now_ms = now_ms;
     feed_one(e, side ? CX_SECONDARY : CX_PRIMARY, data, len, vnet_len, now_ms, CX_FEED_FORCE);
 }
 
 size_t cx_engine__feed_burst(struct cx_engine *e, int side, const uint8_t *const *frames,
                              const uint32_t *lens, size_t n, uint64_t now_ms, int flags)
 {
+    e->last_now_ms = now_ms;
     side = side ? CX_SECONDARY : CX_PRIMARY;
     for (size_t i = 0; i < n; i++)
         if (feed_one(e, side, frames[i], lens[i], 0, now_ms, flags) == FEED_HELD_BACK)
@@ -1436,6 +1466,7 @@ int cx_engine__feed_stream(struct cx_engine *e, int side, const uint8_t *buf,
     size_t pos = 0;
     int rc = CX_FEED_DONE;
 
+    e->last_now_ms = now_ms;
     side = side ? CX_SECONDARY : CX_PRIMARY;
     if (e->skip[side]) {                  /* the body of an oversize record */
         size_t n = len < e->skip[side] ? len : (size_t)e->skip[side];
@@ -1499,6 +1530,7 @@ static struct cx_frame *queue_expired(const struct cx_engine *e, const struct cx
  */
 uint64_t cx_engine__tick(struct cx_engine *e, uint64_t now_ms)
 {
+    e->last_now_ms = now_ms;
     if (!e->scan_armed) {
         e->scan_armed = true;
         e->next_scan_ms = now_ms + e->cfg.expired_scan_cycle_ms;
@@ -1642,6 +1674,11 @@ size_t cx_engine__evidence(struct cx_engine *e, const uint8_t **data)
 {
     *data = e->evidence;
     return e->evidence_len;
+}
+
+void cx_engine__set_time(struct cx_engine *e, uint64_t now_ms)
+{
+    e->last_now_ms = now_ms;
 }
 
 void cx_engine__checkpoint(struct cx_engine *e)

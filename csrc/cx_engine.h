@@ -86,6 +86,14 @@
 #define CX_REL_PASSTHROUGH 6  /* a flow on the passthrough list: not compared */
 #define CX_REL__COUNT 7
 
+/* Hold time of released primary frames (counters.hold_hist): how long each
+ * waited in the engine, released at - arrived, in whole ms.  Bucket 0 holds
+ * 0 ms, bucket 1 holds 1 ms, bucket b (2..14) holds (2^(b-2), 2^(b-1)] ms,
+ * so the upper bounds (Prometheus le, inclusive) are 0, 1, 2, 4, ... 8192;
+ * bucket 15 holds the rest (over 8192 ms: +Inf).  That is
+ * b = held ? min(1 + ceil(log2(held)), 15) : 0. */
+#define CX_HOLD_BUCKETS 16
+
 /* Flow control (cx_engine__feed_stream, cx_engine__feed_burst). */
 #define CX_FEED_FORCE 0x1     /* flag: take every frame; only the limits apply */
 #define CX_FEED_DONE 0        /* every whole frame was taken */
@@ -188,6 +196,11 @@ struct cx_counters {
     uint64_t frag[2][CX_FRAG__COUNT];   /* datagrams by reassembly outcome */
     uint64_t frag_held[2];              /* fragments now waiting for the rest
                                            of their datagram (in queued) */
+    /* Every primary frame released (the sum of released[]) counted once
+     * here by how long it was held (see CX_HOLD_BUCKETS), and the sum of
+     * those hold times in ms. */
+    uint64_t hold_hist[CX_HOLD_BUCKETS];
+    uint64_t hold_ms_sum;
 };
 
 struct cx_engine;
@@ -242,6 +255,11 @@ uint32_t cx_engine__checkpoint_wanted(const struct cx_engine *e);
 /* Run the expired-frame scan if it is due.  Returns the time of the next
  * scan, the deadline the caller should wake up at. */
 uint64_t cx_engine__tick(struct cx_engine *e, uint64_t now_ms);
+
+/* The time is now_ms, and nothing else happens (no scan): for the hold time
+ * of the releases that are given no time (checkpoint, failover,
+ * set_passthrough), which otherwise count it to the latest feed or tick. */
+void cx_engine__set_time(struct cx_engine *e, uint64_t now_ms);
 
 /* The COLO frame reports a checkpoint: release every queued primary frame in
  * per-connection order, discard queued secondary frames. */

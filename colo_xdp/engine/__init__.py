@@ -39,6 +39,9 @@ DEFAULT_MAX_QUEUE_SIZE = 1024
 DEFAULT_MAX_CONNECTIONS = 16384
 DEFAULT_MAX_EVENTS = 65536
 NET_BUFSIZE = native.CX_NET_BUFSIZE
+# Upper bounds (inclusive, ms) of the hold-time buckets but the last (+Inf):
+# 0, 1, 2, 4, ... 8192 (csrc/cx_engine.h, CX_HOLD_BUCKETS).
+HOLD_MS_BOUNDS = (0,) + tuple(1 << i for i in range(native.CX_HOLD_BUCKETS - 2))
 
 
 class Side(enum.IntEnum):
@@ -261,6 +264,11 @@ class Counters:
     held_back: dict[str, int] = field(default_factory=dict)   # feeds flow control stopped
     # datagrams that came in fragments, per side, by outcome (FragOutcome)
     frag: dict[str, dict[str, int]] = field(default_factory=dict)
+    # How long released primary frames were held: counts per bucket (upper
+    # bounds HOLD_MS_BOUNDS, then +Inf; not cumulative), and the total ms.
+    # The counts sum to released_total.
+    hold_ms_buckets: list[int] = field(default_factory=list)
+    hold_ms_sum: int = 0
 
     @property
     def released_total(self) -> int:
@@ -469,12 +477,19 @@ class Engine:
         """Run the expired-frame scan if due; return when to call again (ms)."""
         return self._e.tick(now_ms)
 
-    def checkpoint(self) -> None:
-        """The COLO frame reports a checkpoint: flush every connection."""
+    def checkpoint(self, now_ms: int | None = None) -> None:
+        """The COLO frame reports a checkpoint: flush every connection.
+        ``now_ms``: the time, for the hold time of the frames it releases
+        (default: the latest feed or timer run)."""
+        if now_ms is not None:
+            self._e.set_time(now_ms)
         self._e.checkpoint()
 
-    def failover(self) -> None:
-        """Stop comparing for good: flush, then pass primary frames through."""
+    def failover(self, now_ms: int | None = None) -> None:
+        """Stop comparing for good: flush, then pass primary frames through
+        (``now_ms`` as for checkpoint)."""
+        if now_ms is not None:
+            self._e.set_time(now_ms)
         self._e.failover()
 
     def take_releases(self) -> list[Release]:
@@ -519,6 +534,8 @@ class Engine:
             outdev_cut=c.outdev_cut,
             held_back={sides[s]: c.held_back[s] for s in Side},
             frag={sides[s]: {_name(o): c.frag[s][o] for o in FragOutcome} for s in Side},
+            hold_ms_buckets=list(c.hold_hist),
+            hold_ms_sum=c.hold_ms_sum,
         )
 
 
@@ -536,10 +553,10 @@ class ActionEngine(Engine):
         self.run_timers(now_ms)
         return self.collect()
 
-    def checkpoint(self) -> list[Action]:
-        super().checkpoint()
+    def checkpoint(self, now_ms: int | None = None) -> list[Action]:
+        super().checkpoint(now_ms)
         return self.collect()
 
-    def failover(self) -> list[Action]:
-        super().failover()
+    def failover(self, now_ms: int | None = None) -> list[Action]:
+        super().failover(now_ms)
         return self.collect()

@@ -18,7 +18,9 @@ import socket
 import time
 
 from prometheus_client import CollectorRegistry, ProcessCollector
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
+                                   HistogramMetricFamily, InfoMetricFamily)
+from prometheus_client.utils import floatToGoString
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, choose_encoder, generate_latest
 
 from colo_xdp.observe.listener import Client, Listener, listen_tcp
@@ -38,6 +40,20 @@ def _counter(name: str, doc: str, labels: tuple[str, ...] = ()) -> CounterMetric
 
 def _gauge(name: str, doc: str, labels: tuple[str, ...] = ()) -> GaugeMetricFamily:
     return GaugeMetricFamily(f"{PREFIX}_{name}", doc, labels=list(labels))
+
+
+def _hold_histogram(hold: dict) -> HistogramMetricFamily:
+    """The snapshot's hold_ms (per-bucket counts keyed le_<ms>, then inf) as
+    a Prometheus histogram in seconds: cumulative buckets, +Inf the count."""
+    buckets, total = [], 0
+    for name, n in hold["buckets"].items():
+        total += n
+        le = "+Inf" if name == "inf" else floatToGoString(int(name[3:]) / 1000.0)
+        buckets.append((le, total))
+    m = HistogramMetricFamily(f"{PREFIX}_hold_seconds", "How long primary frames were "
+                              "held before release (the latency COLO adds).")
+    m.add_metric([], buckets, hold["sum"] / 1000.0)
+    return m
 
 
 def families(s: dict) -> list:
@@ -92,6 +108,8 @@ def families(s: dict) -> list:
     m = _counter("released_bytes", "Bytes of primary frames released.")
     m.add_metric([], s["released_bytes"])
     out.append(m)
+    if "hold_ms" in s:
+        out.append(_hold_histogram(s["hold_ms"]))
     m = _counter("secondary_consumed", "Secondary frames consumed without a drop: "
                  "matched, or skipped by the TCP rules.", ("how",))
     for how, n in s["secondary"].items():

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from colo_xdp.engine import ConnInfo
+from colo_xdp.engine import HOLD_MS_BOUNDS, ConnInfo
 from colo_xdp.proto.inet import PROTO_BY_NUMBER
 
 SIDES = ("primary", "secondary")
@@ -38,6 +38,16 @@ def _conn_row(info: ConnInfo, now_ms: int) -> dict:
     }
 
 
+def _hold_ms(c) -> dict:
+    """How long released primary frames were held, from the engine's
+    histogram: each bucket's own count (not cumulative), keyed by its upper
+    bound in ms (``le_0`` ... ``le_8192``, then ``inf``); sum in ms; count
+    (every frame released, as released_total)."""
+    names = [f"le_{b}" for b in HOLD_MS_BOUNDS] + ["inf"]
+    return {"buckets": dict(zip(names, c.hold_ms_buckets)), "sum": c.hold_ms_sum,
+            "count": sum(c.hold_ms_buckets)}
+
+
 def snapshot(svc, connections: int = 0) -> dict[str, Any]:
     """The service's counters and state; ``connections`` rows of the table."""
     c = svc.engine.counters()
@@ -63,6 +73,8 @@ def snapshot(svc, connections: int = 0) -> dict[str, Any]:
         "released": c.released,
         "released_total": c.released_total,
         "released_bytes": c.released_bytes,
+        # how long released primary frames were held: the latency COLO adds
+        "hold_ms": _hold_ms(c),
         "secondary": {"matched": c.matched_secondary, "skipped": c.skipped_secondary},
         "held": c.queued,
         "outdev_pending_bytes": svc.engine.output_pending(),
@@ -126,6 +138,16 @@ def _duration(ms: int) -> str:
     return f"{int(s // 3600)}h{int(s % 3600 // 60):02d}m"
 
 
+def _hold_quantile(hold: dict, q: float) -> str:
+    """The bucket bound at or under which a fraction q of the hold times are."""
+    need, seen = q * hold["count"], 0
+    for name, n in hold["buckets"].items():
+        seen += n
+        if seen >= need:
+            return f"> {HOLD_MS_BOUNDS[-1]} ms" if name == "inf" else f"<= {name[3:]} ms"
+    return "?"
+
+
 def render(snap: dict, before: dict | None = None, interval: float = 0.0) -> str:
     """The stats table; with the previous snapshot, per-second rates too."""
     pairs, held = snap["pairs"], snap["held"]
@@ -155,6 +177,10 @@ def render(snap: dict, before: dict | None = None, interval: float = 0.0) -> str
         f"opened {_n(conns['opened'])}  evicted {_n(conns['evicted'])}  "
         f"passthrough rules {snap['passthrough_rules']}",
     ]
+    hold = snap.get("hold_ms")
+    if hold and hold["count"]:
+        lines.append(f"{'hold time':<21}mean {hold['sum'] / hold['count']:.1f} ms  "
+                     f"p50 {_hold_quantile(hold, 0.5)}  p99 {_hold_quantile(hold, 0.99)}")
     for side, outcomes in snap.get("fragments", {}).items():
         if any(outcomes.values()):
             lines.append(f"{'fragmented ' + side:<21}{_by_reason(outcomes)}")

@@ -175,14 +175,14 @@ class CompareService(Loop):
             for _ in range(DRAIN_ROUNDS_MAX):
                 if not sum(inp.read_now(force=True) for inp in self.inputs):
                     break
-                self.engine.checkpoint()     # released below anyway: keep the queues short
+                self.engine.checkpoint(self.now_ms())  # released below anyway: keep queues short
                 self.after_batch()
         finally:
             self.draining = False
         for inp in self.inputs:          # a record cut short by the stop: counted (truncated)
             if isinstance(inp, Input) and inp.sock is not None:
                 inp.disconnected()
-        self.engine.checkpoint()
+        self.engine.checkpoint(self.now_ms())
         self.after_batch()
         super().close()
 
@@ -231,7 +231,7 @@ class CompareService(Loop):
     def colo_checkpoint(self, source: str = "notify-dev", flush: bool = True, **fields) -> None:
         """The COLO frame reports a checkpoint: flush (unless the caller has)."""
         if flush:
-            self.engine.checkpoint()
+            self.engine.checkpoint(self.now_ms())
         self.checkpoint_asked_ms = None
         self.checkpoints_done[source] += 1
         self.last_checkpoint_at = time.time()
@@ -254,7 +254,7 @@ class CompareService(Loop):
                 got = sum(inp.read_now(force=True) for inp in self.inputs)
                 if resumed():
                     break
-                self.engine.checkpoint()
+                self.engine.checkpoint(self.now_ms())
                 self.after_batch()
                 if not got:
                     break
@@ -269,7 +269,7 @@ class CompareService(Loop):
         False if it had already happened."""
         if self.failed_over:
             return False
-        self.engine.failover()
+        self.engine.failover(self.now_ms())
         self.checkpoint_asked_ms = None
         self.failed_over = True
         self.log.warning("failover", source=source, **({"why": why} if why else {}))

@@ -110,7 +110,8 @@ def feed_all(eng: ActionEngine, items, now_ms: int = 0) -> list:
 def assert_accounted(eng) -> Counters:
     """Every frame fed in is released/consumed once, held, or dropped.
 
-    primary:   frames_in == released (all reasons) + dropped + queued
+    primary:   frames_in == released (all reasons) + dropped + queued,
+               and released == the hold-time histogram's count
     secondary: frames_in == matched + skipped + dropped + queued
     Returns the counters so a test can go on checking them.
     """
@@ -126,6 +127,9 @@ def assert_accounted(eng) -> Counters:
         f"skipped {c.skipped_secondary} + dropped {c.dropped['secondary']} + "
         f"queued {c.queued['secondary']} = {secondary}")
     assert c.connections == c.conns_created - c.conns_evicted
+    # Every primary frame released is counted once in the hold-time histogram.
+    assert sum(c.hold_ms_buckets) == c.released_total, (
+        f"hold histogram counts {sum(c.hold_ms_buckets)}, released {c.released}")
     return c
 
 

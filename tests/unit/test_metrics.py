@@ -98,6 +98,75 @@ def test_scrape_counts_what_happened(lab):
     assert value(got, "colo_xdp_released_frames_total", reason="flushed") == 1
     assert value(got, "colo_xdp_dropped_frames_total", side="secondary", reason="flushed") == 1
     assert value(got, "colo_xdp_queued_frames", side="primary") == 0
+    # Every primary frame released (3 matched, 1 flushed) is in the hold histogram.
+    assert value(got, "colo_xdp_hold_seconds_count") == 4
+    les = sorted(((float(dict(labels)["le"]), v) for (name, labels), v in got.items()
+                  if name == "colo_xdp_hold_seconds_bucket"))
+    assert len(les) == 16 and les[-1] == (float("inf"), 4)
+    assert [v for _, v in les] == sorted(v for _, v in les)      # cumulative
+    assert value(got, "colo_xdp_hold_seconds_sum") >= 0
+
+
+def test_hold_histogram_is_cumulative_and_in_seconds(tmp_path):
+    """Engine -> stats snapshot's hold_ms -> the colo_xdp_hold_seconds family,
+    read back with prometheus_client's parser (a service not started)."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from colo_xdp.engine import Side
+    from colo_xdp.lab.pktgen import udp_frame
+    from colo_xdp.observe.metrics import ServiceCollector
+    from colo_xdp.observe.stats import render, snapshot
+    from colo_xdp.service.compare import CompareService
+    from colo_xdp.service.config import CompareConfig
+    from colo_xdp.transport.chardev.endpoint import parse_spec
+
+    specs = [parse_spec(f"unix:{tmp_path}/{name},server=on") for name in ("p", "s", "o")]
+    svc = CompareService(CompareConfig(*specs))
+    eng = svc.engine
+    frames = [udp_frame(b"%d" % i, sport=1000 + i) for i in range(4)]
+    eng.feed_frame(Side.PRIMARY, frames[0], 1000)
+    eng.feed_frame(Side.SECONDARY, frames[0], 1000)      # held 0 ms
+    eng.feed_frame(Side.PRIMARY, frames[1], 1000)
+    eng.feed_frame(Side.SECONDARY, frames[1], 1005)      # held 5 ms
+    eng.feed_frame(Side.PRIMARY, frames[2], 1000)
+    eng.feed_frame(Side.PRIMARY, frames[3], 1005)
+    eng.run_timers(1100)
+    eng.checkpoint()                                     # held 100 and 95 ms
+    snap = snapshot(svc)
+    hold = snap["hold_ms"]
+    assert hold["count"] == 4 == snap["released_total"] and hold["sum"] == 200
+    assert list(hold["buckets"])[:3] == ["le_0", "le_1", "le_2"]
+    assert list(hold["buckets"])[-2:] == ["le_8192", "inf"] and len(hold["buckets"]) == 16
+    assert {k: v for k, v in hold["buckets"].items() if v} == {
+        "le_0": 1, "le_8": 1, "le_128": 2}
+    assert "hold time            mean 50.0 ms  p50 <= 8 ms  p99 <= 128 ms" in render(snap)
+
+    registry = CollectorRegistry()
+    registry.register(ServiceCollector(svc))
+    text = generate_latest(registry).decode()
+    assert "# TYPE colo_xdp_hold_seconds histogram" in text
+    (family,) = [f for f in text_string_to_metric_families(text)
+                 if f.name == "colo_xdp_hold_seconds"]
+    assert family.type == "histogram"
+    got = {(s.name, s.labels.get("le")): s.value for s in family.samples}
+    assert got[("colo_xdp_hold_seconds_count", None)] == 4
+    assert got[("colo_xdp_hold_seconds_sum", None)] == pytest.approx(0.2)
+    buckets = [(float(le), v) for (name, le), v in got.items()
+               if name == "colo_xdp_hold_seconds_bucket"]
+    assert [le for le, _ in buckets] == [0.0] + [2 ** i / 1000 for i in range(14)] + [
+        float("inf")]
+    cumulative = dict(buckets)
+    assert cumulative[0.0] == 1 and cumulative[0.004] == 1 and cumulative[0.008] == 2
+    assert cumulative[0.064] == 2 and cumulative[0.128] == 4 and cumulative[8.192] == 4
+    assert cumulative[float("inf")] == 4
+    assert [v for _, v in buckets] == sorted(v for _, v in buckets)
+
+
+def test_hold_histogram_is_documented():
+    from pathlib import Path
+
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "observability.md").read_text()
+    assert "`colo_xdp_hold_seconds`" in docs
 
 
 def test_verdict_family_is_there_and_empty_in_chardev_mode(lab):
