@@ -69,8 +69,10 @@ class XdpPort:
         self.ifname = ifname
         self.side = Side(side)
         self.mode = Mode(mode)
+        # reuse: a port opened again (an interface back) takes the program
+        # compiled for the last one instead of compiling for most of a second.
         self.classifier = XdpClassifier(self.side, ifname, mode=self.mode, rules=rules,
-                                        handle_sigterm=False)
+                                        handle_sigterm=False, reuse=True)
         self.xsk_config = xsk_config or XskConfig(burst=BURST, ring_size=INPUT_RING_SIZE,
                                                   frame_count=INPUT_FRAME_COUNT)
         self.sockets: list[XskSocket] = []
