@@ -140,12 +140,20 @@ def check_prometheus(host: Host) -> Check:
                  "cannot work", "pip install prometheus_client (make setup does)")
 
 
+# The oldest kernel the classifier loads on: bpf/classify.c calls
+# bpf_xdp_get_buff_len (multi-buffer XDP), which Linux 5.18 added.
+KERNEL_FLOOR = (5, 18)
+KERNEL_FLOOR_WHY = "the XDP classifier calls bpf_xdp_get_buff_len"
+
+
 def check_kernel(host: Host) -> Check:
     version = _kernel_version(host.release)
-    if version >= (5, 10):
+    floor = "%d.%d" % KERNEL_FLOOR
+    if version >= KERNEL_FLOOR:
         return Check("kernel", XDP, OK, f"Linux {host.release}")
-    return Check("kernel", XDP, MISSING, f"Linux {host.release} is older than 5.10",
-                 "XDP mode wants 5.10 or later (Debian 12 ships 6.1)")
+    return Check("kernel", XDP, MISSING, f"Linux {host.release} is older than {floor} "
+                 f"({KERNEL_FLOOR_WHY})",
+                 f"XDP mode needs {floor} or later (Debian 12 ships 6.1)")
 
 
 def _config_check(host: Host, name: str, option: str, what: str, fix: str) -> Check | None:

@@ -7,6 +7,8 @@ import os
 import re
 import subprocess
 
+import pytest
+
 from click.testing import CliRunner
 
 from colo_xdp.cli import doctor
@@ -98,10 +100,25 @@ def test_old_kernel_and_capabilities(tmp_path):
                      config="CONFIG_BPF_SYSCALL=y\nCONFIG_XDP_SOCKETS=y\n",
                      cap_eff=f"{caps:016x}")
     checks = {c.name: c for c in doctor.run(doctor.Host(root=root))}
-    assert checks["kernel"].status == "missing" and "older than 5.10" in checks["kernel"].detail
+    assert checks["kernel"].status == "missing" and "older than 5.18" in checks["kernel"].detail
     assert checks["af_xdp"].status == "ok"
     assert checks["privileges"].status == "ok"
     assert checks["privileges"].detail == "capabilities: CAP_BPF, CAP_NET_ADMIN, CAP_NET_RAW"
+
+
+@pytest.mark.parametrize("release, status", [
+    ("5.10.0-28-amd64", "missing"),      # the floor once documented: the program does not load
+    ("5.17.15", "missing"),
+    ("5.18.0-1-amd64", "ok"),            # bpf_xdp_get_buff_len
+    ("6.1.0-13-amd64", "ok"),
+])
+def test_kernel_floor_is_the_one_the_classifier_needs(tmp_path, release, status):
+    root = fake_host(tmp_path, release=release, config="CONFIG_BPF_SYSCALL=y\n")
+    check = {c.name: c for c in doctor.run(doctor.Host(root=root))}["kernel"]
+    assert check.status == status, check
+    if status == "missing":
+        assert "older than 5.18" in check.detail and "bpf_xdp_get_buff_len" in check.detail
+        assert "5.18 or later" in check.fix
 
 
 def test_missing_engine_fails_the_run(monkeypatch):

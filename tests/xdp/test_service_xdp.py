@@ -229,6 +229,55 @@ def test_xdp_outdev_sends_released_frames_on_the_uplink(lab):
     assert lab.attached() == []
 
 
+def test_xdp_outdev_sends_again_when_its_interface_is_made_anew(lab):
+    """The uplink veth goes away under traffic and is made again: the outdev
+    says it is disconnected, opens a socket on the new interface and sends
+    what was released meanwhile; every frame arrives once and in order."""
+    proc = lab.start(*compare_args(lab, "xdp:u-h"))
+    lab.connect("notify.sock")
+    sniff = lab.packet_socket("u")
+    before = [udp(b"before %d" % i) for i in range(10)]
+    during = [udp(b"while the uplink is gone %d" % i) for i in range(20)]
+    after = [udp(b"after the uplink came back %d" % i) for i in range(10)]
+
+    def receive(sock, want: list[bytes]) -> list[bytes]:
+        got, deadline = [], time.monotonic() + TIMEOUT
+        while len(got) < len(want) and time.monotonic() < deadline:
+            try:
+                frame = sock.recv(65536)
+            except socket.timeout:
+                break
+            if frame in before + during + after:
+                got.append(frame)
+        return got
+
+    lab.send("p", *before)
+    lab.send("s", *before)
+    assert receive(sniff, before) == before
+    sh("ip", "-n", lab.ns["host"], "link", "del", "u-h")       # u-g goes with it
+    for i in range(0, len(during), 5):                          # traffic goes on
+        lab.send("p", *during[i:i + 5])
+        lab.send("s", *during[i:i + 5])
+        time.sleep(0.05)
+    wait_log(proc, "disconnected role=outdev")
+    wait_log(proc, "xdp_iface_gone role=outdev iface=u-h")
+    # The pair is made in the uplink's namespace and u-h moved (and set up)
+    # into the host's in one step, once the sniffer listens on u-g.
+    sh("ip", "-n", lab.ns["uplink"], "link", "add", "u-h", "numtxqueues", "1",
+       "numrxqueues", "1", "type", "veth", "peer", "name", "u-g",
+       "numtxqueues", "1", "numrxqueues", "1")
+    sh("ip", "-n", lab.ns["uplink"], "link", "set", "u-g", "up")
+    sniff = lab.packet_socket("u")
+    sh("ip", "-n", lab.ns["uplink"], "link", "set", "u-h", "netns", lab.ns["host"], "up")
+    wait_log(proc, " connected role=outdev", 2)
+    lab.send("p", *after)
+    lab.send("s", *after)
+    assert receive(sniff, during + after) == during + after
+    log = stop(proc)
+    assert "released=40" in log, log
+    assert lab.attached() == []
+
+
 def partial_checksum(frame: bytes) -> bytes:
     """The frame as a guest that offloads checksums hands it to its tap: the
     UDP checksum field holds only the pseudo-header sum."""

@@ -17,6 +17,11 @@ through BPF_PROG_TEST_RUN)::
     with XdpClassifier(Side.SECONDARY) as clf:
         clf.test_run(frame).action              # XDP_DROP, XDP_PASS, ...
 
+With ``reuse=True`` (as ``XdpPort`` does) closing leaves the program loaded
+and detached, and the next classifier of the same side takes it instead of
+compiling again (most of a second of CPU): its maps are reset and it is
+attached anew.  ``drop_idle`` (run at exit) unloads the ones kept.
+
 The program is attached through a BPF link (``bpfsys.link_create_xdp``), not
 netlink: the kernel detaches it when the link's file descriptor closes, so
 even a process killed with SIGKILL leaves nothing attached.  bcc creates no
@@ -28,6 +33,7 @@ unsupported in that mode, another program already attached.
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
 import enum
@@ -233,6 +239,37 @@ def _verifier_error(lines: list[str]) -> str:
     return text
 
 
+# --- compiled programs kept for reuse ------------------------------------------------
+
+# Programs loaded with ``reuse=True`` and not in use, by (side, cflags): the
+# next classifier of that kind takes one instead of compiling (bcc/LLVM spends
+# most of a second of CPU on it).  Each is (bcc.BPF, its XDP function); its
+# maps are its own, so a program serves one classifier at a time.
+_idle: dict[tuple, list[tuple]] = {}
+compile_count = 0          # programs compiled by this process (tests, metrics)
+
+
+def _take_idle(key: tuple):
+    progs = _idle.get(key)
+    return progs.pop() if progs else None
+
+
+def _put_idle(key: tuple, prog: tuple) -> None:
+    _idle.setdefault(key, []).append(prog)
+
+
+def drop_idle() -> None:
+    """Unload the programs kept for reuse (at exit; tests)."""
+    while _idle:
+        _key, progs = _idle.popitem()
+        for bpf, _fn in progs:
+            with contextlib.suppress(Exception):
+                bpf.cleanup()
+
+
+atexit.register(drop_idle)
+
+
 # --- the classifier --------------------------------------------------------------
 
 class XdpClassifier:
@@ -240,7 +277,8 @@ class XdpClassifier:
 
     def __init__(self, side: Side, ifname: str | None = None, *, mode: Mode = Mode.NATIVE,
                  rules: Iterable = (), guest_macs: Iterable[str] = (),
-                 vlan_compare: bool = True, handle_sigterm: bool = True):
+                 vlan_compare: bool = True, handle_sigterm: bool = True,
+                 reuse: bool = False):
         self.side = Side(side)
         self.ifname = ifname
         self.mode = Mode(mode)
@@ -248,6 +286,10 @@ class XdpClassifier:
         self._guest_macs = list(guest_macs)
         self._vlan_compare = vlan_compare
         self._sigterm = _SigtermRaises() if handle_sigterm else None
+        # With reuse, load takes a program of this kind that a closed
+        # classifier left behind, and close leaves this one for the next.
+        self._reuse = reuse
+        self._key: tuple | None = None
         self._bpf = None
         self._fn = None
         self._link_fd: int | None = None
@@ -283,6 +325,18 @@ class XdpClassifier:
             raise XdpError(f"the XDP classifier's source {CLASSIFY_C} is missing: reinstall "
                            "colo-xdp ('colo-xdp doctor' checks it)")
         cflags = [f"-I{BPF_DIR}", f"-DCX_XDP_SIDE={int(self.side)}"]
+        self._key = (self.side, tuple(cflags))
+        kept = _take_idle(self._key) if self._reuse else None
+        if kept is not None:
+            self._bpf, self._fn = kept
+            try:
+                self._reset_maps()
+            except BaseException:
+                self.close()
+                raise
+            return
+        global compile_count
+        compile_count += 1
         with _stderr_captured() as out:
             try:
                 self._bpf = bcc.BPF(src_file=str(CLASSIFY_C).encode(), cflags=cflags)
@@ -298,7 +352,16 @@ class XdpClassifier:
         if self._fn is None:
             self.close()
             raise XdpError(f"the kernel refused {CLASSIFY_C}: {_verifier_error(out)}")
-        self.set_config()
+        self._reset_maps()
+
+    def _reset_maps(self) -> None:
+        """Every map as a program just loaded has it, then this classifier's
+        configuration: no socket, counters at zero, rules, guest MACs."""
+        xsks = self._table(b"xsks")
+        for queue in range(MAX_QUEUES):
+            with contextlib.suppress(KeyError):
+                del xsks[ctypes.c_int(queue)]
+        self._table(b"counters").clear()          # per-CPU array: zeroes each
         self.set_rules(self._rules)
         self.set_guest_macs(self._guest_macs)
 
@@ -342,8 +405,10 @@ class XdpClassifier:
             self.detach()
         finally:
             with _signals_held():
-                bpf, self._bpf, self._fn = self._bpf, None, None
-                if bpf is not None:
+                bpf, fn, self._bpf, self._fn = self._bpf, self._fn, None, None
+                if bpf is not None and fn is not None and self._reuse:
+                    _put_idle(self._key, (bpf, fn))    # detached: left for the next
+                elif bpf is not None:
                     bpf.cleanup()
             if self._sigterm:
                 self._sigterm.close()

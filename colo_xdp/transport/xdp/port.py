@@ -69,8 +69,10 @@ class XdpPort:
         self.ifname = ifname
         self.side = Side(side)
         self.mode = Mode(mode)
+        # reuse: a port opened again (an interface back) takes the program
+        # compiled for the last one instead of compiling for most of a second.
         self.classifier = XdpClassifier(self.side, ifname, mode=self.mode, rules=rules,
-                                        handle_sigterm=False)
+                                        handle_sigterm=False, reuse=True)
         self.xsk_config = xsk_config or XskConfig(burst=BURST, ring_size=INPUT_RING_SIZE,
                                                   frame_count=INPUT_FRAME_COUNT)
         self.sockets: list[XskSocket] = []
@@ -302,14 +304,25 @@ class XdpInput:
 
 
 class XdpOutdev:
-    """Released frames sent with AF_XDP on an interface (``xdp:IFACE``)."""
+    """Released frames sent with AF_XDP on an interface (``xdp:IFACE``).
+
+    A send that fails (the interface went away, say) closes the socket with
+    a ``disconnected`` warning; the frames it did not take stay in the
+    engine's output.  Once a second the socket is opened again (``connected``)
+    and they go out; an interface that is gone is waited for, as ``XdpInput``
+    does, and one made anew (another ifindex) is noticed even with nothing to
+    send."""
 
     def __init__(self, svc, role: str, iface: XdpIface):
         self.svc = svc
         self.role = role
         self.iface = iface
         self.sock = None
+        self.ifindex = 0
         self.writing = False
+        self.next_check = 0.0
+        self.retrying = False          # disconnected: maybe_retry opens again
+        self.waiting_for_iface = False
 
     @property
     def has_peer(self) -> bool:
@@ -319,9 +332,12 @@ class XdpOutdev:
         sock = XskSocket(self.iface.name, 0)
         try:
             sock.open()
-        except XskError as exc:
+            self.ifindex = socket.if_nametoindex(self.iface.name)
+        except (XskError, OSError) as exc:
+            sock.close()
             raise EndpointError(errno.EIO, f"{self.role}: {exc}") from None
         self.sock = sock
+        self.retrying = self.waiting_for_iface = False
         self.svc.log.event("connected", role=self.role, endpoint=self.iface)
 
     def write_pending(self) -> None:
@@ -332,9 +348,7 @@ class XdpOutdev:
             while engine.output_pending() and tx_from_engine(self.sock, engine):
                 pass
         except XdpPortError as exc:
-            self.svc.log.warning("disconnected", role=self.role, endpoint=self.iface,
-                                 why=str(exc))
-            self.shutdown()
+            self._disconnect(str(exc))
             return
         want = bool(engine.output_pending())     # the tx ring is full: wait for room
         if want != self.writing:
@@ -348,11 +362,45 @@ class XdpOutdev:
         if self.sock:
             select.select([], [self.sock], [], timeout)
 
+    def _disconnect(self, why: str) -> None:
+        """Close the socket; maybe_retry opens one again within a second."""
+        self.svc.log.warning("disconnected", role=self.role, endpoint=self.iface, why=why)
+        self.shutdown()
+        self.retrying = True
+        self.next_check = 0.0
+
     def maybe_retry(self, now: float) -> None:
-        pass
+        """Once a second: still the interface the socket is bound to?  And,
+        disconnected, open a socket again (the interface back, if it went)."""
+        if now < self.next_check or not (self.sock or self.retrying):
+            return
+        self.next_check = now + IFACE_CHECK_S
+        try:
+            index = socket.if_nametoindex(self.iface.name)
+        except OSError:
+            index = 0
+        if self.sock:
+            if index != self.ifindex:
+                self._disconnect(f"{self.iface.name} went away")
+                self.next_check = now + IFACE_CHECK_S
+            return
+        if not index:
+            if not self.waiting_for_iface:
+                self.waiting_for_iface = True
+                self.svc.log.warning("xdp_iface_gone", role=self.role, iface=self.iface.name)
+            return
+        try:
+            self.open()
+        except EndpointError as exc:
+            self.svc.log.warning("connect_failed", role=self.role, error=exc.strerror,
+                                 retry_s=IFACE_CHECK_S)
+            return
+        self.write_pending()                      # what waited goes out now
 
     def shutdown(self) -> None:
+        self.retrying = False
         if self.sock:
             self.svc.unwatch(self.sock)
             self.sock.close()
             self.sock = None
+        self.writing = False
