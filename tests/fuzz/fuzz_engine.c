@@ -400,9 +400,16 @@ static void run_op(struct world *w, struct cursor *c, uint32_t op, bool *at_boun
         /* with flow control, or forced (bit 0x40) */
         int rc = cx_engine__feed_stream(w->e, side, data, n, w->now,
                                         (op & 0x40) ? CX_FEED_FORCE : 0, &consumed);
+        CHECK(consumed <= n);
+        if (rc == -EPROTO) {
+            /* a length past any frame: the record is counted, the framing
+             * lost; the service would close the stream, a new peer resets */
+            CHECK(consumed + 4 <= n && cx_rd32(data + consumed) > CX_FRAMING_LOST_LEN);
+            cx_engine__stream_reset(w->e, side);
+            break;
+        }
         CHECK(rc == CX_FEED_DONE || rc == CX_FEED_BLOCKED);
         CHECK(!(op & 0x40) || rc == CX_FEED_DONE);
-        CHECK(consumed <= n);
         break;
     }
     case OP_FEED_RAW: {
