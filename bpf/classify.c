@@ -5,7 +5,7 @@
  * its rx queue, with its 5-tuple in the metadata area), or it goes its
  * normal way (primary) or nowhere (secondary) uncompared.
  *
- * Built and loaded by colo_xdp/transport/xdp.py with bcc:
+ * Built and loaded by colo_xdp/transport/xdp/classifier.py with bcc:
  *   BPF(src_file="bpf/classify.c", cflags=["-I<bpf dir>", "-DCX_XDP_SIDE=0"])
  * CX_XDP_SIDE is CX_XDP_SIDE_PRIMARY or CX_XDP_SIDE_SECONDARY (classify.h).
  * Everything else is in maps that user space fills before attaching: see

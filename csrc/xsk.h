@@ -1,7 +1,7 @@
 /*
  * xsk.h - AF_XDP sockets over raw syscalls: UMEM, the four rings, bind in
  * copy mode, burst receive and burst transmit.  The C side of
- * colo_xdp/transport/xsk.py.
+ * colo_xdp/transport/xdp/xsk.py (through colo_xdp/native.py).
  *
  * One struct xsk is one socket bound to one rx queue of one interface, with
  * its own UMEM.  The UMEM's frames are split in two pools:
