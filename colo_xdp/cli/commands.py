@@ -137,6 +137,11 @@ def main() -> None:
 @click.option("--max-connections", type=click.IntRange(min=1, max=1 << 24), metavar="N",
               default=DEFAULT_MAX_CONNECTIONS, show_default=True,
               help="Connection table size; idle connections are evicted to make room.")
+@click.option("--flow-high-water", type=click.IntRange(min=0, max=1 << 24), metavar="N",
+              default=0, show_default=True,
+              help="Frames one side may hold on a connection the other holds nothing on "
+                   "before that side is read no further (flow control); 0: half of "
+                   "--max-queue-size.")
 @click.option("--control", "control", is_flag=False, flag_value=_DEFAULT, default=None,
               metavar="[PATH]",
               help="Control socket (unix, mode 0600). Without PATH: "
@@ -169,7 +174,8 @@ def main() -> None:
 @click.option("-v", "--verbose", is_flag=True, help="Log connection events too.")
 def compare(primary_in, secondary_in, primary_xdp, secondary_xdp, xdp_mode, outdev,
             notify_dev, qmp, vnet_hdr_support, compare_timeout,
-            expired_scan_cycle, max_queue_size, max_connections, control, control_tcp,
+            expired_scan_cycle, max_queue_size, max_connections, flow_high_water,
+            control, control_tcp,
             control_idle_timeout, metrics, miscompare_pcap, miscompare_pcap_size,
             miscompare_pcap_keep, passthrough, passthrough_file,
             log_format, log_file, log_timestamps, check, verbose) -> None:
@@ -207,7 +213,7 @@ def compare(primary_in, secondary_in, primary_xdp, secondary_xdp, xdp_mode, outd
         engine=EngineConfig(compare_timeout_ms=compare_timeout,
                             expired_scan_cycle_ms=expired_scan_cycle,
                             max_queue_size=max_queue_size, max_connections=max_connections,
-                            vnet_hdr=vnet_hdr_support),
+                            flow_high_water=flow_high_water, vnet_hdr=vnet_hdr_support),
         control_path=_control_path(control),
         control_tcp=_hostport("--control-tcp", control_tcp),
         control_idle_timeout=control_idle_timeout,
@@ -388,7 +394,7 @@ def _started(svc, log: EventLog) -> None:
              notify_dev=cfg.notify_dev or "-", qmp=cfg.qmp or "-", vnet_hdr="on" if e.vnet_hdr else "off",
              compare_timeout_ms=e.compare_timeout_ms,
              expired_scan_cycle_ms=e.expired_scan_cycle_ms, max_queue_size=e.max_queue_size,
-             max_connections=e.max_connections)
+             max_connections=e.max_connections, flow_high_water=e.flow_high_water)
     log.once("ready")
 
 

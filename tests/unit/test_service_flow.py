@@ -150,3 +150,32 @@ def test_stats_on_262144_connections_is_fast_and_the_loop_goes_on(lab):
     assert out.frames(1)[0] == probe
     assert time.monotonic() - t0 < 0.3
     cmp.stop()
+
+
+def test_flow_high_water_is_how_far_a_side_is_read_ahead(lab):
+    """--flow-high-water 8: a primary 20 frames ahead on one flow is read 8
+    frames in, the rest waits in its socket until the secondary catches up;
+    then all 20 pairs are released and nothing is dropped."""
+    ctl_path = lab.path("ctl.sock")
+    cmp = lab.start(notify=False, args=("--control", ctl_path, "--flow-high-water", "8"))
+    assert "flow_high_water=8" in cmp.wait_line(r"^colo-xdp: started ")
+    out = lab.connect("out.sock")
+    pin, sin = lab.connect("pin.sock"), lab.connect("sin.sock")
+    frames = frames_of(20)
+    pin.send(*frames)
+    ctl = Ctl.unix(ctl_path)
+    lab.track(ctl.sock)
+    time.sleep(0.1)                                  # well under the 1 s a side may stall
+    s = ctl.ask({"cmd": "stats"})["stats"]
+    assert s["frames_in"]["primary"] == 8 and s["held"]["primary"] == 8
+    sin.send(*frames)
+    assert out.frames(20) == frames
+    summary = cmp.stop_summary()
+    assert summary.dropped == (0, 0) and summary.checkpoints == 0
+
+
+def test_flow_high_water_over_the_queue_size_is_one_line(lab):
+    cmp = lab.start(notify=False, ready=False,
+                    args=("--max-queue-size", "16", "--flow-high-water", "17"))
+    assert cmp.proc.wait(10) == 2
+    assert "flow_high_water must be from 0 to max_queue_size (16)" in cmp.log
