@@ -27,22 +27,19 @@ from typing import Callable
 from colo_xdp.engine import (CheckpointRequest, ConnectionEvicted, ConnectionOpened, Drop,
                              DropReason, Engine, Side)
 from colo_xdp.observe.control_server import ControlServer, ServiceTarget
-from colo_xdp.observe.log import EventLog
+from colo_xdp.observe.log import EventLog, PerSide
 from colo_xdp.proto.flows import PassthroughTable, format_flow
-from colo_xdp.service.config import CompareConfig, Endpoint
-from colo_xdp.observe.log import PerSide
 from colo_xdp.service import signals as sigs
+from colo_xdp.service.config import CompareConfig, Endpoint
 from colo_xdp.service.loop import Loop, serve_loop
 from colo_xdp.transport.chardev.qmp import QmpMonitor
 from colo_xdp.transport.chardev.roles import Input, Notify, Outdev
 from colo_xdp.transport.xdp.port import XdpIface, XdpInput, XdpOutdev
 
-# One DO_CHECKPOINT per outstanding checkpoint request; sent again only when
-# no checkpoint came this long after (the COLO frame missed it, or notify-dev
-# was not connected yet).
+# One request (DO_CHECKPOINT, a QMP kick) per outstanding checkpoint; asked
+# again only when no checkpoint came this long after (the COLO frame missed
+# it, or its driver was not connected yet).
 CHECKPOINT_RESEND_MS = 1000
-
-
 DRAIN_ROUNDS_MAX = 256      # chunks per input read at a checkpoint: bounded, as every turn
 
 
