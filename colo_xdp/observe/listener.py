@@ -9,7 +9,6 @@ events, counted) instead of growing memory or stalling the loop.
 """
 from __future__ import annotations
 
-import errno
 import ipaddress
 import os
 import selectors
@@ -17,6 +16,7 @@ import socket
 import stat
 
 from colo_xdp.errors import ConfigError
+from colo_xdp.transport.chardev.endpoint import refuse_live_socket
 
 READ = selectors.EVENT_READ
 WRITE = selectors.EVENT_WRITE
@@ -76,7 +76,7 @@ def listen_unix_private(path: str, what: str) -> tuple[socket.socket, int]:
     before listen.  A stale socket file (nobody accepting) is replaced; a
     live one, or a file that is not a socket, is refused.  Returns the
     socket and the inode of its file (so close removes only our own)."""
-    _refuse_live_socket(path, what)
+    refuse_live_socket(path, f" ({what})")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old = os.umask(0o177)
     try:
@@ -97,29 +97,6 @@ def listen_unix_private(path: str, what: str) -> tuple[socket.socket, int]:
         raise OSError(exc.errno, f"cannot listen on {what} {path}: {exc.strerror or exc}") \
             from None
     return sock, inode
-
-
-def _refuse_live_socket(path: str, what: str) -> None:
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(st.st_mode):
-        raise OSError(errno.EEXIST, f"{path} exists and is not a socket; "
-                                    f"choose another path for the {what}")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.settimeout(0.5)
-    try:
-        probe.connect(path)
-    except (ConnectionRefusedError, FileNotFoundError):
-        _unlink_quietly(path)            # stale: its process is gone
-        return
-    except OSError:
-        pass                              # EAGAIN (backlog full), ...: someone is there
-    finally:
-        probe.close()
-    raise OSError(errno.EADDRINUSE, f"another process serves the {what} {path}; "
-                                    "stop it or choose another path")
 
 
 def _unlink_quietly(path: str) -> None:

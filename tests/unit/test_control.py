@@ -422,8 +422,9 @@ def test_a_live_control_socket_is_not_taken_over(lab):
     cmp, ctl = start(lab)
     result = run_cli(*compare_args(lab, "b-"), "--control", lab.path(CTL))
     assert result.returncode == 1
-    assert result.stderr.strip() == (f"colo-xdp: error: another process serves the control "
-                                     f"socket {lab.path(CTL)}; stop it or choose another path")
+    assert result.stderr.strip() == (f"colo-xdp: error: another process listens on "
+                                     f"{lab.path(CTL)} (control socket); stop it or choose "
+                                     f"another path")
     assert ctl.ask({"cmd": "help"})["ok"]              # the first one is untouched
 
 
