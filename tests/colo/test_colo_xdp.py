@@ -21,6 +21,7 @@ import pytest
 from colo_xdp.cli.ctl_client import ControlClient
 from colopair import ColoPair
 from test_reference import ask as ask_reference
+from test_reference import ask_patiently as ask_patiently_reference
 from test_reference import drain, ms, spread
 
 pytestmark = pytest.mark.colo
@@ -45,26 +46,14 @@ def ask(client: socket.socket, payload: bytes) -> tuple[bytes, float, float]:
                     f"{pair.lab.logs()}")
 
 
-def ask_patiently(client: socket.socket, payload: bytes, tries: int = 3) -> bytes:
-    """The reply to ``payload``, sent again (UDP) when none came in 5 s;
-    replies to earlier copies or requests are passed over.  For tests that
-    count checkpoints rather than time replies: a TCG pair checkpointed
-    every few hundred ms under load can lose or sit on a datagram."""
-    want = b"echo:" + payload
-    for _ in range(tries):
-        client.settimeout(5.0)
-        client.send(payload)
-        deadline = time.monotonic() + 5.0
-        try:
-            while time.monotonic() < deadline:
-                reply = client.recv(65536)
-                if reply == want:
-                    return reply
-        except socket.timeout:
-            continue
-    pair = ask.pair
-    pytest.fail(f"no reply to {payload!r} in {tries} tries; colo-xdp stats: {stats(pair)}\n"
-                f"{pair.lab.logs()}")
+def ask_patiently(client: socket.socket, payload: bytes) -> bytes:
+    """test_reference's ask_patiently; no reply in 3 tries fails with the logs."""
+    reply = ask_patiently_reference(client, payload)
+    if reply is None:
+        pair = ask.pair
+        pytest.fail(f"no reply to {payload!r} in 3 tries; colo-xdp stats: {stats(pair)}\n"
+                    f"{pair.lab.logs()}")
+    return reply
 
 
 def stats(pair: ColoPair) -> dict:

@@ -39,6 +39,26 @@ def ask(client: socket.socket, payload: bytes) -> tuple[bytes, float, float]:
     return reply, t0, time.monotonic()
 
 
+def ask_patiently(client: socket.socket, payload: bytes, tries: int = 3) -> bytes | None:
+    """The reply to ``payload``, sent again (UDP) when none came in 5 s;
+    replies to earlier copies or requests are passed over; None after
+    ``tries`` sends.  For tests that count checkpoints rather than time
+    replies: a TCG pair checkpointed every few hundred ms under load can
+    lose a datagram (QEMU's colo-compare as well as colo-xdp)."""
+    want = b"echo:" + payload
+    for _ in range(tries):
+        client.settimeout(REPLY_TIMEOUT)
+        client.send(payload)
+        deadline = time.monotonic() + REPLY_TIMEOUT
+        try:
+            while time.monotonic() < deadline:
+                if client.recv(65536) == want:
+                    return want
+        except socket.timeout:
+            continue
+    return None
+
+
 def drain(client: socket.socket, quiet: float = 0.2) -> None:
     """Drop late replies to earlier attempts."""
     client.settimeout(quiet)
@@ -109,8 +129,8 @@ def test_periodic_checkpoints(reference_pair: ColoPair):
         i = 0
         while len(pair.checkpoints(t0)) < 5:
             assert time.monotonic() < deadline, f"only {len(pair.checkpoints(t0))} checkpoints"
-            reply, _, _ = ask(client, b"periodic %d" % i)
-            assert reply == b"echo:periodic %d" % i
+            assert ask_patiently(client, b"periodic %d" % i), \
+                f"no reply to periodic {i} in 3 tries:\n{pair.lab.logs()}"
             i += 1
             time.sleep(0.05)
         cps = pair.checkpoints(t0)
