@@ -128,6 +128,10 @@ ip addr add "$ip" dev eth0
 ip link set eth0 up
 [ -n "$peer" ] && arp -i eth0 -s "${peer%%%%,*}" "${peer#*,}"
 /bin/colo-echo 7 "$diverge" %(fwcfg)s &
+# Ready once the echo's socket is bound (UDP port 7 in /proc/net/udp): a
+# datagram before that would draw a port unreachable to the client.
+i=0
+while ! grep -q ' 00000000:0007 ' /proc/net/udp && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
 echo "%(ready)s ip=$ip diverge=$diverge"
 while true; do sleep 3600; done
 """

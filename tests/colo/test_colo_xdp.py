@@ -111,7 +111,10 @@ def test_divergence_gets_a_checkpoint_and_the_primarys_reply(pair: ColoPair):
                        for w in line.split() if w.startswith("request_to_stop_ms=")]
     assert len(request_to_stop) >= 3, log[-3000:]
     assert after["checkpoint_requests"]["mismatch"] - before["checkpoint_requests"]["mismatch"] >= 3
-    assert after["qmp"]["kicks"] - before["qmp"]["kicks"] == 3
+    # one kick a divergence; a host too slow to STOP within KICK_RETRY_S adds retries
+    kicks = after["qmp"]["kicks"] - before["qmp"]["kicks"]
+    retries = after["qmp"]["retries"] - before["qmp"]["retries"]
+    assert kicks - retries == 3, f"{kicks} kicks, {retries} of them retries"
     assert after["released"]["flushed"] - before["released"]["flushed"] >= 3   # the replies
     print(f"\n{pair.comparator}: divergence: client send to primary STOP: {spread(to_stop)}"
           f"\n{pair.comparator}: divergence: colo-xdp request to STOP: "
