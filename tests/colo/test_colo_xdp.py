@@ -111,10 +111,15 @@ def test_divergence_gets_a_checkpoint_and_the_primarys_reply(pair: ColoPair):
                        for w in line.split() if w.startswith("request_to_stop_ms=")]
     assert len(request_to_stop) >= 3, log[-3000:]
     assert after["checkpoint_requests"]["mismatch"] - before["checkpoint_requests"]["mismatch"] >= 3
-    # one kick a divergence; a host too slow to STOP within KICK_RETRY_S adds retries
+    # A kick for each divergence, none without a request: on a loaded host a
+    # reply can also wait past the compare timeout (a request of its own), and
+    # a STOP slower than KICK_RETRY_S is kicked again (a retry).
     kicks = after["qmp"]["kicks"] - before["qmp"]["kicks"]
     retries = after["qmp"]["retries"] - before["qmp"]["retries"]
-    assert kicks - retries == 3, f"{kicks} kicks, {retries} of them retries"
+    requests = {reason: n - before["checkpoint_requests"].get(reason, 0)
+                for reason, n in after["checkpoint_requests"].items()}
+    assert 3 <= kicks - retries <= sum(requests.values()), \
+        f"{kicks} kicks ({retries} retries) for requests {requests}"
     assert after["released"]["flushed"] - before["released"]["flushed"] >= 3   # the replies
     print(f"\n{pair.comparator}: divergence: client send to primary STOP: {spread(to_stop)}"
           f"\n{pair.comparator}: divergence: colo-xdp request to STOP: "
