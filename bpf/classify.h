@@ -17,14 +17,12 @@
 
 #include <linux/types.h>
 
-#include "cx_wire.h"   /* struct cx_rule, the map "rules" value */
+#include "cx_wire.h"   /* struct cx_rule and CX_MAX_RULES, the rule list's */
 
 /* ---- sizes ------------------------------------------------------------ */
 
 /* AF_XDP sockets: one per rx queue of the interface, keyed by queue index. */
 #define CX_XDP_MAX_QUEUES 64
-/* Passthrough rules, scanned in order; a short operator-made list. */
-#define CX_XDP_MAX_RULES 64
 /* Guest source MACs (only used with CX_XDP_CFG_GUEST_MACS). */
 #define CX_XDP_MAX_GUEST_MACS 16
 /* 802.1Q / 802.1ad tags parsed in front of the EtherType. */
@@ -83,7 +81,6 @@ struct cx_xdp_counter {
 
 struct cx_xdp_config {
     __u32 flags;       /* CX_XDP_CFG_* */
-    __u32 nrules;      /* rules in use in map "rules", from index 0 */
 };
 
 /* Key of map "guest_macs" (value: __u8, unused). */
@@ -91,8 +88,25 @@ struct cx_xdp_mac {
     __u8 addr[6];
 };
 
-/* Map "rules" (index 0 .. nrules-1) holds struct cx_rule of cx_wire.h, the
- * engine's own rule: flows it matches are not compared. */
+/* ---- passthrough list (maps "rule_list", "rules_a", "rules_b") ----------- */
+
+/*
+ * The passthrough list, whole, in one map value: flows its rules (cx_wire.h,
+ * the engine's own) match are not compared.  Two maps hold one each,
+ * "rules_a" and "rules_b" (index 0); "rule_list", an array of maps with one
+ * slot, points to the one in use.  User space writes the new list into the
+ * other and then points the slot at it: one update, after which the kernel
+ * has waited for every program still reading the old list (an update of an
+ * array of maps waits for an RCU grace period), so the next change may
+ * write that one.  A frame looks the slot up once and scans one list that
+ * nobody writes meanwhile: never a half-written list, never one list's
+ * count with another's rules.
+ */
+struct cx_xdp_rules {
+    __u32 count;       /* rules in use, from rule[0] */
+    __u32 pad;
+    struct cx_rule rule[CX_MAX_RULES];
+};
 
 /* ---- metadata ------------------------------------------------------------ */
 

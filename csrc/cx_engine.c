@@ -1571,6 +1571,8 @@ static void flush_all(struct cx_engine *e, int why, int drop_reason)
 int cx_engine__set_passthrough(struct cx_engine *e, const struct cx_rule *rules, size_t n)
 {
     struct cx_rule *copy = NULL;
+    if (n > CX_MAX_RULES)
+        return -E2BIG;
     if (n) {
         copy = malloc(n * sizeof(*copy));
         if (!copy)

@@ -269,9 +269,10 @@ void cx_engine__checkpoint(struct cx_engine *e);
  * primary frames pass straight through, secondary frames are dropped. */
 void cx_engine__failover(struct cx_engine *e);
 
-/* Replace the passthrough list (n may be 0).  Connections it now covers
- * release their held primary frames and drop their secondary ones.
- * Returns 0 or -ENOMEM. */
+/* Replace the passthrough list (n may be 0, at most CX_MAX_RULES).
+ * Connections it now covers release their held primary frames and drop
+ * their secondary ones.  Returns 0, or -E2BIG (too many rules) or -ENOMEM
+ * with nothing changed. */
 int cx_engine__set_passthrough(struct cx_engine *e, const struct cx_rule *rules, size_t n);
 
 /* Fill up to max connections (creation order); returns how many there are. */

@@ -1,0 +1,78 @@
+"""Passthrough rule updates while frames flow: no frame is classified by a
+mixed list (part the old list, part the new, or one's count with the
+other's rules).
+
+The two lists below pass the same two flows, F and G, each through a rule
+at the other end of the list.  Every frame of F and G is PASSTHROUGH under
+either list, whole.  A frame that meets a list half written, rule 0 already
+the new list's while rule 63 is still the old one's, matches neither end
+and is COMPARE: that verdict counter moving is a mixed list seen.  The
+frames run in the kernel (BPF_PROG_TEST_RUN, many runs a call, on one CPU)
+while this thread writes A, B, A, ... from another.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+from colo_xdp.engine import MAX_PASSTHROUGH_RULES
+from colo_xdp.lab import pktgen
+from colo_xdp.transport.xdp.classify_abi import Side, Verdict
+
+F_PORT, G_PORT = 2000, 3000
+SWAPS = 400                    # list changes per run
+RUNS_A_CALL = 20000            # frames one BPF_PROG_TEST_RUN call classifies
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Stands for the engine's PassthroughRule (same fields)."""
+
+    proto: int | None = None
+    src: str | None = None
+    dst: str | None = None
+    sport: int | None = None
+    dport: int | None = None
+
+
+def _lists() -> tuple[list[Rule], list[Rule]]:
+    junk = [Rule(proto=17, dport=10 + i) for i in range(MAX_PASSTHROUGH_RULES - 2)]
+    f, g = Rule(proto=17, dport=F_PORT), Rule(proto=17, dport=G_PORT)
+    return [f, *junk, g], [g, *junk, f]
+
+
+def test_no_frame_sees_a_half_written_list(programs):
+    clf = programs[Side.SECONDARY]
+    a, b = _lists()
+    frames = [pktgen.udp_frame(b"f", dport=F_PORT), pktgen.udp_frame(b"g", dport=G_PORT)]
+    clf.set_rules(a)
+    for frame in frames:
+        assert clf.test_run(frame).action is not None
+    before = clf.counters()
+    done = threading.Event()
+    runs = [0]
+
+    def flow() -> None:
+        while not done.is_set():
+            for frame in frames:
+                clf.test_run(frame, repeat=RUNS_A_CALL)
+                runs[0] += RUNS_A_CALL
+
+    sender = threading.Thread(target=flow)
+    sender.start()
+    began = time.monotonic()
+    try:
+        for i in range(SWAPS):
+            clf.set_rules(b if i % 2 == 0 else a)
+    finally:
+        done.set()
+        sender.join()
+        took = time.monotonic() - began
+        clf.set_rules([])
+    after = clf.counters()
+    moved = {v: after[v].frames - before[v].frames for v in Verdict}
+    assert runs[0] >= 2 * RUNS_A_CALL
+    assert moved[Verdict.PASSTHROUGH] == runs[0], (
+        f"{runs[0] - moved[Verdict.PASSTHROUGH]} of {runs[0]} frames met a "
+        f"half-written list during {SWAPS} changes in {took:.2f} s: {moved}")
