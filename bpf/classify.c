@@ -3,7 +3,9 @@
  * classify.c - XDP program on a guest's tap (a veth in tests): decides, frame
  * by frame, whether the engine compares it (redirect to the AF_XDP socket of
  * its rx queue, with its 5-tuple in the metadata area), or it goes its
- * normal way (primary) or nowhere (secondary) uncompared.
+ * normal way (primary) or nowhere (secondary) uncompared.  A primary frame
+ * of a passthrough flow goes to the socket too, marked so in the metadata:
+ * the engine releases it to the outdev uncompared.
  *
  * Built and loaded by colo_xdp/transport/xdp/classifier.py with bcc:
  *   BPF(src_file="bpf/classify.c", cflags=["-I<bpf dir>", "-DCX_XDP_SIDE=0"])
@@ -23,8 +25,8 @@
  *            TCP/UDP/ICMP/ICMPv6/other ──cut──▶ MALFORMED; ND, MLD ──▶ UNSUPPORTED
  *             │ 5-tuple
  *             ▼
- *            passthrough rule matches? ──yes──▶ PASSTHROUGH
- *             │no
+ *            passthrough rule matches? ──yes──▶ PASSTHROUGH: primary as below,
+ *             │no                               metadata flag PASSTHROUGH; secondary drop
  *             ▼
  *            metadata ──▶ redirect to xsks[rx_queue] ──no socket──▶ NO_SOCKET
  *
@@ -63,6 +65,9 @@
 #endif
 /* What bpf_redirect_map returns when the queue has no socket. */
 #define ACT_NO_SOCKET XDP_DROP
+/* A passthrough flow's frame: the primary's to the engine (released there
+ * uncompared, to the outdev with the rest), the secondary's nowhere. */
+#define TO_ENGINE_IF_PASSTHROUGH (CX_XDP_SIDE == CX_XDP_SIDE_PRIMARY)
 
 /* ---- maps ------------------------------------------------------------------ */
 
@@ -424,8 +429,13 @@ int xdp_classify(struct xdp_md *ctx)
     if (cfg)
         verdict = classify(ctx, cfg, &f);
 
-    if (verdict == CX_XDP_COMPARE) {
-        if (put_meta(ctx, &f))
+    if (verdict == CX_XDP_COMPARE ||
+        (verdict == CX_XDP_PASSTHROUGH && TO_ENGINE_IF_PASSTHROUGH)) {
+        if (verdict == CX_XDP_PASSTHROUGH)
+            f.flags |= CX_XDP_META_F_PASSTHROUGH;
+        /* Without room for metadata a passthrough frame goes unmarked: the
+         * engine's own list (the same rules) decides it. */
+        if (put_meta(ctx, &f) && verdict == CX_XDP_COMPARE)
             verdict = CX_XDP_COMPARE_NO_META;
         action = xsks.redirect_map(ctx->rx_queue_index, ACT_NO_SOCKET);
         if (action != XDP_REDIRECT)

@@ -44,7 +44,9 @@
  *   COMPARE          redirect to the AF_XDP socket of the frame's rx queue
  *   COMPARE_NO_META  redirect (no metadata: the driver has no room for it)
  *   NO_SOCKET        drop           drop       (no socket bound on that queue)
- *   PASSTHROUGH      pass           drop       (flow on the passthrough list)
+ *   PASSTHROUGH      redirect       drop       (flow on the passthrough list;
+ *                    (metadata flag                the engine releases the
+ *                    PASSTHROUGH)                  primary's frame uncompared)
  *   UNSUPPORTED      pass           drop       (ARP, ND and MLD, other
  *                                               EtherTypes, three tags, tagged
  *                                               with CX_XDP_CFG_VLAN_UNCOMPARED)
@@ -112,8 +114,8 @@ struct cx_xdp_rules {
 
 /*
  * Put by bpf_xdp_adjust_meta right in front of the frame of every COMPARE
- * verdict: in an AF_XDP buffer it ends where the frame starts, so it is at
- * addr - sizeof(struct cx_xdp_meta).  The magic is last, next to the frame.
+ * verdict, and of every PASSTHROUGH one on the primary: in an AF_XDP buffer
+ * it ends where the frame starts, so it is at addr - sizeof(struct cx_xdp_meta).  The magic is last, next to the frame.
  * Values as in the frame (network byte order); ports are 0 for protocols
  * without them and for fragments (the engine reassembles them and decides
  * on the datagram).  IPv6 addresses are folded to 32 bits, the XOR of their
@@ -127,6 +129,9 @@ struct cx_xdp_rules {
 #define CX_XDP_META_F_VLAN 0x1       /* frame had 802.1Q / 802.1ad tags */
 #define CX_XDP_META_F_FRAGMENT 0x2   /* an IPv4 or IPv6 fragment */
 #define CX_XDP_META_F_IPV6 0x4       /* IPv6: addresses folded */
+/* On the passthrough list (verdict PASSTHROUGH, primary): the engine releases
+ * the frame uncompared and gives its flow no connection. */
+#define CX_XDP_META_F_PASSTHROUGH 0x8
 
 struct cx_xdp_meta {
     __u32 hash;        /* cx_xdp_flow_hash() of the 5-tuple below */

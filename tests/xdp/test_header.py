@@ -117,6 +117,7 @@ def _header_of(name: str) -> Path:
     ("CX_XDP_META_F_VLAN", classify.META_F_VLAN),
     ("CX_XDP_META_F_FRAGMENT", classify.META_F_FRAGMENT),
     ("CX_XDP_META_F_IPV6", classify.META_F_IPV6),
+    ("CX_XDP_META_F_PASSTHROUGH", classify.META_F_PASSTHROUGH),
 ])
 def test_defines(c_name, py_value):
     assert DEFINES[c_name] == py_value
@@ -126,7 +127,8 @@ def test_every_define_is_mirrored():
     mirrored = {"CX_XDP_MAX_QUEUES", "CX_XDP_MAX_GUEST_MACS",
                 "CX_XDP_MAX_VLAN_TAGS", "CX_XDP_SIDE_PRIMARY", "CX_XDP_SIDE_SECONDARY",
                 "CX_XDP_CFG_GUEST_MACS", "CX_XDP_CFG_VLAN_UNCOMPARED", "CX_XDP_META_MAGIC",
-                "CX_XDP_META_F_VLAN", "CX_XDP_META_F_FRAGMENT", "CX_XDP_META_F_IPV6"}
+                "CX_XDP_META_F_VLAN", "CX_XDP_META_F_FRAGMENT", "CX_XDP_META_F_IPV6",
+                "CX_XDP_META_F_PASSTHROUGH"}
     assert set(DEFINES) == mirrored, "a new #define in classify.h needs its Python twin"
 
 

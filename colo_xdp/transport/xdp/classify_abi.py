@@ -56,7 +56,8 @@ class Verdict(enum.IntEnum):
     COMPARE = 0            # redirected to the AF_XDP socket of its rx queue
     COMPARE_NO_META = 1    # redirected without metadata (no room in the driver)
     NO_SOCKET = 2          # to be compared, no socket on its queue: dropped
-    PASSTHROUGH = 3        # on the passthrough list: primary pass, secondary drop
+    PASSTHROUGH = 3        # on the passthrough list: primary redirected with
+                           # META_F_PASSTHROUGH (released uncompared), secondary drop
     UNSUPPORTED = 4        # ARP, ND/MLD, other EtherTypes, tagged without VLAN
                            # compare: primary pass, secondary drop
     MALFORMED = 5          # IPv4/IPv6 the engine would not parse: as UNSUPPORTED
@@ -72,6 +73,8 @@ _NOT_COMPARED = {Side.PRIMARY: XDP_PASS, Side.SECONDARY: XDP_DROP}
 def action_of(verdict: Verdict, side: Side) -> int:
     """The XDP action the program takes for ``verdict`` on ``side``."""
     if verdict in (Verdict.COMPARE, Verdict.COMPARE_NO_META):
+        return XDP_REDIRECT
+    if verdict is Verdict.PASSTHROUGH and Side(side) is Side.PRIMARY:
         return XDP_REDIRECT
     if verdict is Verdict.NO_SOCKET:
         return XDP_DROP
@@ -89,6 +92,7 @@ META_MAGIC = 0xC01A0D01
 META_F_VLAN = 0x1
 META_F_FRAGMENT = 0x2
 META_F_IPV6 = 0x4
+META_F_PASSTHROUGH = 0x8
 
 # Layouts, little-endian host (x86_64, arm64): "<" plus explicit padding.
 COUNTER = struct.Struct("<QQ")            # struct cx_xdp_counter
