@@ -1,6 +1,6 @@
-"""Passthrough rule updates while frames flow: no frame is classified by a
-mixed list (part the old list, part the new, or one's count with the
-other's rules).
+"""Passthrough rule updates: a refused change reaches no sink; while frames
+flow, no frame is classified by a mixed list (part the old list, part the
+new, or one's count with the other's rules).
 
 The two lists below pass the same two flows, F and G, each through a rule
 at the other end of the list.  Every frame of F and G is PASSTHROUGH under
@@ -16,8 +16,11 @@ import threading
 import time
 from dataclasses import dataclass
 
+import pytest
+
 from colo_xdp.engine import MAX_PASSTHROUGH_RULES
 from colo_xdp.lab import pktgen
+from colo_xdp.transport.xdp.bpfsys import XDP_REDIRECT
 from colo_xdp.transport.xdp.classify_abi import Side, Verdict
 
 F_PORT, G_PORT = 2000, 3000
@@ -78,3 +81,38 @@ def test_no_frame_sees_a_half_written_list(programs):
     assert moved[Verdict.PASSTHROUGH] == runs[0], (
         f"{runs[0] - moved[Verdict.PASSTHROUGH]} of {runs[0]} frames met a "
         f"half-written list during {SWAPS} changes in {took:.2f} s: {moved}")
+
+
+def test_a_change_one_sink_refuses_reaches_no_sink(programs):
+    """Every sink checks before any commits: a change the last sink refuses
+    leaves the classifier's list and the engine's held frames as they were."""
+    from colo_xdp.engine import Engine, EngineConfig, PassthroughRule
+    from colo_xdp.proto.flows import PassthroughError, PassthroughSink, PassthroughTable
+
+    clf = programs[Side.PRIMARY]
+    engine = Engine(EngineConfig())
+    frame = pktgen.udp_frame(b"held", dport=F_PORT)
+
+    def refuse_two(rules):
+        if len(rules) > 1:
+            raise PassthroughError("the file cannot be written")
+
+    table = PassthroughTable(final=PassthroughSink(engine.set_passthrough,
+                                                   engine.check_passthrough))
+    table.add_sink(PassthroughSink(clf.set_rules, clf.check_rules))
+    table.add_sink(PassthroughSink(lambda rules: None, refuse_two))
+    try:
+        table.add(PassthroughRule(proto=17, dport=G_PORT))
+        engine.feed_frame(Side.PRIMARY, frame, 0)              # held: no twin yet
+        assert engine.counters().queued["primary"] == 1
+        with pytest.raises(PassthroughError, match="not changed: the file cannot be written"):
+            table.add(PassthroughRule(proto=17, dport=F_PORT))  # would cover the held frame
+        assert table.rules == [PassthroughRule(proto=17, dport=G_PORT)]
+        assert engine.counters().queued["primary"] == 1         # not flushed
+        assert engine.counters().released["passthrough"] == 0
+        assert clf.test_run(frame).action == XDP_REDIRECT       # still compared
+        before = clf.counters()[Verdict.COMPARE].frames
+        clf.test_run(frame)
+        assert clf.counters()[Verdict.COMPARE].frames == before + 1
+    finally:
+        clf.set_rules([])
