@@ -233,8 +233,8 @@ void cx_engine__feed(struct cx_engine *e, int side, const uint8_t *frame,
 /* Feed a burst of n frames (AF_XDP rx: pointers into UMEM), no vnet header,
  * with a mark each (CX_MARK_*; marks may be NULL: none).  A frame marked
  * CX_MARK_PASSTHROUGH of a flow without a connection is not compared; one
- * whose flow has a connection (its rule came after it) is compared, so that
- * it never overtakes frames of its flow held there.
+ * whose flow has a connection (classified just before its rule was deleted)
+ * is compared, so that it never overtakes frames of its flow held there.
  * Returns how many were taken, from the first: fewer than n when held back. */
 size_t cx_engine__feed_burst(struct cx_engine *e, int side, const uint8_t *const *frames,
                              const uint32_t *lens, const uint8_t *marks, size_t n,
