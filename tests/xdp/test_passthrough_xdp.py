@@ -6,6 +6,8 @@
   client: the primary's frames are released uncompared, the secondary's are
   dropped by its classifier and never leave (the secondary is made to
   answer differently: a reply of its would show).
+- With a chardev outdev the primary's passthrough frames come out too, at
+  once and in order, ahead of compared frames still waiting for their twins.
 - A passthrough change the sinks cannot take is refused whole, before
   anything changes: the 65th rule leaves the held frames held, the list and
   the BPF maps as they were.
@@ -152,3 +154,22 @@ def test_the_rule_past_the_limit_is_refused_and_nothing_changes(lab):  # noqa: F
     assert s["held"]["primary"] == 1 and s["released_total"] == 0
     assert len(rules) == MAX_PASSTHROUGH_RULES and s["passthrough_rules"] == len(rules)
     assert quiet(out), "the held frame was released by the refused change"
+
+
+def test_passthrough_frames_go_to_a_chardev_outdev_too_in_flow_order(lab):  # noqa: F811
+    """XDP inputs, a chardev outdev: the primary's passthrough frames come
+    out at once and in order, without waiting for the compared ones; the
+    secondary's never."""
+    from colo_xdp.lab import pktgen as g
+    from test_service_xdp import records
+
+    lab.start(*compare_args(lab, None, "--passthrough", "udp * > *:53"))
+    out, _note = lab.connect("out.sock"), lab.connect("notify.sock")
+    passed = [udp(b"passthrough %d" % i) for i in range(5)]            # to port 53
+    compared = [g.udp_frame(b"compared %d" % i, src="10.98.0.2", dst="10.98.0.1",
+                            sport=4000, dport=54) for i in range(5)]
+    lab.send("p", *[f for pair in zip(compared, passed) for f in pair])
+    assert records(out, 5) == passed                  # the compared ones wait for twins
+    lab.send("s", *[udp(b"secondary's own %d" % i) for i in range(5)], *compared)
+    assert records(out, 5) == compared
+    assert quiet(out), "a secondary frame left"
