@@ -4,7 +4,7 @@ PY        := $(VENV)/bin/python
 STAMP     := $(VENV)/.installed
 # Debian's python, so that --system-site-packages sees python3-bpfcc later on.
 SYSPY     := /usr/bin/python3
-NATIVE_SRC := $(wildcard csrc/*.c csrc/*.h) csrc/build_cffi.py
+NATIVE_SRC := $(wildcard csrc/*.c csrc/*.h) bpf/cx_wire.h csrc/build_cffi.py
 
 .PHONY: setup test demo bench fuzz soak clean
 

@@ -3,7 +3,9 @@
  * classify.c - XDP program on a guest's tap (a veth in tests): decides, frame
  * by frame, whether the engine compares it (redirect to the AF_XDP socket of
  * its rx queue, with its 5-tuple in the metadata area), or it goes its
- * normal way (primary) or nowhere (secondary) uncompared.
+ * normal way (primary) or nowhere (secondary) uncompared.  A primary frame
+ * of a passthrough flow goes to the socket too, marked so in the metadata:
+ * the engine releases it to the outdev uncompared.
  *
  * Built and loaded by colo_xdp/transport/xdp/classifier.py with bcc:
  *   BPF(src_file="bpf/classify.c", cflags=["-I<bpf dir>", "-DCX_XDP_SIDE=0"])
@@ -23,8 +25,8 @@
  *            TCP/UDP/ICMP/ICMPv6/other ──cut──▶ MALFORMED; ND, MLD ──▶ UNSUPPORTED
  *             │ 5-tuple
  *             ▼
- *            passthrough rule matches? ──yes──▶ PASSTHROUGH
- *             │no
+ *            passthrough rule matches? ──yes──▶ PASSTHROUGH: primary as below,
+ *             │no                               metadata flag PASSTHROUGH; secondary drop
  *             ▼
  *            metadata ──▶ redirect to xsks[rx_queue] ──no socket──▶ NO_SOCKET
  *
@@ -63,6 +65,9 @@
 #endif
 /* What bpf_redirect_map returns when the queue has no socket. */
 #define ACT_NO_SOCKET XDP_DROP
+/* A passthrough flow's frame: the primary's to the engine (released there
+ * uncompared, to the outdev with the rest), the secondary's nowhere. */
+#define TO_ENGINE_IF_PASSTHROUGH (CX_XDP_SIDE == CX_XDP_SIDE_PRIMARY)
 
 /* ---- maps ------------------------------------------------------------------ */
 
@@ -74,13 +79,16 @@ BPF_XSKMAP(xsks, CX_XDP_MAX_QUEUES);
  * user space adds the copies up.  CX_XDP_VERDICT__COUNT entries. */
 BPF_PERCPU_ARRAY(counters, struct cx_xdp_counter, CX_XDP_VERDICT__COUNT);
 
-/* config: index 0 -> struct cx_xdp_config (flags, rules in use).  One entry;
- * all zero (no guest filter, no VLAN compare, no rules) until written. */
+/* config: index 0 -> struct cx_xdp_config (flags).  One entry; all zero (no
+ * guest filter, no VLAN compare) until written. */
 BPF_ARRAY(config, struct cx_xdp_config, 1);
 
-/* rules: index -> struct cx_rule (cx_wire.h), passthrough rules in order; the first
- * config.nrules entries are used.  CX_XDP_MAX_RULES entries. */
-BPF_ARRAY(rules, struct cx_rule, CX_XDP_MAX_RULES);
+/* rules_a, rules_b: index 0 -> struct cx_xdp_rules, a whole passthrough list
+ * each; rule_list: index 0 -> the one of them in use (empty: no rules).
+ * User space fills the other and then points rule_list at it (classify.h). */
+BPF_ARRAY(rules_a, struct cx_xdp_rules, 1);
+BPF_ARRAY(rules_b, struct cx_xdp_rules, 1);
+BPF_ARRAY_OF_MAPS(rule_list, "rules_a", 1);
 
 /* guest_macs: struct cx_xdp_mac -> __u8 (unused), the guest's source MACs,
  * consulted with CX_XDP_CFG_GUEST_MACS.  CX_XDP_MAX_GUEST_MACS entries. */
@@ -308,15 +316,22 @@ static __always_inline int is_guest(const struct cx_xdp_config *cfg, void *data,
     return guest_macs.lookup(&mac) != NULL;
 }
 
-static __always_inline int on_passthrough_list(const struct cx_xdp_config *cfg,
-                                               const struct flow *f)
+/* Does a rule of the list in use cover the flow?  The list is looked up
+ * once: the whole scan reads one list, which nobody writes while in use. */
+static __always_inline int on_passthrough_list(const struct flow *f)
 {
-    __u32 n = cfg->nrules;
-    for (__u32 i = 0; i < CX_XDP_MAX_RULES; i++) {
+    __u32 zero = 0;
+    void *inner = rule_list.lookup(&zero);
+    if (!inner)
+        return 0;
+    struct cx_xdp_rules *list = bpf_map_lookup_elem(inner, &zero);
+    if (!list)
+        return 0;
+    __u32 n = list->count;
+    for (__u32 i = 0; i < CX_MAX_RULES; i++) {
         if (i >= n)
             break;
-        struct cx_rule *r = rules.lookup(&i);
-        if (r && cx_rule_match(r, f->saddr, f->daddr, f->sport, f->dport, f->proto))
+        if (cx_rule_match(&list->rule[i], f->saddr, f->daddr, f->sport, f->dport, f->proto))
             return 1;
     }
     return 0;
@@ -354,7 +369,7 @@ static __always_inline int classify(struct xdp_md *ctx, const struct cx_xdp_conf
         return CX_XDP_MALFORMED;
     if (l4 == PARSE_LINK)
         return CX_XDP_UNSUPPORTED;
-    if (on_passthrough_list(cfg, f))
+    if (on_passthrough_list(f))
         return CX_XDP_PASSTHROUGH;
     return CX_XDP_COMPARE;
 }
@@ -414,8 +429,13 @@ int xdp_classify(struct xdp_md *ctx)
     if (cfg)
         verdict = classify(ctx, cfg, &f);
 
-    if (verdict == CX_XDP_COMPARE) {
-        if (put_meta(ctx, &f))
+    if (verdict == CX_XDP_COMPARE ||
+        (verdict == CX_XDP_PASSTHROUGH && TO_ENGINE_IF_PASSTHROUGH)) {
+        if (verdict == CX_XDP_PASSTHROUGH)
+            f.flags |= CX_XDP_META_F_PASSTHROUGH;
+        /* Without room for metadata a passthrough frame goes unmarked: the
+         * engine's own list (the same rules) decides it. */
+        if (put_meta(ctx, &f) && verdict == CX_XDP_COMPARE)
             verdict = CX_XDP_COMPARE_NO_META;
         action = xsks.redirect_map(ctx->rx_queue_index, ACT_NO_SOCKET);
         if (action != XDP_REDIRECT)

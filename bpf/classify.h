@@ -17,14 +17,12 @@
 
 #include <linux/types.h>
 
-#include "cx_wire.h"   /* struct cx_rule, the map "rules" value */
+#include "cx_wire.h"   /* struct cx_rule and CX_MAX_RULES, the rule list's */
 
 /* ---- sizes ------------------------------------------------------------ */
 
 /* AF_XDP sockets: one per rx queue of the interface, keyed by queue index. */
 #define CX_XDP_MAX_QUEUES 64
-/* Passthrough rules, scanned in order; a short operator-made list. */
-#define CX_XDP_MAX_RULES 64
 /* Guest source MACs (only used with CX_XDP_CFG_GUEST_MACS). */
 #define CX_XDP_MAX_GUEST_MACS 16
 /* 802.1Q / 802.1ad tags parsed in front of the EtherType. */
@@ -46,7 +44,9 @@
  *   COMPARE          redirect to the AF_XDP socket of the frame's rx queue
  *   COMPARE_NO_META  redirect (no metadata: the driver has no room for it)
  *   NO_SOCKET        drop           drop       (no socket bound on that queue)
- *   PASSTHROUGH      pass           drop       (flow on the passthrough list)
+ *   PASSTHROUGH      redirect       drop       (flow on the passthrough list;
+ *                    (metadata flag                the engine releases the
+ *                    PASSTHROUGH)                  primary's frame uncompared)
  *   UNSUPPORTED      pass           drop       (ARP, ND and MLD, other
  *                                               EtherTypes, three tags, tagged
  *                                               with CX_XDP_CFG_VLAN_UNCOMPARED)
@@ -83,7 +83,6 @@ struct cx_xdp_counter {
 
 struct cx_xdp_config {
     __u32 flags;       /* CX_XDP_CFG_* */
-    __u32 nrules;      /* rules in use in map "rules", from index 0 */
 };
 
 /* Key of map "guest_macs" (value: __u8, unused). */
@@ -91,15 +90,32 @@ struct cx_xdp_mac {
     __u8 addr[6];
 };
 
-/* Map "rules" (index 0 .. nrules-1) holds struct cx_rule of cx_wire.h, the
- * engine's own rule: flows it matches are not compared. */
+/* ---- passthrough list (maps "rule_list", "rules_a", "rules_b") ----------- */
+
+/*
+ * The passthrough list, whole, in one map value: flows its rules (cx_wire.h,
+ * the engine's own) match are not compared.  Two maps hold one each,
+ * "rules_a" and "rules_b" (index 0); "rule_list", an array of maps with one
+ * slot, points to the one in use.  User space writes the new list into the
+ * other and then points the slot at it: one update, after which the kernel
+ * has waited for every program still reading the old list (an update of an
+ * array of maps waits for an RCU grace period), so the next change may
+ * write that one.  A frame looks the slot up once and scans one list that
+ * nobody writes meanwhile: never a half-written list, never one list's
+ * count with another's rules.
+ */
+struct cx_xdp_rules {
+    __u32 count;       /* rules in use, from rule[0] */
+    __u32 pad;
+    struct cx_rule rule[CX_MAX_RULES];
+};
 
 /* ---- metadata ------------------------------------------------------------ */
 
 /*
  * Put by bpf_xdp_adjust_meta right in front of the frame of every COMPARE
- * verdict: in an AF_XDP buffer it ends where the frame starts, so it is at
- * addr - sizeof(struct cx_xdp_meta).  The magic is last, next to the frame.
+ * verdict, and of every PASSTHROUGH one on the primary: in an AF_XDP buffer
+ * it ends where the frame starts, so it is at addr - sizeof(struct cx_xdp_meta).  The magic is last, next to the frame.
  * Values as in the frame (network byte order); ports are 0 for protocols
  * without them and for fragments (the engine reassembles them and decides
  * on the datagram).  IPv6 addresses are folded to 32 bits, the XOR of their
@@ -113,6 +129,9 @@ struct cx_xdp_mac {
 #define CX_XDP_META_F_VLAN 0x1       /* frame had 802.1Q / 802.1ad tags */
 #define CX_XDP_META_F_FRAGMENT 0x2   /* an IPv4 or IPv6 fragment */
 #define CX_XDP_META_F_IPV6 0x4       /* IPv6: addresses folded */
+/* On the passthrough list (verdict PASSTHROUGH, primary): the engine releases
+ * the frame uncompared and gives its flow no connection. */
+#define CX_XDP_META_F_PASSTHROUGH 0x8
 
 struct cx_xdp_meta {
     __u32 hash;        /* cx_xdp_flow_hash() of the 5-tuple below */

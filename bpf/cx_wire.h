@@ -75,6 +75,11 @@
 #define CX_ICMP_HLEN_MIN 4
 #define CX_PORTS_LEN 4                  /* source and destination port */
 
+/* Passthrough rules, one limit for the engine (cx_engine__set_passthrough
+ * refuses more) and the classifier (its list map holds this many): each
+ * scans them in order, the classifier for every frame. */
+#define CX_MAX_RULES 64
+
 /*
  * A passthrough rule: flows it matches are not compared (the primary's frames
  * go on at once, the secondary's are dropped).  Everything in network byte
@@ -82,7 +87,7 @@
  * ::ffff:a.b.c.d, so an IPv4 prefix /n is a mask of 96 + n bits); a zero
  * mask, port or protocol matches anything.  The engine takes an array of
  * these (cx_engine__set_passthrough), the classifier holds them in its
- * "rules" map.
+ * rule list (struct cx_xdp_rules, classify.h).
  */
 struct cx_rule {
     __u32 saddr[4];

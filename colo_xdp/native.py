@@ -30,6 +30,7 @@ from colo_xdp.errors import ColoXdpError
 
 CX_NET_BUFSIZE = lib.CX_NET_BUFSIZE
 CX_FRAMING_LOST_LEN = lib.CX_FRAMING_LOST_LEN
+CX_MAX_RULES = lib.CX_MAX_RULES
 CX_PRIMARY = lib.CX_PRIMARY
 CX_SECONDARY = lib.CX_SECONDARY
 
@@ -69,6 +70,7 @@ CX_REL_RETRANSMIT = lib.CX_REL_RETRANSMIT
 CX_REL_FLUSHED = lib.CX_REL_FLUSHED
 CX_REL_FAILOVER = lib.CX_REL_FAILOVER
 CX_REL_PASSTHROUGH = lib.CX_REL_PASSTHROUGH
+CX_MARK_PASSTHROUGH = lib.CX_MARK_PASSTHROUGH
 
 # Hold-time histogram of released primary frames (counters.hold_hist).
 CX_HOLD_BUCKETS = lib.CX_HOLD_BUCKETS
@@ -118,13 +120,17 @@ class EngineCore:
     def feed(self, side: int, frame: bytes, vnet_len: int, now_ms: int) -> None:
         lib.cx_engine__feed(self._e, side, frame, len(frame), vnet_len, now_ms)
 
-    def feed_burst(self, side: int, frames: list[bytes], now_ms: int, force: bool = True) -> int:
+    def feed_burst(self, side: int, frames: list[bytes], now_ms: int, force: bool = True,
+                   marks: list[int] | None = None) -> int:
         """cx_engine__feed_burst, the AF_XDP path's call (tests compare the
-        two); how many frames it took (fewer when flow control held it back)."""
+        two), ``marks`` (CX_MARK_*) as the glue reads them from the
+        classifier's metadata; how many frames it took (fewer when flow
+        control held it back)."""
         keep = [ffi.from_buffer(f) for f in frames]
         ptrs = ffi.new("const uint8_t *[]", keep)
         lens = ffi.new("uint32_t[]", [len(f) for f in frames])
-        return lib.cx_engine__feed_burst(self._e, side, ptrs, lens, len(frames), now_ms,
+        cmarks = ffi.new("uint8_t[]", marks) if marks is not None else ffi.NULL
+        return lib.cx_engine__feed_burst(self._e, side, ptrs, lens, cmarks, len(frames), now_ms,
                                          CX_FEED_FORCE if force else 0)
 
     @property

@@ -96,6 +96,10 @@
 
 /* Flow control (cx_engine__feed_stream, cx_engine__feed_burst). */
 #define CX_FEED_FORCE 0x1     /* flag: take every frame; only the limits apply */
+/* A frame's mark (cx_engine__feed_burst): the XDP classifier found its flow
+ * on its passthrough list, so it is not compared (primary: released at
+ * once, secondary: dropped), as a flow on the engine's own list is. */
+#define CX_MARK_PASSTHROUGH 0x1
 #define CX_FEED_DONE 0        /* every whole frame was taken */
 #define CX_FEED_BLOCKED 1     /* stopped in front of a frame that would run its
                                  side ahead: leave it unread until the other
@@ -226,10 +230,15 @@ void cx_engine__feed(struct cx_engine *e, int side, const uint8_t *frame,
  * limits (max_queue_size, max_connections) decide, as without flow control.
  */
 
-/* Feed a burst of n frames (AF_XDP rx: pointers into UMEM), no vnet header.
+/* Feed a burst of n frames (AF_XDP rx: pointers into UMEM), no vnet header,
+ * with a mark each (CX_MARK_*; marks may be NULL: none).  A frame marked
+ * CX_MARK_PASSTHROUGH of a flow without a connection is not compared; one
+ * whose flow has a connection (classified just before its rule was deleted)
+ * is compared, so that it never overtakes frames of its flow held there.
  * Returns how many were taken, from the first: fewer than n when held back. */
 size_t cx_engine__feed_burst(struct cx_engine *e, int side, const uint8_t *const *frames,
-                             const uint32_t *lens, size_t n, uint64_t now_ms, int flags);
+                             const uint32_t *lens, const uint8_t *marks, size_t n,
+                             uint64_t now_ms, int flags);
 
 /* Feed whole records of a QEMU-framed stream from buf.  *consumed says how
  * many bytes were used: a partial record at the end is left, and so is
@@ -269,9 +278,10 @@ void cx_engine__checkpoint(struct cx_engine *e);
  * primary frames pass straight through, secondary frames are dropped. */
 void cx_engine__failover(struct cx_engine *e);
 
-/* Replace the passthrough list (n may be 0).  Connections it now covers
- * release their held primary frames and drop their secondary ones.
- * Returns 0 or -ENOMEM. */
+/* Replace the passthrough list (n may be 0, at most CX_MAX_RULES).
+ * Connections it now covers release their held primary frames and drop
+ * their secondary ones.  Returns 0, or -E2BIG (too many rules) or -ENOMEM
+ * with nothing changed. */
 int cx_engine__set_passthrough(struct cx_engine *e, const struct cx_rule *rules, size_t n);
 
 /* Fill up to max connections (creation order); returns how many there are. */

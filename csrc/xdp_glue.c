@@ -6,6 +6,8 @@
 #include <errno.h>
 #include <string.h>
 
+#include "classify.h"   /* struct cx_xdp_meta: what the classifier says of a frame */
+
 static uint32_t csum_add(uint32_t sum, const uint8_t *p, size_t n)
 {
     for (; n > 1; p += 2, n -= 2)
@@ -98,18 +100,33 @@ static uint32_t burst_cap(uint32_t max)
     return max && max < XDP_GLUE__BURST ? max : XDP_GLUE__BURST;
 }
 
+/* The engine's mark for a frame from the classifier's metadata in front of
+ * it (xsk__rx_done clears the magic, so a frame without metadata has none). */
+static uint8_t mark_of(const uint8_t *frame)
+{
+    struct cx_xdp_meta meta;
+    memcpy(&meta, frame - sizeof(meta), sizeof(meta));
+    if (meta.magic != CX_XDP_META_MAGIC)
+        return 0;
+    return meta.flags & CX_XDP_META_F_PASSTHROUGH ? CX_MARK_PASSTHROUGH : 0;
+}
+
 int xdp_glue__rx_to_engine(struct xsk *x, struct cx_engine *e, int side, uint64_t now_ms,
                            uint32_t max, int flags, int *held_back)
 {
     uint64_t addrs[XDP_GLUE__BURST];
     uint32_t lens[XDP_GLUE__BURST];
     const uint8_t *frames[XDP_GLUE__BURST];
+    uint8_t marks[XDP_GLUE__BURST];
     uint8_t *umem = xsk__umem(x);
     uint32_t n = xsk__rx_peek(x, addrs, lens, burst_cap(max));
 
-    for (uint32_t i = 0; i < n; i++)
+    for (uint32_t i = 0; i < n; i++) {
         frames[i] = umem + addrs[i];
-    uint32_t taken = (uint32_t)cx_engine__feed_burst(e, side, frames, lens, n, now_ms, flags);
+        marks[i] = mark_of(frames[i]);
+    }
+    uint32_t taken = (uint32_t)cx_engine__feed_burst(e, side, frames, lens, marks, n, now_ms,
+                                                     flags);
     /* Frames held back stay at the head of the rx ring for the next call;
      * the engine copied what it took: those go back to the fill ring. */
     *held_back = taken < n;

@@ -37,8 +37,9 @@ last line for the run:
 
 * alive: the process ran until told to stop, exited 0 and printed its summary;
 * accounted: every frame this driver wrote is counted: chardev, each record
-  on both inputs; xdp, each compared frame in frames_in or as dropped by the
-  kernel (AF_XDP rx ring full), each other frame (ARP, cut short,
+  on both inputs; xdp, each frame the classifier sends to the engine (compared,
+  and the primary's passthrough frames) in frames_in or as dropped by the
+  kernel (AF_XDP rx ring full), each frame not compared (ARP, cut short,
   passthrough) in the classifier's verdict counters.  The outdev got exactly the frames the service says it released,
   each once, each flow's in order, none unknown; and released + dropped =
   primary frames in (nothing held after the exit flush);
@@ -157,12 +158,15 @@ class Traffic:
 
 class Round:
     """One batch of frames for each side; ``other`` counts, by side, the
-    frames in it that are not compared (ARP, frames cut short)."""
+    frames in it that never reach the engine in XDP mode (ARP, frames cut
+    short, the secondary's passthrough frames), ``passthrough`` those the
+    classifier finds on its passthrough list (XDP mode)."""
 
     def __init__(self):
         self.p: list[bytes] = []
         self.s: list[bytes] = []
         self.other = Counter()
+        self.passthrough = Counter()
 
     def pair(self, prim: bytes, sec: bytes | None) -> None:
         self.p.append(prim)
@@ -173,6 +177,7 @@ class Round:
         self.p.clear()
         self.s.clear()
         self.other.clear()
+        self.passthrough.clear()
 
 
 # -- peers ----------------------------------------------------------------------------------
@@ -533,7 +538,8 @@ class Soak:
         self.rnd = random.Random(args.seed)
         self.traffic = Traffic(self.rnd)
         self.sent = Counter()          # frames written, by side
-        self.other = Counter()         # of which not compared (ARP, cut short), by side
+        self.other = Counter()         # of which never in the engine (XDP: ARP, cut short, ...)
+        self.passthrough = Counter()   # of which on the classifier's passthrough list (XDP)
         self.samples: list[tuple[float, int]] = []
         self.problems: list[str] = []  # the service failed an event
         self.notes = Counter()         # events done
@@ -612,8 +618,9 @@ class Soak:
         r = self.rnd.random()
         if self.passthrough_on and r < 0.02:
             rnd.pair(*self.traffic.udp(self.rnd.randrange(8), PT_DPORT))
-            if self.mode == "xdp":          # the classifier passes them: not compared
-                rnd.other.update(SIDES)
+            if self.mode == "xdp":          # the engine releases the primary's uncompared,
+                rnd.passthrough.update(SIDES)   # the secondary's classifier drops its own
+                rnd.other["secondary"] += 1
         elif r < 0.80:
             rnd.pair(*self.traffic.udp(self.rnd.randrange(UDP_FLOWS)))
         elif r < 0.90:
@@ -723,6 +730,7 @@ class Soak:
                 self.rig.send(side, frames)
                 self.sent[side] += len(frames)
         self.other += rnd.other
+        self.passthrough += rnd.passthrough
         rnd.clear()
 
     # reporting -----------------------------------------------------------------------------
@@ -798,16 +806,17 @@ class Soak:
         if not final:
             return ["no stats from the control socket at the end"]
         v = Counter(final["verdicts"])
-        compared = sum(self.sent.values()) - sum(self.other.values())
+        uncompared = sum(self.other.values()) + self.passthrough["primary"]
+        compared = sum(self.sent.values()) - uncompared
         problems = []
         if v["compare"] + v["compare_no_meta"] != compared:
             problems.append(f"the classifiers sent {v['compare'] + v['compare_no_meta']} "
                             f"frames to be compared, {compared} were")
         not_compared = v["unsupported"] + v["malformed"] + v["passthrough"]
-        if not_compared != sum(self.other.values()):
+        if not_compared != uncompared:
             problems.append(f"the classifiers passed or dropped {v['unsupported']} + "
                             f"{v['malformed']} + {v['passthrough']} (passthrough) frames not "
-                            f"compared, {sum(self.other.values())} were sent")
+                            f"compared, {uncompared} were sent")
         if v["no_socket"]:
             problems.append(f"{v['no_socket']} frames met a queue without a socket")
         return problems

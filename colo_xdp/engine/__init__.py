@@ -38,6 +38,9 @@ DEFAULT_MAX_QUEUE_SIZE = 1024
 # QEMU's HASHTABLE_MAX_SIZE; here a limit with eviction, never a wipe.
 DEFAULT_MAX_CONNECTIONS = 16384
 DEFAULT_MAX_EVENTS = 65536
+# The passthrough list's limit, the engine's and the XDP classifier's alike
+# (CX_MAX_RULES, bpf/cx_wire.h): each scans the list in order.
+MAX_PASSTHROUGH_RULES = native.CX_MAX_RULES
 NET_BUFSIZE = native.CX_NET_BUFSIZE
 # Upper bounds (inclusive, ms) of the hold-time buckets but the last (+Inf):
 # 0, 1, 2, 4, ... 8192 (csrc/cx_engine.h, CX_HOLD_BUCKETS).
@@ -433,9 +436,12 @@ class Engine:
             pos = start + ((length + 7) & ~7)
         return by_event
 
-    def set_passthrough(self, rules: list[PassthroughRule]) -> None:
-        """Replace the passthrough list; flows it now covers release what
-        they hold (primary) and drop the rest (secondary)."""
+    def check_passthrough(self, rules: list[PassthroughRule]) -> list[dict[str, int]]:
+        """The list as the engine would take it (struct cx_rule fields);
+        EngineError, one sentence, if it cannot.  Changes nothing."""
+        if len(rules) > MAX_PASSTHROUGH_RULES:
+            raise EngineError(f"the engine takes at most {MAX_PASSTHROUGH_RULES} passthrough "
+                              f"rules, not {len(rules)}")
         arr: list[dict[str, int]] = []
         for rule in rules:
             r: dict[str, int] = {}
@@ -449,6 +455,13 @@ class Engine:
                     raise EngineError(f"{name} {value} is outside 0..{limit}")
                 # Ports in network byte order, as in cx_wire.h's struct cx_rule.
                 r[name] = socket.htons(value or 0) if name != "proto" else value or 0
+        return arr
+
+    def set_passthrough(self, rules: list[PassthroughRule]) -> None:
+        """Replace the passthrough list; flows it now covers release what
+        they hold (primary) and drop the rest (secondary).  What
+        ``check_passthrough`` refuses is refused before anything changes."""
+        arr = self.check_passthrough(rules)
         try:
             self._e.set_passthrough(arr)
         except native.NativeError:

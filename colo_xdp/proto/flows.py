@@ -6,20 +6,20 @@ A flow spec names the flows not to compare, as a line or as JSON fields::
     flow_from_fields({"proto": "tcp", "dport": 22})
     format_flow(rule)                            # "udp 10.0.0.0/24 > *:53"
 
-``PassthroughTable`` keeps the list and pushes every change to its sinks:
-the engine in chardev mode, and in XDP mode also the BPF map, so that the
-kernel fast path and the engine never disagree.  The control protocol
+``PassthroughTable`` keeps the list and gives every change to its sinks in
+two phases (each checks, then all commit): the engine, in XDP mode the
+classifiers' list maps, the ``--passthrough-file``; so the kernel fast path
+and the engine never disagree.  The control protocol
 (colo_xdp.proto.control) and the command line read and change it.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable
 
-from colo_xdp.engine import PassthroughRule
+from colo_xdp.engine import MAX_PASSTHROUGH_RULES, PassthroughRule
 from colo_xdp.errors import ConfigError, ControlError
 from colo_xdp.proto.inet import PROTO_BY_NUMBER, PROTO_NAMES, network
-
-MAX_PASSTHROUGH_RULES = 1024      # the engine scans them per new connection
 # Protocols the engine keys by port (compare-rules.md: DCCP, SCTP, UDP-Lite too).
 PORTED_PROTOS = {6, 17, 33, 132, 136}
 WILDCARDS = {"*", "any"}
@@ -193,35 +193,65 @@ def rule_json(rule: PassthroughRule) -> dict:
 
 # -- passthrough table -----------------------------------------------------------------
 
-PassthroughSink = Callable[[list[PassthroughRule]], None]
-
-
 class PassthroughError(ControlError):
     """A passthrough change that was refused; the message is one sentence."""
+
+
+def _takes_any(rules: list[PassthroughRule]) -> None:
+    """A sink with nothing to check: it takes any list the table allows."""
+
+
+@dataclass(frozen=True)
+class PassthroughSink:
+    """Somewhere the passthrough list goes.
+
+    ``check(rules)`` raises (one sentence: EngineError, XdpError, ...) when
+    the sink could not take the list, and changes nothing.  ``commit(rules)``
+    takes it; a list ``check`` passed should not fail there (what still can,
+    out of memory or a syscall, is undone on the other sinks).
+    """
+
+    commit: Callable[[list[PassthroughRule]], None]
+    check: Callable[[list[PassthroughRule]], None] = _takes_any
 
 
 class PassthroughTable:
     """The passthrough list and where it goes.
 
-    Every change is pushed, as the whole new list, to each sink in order: in
-    chardev mode the engine (``Engine.set_passthrough``); in XDP mode the
-    transport adds the classifier's rules map too
-    (``add_sink(classifier.set_rules)``, colo_xdp/transport/xdp/port.py).  A sink
-    refuses a change by raising (EngineError, XdpError, ...; the message
-    becomes the reply's error): the sinks already updated are given the old
-    list back and the change is refused as a whole.
+    Every change goes, as the whole new list, to every sink in two phases:
+    each sink checks it (the engine: the rule limit and every field; the
+    classifiers: what fits their list map; the file: that it can be
+    written), and only when all accept do they commit, in order, ``final``
+    last.  ``final`` is the one sink whose commit cannot be taken back: the
+    engine, which releases what the connections a new rule covers hold.  A
+    refusal in the first phase changes nothing anywhere; a commit that fails
+    anyway gives the sinks already committed the old list back::
+
+        table = PassthroughTable(final=PassthroughSink(engine.set_passthrough,
+                                                       engine.check_passthrough))
+        table.add_sink(PassthroughSink(classifier.set_rules, classifier.check_rules))
+        table.add(parse_flow("udp * > *:53"))
+
+    In chardev mode the engine is the only sink; in XDP mode each guest
+    interface's port adds its classifier (colo_xdp/transport/xdp/port.py),
+    and ``--passthrough-file`` adds the file.  The limit is the engine's and
+    the classifier's (``MAX_PASSTHROUGH_RULES``, CX_MAX_RULES in
+    bpf/cx_wire.h).
     """
 
     def __init__(self, sinks: list[PassthroughSink] | None = None,
-                 max_rules: int = MAX_PASSTHROUGH_RULES):
+                 max_rules: int = MAX_PASSTHROUGH_RULES,
+                 final: PassthroughSink | None = None):
         self.sinks: list[PassthroughSink] = list(sinks or [])
+        self.final = final
         self.max_rules = max_rules
         self.rules: list[PassthroughRule] = []
         self.on_change: Callable[[str, PassthroughRule], None] | None = None
 
     def add_sink(self, sink: PassthroughSink) -> None:
         """Attach a sink and bring it up to date at once."""
-        sink(list(self.rules))
+        sink.check(list(self.rules))
+        sink.commit(list(self.rules))
         self.sinks.append(sink)
 
     def remove_sink(self, sink: PassthroughSink) -> None:
@@ -232,7 +262,8 @@ class PassthroughTable:
     def replace(self, rules: list[PassthroughRule]) -> None:
         unique = list(dict.fromkeys(rules))
         if len(unique) > self.max_rules:
-            raise PassthroughError(f"at most {self.max_rules} passthrough rules are kept")
+            raise PassthroughError(f"at most {self.max_rules} passthrough rules are kept, "
+                                   f"not {len(unique)}")
         self._push(unique)
 
     def add(self, rule: PassthroughRule) -> bool:
@@ -256,13 +287,19 @@ class PassthroughTable:
             self.on_change("del", rule)
 
     def _push(self, new: list[PassthroughRule]) -> None:
-        done: list[PassthroughSink] = []
-        for sink in self.sinks:
+        everyone = [*self.sinks, *([self.final] if self.final else [])]
+        for sink in everyone:
             try:
-                sink(list(new))
-            except Exception as exc:   # any sink's refusal; sinks are plug-ins (engine, BPF map)
+                sink.check(list(new))
+            except Exception as exc:   # any sink's refusal; sinks are plug-ins
+                raise PassthroughError(f"the passthrough list was not changed: {exc}") from None
+        done: list[PassthroughSink] = []
+        for sink in everyone:
+            try:
+                sink.commit(list(new))
+            except Exception as exc:   # checked, failed anyway (memory, a syscall)
                 for undo in done:
-                    undo(list(self.rules))
+                    undo.commit(list(self.rules))
                 raise PassthroughError(f"the passthrough list was not changed: {exc}") from None
             done.append(sink)
         self.rules = new

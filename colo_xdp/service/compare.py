@@ -28,7 +28,7 @@ from colo_xdp.engine import (CheckpointRequest, ConnectionEvicted, ConnectionOpe
                              DropReason, Engine, Side)
 from colo_xdp.observe.control_server import ControlServer, ServiceTarget
 from colo_xdp.observe.log import EventLog, PerSide
-from colo_xdp.proto.flows import PassthroughTable, format_flow
+from colo_xdp.proto.flows import PassthroughSink, PassthroughTable, format_flow
 from colo_xdp.service import signals as sigs
 from colo_xdp.service.config import CompareConfig, Endpoint
 from colo_xdp.service.loop import Loop, serve_loop
@@ -98,9 +98,11 @@ class CompareService(Loop):
         # the classifier redirected them (AF_XDP rx ring full, no UMEM frame).
         self.kernel_drops = (lambda: {i.side.name.lower(): i.kernel_drops()
                                       for i in xdp_inputs}) if xdp_inputs else None
-        # Every passthrough change goes to each sink: here the engine; in XDP
-        # mode the transport adds its BPF map (PassthroughTable.add_sink).
-        self.passthrough = PassthroughTable([self.engine.set_passthrough])
+        # Every passthrough change goes to each sink: the engine (last: its
+        # commit flushes what the flows a new rule covers hold), in XDP mode
+        # the classifiers (XdpInput adds them), the --passthrough-file.
+        self.passthrough = PassthroughTable(final=PassthroughSink(
+            self.engine.set_passthrough, self.engine.check_passthrough))
         self.passthrough.on_change = lambda op, rule: self.log.event(
             "passthrough_changed", op=op, flow=format_flow(rule),
             rules=len(self.passthrough.rules))
@@ -108,7 +110,8 @@ class CompareService(Loop):
         if config.passthrough_file:
             # Kept across restarts: every change is written there first.
             from colo_xdp.service.passthrough_file import PassthroughFile
-            self.passthrough.add_sink(PassthroughFile(config.passthrough_file))
+            ptfile = PassthroughFile(config.passthrough_file)
+            self.passthrough.add_sink(PassthroughSink(ptfile.write, ptfile.check))
         self.pcap = None
         self.attachments = self._attachments(config)
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field, replace
 
 from colo_xdp.engine import EngineConfig, PassthroughRule
 from colo_xdp.observe.listener import is_loopback
+from colo_xdp.proto.flows import PassthroughTable
 from colo_xdp.transport.chardev.endpoint import Spec, SpecError, check_distinct
 from colo_xdp.transport.xdp.port import XdpIface
 
@@ -33,9 +34,10 @@ class CompareConfig:
     passthrough_file: str | None = None          # the list, kept across restarts
 
     def validate(self) -> None:
-        """Raise SpecError or EngineError with one sentence for the first
-        problem: two roles on one socket, a control socket off loopback, an
-        engine setting out of range."""
+        """Raise SpecError, EngineError or PassthroughError with one sentence
+        for the first problem: two roles on one socket, a control socket off
+        loopback, an engine setting out of range, more passthrough rules than
+        are kept."""
         roles = {"primary-in": self.primary_in, "secondary-in": self.secondary_in,
                  "outdev": self.outdev}
         ifaces = {role: end.name for role, end in roles.items() if isinstance(end, XdpIface)}
@@ -58,6 +60,7 @@ class CompareConfig:
                 f"--control-tcp must listen on a loopback address such as 127.0.0.1, not "
                 f"{self.control_tcp[0]}: the control socket has no authentication")
         self.engine.validate()
+        PassthroughTable().replace(self.passthrough)     # the table's own limit, no sinks
 
     def engine_config(self) -> EngineConfig:
         """The engine's settings, with miscompare evidence kept when the

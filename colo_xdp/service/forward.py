@@ -20,7 +20,7 @@ from colo_xdp.engine import Engine, EngineConfig, Side
 from colo_xdp.observe.control_server import DEFAULT_IDLE_TIMEOUT_S, ControlServer, ServiceTarget
 from colo_xdp.observe.log import EventLog
 from colo_xdp.proto.control import CommandError
-from colo_xdp.proto.flows import PassthroughError, PassthroughTable
+from colo_xdp.proto.flows import PassthroughError, PassthroughSink, PassthroughTable
 from colo_xdp.service.loop import Loop, serve_loop
 from colo_xdp.transport.chardev.endpoint import Spec
 from colo_xdp.transport.chardev.roles import Outdev
@@ -100,7 +100,7 @@ class ForwardService(Loop):
         # What the control socket's stats and /metrics read (observe/stats.py).
         self.failed_over = False
         self.checkpoints_done: Counter = Counter()
-        self.passthrough = PassthroughTable([_no_passthrough])
+        self.passthrough = PassthroughTable([PassthroughSink(_no_passthrough, _no_passthrough)])
         self.verdict_counters = self.input.verdicts
         self.kernel_drops = lambda: {"secondary": self.input.kernel_drops()}
         self.attachments = []

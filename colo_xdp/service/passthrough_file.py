@@ -3,11 +3,11 @@
 The file holds one flow a line in the canonical form (``udp 10.0.0.0/24 >
 *:53``; ``#`` starts a comment).  At start its rules join those of the
 config file and ``--passthrough``; from then on it is a sink of the
-``PassthroughTable`` (colo_xdp/proto/control.py): every change (``ctl
+``PassthroughTable`` (colo_xdp/proto/flows.py): every change (``ctl
 passthrough add`` / ``del``) rewrites the whole list into it, atomically
-(a temporary file, fsync, rename), before the change takes effect.  A change
-that cannot be written is refused, so what runs and what the next start
-reads never differ.
+(a temporary file, fsync, rename), before the engine takes it.  A change
+whose file cannot be written is refused, so what runs and what the next
+start reads never differ.
 """
 from __future__ import annotations
 
@@ -44,12 +44,20 @@ def read(path: str) -> list[PassthroughRule]:
 
 
 class PassthroughFile:
-    """A PassthroughTable sink that writes the list to ``path``."""
+    """The list written to ``path``: ``check`` and ``write`` make a
+    PassthroughTable sink."""
 
     def __init__(self, path: str):
         self.path = path
 
-    def __call__(self, rules: list[PassthroughRule]) -> None:
+    def check(self, rules: list[PassthroughRule]) -> None:
+        """Refuse, changing nothing, when the file's directory cannot be written."""
+        directory = os.path.dirname(os.path.abspath(self.path))
+        if not os.access(directory, os.W_OK | os.X_OK):
+            raise PassthroughError(f"cannot write --passthrough-file {self.path}: "
+                                   f"its directory {directory} is not writable")
+
+    def write(self, rules: list[PassthroughRule]) -> None:
         text = HEADER + "".join(f"{format_flow(rule)}\n" for rule in rules)
         directory = os.path.dirname(os.path.abspath(self.path))
         try:

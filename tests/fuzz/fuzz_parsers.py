@@ -265,7 +265,9 @@ class _ControlTarget:
 
     def __init__(self, c, max_rules: int, refusing_sink: bool):
         self.held: list = []
-        sinks = [self._record] + ([self._refuse] if refusing_sink else [])
+        sinks = [c.PassthroughSink(self._record)]
+        if refusing_sink:
+            sinks.append(c.PassthroughSink(lambda rules: None, self._refuse))
         self.passthrough = c.PassthroughTable(sinks, max_rules)
         self.changes: list = []
         self.passthrough.on_change = lambda op, rule: self.changes.append((op, rule))

@@ -164,3 +164,17 @@ def test_help():
     for option in ("--primary-in", "--secondary-in", "--outdev", "--notify-dev",
                    "--vnet-hdr-support", "--compare-timeout", "--max-queue-size"):
         assert option in result.stdout
+
+
+def test_more_passthrough_rules_than_kept_is_one_sentence_before_anything_opens(workdir):
+    """The limit is the engine's and the XDP classifier's (CX_MAX_RULES); --check
+    sees it too."""
+    from colo_xdp.engine import MAX_PASSTHROUGH_RULES
+    flows = [arg for i in range(MAX_PASSTHROUGH_RULES + 1)
+             for arg in ("--passthrough", f"udp * > *:{1000 + i}")]
+    for extra in (["--check"], []):
+        result = run(*compare(workdir), *flows, *extra)
+        assert result.returncode == 2
+        assert_one_error_line(result, f"at most {MAX_PASSTHROUGH_RULES} passthrough rules are "
+                                      f"kept, not {MAX_PASSTHROUGH_RULES + 1}")
+    assert run(*compare(workdir), *flows[2:], "--check").returncode == 0

@@ -9,8 +9,8 @@ import pytest
 
 from colo_xdp.proto.control import (COMMANDS, MAX_LINE, BadRequest, Commands, LineReader,
                                     Request, encode, event_line, parse_request)
-from colo_xdp.proto.flows import (FlowError, PassthroughError, PassthroughTable,
-                                  flow_from_fields, format_flow, parse_flow)
+from colo_xdp.proto.flows import (FlowError, PassthroughError, PassthroughSink,
+                                  PassthroughTable, flow_from_fields, format_flow, parse_flow)
 from colo_xdp.engine import EngineError, PassthroughRule
 from colo_xdp.observe.log import EVENT_NAMES
 
@@ -18,7 +18,7 @@ from colo_xdp.observe.log import EVENT_NAMES
 class FakeTarget:
     def __init__(self):
         self.pushed: list[list[PassthroughRule]] = []
-        self.passthrough = PassthroughTable([self.pushed.append])
+        self.passthrough = PassthroughTable([PassthroughSink(self.pushed.append)])
         self.calls: list = []
 
     def control_checkpoint(self) -> dict:
@@ -311,19 +311,42 @@ def test_flow_fields_match_flow_text():
 
 # -- passthrough table --------------------------------------------------------------------
 
-def test_table_rolls_back_when_a_sink_refuses():
+def test_table_refusal_in_a_check_changes_no_sink():
     first: list = []
+    last: list = []
 
-    def failing(rules):
+    def refusing(rules):
         if len(rules) > 1:
             raise EngineError("the map is full")
 
-    table = PassthroughTable([first.append, failing])
+    table = PassthroughTable([PassthroughSink(first.append), PassthroughSink(list, refusing)],
+                             final=PassthroughSink(last.append))
     table.add(PassthroughRule(proto=6))
     with pytest.raises(PassthroughError, match="was not changed: the map is full"):
         table.add(PassthroughRule(proto=17))
     assert table.rules == [PassthroughRule(proto=6)]
-    assert first[-1] == [PassthroughRule(proto=6)]      # given the old list back
+    assert first == last == [[PassthroughRule(proto=6)]]   # the new list reached nobody
+
+
+def test_table_commit_that_fails_gives_the_old_list_back_and_final_commits_last():
+    order: list = []
+
+    def failing(rules):
+        order.append(("failing", rules))
+        if len(rules) > 1:
+            raise OSError("the syscall failed")
+
+    table = PassthroughTable([PassthroughSink(lambda r: order.append(("first", r))),
+                              PassthroughSink(failing)],
+                             final=PassthroughSink(lambda r: order.append(("final", r))))
+    tcp, udp = PassthroughRule(proto=6), PassthroughRule(proto=17)
+    table.add(tcp)
+    assert [who for who, _ in order] == ["first", "failing", "final"]
+    order.clear()
+    with pytest.raises(PassthroughError, match="was not changed: the syscall failed"):
+        table.add(udp)
+    assert order == [("first", [tcp, udp]), ("failing", [tcp, udp]), ("first", [tcp])]
+    assert table.rules == [tcp]
 
 
 def test_table_limit_and_late_sink():
@@ -333,7 +356,7 @@ def test_table_limit_and_late_sink():
     with pytest.raises(PassthroughError, match="full"):
         table.add(PassthroughRule(proto=1))
     got: list = []
-    table.add_sink(got.append)                          # e.g. an XDP map attached later
+    table.add_sink(PassthroughSink(got.append))         # e.g. an XDP map attached later
     assert got == [[PassthroughRule(proto=6), PassthroughRule(proto=17)]]
 
 

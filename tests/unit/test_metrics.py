@@ -265,7 +265,7 @@ def test_xdp_hooks_verdicts_and_a_second_passthrough_sink(tmp_path):
     when it refuses one the engine is put back as it was."""
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from colo_xdp.proto.flows import PassthroughError, parse_flow
+    from colo_xdp.proto.flows import PassthroughError, PassthroughSink, parse_flow
     from colo_xdp.observe.metrics import ServiceCollector
     from colo_xdp.service.compare import CompareService
     from colo_xdp.service.config import CompareConfig
@@ -293,9 +293,8 @@ def test_xdp_hooks_verdicts_and_a_second_passthrough_sink(tmp_path):
     def bpf_map(rules):
         if len(rules) > 2:
             raise RuntimeError("at most 2 passthrough rules fit the XDP program")
-        pushed.append(rules)
 
-    svc.passthrough.add_sink(bpf_map)
+    svc.passthrough.add_sink(PassthroughSink(pushed.append, bpf_map))
     assert pushed == [[parse_flow("icmp")]]              # brought up to date at once
     svc.passthrough.add(parse_flow("udp * > *:53"))
     assert pushed[-1] == [parse_flow("icmp"), parse_flow("udp * > *:53")]

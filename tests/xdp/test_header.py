@@ -107,7 +107,6 @@ def _header_of(name: str) -> Path:
 
 @pytest.mark.parametrize("c_name,py_value", [
     ("CX_XDP_MAX_QUEUES", classify.MAX_QUEUES),
-    ("CX_XDP_MAX_RULES", classify.MAX_RULES),
     ("CX_XDP_MAX_GUEST_MACS", classify.MAX_GUEST_MACS),
     ("CX_XDP_MAX_VLAN_TAGS", classify.MAX_VLAN_TAGS),
     ("CX_XDP_SIDE_PRIMARY", Side.PRIMARY),
@@ -118,16 +117,18 @@ def _header_of(name: str) -> Path:
     ("CX_XDP_META_F_VLAN", classify.META_F_VLAN),
     ("CX_XDP_META_F_FRAGMENT", classify.META_F_FRAGMENT),
     ("CX_XDP_META_F_IPV6", classify.META_F_IPV6),
+    ("CX_XDP_META_F_PASSTHROUGH", classify.META_F_PASSTHROUGH),
 ])
 def test_defines(c_name, py_value):
     assert DEFINES[c_name] == py_value
 
 
 def test_every_define_is_mirrored():
-    mirrored = {"CX_XDP_MAX_QUEUES", "CX_XDP_MAX_RULES", "CX_XDP_MAX_GUEST_MACS",
+    mirrored = {"CX_XDP_MAX_QUEUES", "CX_XDP_MAX_GUEST_MACS",
                 "CX_XDP_MAX_VLAN_TAGS", "CX_XDP_SIDE_PRIMARY", "CX_XDP_SIDE_SECONDARY",
                 "CX_XDP_CFG_GUEST_MACS", "CX_XDP_CFG_VLAN_UNCOMPARED", "CX_XDP_META_MAGIC",
-                "CX_XDP_META_F_VLAN", "CX_XDP_META_F_FRAGMENT", "CX_XDP_META_F_IPV6"}
+                "CX_XDP_META_F_VLAN", "CX_XDP_META_F_FRAGMENT", "CX_XDP_META_F_IPV6",
+                "CX_XDP_META_F_PASSTHROUGH"}
     assert set(DEFINES) == mirrored, "a new #define in classify.h needs its Python twin"
 
 
@@ -146,7 +147,7 @@ def test_sides_match_the_engine():
 
 LAYOUTS = {
     "cx_xdp_counter": (classify.COUNTER, ["frames", "bytes"]),
-    "cx_xdp_config": (classify.CONFIG, ["flags", "nrules"]),
+    "cx_xdp_config": (classify.CONFIG, ["flags"]),
     "cx_rule": (classify.RULE, ["saddr", "smask", "daddr", "dmask", "sport", "dport",
                                 "proto"]),
     "cx_xdp_mac": (classify.MAC, ["addr"]),
@@ -169,7 +170,6 @@ def test_meta_is_a_valid_metadata_size():
 @pytest.mark.parametrize("table,part,name", [
     (b"counters", "Leaf", "cx_xdp_counter"),
     (b"config", "Leaf", "cx_xdp_config"),
-    (b"rules", "Leaf", "cx_rule"),
     (b"guest_macs", "Key", "cx_xdp_mac"),
 ])
 def test_compiled_map_types(programs, table, part, name):
@@ -181,11 +181,31 @@ def test_compiled_map_types(programs, table, part, name):
     assert got + [("sizeof", ctypes.sizeof(ctype), 0)] == header_struct(_header_of(name), name)
 
 
+def test_one_rule_limit_for_the_engine_and_the_classifier():
+    """CX_MAX_RULES (cx_wire.h) is the engine's limit and the list map's size."""
+    from colo_xdp.engine import MAX_PASSTHROUGH_RULES
+    from colo_xdp.proto.flows import PassthroughTable
+    assert header_defines(WIRE_H)["CX_MAX_RULES"] == MAX_PASSTHROUGH_RULES == classify.MAX_RULES
+    assert PassthroughTable().max_rules == MAX_PASSTHROUGH_RULES
+    assert "CX_MAX_RULES" not in DEFINES
+
+
+@pytest.mark.parametrize("table", [b"rules_a", b"rules_b"])
+def test_compiled_rule_lists(programs, table):
+    """struct cx_xdp_rules as compiled: the count, then CX_MAX_RULES rules."""
+    leaf = programs[Side.PRIMARY]._table(table).Leaf
+    assert [f for f, *_ in leaf._fields_ if not f.startswith("pad")] == ["count", "rule"]
+    assert (leaf.count.offset, leaf.rule.offset) == (0, classify.RULES_HEAD.size)
+    assert ctypes.sizeof(leaf) == classify.RULES_SIZE
+    assert leaf.rule.size == classify.MAX_RULES * classify.RULE.size
+    assert programs[Side.PRIMARY]._table(table).max_entries == 1
+
+
 def test_compiled_map_sizes(programs):
     clf = programs[Side.PRIMARY]
     assert clf._table(b"xsks").max_entries == classify.MAX_QUEUES
     assert clf._table(b"counters").max_entries == classify.VERDICT_COUNT
-    assert clf._table(b"rules").max_entries == classify.MAX_RULES
+    assert clf._table(b"rule_list").max_entries == 1
     assert clf._table(b"guest_macs").max_entries == classify.MAX_GUEST_MACS
     assert clf._table(b"config").max_entries == 1
 

@@ -17,9 +17,9 @@ from colo_xdp.lab import pktgen
 from colo_xdp.engine import ActionEngine, EngineConfig
 from colo_xdp.lab.pktgen import EtherAddrs, IPv4Fields
 from colo_xdp.transport.xdp.bpfsys import XDP_DROP, XDP_PASS, XDP_REDIRECT
-from colo_xdp.transport.xdp.classify_abi import (META_F_FRAGMENT, META_F_IPV6, META_F_VLAN,
-                                                 META_SIZE, Meta, Side, Verdict, action_of,
-                                                 fold6)
+from colo_xdp.transport.xdp.classify_abi import (META_F_FRAGMENT, META_F_IPV6,
+                                                 META_F_PASSTHROUGH, META_F_VLAN, META_SIZE,
+                                                 Meta, Side, Verdict, action_of, fold6)
 
 
 @dataclass(frozen=True)
@@ -52,11 +52,13 @@ def run(clf, frame: bytes) -> Result:
     assert out.action == action_of(verdict, clf.side), (verdict, out.action_name)
     assert out.frame == frame, "the program changed the frame"
     meta = None
-    if verdict in (Verdict.COMPARE, Verdict.NO_SOCKET):
+    redirected_passthrough = verdict is Verdict.PASSTHROUGH and clf.side is Side.PRIMARY
+    if verdict in (Verdict.COMPARE, Verdict.NO_SOCKET) or redirected_passthrough:
         assert len(out.meta) == META_SIZE
         meta = Meta.unpack(out.meta)
         assert meta is not None, "metadata without its magic"
         assert meta.hash == meta.expected_hash()
+        assert bool(meta.flags & META_F_PASSTHROUGH) == redirected_passthrough
     else:
         assert out.meta == b"", f"metadata on a {verdict.name} frame"
     return Result(verdict, out.action, meta)
@@ -331,7 +333,10 @@ def test_passthrough(clf, side, rules, frame, listed):
     clf.set_rules(rules)
     r = run(clf, frame)
     if listed:
-        assert (r.verdict, r.action) == (Verdict.PASSTHROUGH, not_compared(side))
+        # The primary's goes to the engine, marked (released there
+        # uncompared); the secondary's is dropped.
+        to_engine = XDP_REDIRECT if side is Side.PRIMARY else XDP_DROP
+        assert (r.verdict, r.action) == (Verdict.PASSTHROUGH, to_engine)
     else:
         assert r.verdict is Verdict.COMPARE
 

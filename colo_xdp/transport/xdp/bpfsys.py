@@ -130,8 +130,10 @@ class TestRun:
         return XDP_ACTION_NAMES.get(self.action, str(self.action))
 
 
-def prog_test_run(prog_fd: int, frame: bytes, rx_queue: int = 0, ifindex: int = 0) -> TestRun:
-    """Run the XDP program prog_fd on ``frame`` once.
+def prog_test_run(prog_fd: int, frame: bytes, rx_queue: int = 0, ifindex: int = 0,
+                  repeat: int = 1) -> TestRun:
+    """Run the XDP program prog_fd on ``frame`` (``repeat`` times in the
+    kernel, each on the same input; the result is the last run's).
 
     Without ``ifindex`` the frame arrives on the loopback device, queue 0;
     an ifindex must name a device with XDP enabled on ``rx_queue``.  The
@@ -146,7 +148,7 @@ def prog_test_run(prog_fd: int, frame: bytes, rx_queue: int = 0, ifindex: int = 
     attr = _TestAttr(prog_fd=prog_fd,
                      data_size_in=len(frame), data_size_out=out_size,
                      data_in=ctypes.addressof(data_in), data_out=ctypes.addressof(data_out),
-                     repeat=1,
+                     repeat=repeat,
                      ctx_size_in=ctypes.sizeof(ctx_in), ctx_size_out=ctypes.sizeof(ctx_out),
                      ctx_in=ctypes.addressof(ctx_in), ctx_out=ctypes.addressof(ctx_out))
     _bpf(BPF_PROG_TEST_RUN, attr)

@@ -52,7 +52,7 @@ from colo_xdp.transport.xdp import bpfsys
 from colo_xdp.transport.xdp.classify_abi import (CFG_GUEST_MACS, CFG_VLAN_UNCOMPARED, CLASSIFY_C,
                                          CONFIG, MAX_GUEST_MACS, MAX_QUEUES, MAX_RULES,
                                          BPF_DIR, ClassifyError, Side, Verdict, pack_mac,
-                                         pack_rule)
+                                         pack_rule, pack_rule_list)
 
 ENTRY_POINT = b"xdp_classify"
 # Where bcc looks for the running kernel's headers.
@@ -293,6 +293,7 @@ class XdpClassifier:
         self._bpf = None
         self._fn = None
         self._link_fd: int | None = None
+        self._spare_list = b"rules_a"    # the list map rule_list does not point to
 
     # -- lifecycle --------------------------------------------------------
 
@@ -362,6 +363,8 @@ class XdpClassifier:
             with contextlib.suppress(KeyError):
                 del xsks[ctypes.c_int(queue)]
         self._table(b"counters").clear()          # per-CPU array: zeroes each
+        # Detached, nothing reads the list maps: either may be written first.
+        self._spare_list = b"rules_a"
         self.set_rules(self._rules)
         self.set_guest_macs(self._guest_macs)
 
@@ -439,30 +442,35 @@ class XdpClassifier:
         flags = (CFG_GUEST_MACS if self._guest_macs else 0) | \
             (0 if self._vlan_compare else CFG_VLAN_UNCOMPARED)
         table = self._table(b"config")
-        table[ctypes.c_int(0)] = table.Leaf.from_buffer_copy(
-            CONFIG.pack(flags, len(self._rules)))
+        table[ctypes.c_int(0)] = table.Leaf.from_buffer_copy(CONFIG.pack(flags))
 
-    def set_rules(self, rules: Iterable) -> None:
-        """Replace the passthrough list (the engine's PassthroughRule, or
-        anything with proto, src, dst, sport and dport)."""
+    @staticmethod
+    def check_rules(rules: Iterable) -> bytes:
+        """The passthrough list as the program's list map holds it (struct
+        cx_xdp_rules); XdpError, one sentence, if it does not fit.  Changes
+        nothing, needs nothing loaded."""
         rules = list(rules)
         if len(rules) > MAX_RULES:
             raise XdpError(f"at most {MAX_RULES} passthrough rules fit the XDP program, "
                            f"not {len(rules)}")
         try:
-            packed = [pack_rule(r) for r in rules]
+            return pack_rule_list([pack_rule(r) for r in rules])
         except ClassifyError as err:
             raise XdpError(f"passthrough rule refused: {err}") from None
-        table = self._table(b"rules")
-        # Rules first, then the count: a frame never sees a half-written list
-        # beyond the count (shrinking writes the count first).
-        if len(packed) < len(self._rules):
-            self._rules = rules
-            self.set_config()
-        for i, raw in enumerate(packed):
-            table[ctypes.c_int(i)] = table.Leaf.from_buffer_copy(raw)
+
+    def set_rules(self, rules: Iterable) -> None:
+        """Replace the passthrough list (the engine's PassthroughRule, or
+        anything with proto, src, dst, sport and dport), atomically for the
+        frames: the new list goes whole into the list map not in use, then
+        rule_list points to it with one update, which returns once no
+        program reads the old one any more (classify.h)."""
+        rules = list(rules)
+        raw = self.check_rules(rules)
+        spare = self._table(self._spare_list)
+        spare[ctypes.c_int(0)] = spare.Leaf.from_buffer_copy(raw)
+        self._table(b"rule_list")[ctypes.c_int(0)] = ctypes.c_int(spare.get_fd())
+        self._spare_list = b"rules_b" if self._spare_list == b"rules_a" else b"rules_a"
         self._rules = rules
-        self.set_config()
 
     def set_guest_macs(self, macs: Iterable[str]) -> None:
         """Only frames from these source MACs are the guest's; empty: all are."""
@@ -507,6 +515,6 @@ class XdpClassifier:
                                         sum(c.bytes for c in per_cpu))
         return out
 
-    def test_run(self, frame: bytes, rx_queue: int = 0) -> bpfsys.TestRun:
-        """Run the loaded program on one frame (BPF_PROG_TEST_RUN)."""
-        return bpfsys.prog_test_run(self.prog_fd, frame, rx_queue)
+    def test_run(self, frame: bytes, rx_queue: int = 0, repeat: int = 1) -> bpfsys.TestRun:
+        """Run the loaded program on one frame, ``repeat`` times (BPF_PROG_TEST_RUN)."""
+        return bpfsys.prog_test_run(self.prog_fd, frame, rx_queue, repeat=repeat)

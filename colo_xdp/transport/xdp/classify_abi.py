@@ -19,7 +19,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from colo_xdp.engine import Side
+from colo_xdp.engine import MAX_PASSTHROUGH_RULES, Side
 from colo_xdp.errors import ConfigError
 from colo_xdp.proto.inet import net_bytes
 from colo_xdp.transport.xdp.bpfsys import XDP_DROP, XDP_PASS, XDP_REDIRECT
@@ -43,9 +43,9 @@ BPF_DIR = find_bpf_dir()
 CLASSIFY_C = BPF_DIR / "classify.c"
 CLASSIFY_H = BPF_DIR / "classify.h"
 
-# Sizes (classify.h "sizes").
+# Sizes (classify.h "sizes"; the rule limit is cx_wire.h's, the engine's).
 MAX_QUEUES = 64
-MAX_RULES = 64
+MAX_RULES = MAX_PASSTHROUGH_RULES
 MAX_GUEST_MACS = 16
 MAX_VLAN_TAGS = 2
 
@@ -56,7 +56,8 @@ class Verdict(enum.IntEnum):
     COMPARE = 0            # redirected to the AF_XDP socket of its rx queue
     COMPARE_NO_META = 1    # redirected without metadata (no room in the driver)
     NO_SOCKET = 2          # to be compared, no socket on its queue: dropped
-    PASSTHROUGH = 3        # on the passthrough list: primary pass, secondary drop
+    PASSTHROUGH = 3        # on the passthrough list: primary redirected with
+                           # META_F_PASSTHROUGH (released uncompared), secondary drop
     UNSUPPORTED = 4        # ARP, ND/MLD, other EtherTypes, tagged without VLAN
                            # compare: primary pass, secondary drop
     MALFORMED = 5          # IPv4/IPv6 the engine would not parse: as UNSUPPORTED
@@ -72,6 +73,8 @@ _NOT_COMPARED = {Side.PRIMARY: XDP_PASS, Side.SECONDARY: XDP_DROP}
 def action_of(verdict: Verdict, side: Side) -> int:
     """The XDP action the program takes for ``verdict`` on ``side``."""
     if verdict in (Verdict.COMPARE, Verdict.COMPARE_NO_META):
+        return XDP_REDIRECT
+    if verdict is Verdict.PASSTHROUGH and Side(side) is Side.PRIMARY:
         return XDP_REDIRECT
     if verdict is Verdict.NO_SOCKET:
         return XDP_DROP
@@ -89,11 +92,14 @@ META_MAGIC = 0xC01A0D01
 META_F_VLAN = 0x1
 META_F_FRAGMENT = 0x2
 META_F_IPV6 = 0x4
+META_F_PASSTHROUGH = 0x8
 
 # Layouts, little-endian host (x86_64, arm64): "<" plus explicit padding.
 COUNTER = struct.Struct("<QQ")            # struct cx_xdp_counter
-CONFIG = struct.Struct("<II")             # struct cx_xdp_config
+CONFIG = struct.Struct("<I")              # struct cx_xdp_config
 RULE = struct.Struct("<16s16s16s16sHHB3x")  # struct cx_rule (bpf/cx_wire.h)
+RULES_HEAD = struct.Struct("<I4x")        # struct cx_xdp_rules: count, pad, then the rules
+RULES_SIZE = RULES_HEAD.size + MAX_RULES * RULE.size
 MAC = struct.Struct("<6s")                # struct cx_xdp_mac
 # struct cx_xdp_meta: hash, saddr, daddr, sport, dport (network order, kept
 # as bytes), proto, flags, l3_off, l4_off, vlan_tci, magic.  IPv6 addresses
@@ -193,6 +199,12 @@ def pack_rule(rule) -> bytes:
                      swap16(_number(rule.sport, "source port", 0xFFFF)),
                      swap16(_number(rule.dport, "destination port", 0xFFFF)),
                      _number(rule.proto, "protocol", 0xFF))
+
+
+def pack_rule_list(packed: list[bytes]) -> bytes:
+    """struct cx_xdp_rules holding the rules ``pack_rule`` made, in order
+    (at most MAX_RULES)."""
+    return (RULES_HEAD.pack(len(packed)) + b"".join(packed)).ljust(RULES_SIZE, b"\0")
 
 
 def pack_mac(mac: str | bytes) -> bytes:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from colo_xdp import native
 from colo_xdp.engine import Engine, Side
 from colo_xdp.errors import EndpointError, XdpError
+from colo_xdp.proto.flows import PassthroughSink
 from colo_xdp.transport.xdp.classifier import Mode, XdpClassifier
 from colo_xdp.transport.xdp.xsk import XskConfig, XskError, XskSocket, _rx_queues
 
@@ -107,9 +108,10 @@ class XdpPort:
             sock.close()
         self.sockets = []
 
-    def set_rules(self, rules) -> None:
-        """Passthrough rules (the engine's PassthroughRule) into the BPF map."""
-        self.classifier.set_rules(rules)
+    @property
+    def passthrough_sink(self) -> PassthroughSink:
+        """The classifier's list map as a PassthroughTable sink."""
+        return PassthroughSink(self.classifier.set_rules, self.classifier.check_rules)
 
     def verdicts(self) -> dict[str, int]:
         """Frames per verdict since the program was loaded."""
@@ -188,7 +190,7 @@ class XdpInput:
             self.port = None
             raise EndpointError(errno.EIO, f"{self.role}: {exc}") from None
         if table:
-            table.add_sink(self.port.set_rules)
+            table.add_sink(self.port.passthrough_sink)
         self.ifindex = socket.if_nametoindex(self.iface.name)
         self.pause(self.svc.paused)
         self.svc.log.event("xdp_attached", role=self.role, iface=self.iface.name,
@@ -297,7 +299,7 @@ class XdpInput:
             self.pause(True)
             table = getattr(self.svc, "passthrough", None)
             if table:
-                table.remove_sink(self.port.set_rules)
+                table.remove_sink(self.port.passthrough_sink)
             self.port.close()
             self.port = None
             self.svc.log.event("xdp_detached", role=self.role, iface=self.iface.name)
