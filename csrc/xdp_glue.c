@@ -103,18 +103,48 @@ int xdp_glue__rx_to_engine(struct xsk *x, struct cx_engine *e, int side, uint64_
 {
     uint64_t addrs[XDP_GLUE__BURST];
     uint32_t lens[XDP_GLUE__BURST];
+    uint8_t more[XDP_GLUE__BURST];
     const uint8_t *frames[XDP_GLUE__BURST];
+    uint32_t frame_lens[XDP_GLUE__BURST];
+    uint32_t first_desc[XDP_GLUE__BURST + 1];
     uint8_t *umem = xsk__umem(x);
-    uint32_t n = xsk__rx_peek(x, addrs, lens, burst_cap(max));
+    uint32_t want = burst_cap(max), n = 0, slot = 0;
+    uint32_t descs = xsk__rx_peek(x, addrs, lens, more, XDP_GLUE__BURST);
 
-    for (uint32_t i = 0; i < n; i++)
-        frames[i] = umem + addrs[i];
-    uint32_t taken = (uint32_t)cx_engine__feed_burst(e, side, frames, lens, n, now_ms, flags);
+    /* Descriptors into frames: one descriptor is a frame in place; a frame
+     * in several (multi-buffer) is copied whole into one of the socket's
+     * buffers, as many per call as it has.  One too long for the engine is
+     * given to it with its length alone, to be counted as an oversize drop
+     * (the engine reads no byte of such a frame). */
+    for (uint32_t d = 0; d < descs && n < want;) {
+        uint32_t k = 1;
+        while (more[d + k - 1])
+            k++;
+        if (k == 1) {
+            frames[n] = umem + addrs[d];
+            frame_lens[n] = lens[d];
+        } else {
+            if (slot == XSK__WHOLE_SLOTS)
+                break;
+            frames[n] = xsk__rx_whole(x, slot++, addrs + d, lens + d, k, &frame_lens[n]);
+            if (!frames[n]) {
+                if (frame_lens[n] <= CX_NET_BUFSIZE)
+                    break;                      /* no memory: try again next call */
+                frames[n] = umem + addrs[d];
+            }
+        }
+        first_desc[n++] = d;
+        d += k;
+        first_desc[n] = d;
+    }
+    uint32_t taken = n ? (uint32_t)cx_engine__feed_burst(e, side, frames, frame_lens, n,
+                                                         now_ms, flags) : 0;
     /* Frames held back stay at the head of the rx ring for the next call;
      * the engine copied what it took: those go back to the fill ring. */
     *held_back = taken < n;
-    xsk__rx_release(x, taken);
-    int err = taken ? xsk__rx_done(x, addrs, taken) : 0;
+    uint32_t done = taken ? first_desc[taken] : 0;
+    xsk__rx_release(x, done);
+    int err = done ? xsk__rx_done(x, addrs, done) : 0;
     return err ? err : (int)taken;
 }
 

@@ -33,6 +33,13 @@
 #ifndef SOL_XDP
 #define SOL_XDP 283
 #endif
+/* Newer than the build host's <linux/if_xdp.h> may be (kernel 6.6). */
+#ifndef XDP_USE_SG
+#define XDP_USE_SG (1 << 4)
+#endif
+#ifndef XDP_PKT_CONTD
+#define XDP_PKT_CONTD (1 << 0)
+#endif
 
 /* In copy mode one TX kick moves at most this many frames (the kernel's
  * TX_BATCH_SIZE) and answers EAGAIN while more wait. */
@@ -67,6 +74,7 @@ struct xsk {
     uint32_t tx_outstanding;  /* submitted, not yet completed */
     uint64_t *fill_wait;      /* rx frames handed back, not yet in the fill ring */
     uint32_t n_fill_wait;
+    uint8_t *whole;           /* XSK__WHOLE_SLOTS buffers for xsk__rx_whole, or NULL */
 };
 
 /* ---- rings ------------------------------------------------------------- */
@@ -223,11 +231,11 @@ static int rings__create(struct xsk *x, uint32_t size)
 /* Bind in copy mode; EBUSY (the queue's last socket is still going away,
  * some 30 ms after its close) is retried with backoff for timeout_ms. */
 static int bind__retry(struct xsk *x, uint32_t ifindex, uint32_t queue, uint32_t timeout_ms,
-                       uint32_t *retries)
+                       uint32_t multi_buffer, uint32_t *retries)
 {
     struct sockaddr_xdp sa = {
         .sxdp_family = AF_XDP,
-        .sxdp_flags = XDP_COPY,
+        .sxdp_flags = XDP_COPY | (multi_buffer ? XDP_USE_SG : 0),
         .sxdp_ifindex = ifindex,
         .sxdp_queue_id = queue,
     };
@@ -318,7 +326,8 @@ int xsk__open(const struct xsk__config *cfg, struct xsk **out, struct xsk__info 
         ((uint64_t *)x->fill.descs)[(idx + i) & x->fill.mask] = (uint64_t)i * x->frame_size;
     prod__submit(&x->fill, x->rx_frames);
 
-    err = bind__retry(x, c.ifindex, c.queue, c.bind_timeout_ms, &info->bind_retries);
+    err = bind__retry(x, c.ifindex, c.queue, c.bind_timeout_ms, c.multi_buffer,
+                      &info->bind_retries);
     if (err)
         goto fail;
 
@@ -350,6 +359,7 @@ void xsk__close(struct xsk *x)
         munmap(x->umem, x->umem_size);
     free(x->tx_free);
     free(x->fill_wait);
+    free(x->whole);
     free(x);
 }
 
@@ -377,22 +387,48 @@ uint64_t xsk__umem_size(const struct xsk *x)
 
 static void fill__flush(struct xsk *x);
 
-uint32_t xsk__rx_peek(struct xsk *x, uint64_t *addrs, uint32_t *lens, uint32_t max)
+uint32_t xsk__rx_peek(struct xsk *x, uint64_t *addrs, uint32_t *lens, uint8_t *more,
+                      uint32_t max)
 {
     if (x->n_fill_wait)
         fill__flush(x);
     const struct xdp_desc *descs = x->rx.descs;
-    uint32_t idx, i;
+    uint32_t idx, i, whole = 0;
     uint32_t n = cons__peek(&x->rx, max, &idx);
 
     for (i = 0; i < n; i++) {
         const struct xdp_desc *d = &descs[(idx + i) & x->rx.mask];
         addrs[i] = d->addr;
         lens[i] = d->len;
+        uint8_t contd = (d->options & XDP_PKT_CONTD) != 0;
+        if (more)
+            more[i] = contd;
+        if (!contd)
+            whole = i + 1;
     }
     /* Not consumed yet: the next peek sees the same descriptors first. */
     x->rx.cached_cons -= n;
-    return n;
+    return whole;
+}
+
+const uint8_t *xsk__rx_whole(struct xsk *x, uint32_t slot, const uint64_t *addrs,
+                             const uint32_t *lens, uint32_t n, uint32_t *len)
+{
+    uint64_t total = 0;
+
+    for (uint32_t i = 0; i < n; i++)
+        total += lens[i];
+    *len = total > UINT32_MAX ? UINT32_MAX : (uint32_t)total;
+    if (slot >= XSK__WHOLE_SLOTS || total > XSK__WHOLE_MAX)
+        return NULL;
+    if (!x->whole && !(x->whole = malloc((size_t)XSK__WHOLE_SLOTS * XSK__WHOLE_MAX)))
+        return NULL;
+    uint8_t *buf = x->whole + (size_t)slot * XSK__WHOLE_MAX, *at = buf;
+    for (uint32_t i = 0; i < n; i++) {
+        memcpy(at, x->umem + addrs[i], lens[i]);
+        at += lens[i];
+    }
+    return buf;
 }
 
 void xsk__rx_release(struct xsk *x, uint32_t n)
@@ -405,7 +441,7 @@ void xsk__rx_release(struct xsk *x, uint32_t n)
 
 uint32_t xsk__rx_burst(struct xsk *x, uint64_t *addrs, uint32_t *lens, uint32_t max)
 {
-    uint32_t n = xsk__rx_peek(x, addrs, lens, max);
+    uint32_t n = xsk__rx_peek(x, addrs, lens, NULL, max);
     xsk__rx_release(x, n);
     return n;
 }

@@ -48,6 +48,10 @@ class XskConfig:
     ring_size: int = native.XSK_DEFAULT_RING_SIZE     # power of two
     bind_timeout_ms: int = native.XSK_DEFAULT_BIND_TIMEOUT_MS
     burst: int = DEFAULT_BURST                        # most frames per rx_burst
+    # Bind with XDP_USE_SG: a frame longer than a UMEM frame (a guest's
+    # TSO/GSO super-frame) comes in several descriptors instead of being
+    # dropped; only for a reader that joins them (the XDP glue does).
+    multi_buffer: bool = False
 
 
 @dataclass(frozen=True)
@@ -160,7 +164,7 @@ class XskSocket:
         cfg = {
             "ifindex": ifindex, "queue": self.queue, "frame_size": c.frame_size,
             "frame_count": c.frame_count, "ring_size": c.ring_size,
-            "bind_timeout_ms": c.bind_timeout_ms}
+            "bind_timeout_ms": c.bind_timeout_ms, "multi_buffer": int(c.multi_buffer)}
         try:
             self._x = native.XskCore.open(cfg)
         except native.NativeError as exc:
