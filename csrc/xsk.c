@@ -19,6 +19,8 @@
 
 #include <errno.h>
 #include <linux/if_xdp.h>
+#include <net/if.h>
+#include <sys/ioctl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -66,6 +68,7 @@ struct xsk {
     uint8_t *umem;
     uint64_t umem_size;
     uint32_t frame_size;
+    uint32_t mtu;             /* the interface's at open; 0: unknown */
     uint32_t rx_frames;       /* frames 0 .. rx_frames-1 */
     uint32_t tx_frames;       /* the rest */
     struct ring fill, comp, rx, tx;
@@ -253,6 +256,23 @@ static int bind__retry(struct xsk *x, uint32_t ifindex, uint32_t queue, uint32_t
     }
 }
 
+/* The interface's MTU, or 0: asked through a unix socket, since an AF_XDP
+ * socket answers no interface ioctls. */
+static uint32_t iface__mtu(uint32_t ifindex)
+{
+    struct ifreq ifr = { 0 };
+    uint32_t mtu = 0;
+    int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+
+    if (fd < 0)
+        return 0;
+    if (if_indextoname(ifindex, ifr.ifr_name) && ioctl(fd, SIOCGIFMTU, &ifr) == 0 &&
+        ifr.ifr_mtu > 0)
+        mtu = (uint32_t)ifr.ifr_mtu;
+    close(fd);
+    return mtu;
+}
+
 int xsk__open(const struct xsk__config *cfg, struct xsk **out, struct xsk__info *info)
 {
     struct xsk__info scratch;
@@ -331,6 +351,8 @@ int xsk__open(const struct xsk__config *cfg, struct xsk **out, struct xsk__info 
     if (err)
         goto fail;
 
+    x->mtu = iface__mtu(c.ifindex);
+
     struct rlimit rl;
     if (getrlimit(RLIMIT_MEMLOCK, &rl) == 0)
         info->memlock_limit = rl.rlim_cur;
@@ -371,6 +393,11 @@ int xsk__fd(const struct xsk *x)
 uint32_t xsk__frame_size(const struct xsk *x)
 {
     return x->frame_size;
+}
+
+uint32_t xsk__mtu(const struct xsk *x)
+{
+    return x->mtu;
 }
 
 uint8_t *xsk__umem(const struct xsk *x)
@@ -557,6 +584,17 @@ int xsk__tx_reap(struct xsk *x)
         err = tx__kick(x);
     comp__reap(x);
     return err ? err : (int)x->n_tx_free;
+}
+
+uint32_t xsk__tx_room(struct xsk *x)
+{
+    uint32_t idx;
+
+    comp__reap(x);
+    /* Reserve nothing: only see how many slots the ring has free. */
+    uint32_t slots = prod__reserve(&x->tx, x->tx.size, &idx);
+    x->tx.cached_prod -= slots;
+    return slots < x->n_tx_free ? slots : x->n_tx_free;
 }
 
 uint32_t xsk__tx_pending(const struct xsk *x)

@@ -99,6 +99,8 @@ int xsk__fd(const struct xsk *x);
 uint8_t *xsk__umem(const struct xsk *x);
 uint64_t xsk__umem_size(const struct xsk *x);
 uint32_t xsk__frame_size(const struct xsk *x);
+/* The MTU of the socket's interface when it was opened; 0 if unknown. */
+uint32_t xsk__mtu(const struct xsk *x);
 
 /* Take up to max received frames: addrs[i] is the frame's offset in the
  * UMEM (its metadata, if any, is just before), lens[i] its length.
@@ -146,6 +148,9 @@ int xsk__tx_burst(struct xsk *x, const uint8_t *buf, const uint32_t *lens, uint3
 /* Kick the kernel for frames still queued and take completed tx frames
  * back.  Returns the number of tx frames now free. */
 int xsk__tx_reap(struct xsk *x);
+/* How many frames xsk__tx_burst would queue now: free tx frames and tx
+ * ring slots, after taking completed frames back. */
+uint32_t xsk__tx_room(struct xsk *x);
 /* Frames queued for transmit and not yet completed. */
 uint32_t xsk__tx_pending(const struct xsk *x);
 
