@@ -64,9 +64,11 @@ def test_a_20_mb_tcp_stream_with_offloads_reaches_the_client_intact(xdp_offload_
                   - before["checkpoint_requests"]["mismatch"])
     assert mismatches == 0, f"{mismatches} mismatch checkpoints\n{pair.cx.log[-4000:]}"
     frames = after["frames_in"]["primary"] - before["frames_in"]["primary"]
+    frames_s = after["frames_in"]["secondary"] - before["frames_in"]["secondary"]
     print(f"\noffloads: {STREAM_BYTES >> 20} MiB over TCP in {seconds:.1f} s "
           f"({STREAM_BYTES / seconds / 1e6:.2f} MB/s); primary frames in: {frames} "
-          f"(avg {STREAM_BYTES / max(frames, 1):.0f} payload bytes per frame); "
+          f"(avg {STREAM_BYTES / max(frames, 1):.0f} payload bytes per frame), "
+          f"secondary frames in: {frames_s}; "
           f"checkpoints by QEMU meanwhile: {len(pair.checkpoints(t0))}; "
           f"checkpoint requests: {after['checkpoint_requests']}")
     # Super-frames came: an average above one MSS needs them.
