@@ -348,6 +348,10 @@ int xsk__open(const struct xsk__config *cfg, struct xsk **out, struct xsk__info 
 
     err = bind__retry(x, c.ifindex, c.queue, c.bind_timeout_ms, c.multi_buffer,
                       &info->bind_retries);
+    if (err == -EINVAL && c.multi_buffer)   /* before 6.6: no XDP_USE_SG */
+        err = bind__retry(x, c.ifindex, c.queue, c.bind_timeout_ms, 0, &info->bind_retries);
+    else if (!err)
+        info->multi_buffer = c.multi_buffer != 0;
     if (err)
         goto fail;
 

@@ -61,7 +61,8 @@ struct xsk__config {
     uint32_t frame_count;        /* UMEM frames, half rx, half tx; 0: default */
     uint32_t ring_size;          /* each of the four rings, power of two; 0: default */
     uint32_t bind_timeout_ms;    /* keep retrying a bind that gets EBUSY; 0: default */
-    uint32_t multi_buffer;       /* 1: bind with XDP_USE_SG, see xsk__rx_peek */
+    uint32_t multi_buffer;       /* 1: bind with XDP_USE_SG where the kernel has it
+                                  * (6.6), see xsk__rx_peek */
 };
 
 /* What xsk__open arranged, for the caller to report. */
@@ -70,6 +71,7 @@ struct xsk__info {
     uint32_t rx_frames;
     uint32_t tx_frames;
     uint32_t bind_retries;       /* binds refused with EBUSY before one worked */
+    uint8_t multi_buffer;        /* bound with XDP_USE_SG (asked, and the kernel has it) */
     uint8_t memlock_raised;      /* RLIMIT_MEMLOCK was raised to register the UMEM */
     uint64_t memlock_limit;      /* the soft limit in force after open */
 };

@@ -163,3 +163,28 @@ def test_a_super_frame_that_differs_requests_a_checkpoint(lab, taps):
     os.write(taps["p"], tcp_out(data, 1))
     os.write(taps["s"], tcp_out(data[:20000] + b"\x01" + data[20001:], 1))
     assert note.recv(17) == b"\x00\x00\x00\x0dDO_CHECKPOINT"
+
+
+def test_a_truncated_super_frame_is_counted_and_the_next_one_served(lab, taps):
+    """A TSO frame whose IP total length runs past its end is MALFORMED in
+    the classifier (counted, never sent to the engine) on both sides; the
+    service goes on and the next super-frame comes through whole."""
+    proc = lab.start(*compare(lab))
+    lab.connect("notify.sock")
+    sniff = lab.packet_socket("u")
+    data = bytes(range(256)) * 40
+    bad = tcp_out(data, 1)[:-3000]                      # says 10294 bytes of IP, has 7294
+    for side in ("p", "s"):
+        os.write(taps[side], bad)
+        os.write(taps[side], tcp_out(data, 1))
+    got = sniff_until(sniff, len(data), 6)
+    assert b"".join(f[54:14 + int.from_bytes(f[16:18], "big")] for f in got) == data
+    log = stop(proc)
+    assert "checkpoints_requested=0" in log, log
+
+
+def test_a_port_binds_its_sockets_multi_buffer(lab, taps):
+    from colo_xdp.transport.xdp.classify_abi import Side
+    from colo_xdp.transport.xdp.port import XdpPort
+    with in_netns(lab.ns["host"]), XdpPort("p-t", Side.PRIMARY) as port:
+        assert all(s.info.multi_buffer for s in port.sockets)

@@ -62,6 +62,7 @@ class XskInfo:
     bind_retries: int
     memlock_raised: bool
     memlock_limit: int
+    multi_buffer: bool = False      # bound with XDP_USE_SG (kernel 6.6 or later)
 
     def memlock_note(self) -> str | None:
         """One sentence for the log when RLIMIT_MEMLOCK had to be raised."""
@@ -172,7 +173,7 @@ class XskSocket:
         info = self._x.info
         self.info = XskInfo(info["umem_bytes"], info["rx_frames"], info["tx_frames"],
                             info["bind_retries"], bool(info["memlock_raised"]),
-                            info["memlock_limit"])
+                            info["memlock_limit"], bool(info["multi_buffer"]))
 
     def close(self) -> None:
         """Close the socket and free its UMEM; safe to call twice."""
