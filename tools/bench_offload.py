@@ -1,7 +1,8 @@
 """A guest with virtio-net's default offloads: its TCP throughput to a client
 through colo-xdp's XDP mode, next to the same guest without colo-xdp, in the
-same run (``python -m tools.bench_offload``; root, the guest of
-tools/vmlab.py).  Figures only: nothing here passes or fails on a speed.
+same run (``python -m tools.bench_offload``, and the last section of ``make
+bench`` unless ``--no-offload``; root, the guest of tools/vmlab.py).  Figures
+only: nothing here passes or fails on a speed.
 
 One TCG guest, TSO and checksum offload on (``vhost=off``)::
 
@@ -51,6 +52,13 @@ TUNSETIFF, TUNSETVNETHDRSZ = 0x400454CA, 0x400454D8
 IFF_TAP, IFF_NO_PI, IFF_VNET_HDR = 0x0002, 0x1000, 0x4000
 BOOT_TIMEOUT = 120.0
 FETCH_TIMEOUT = 120.0
+DEFAULT_MIB = 20
+
+
+def problem() -> str | None:
+    """Why the offload row cannot run here, or None."""
+    from colo_xdp.transport.xdp import classifier
+    return vmlab.qemu_problem() or classifier.unavailable()
 
 
 class Lab:
@@ -194,11 +202,9 @@ class Lab:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def run(runs: int, mib: int, vhost: bool) -> int:
-    problem = vmlab.qemu_problem()
-    if problem:
-        print(f"offload bench skipped: {problem}", file=sys.stderr)
-        return 1
+def run(runs: int, mib: int = DEFAULT_MIB, vhost: bool = False) -> int:
+    """Build the lab, measure both rows, print them; raises when the lab or
+    a stream fails."""
     lab = Lab(vhost=vhost)
     rows: dict[str, list[float]] = {"direct": [], "xdp": []}
     n = mib << 20
@@ -230,10 +236,19 @@ def run(runs: int, mib: int, vhost: bool) -> int:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", type=int, default=3, help="fetches per row (default 3)")
-    p.add_argument("--mib", type=int, default=20, help="MiB per fetch (default 20)")
+    p.add_argument("--mib", type=int, default=DEFAULT_MIB,
+                   help=f"MiB per fetch (default {DEFAULT_MIB})")
     p.add_argument("--vhost", action="store_true", help="the guest's tap with vhost=on")
     args = p.parse_args(argv)
-    return run(args.runs, args.mib, args.vhost)
+    reason = problem()
+    if reason:
+        print(f"error: the offload bench cannot run here: {reason}", file=sys.stderr)
+        return 1
+    try:
+        return run(args.runs, args.mib, args.vhost)
+    except (RuntimeError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
