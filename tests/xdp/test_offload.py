@@ -113,18 +113,19 @@ def compare(lab) -> list[str]:
 
 
 def test_tso_super_frames_cut_differently_are_compared_and_leave_as_mss_segments(lab, taps):
-    """The primary sends 60000 bytes in three 20000-byte super-frames, the
-    secondary the same bytes cut otherwise (super-frames of other sizes and
-    plain segments): they match, and the uplink gets valid segments that fit
-    its MTU, carrying the bytes in order."""
+    """The primary sends 240000 bytes in twelve 20000-byte super-frames back
+    to back (more than a burst joins: XSK__WHOLE_SLOTS), the secondary the
+    same bytes cut otherwise (super-frames of other sizes and plain
+    segments): they match, and the uplink gets valid segments that fit its
+    MTU, carrying the bytes in order."""
     proc = lab.start(*compare(lab))
     lab.connect("notify.sock")
     sniff = lab.packet_socket("u")
-    data = bytes((i * 13 + i // 251) & 0xFF for i in range(60000))
+    data = bytes((i * 13 + i // 251) & 0xFF for i in range(240000))
     base = 1000
     for off in range(0, len(data), 20000):
         os.write(taps["p"], tcp_out(data[off:off + 20000], base + off))
-    cuts = [0, 1448, 31000, 32448, 33896, 60000]
+    cuts = [0, 1448, 31000, 32448, 33896, 60000, 125000, 126448, 190000, 240000]
     for a, b in zip(cuts, cuts[1:]):
         os.write(taps["s"], tcp_out(data[a:b], base + a))
     got = sniff_until(sniff, len(data), 6)
