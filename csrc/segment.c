@@ -192,6 +192,11 @@ int segment__plan(const uint8_t *f, uint32_t len, uint32_t mtu, uint32_t max_len
                   struct segment__plan *plan)
 {
     struct segment__plan p = { .count = 1 };
+
+    if (!len) {
+        *plan = (struct segment__plan){ .count = 1 };
+        return -EINVAL;
+    }
     enum layout l = layout(f, len, &p);
 
     if (l != LAYOUT_L4) {

@@ -48,8 +48,8 @@ struct segment__plan {
  * sender cut at: docs/xdp.md).
  * Returns 0; -EMSGSIZE: too long and not cut (not TCP/UDP over IPv4/IPv6,
  * an IPv4 fragment, an IPv6 routing or fragment header, or the limits
- * leave less than SEGMENT__MIN_PIECE for payload); -EINVAL: headers that do not
- * agree with len (a truncated super-frame). */
+ * leave less than SEGMENT__MIN_PIECE for payload); -EINVAL: an empty frame,
+ * or headers that do not agree with len (a truncated super-frame). */
 int segment__plan(const uint8_t *f, uint32_t len, uint32_t mtu, uint32_t max_len,
                   struct segment__plan *plan);
 

@@ -118,3 +118,9 @@ def test_what_cannot_be_cut_is_refused_with_emsgsize():
 def test_a_short_or_odd_frame_that_fits_is_copied_untouched():
     for frame in (b"\x01", pktgen.arp_frame(), pktgen.tcp_frame(b"x")[:40]):
         assert cut(frame) == [frame]
+
+
+def test_an_empty_frame_is_refused_with_einval():
+    with pytest.raises(native.NativeError) as exc:
+        cut(b"")
+    assert exc.value.errno == errno.EINVAL
