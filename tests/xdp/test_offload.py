@@ -81,6 +81,24 @@ def checksum_ok(frame: bytes) -> bool:
     return g.inet_checksum(ip) == 0 and g.inet_checksum(pseudo + l4) == 0
 
 
+SO_RCVBUFFORCE = 33
+SOL_PACKET, PACKET_STATISTICS = 263, 6
+
+
+def sniffer(lab) -> socket.socket:
+    """A packet socket on the uplink's far end, with room for a burst of a
+    few hundred frames (a slow reader, under ASan say, must not drop)."""
+    sock = lab.packet_socket("u")
+    sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 32 << 20)
+    return sock
+
+
+def sniffer_drops(sock: socket.socket) -> int:
+    """Frames the packet socket dropped (PACKET_STATISTICS, since last asked)."""
+    _packets, drops = struct.unpack("II", sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8))
+    return drops
+
+
 def sniff_until(sock: socket.socket, nbytes: int, proto: int) -> list[bytes]:
     """Frames of protocol proto from 10.98.0.2 until nbytes of payload came."""
     got, have, deadline = [], 0, time.monotonic() + TIMEOUT
@@ -120,7 +138,7 @@ def test_tso_super_frames_cut_differently_are_compared_and_leave_as_mss_segments
     MTU, carrying the bytes in order."""
     proc = lab.start(*compare(lab))
     lab.connect("notify.sock")
-    sniff = lab.packet_socket("u")
+    sniff = sniffer(lab)
     data = bytes((i * 13 + i // 251) & 0xFF for i in range(240000))
     base = 1000
     for off in range(0, len(data), 20000):
@@ -129,6 +147,7 @@ def test_tso_super_frames_cut_differently_are_compared_and_leave_as_mss_segments
     for a, b in zip(cuts, cuts[1:]):
         os.write(taps["s"], tcp_out(data[a:b], base + a))
     got = sniff_until(sniff, len(data), 6)
+    assert sniffer_drops(sniff) == 0
     assert all(len(f) <= 1514 for f in got), [len(f) for f in got]
     assert all(checksum_ok(f) for f in got)
     payload, seq = b"", base
@@ -137,15 +156,15 @@ def test_tso_super_frames_cut_differently_are_compared_and_leave_as_mss_segments
         body = f[14 + 20 + 20:14 + int.from_bytes(f[16:18], "big")]
         payload += body
         seq += len(body)
-    assert payload == data
     log = stop(proc)
+    assert payload == data, f"{len(payload)} of {len(data)} bytes came:\n{log}"
     assert "checkpoints_requested=0" in log, log
 
 
 def test_uso_super_frame_leaves_as_datagrams_that_fill_the_mtu(lab, taps):
     proc = lab.start(*compare(lab))
     lab.connect("notify.sock")
-    sniff = lab.packet_socket("u")
+    sniff = sniffer(lab)
     data = bytes(range(256)) * 40                           # 10240 bytes
     for side in ("p", "s"):
         os.write(taps[side], udp_out(data, 1000))
@@ -172,7 +191,7 @@ def test_a_truncated_super_frame_is_counted_and_the_next_one_served(lab, taps):
     service goes on and the next super-frame comes through whole."""
     proc = lab.start(*compare(lab))
     lab.connect("notify.sock")
-    sniff = lab.packet_socket("u")
+    sniff = sniffer(lab)
     data = bytes(range(256)) * 40
     bad = tcp_out(data, 1)[:-3000]                      # says 10294 bytes of IP, has 7294
     for side in ("p", "s"):
