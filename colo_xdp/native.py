@@ -297,3 +297,21 @@ def tx_from_engine(xsk: XskCore, engine: EngineCore, max_frames: int) -> int:
     """Up to max_frames of the engine's releases out of the socket; how many."""
     return _check(lib.xdp_glue__tx_from_engine(xsk._x, engine._e, max_frames),
                   "xdp_glue__tx_from_engine")
+
+
+# -- cutting frames for the wire (csrc/segment.h) ----------------------------
+
+def segment(frame: bytes, mtu: int, max_len: int) -> list[bytes]:
+    """The wire frames ``frame`` leaves as where no IP packet may be longer
+    than ``mtu`` and no frame longer than ``max_len``, checksums finished (what
+    the AF_XDP outdev sends; for tests and tools).  NativeError: EMSGSIZE (too
+    long, not cut), EINVAL (headers inconsistent with the length)."""
+    plan = ffi.new("struct segment__plan *")
+    _check(lib.segment__plan(frame, len(frame), mtu, max_len, plan), "segment__plan")
+    buf = ffi.new("uint8_t[]", max(max_len, len(frame)))
+    out = []
+    for i in range(plan.count):
+        n = _check(lib.segment__write(plan, frame, len(frame), i, buf, len(buf)),
+                   "segment__write")
+        out.append(bytes(ffi.buffer(buf, n)))
+    return out

@@ -3,97 +3,11 @@
  */
 #include "xdp_glue.h"
 
+#include "classify.h"   /* struct cx_xdp_meta: what the classifier says of a frame */
+#include "segment.h"
+
 #include <errno.h>
 #include <string.h>
-
-#include "classify.h"   /* struct cx_xdp_meta: what the classifier says of a frame */
-
-static uint32_t csum_add(uint32_t sum, const uint8_t *p, size_t n)
-{
-    for (; n > 1; p += 2, n -= 2)
-        sum += (uint32_t)p[0] << 8 | p[1];
-    if (n)
-        sum += (uint32_t)p[0] << 8;
-    return sum;
-}
-
-static uint16_t csum_fold(uint32_t sum)
-{
-    while (sum >> 16)
-        sum = (sum & 0xffff) + (sum >> 16);
-    return (uint16_t)~sum;
-}
-
-/*
- * A guest that offloads checksums (virtio-net's default) hands its tap TCP
- * and UDP frames holding only the pseudo-header sum: the kernel would finish
- * them from skb state that XDP and AF_XDP do not carry.  So before AF_XDP
- * sends a frame its TCP/UDP checksum is computed in full, over IPv4's or
- * IPv6's pseudo-header (RFC 8200 8.1), untagged, 802.1Q or QinQ; a frame
- * whose checksum was right keeps the same value.  Left alone: UDP over IPv4
- * without a checksum (0), fragments, and IPv6 with a routing header (its
- * pseudo-header names the final destination) or more extension headers than
- * the engine walks.
- */
-static void l4_checksum_finish(uint8_t *f, uint32_t len)
-{
-    uint32_t at = 12;
-    uint16_t type = len >= 14 ? cx_rd16(f + 12) : 0;
-    for (int tags = 0; (type == CX_ETH_P_8021Q || type == CX_ETH_P_8021AD); tags++) {
-        if (tags == CX_VLAN_MAX_TAGS || len < at + CX_VLAN_HLEN + 2)
-            return;
-        at += CX_VLAN_HLEN;
-        type = cx_rd16(f + at);
-    }
-    uint8_t *ip = f + at + 2;
-    uint32_t room = len - (at + 2), sum, l4_len;
-    uint8_t proto, *l4;
-    if (type == CX_ETH_P_IP) {
-        if (room < CX_IP_HLEN_MIN)
-            return;
-        uint32_t ihl = (ip[0] & 0x0f) * 4u, tot = cx_rd16(ip + 2);
-        if ((ip[0] >> 4) != 4 || ihl < CX_IP_HLEN_MIN || tot < ihl || tot > room ||
-            (cx_rd16(ip + 6) & 0x3fff))
-            return;
-        proto = ip[9];
-        l4 = ip + ihl;
-        l4_len = tot - ihl;
-        sum = csum_add(0, ip + 12, 8);
-    } else if (type == CX_ETH_P_IPV6) {
-        if (room < CX_IPV6_HLEN || (ip[0] >> 4) != 6)
-            return;
-        uint32_t end = CX_IPV6_HLEN + cx_rd16(ip + 4), off = CX_IPV6_HLEN;
-        if (end > room)
-            return;
-        proto = ip[6];
-        for (int i = 0; proto == CX_IPPROTO_HOPOPTS || proto == CX_IPPROTO_DSTOPTS; i++) {
-            if (i == CX_IPV6_MAX_EXT || end - off < 8 || (ip[off + 1] + 1u) * 8u > end - off)
-                return;
-            proto = ip[off];
-            off += (ip[off + 1] + 1u) * 8u;
-        }
-        l4 = ip + off;
-        l4_len = end - off;
-        sum = csum_add(0, ip + 8, 32);
-    } else {
-        return;
-    }
-    uint32_t c_at;
-    if (proto == CX_IPPROTO_TCP && l4_len >= CX_TCP_HLEN_MIN)
-        c_at = 16;
-    else if (proto == CX_IPPROTO_UDP && l4_len >= CX_UDP_HLEN &&
-             (type == CX_ETH_P_IPV6 || l4[6] || l4[7]))
-        c_at = 6;                      /* IPv6 UDP always has one (RFC 8200) */
-    else
-        return;
-    l4[c_at] = l4[c_at + 1] = 0;
-    sum += proto + (l4_len & 0xffff) + (l4_len >> 16);
-    uint16_t c = csum_fold(csum_add(sum, l4, l4_len));
-    if (proto == CX_IPPROTO_UDP && c == 0)
-        c = 0xffff;
-    l4[c_at] = c >> 8;
-    l4[c_at + 1] = c & 0xff;
-}
 
 static uint32_t burst_cap(uint32_t max)
 {
@@ -116,22 +30,50 @@ int xdp_glue__rx_to_engine(struct xsk *x, struct cx_engine *e, int side, uint64_
 {
     uint64_t addrs[XDP_GLUE__BURST];
     uint32_t lens[XDP_GLUE__BURST];
+    uint8_t more[XDP_GLUE__BURST];
     const uint8_t *frames[XDP_GLUE__BURST];
     uint8_t marks[XDP_GLUE__BURST];
+    uint32_t frame_lens[XDP_GLUE__BURST];
+    uint32_t first_desc[XDP_GLUE__BURST + 1];
     uint8_t *umem = xsk__umem(x);
-    uint32_t n = xsk__rx_peek(x, addrs, lens, burst_cap(max));
+    uint32_t want = burst_cap(max), n = 0, slot = 0;
+    uint32_t descs = xsk__rx_peek(x, addrs, lens, more, XDP_GLUE__BURST);
 
-    for (uint32_t i = 0; i < n; i++) {
-        frames[i] = umem + addrs[i];
-        marks[i] = mark_of(frames[i]);
+    /* Descriptors into frames: one descriptor is a frame in place; a frame
+     * in several (multi-buffer) is copied whole into one of the socket's
+     * buffers, as many per call as it has.  One too long for the engine is
+     * given to it with its length alone, to be counted as an oversize drop
+     * (the engine reads no byte of such a frame). */
+    for (uint32_t d = 0; d < descs && n < want;) {
+        uint32_t k = 1;
+        while (more[d + k - 1])
+            k++;
+        if (k == 1) {
+            frames[n] = umem + addrs[d];
+            frame_lens[n] = lens[d];
+        } else {
+            if (slot == XSK__WHOLE_SLOTS)
+                break;
+            frames[n] = xsk__rx_whole(x, slot++, addrs + d, lens + d, k, &frame_lens[n]);
+            if (!frames[n]) {
+                if (frame_lens[n] <= CX_NET_BUFSIZE)
+                    break;                      /* no memory: try again next call */
+                frames[n] = umem + addrs[d];
+            }
+        }
+        marks[n] = mark_of(umem + addrs[d]);   /* the metadata is in front of the first */
+        first_desc[n++] = d;
+        d += k;
+        first_desc[n] = d;
     }
-    uint32_t taken = (uint32_t)cx_engine__feed_burst(e, side, frames, lens, marks, n, now_ms,
-                                                     flags);
+    uint32_t taken = n ? (uint32_t)cx_engine__feed_burst(e, side, frames, frame_lens, marks,
+                                                         n, now_ms, flags) : 0;
     /* Frames held back stay at the head of the rx ring for the next call;
      * the engine copied what it took: those go back to the fill ring. */
     *held_back = taken < n;
-    xsk__rx_release(x, taken);
-    int err = taken ? xsk__rx_done(x, addrs, taken) : 0;
+    uint32_t done = taken ? first_desc[taken] : 0;
+    xsk__rx_release(x, done);
+    int err = done ? xsk__rx_done(x, addrs, done) : 0;
     return err ? err : (int)taken;
 }
 
@@ -142,16 +84,27 @@ int xdp_glue__tx_from_engine(struct xsk *x, struct cx_engine *e, uint32_t max)
     size_t rec_len[XDP_GLUE__BURST];
     uint32_t hdr = cx_engine__out_header_len(e);
     uint32_t frame_size = xsk__frame_size(x);
+    uint32_t mtu = xsk__mtu(x) ? xsk__mtu(x) : frame_size;
+    uint32_t room = xsk__tx_room(x);
     uint32_t want = burst_cap(max), n = 0;
     const uint8_t *out;
     size_t pending = cx_engine__out_peek(e, &out), pos = 0, scratch_pos = 0;
 
+    if (want > room)
+        want = room;                    /* a record's frames go out all, or none */
     while (n < want && pending - pos >= hdr) {
         uint32_t len = cx_rd32(out + pos);
         uint32_t vnet = hdr == 8 ? cx_rd32(out + pos + 4) : 0;
+        struct segment__plan plan;
         if (pending - pos - hdr < len)
             break;                              /* never here: records are whole */
-        if (vnet > len || len - vnet > frame_size || len == vnet) {
+        const uint8_t *frame = out + pos + hdr + vnet;
+        /* A frame longer than the outdev takes is cut (segment.c); one that
+         * cannot be, or is inconsistent, or would need more than a burst, is
+         * skipped and counted (outdev_cut). */
+        if (vnet > len || len == vnet ||
+            segment__plan(frame, len - vnet, mtu, frame_size, &plan) < 0 ||
+            plan.count > XDP_GLUE__BURST) {
             if (n)                              /* send what came before it first */
                 break;
             cx_engine__out_skip_record(e);
@@ -159,13 +112,18 @@ int xdp_glue__tx_from_engine(struct xsk *x, struct cx_engine *e, uint32_t max)
             pending = cx_engine__out_peek(e, &out);
             continue;
         }
-        lens[n] = len - vnet;
-        rec_len[n] = hdr + len;
-        memcpy(scratch + scratch_pos, out + pos + hdr + vnet, lens[n]);
-        l4_checksum_finish(scratch + scratch_pos, lens[n]);
-        scratch_pos += lens[n];
+        if (n + plan.count > want)
+            break;
+        for (uint32_t i = 0; i < plan.count; i++) {
+            int w = segment__write(&plan, frame, len - vnet, i, scratch + scratch_pos,
+                                   frame_size);
+            lens[n + i] = (uint32_t)w;          /* w > 0: planned for frame_size */
+            rec_len[n + i] = 0;
+            scratch_pos += (uint32_t)w;
+        }
+        n += plan.count;
+        rec_len[n - 1] = hdr + len;             /* the record is done with its last frame */
         pos += hdr + len;
-        n++;
     }
     if (!n)
         return 0;

@@ -23,11 +23,12 @@
 int xdp_glue__rx_to_engine(struct xsk *x, struct cx_engine *e, int side, uint64_t now_ms,
                            uint32_t max, int flags, int *held_back);
 
-/* Transmit up to max released frames from the engine's out buffer (vnet
- * headers stripped, IPv4 TCP/UDP checksums finished) and consume what was
- * sent.  A record too large for an
- * AF_XDP frame is skipped and counted (outdev_cut).  Returns frames sent, or
- * -errno; 0 with frames pending means the tx ring is full for now. */
+/* Transmit up to max frames from the engine's released records (vnet
+ * headers stripped, TCP/UDP checksums finished, a record longer than the
+ * interface's MTU or an AF_XDP frame cut into several: csrc/segment.h) and
+ * consume the records sent.  A record that cannot be sent so is skipped and
+ * counted (outdev_cut).  Returns frames sent, or -errno; 0 with frames
+ * pending means the tx ring is full for now. */
 int xdp_glue__tx_from_engine(struct xsk *x, struct cx_engine *e, uint32_t max);
 
 /* cdef-end */

@@ -19,6 +19,8 @@
 
 #include <errno.h>
 #include <linux/if_xdp.h>
+#include <net/if.h>
+#include <sys/ioctl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -32,6 +34,13 @@
 #endif
 #ifndef SOL_XDP
 #define SOL_XDP 283
+#endif
+/* Newer than the build host's <linux/if_xdp.h> may be (kernel 6.6). */
+#ifndef XDP_USE_SG
+#define XDP_USE_SG (1 << 4)
+#endif
+#ifndef XDP_PKT_CONTD
+#define XDP_PKT_CONTD (1 << 0)
 #endif
 
 /* In copy mode one TX kick moves at most this many frames (the kernel's
@@ -59,6 +68,7 @@ struct xsk {
     uint8_t *umem;
     uint64_t umem_size;
     uint32_t frame_size;
+    uint32_t mtu;             /* the interface's at open; 0: unknown */
     uint32_t rx_frames;       /* frames 0 .. rx_frames-1 */
     uint32_t tx_frames;       /* the rest */
     struct ring fill, comp, rx, tx;
@@ -67,6 +77,7 @@ struct xsk {
     uint32_t tx_outstanding;  /* submitted, not yet completed */
     uint64_t *fill_wait;      /* rx frames handed back, not yet in the fill ring */
     uint32_t n_fill_wait;
+    uint8_t *whole;           /* XSK__WHOLE_SLOTS buffers for xsk__rx_whole, or NULL */
 };
 
 /* ---- rings ------------------------------------------------------------- */
@@ -223,11 +234,11 @@ static int rings__create(struct xsk *x, uint32_t size)
 /* Bind in copy mode; EBUSY (the queue's last socket is still going away,
  * some 30 ms after its close) is retried with backoff for timeout_ms. */
 static int bind__retry(struct xsk *x, uint32_t ifindex, uint32_t queue, uint32_t timeout_ms,
-                       uint32_t *retries)
+                       uint32_t multi_buffer, uint32_t *retries)
 {
     struct sockaddr_xdp sa = {
         .sxdp_family = AF_XDP,
-        .sxdp_flags = XDP_COPY,
+        .sxdp_flags = XDP_COPY | (multi_buffer ? XDP_USE_SG : 0),
         .sxdp_ifindex = ifindex,
         .sxdp_queue_id = queue,
     };
@@ -243,6 +254,23 @@ static int bind__retry(struct xsk *x, uint32_t ifindex, uint32_t queue, uint32_t
         (*retries)++;
         delay = delay * 2 > BIND_BACKOFF_MAX_MS ? BIND_BACKOFF_MAX_MS : delay * 2;
     }
+}
+
+/* The interface's MTU, or 0: asked through a unix socket, since an AF_XDP
+ * socket answers no interface ioctls. */
+static uint32_t iface__mtu(uint32_t ifindex)
+{
+    struct ifreq ifr = { 0 };
+    uint32_t mtu = 0;
+    int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+
+    if (fd < 0)
+        return 0;
+    if (if_indextoname(ifindex, ifr.ifr_name) && ioctl(fd, SIOCGIFMTU, &ifr) == 0 &&
+        ifr.ifr_mtu > 0)
+        mtu = (uint32_t)ifr.ifr_mtu;
+    close(fd);
+    return mtu;
 }
 
 int xsk__open(const struct xsk__config *cfg, struct xsk **out, struct xsk__info *info)
@@ -318,9 +346,16 @@ int xsk__open(const struct xsk__config *cfg, struct xsk **out, struct xsk__info 
         ((uint64_t *)x->fill.descs)[(idx + i) & x->fill.mask] = (uint64_t)i * x->frame_size;
     prod__submit(&x->fill, x->rx_frames);
 
-    err = bind__retry(x, c.ifindex, c.queue, c.bind_timeout_ms, &info->bind_retries);
+    err = bind__retry(x, c.ifindex, c.queue, c.bind_timeout_ms, c.multi_buffer,
+                      &info->bind_retries);
+    if (err == -EINVAL && c.multi_buffer)   /* before 6.6: no XDP_USE_SG */
+        err = bind__retry(x, c.ifindex, c.queue, c.bind_timeout_ms, 0, &info->bind_retries);
+    else if (!err)
+        info->multi_buffer = c.multi_buffer != 0;
     if (err)
         goto fail;
+
+    x->mtu = iface__mtu(c.ifindex);
 
     struct rlimit rl;
     if (getrlimit(RLIMIT_MEMLOCK, &rl) == 0)
@@ -350,6 +385,7 @@ void xsk__close(struct xsk *x)
         munmap(x->umem, x->umem_size);
     free(x->tx_free);
     free(x->fill_wait);
+    free(x->whole);
     free(x);
 }
 
@@ -361,6 +397,11 @@ int xsk__fd(const struct xsk *x)
 uint32_t xsk__frame_size(const struct xsk *x)
 {
     return x->frame_size;
+}
+
+uint32_t xsk__mtu(const struct xsk *x)
+{
+    return x->mtu;
 }
 
 uint8_t *xsk__umem(const struct xsk *x)
@@ -377,22 +418,48 @@ uint64_t xsk__umem_size(const struct xsk *x)
 
 static void fill__flush(struct xsk *x);
 
-uint32_t xsk__rx_peek(struct xsk *x, uint64_t *addrs, uint32_t *lens, uint32_t max)
+uint32_t xsk__rx_peek(struct xsk *x, uint64_t *addrs, uint32_t *lens, uint8_t *more,
+                      uint32_t max)
 {
     if (x->n_fill_wait)
         fill__flush(x);
     const struct xdp_desc *descs = x->rx.descs;
-    uint32_t idx, i;
+    uint32_t idx, i, whole = 0;
     uint32_t n = cons__peek(&x->rx, max, &idx);
 
     for (i = 0; i < n; i++) {
         const struct xdp_desc *d = &descs[(idx + i) & x->rx.mask];
         addrs[i] = d->addr;
         lens[i] = d->len;
+        uint8_t contd = (d->options & XDP_PKT_CONTD) != 0;
+        if (more)
+            more[i] = contd;
+        if (!contd)
+            whole = i + 1;
     }
     /* Not consumed yet: the next peek sees the same descriptors first. */
     x->rx.cached_cons -= n;
-    return n;
+    return whole;
+}
+
+const uint8_t *xsk__rx_whole(struct xsk *x, uint32_t slot, const uint64_t *addrs,
+                             const uint32_t *lens, uint32_t n, uint32_t *len)
+{
+    uint64_t total = 0;
+
+    for (uint32_t i = 0; i < n; i++)
+        total += lens[i];
+    *len = total > UINT32_MAX ? UINT32_MAX : (uint32_t)total;
+    if (slot >= XSK__WHOLE_SLOTS || total > XSK__WHOLE_MAX)
+        return NULL;
+    if (!x->whole && !(x->whole = malloc((size_t)XSK__WHOLE_SLOTS * XSK__WHOLE_MAX)))
+        return NULL;
+    uint8_t *buf = x->whole + (size_t)slot * XSK__WHOLE_MAX, *at = buf;
+    for (uint32_t i = 0; i < n; i++) {
+        memcpy(at, x->umem + addrs[i], lens[i]);
+        at += lens[i];
+    }
+    return buf;
 }
 
 void xsk__rx_release(struct xsk *x, uint32_t n)
@@ -405,7 +472,7 @@ void xsk__rx_release(struct xsk *x, uint32_t n)
 
 uint32_t xsk__rx_burst(struct xsk *x, uint64_t *addrs, uint32_t *lens, uint32_t max)
 {
-    uint32_t n = xsk__rx_peek(x, addrs, lens, max);
+    uint32_t n = xsk__rx_peek(x, addrs, lens, NULL, max);
     xsk__rx_release(x, n);
     return n;
 }
@@ -521,6 +588,17 @@ int xsk__tx_reap(struct xsk *x)
         err = tx__kick(x);
     comp__reap(x);
     return err ? err : (int)x->n_tx_free;
+}
+
+uint32_t xsk__tx_room(struct xsk *x)
+{
+    uint32_t idx;
+
+    comp__reap(x);
+    /* Reserve nothing: only see how many slots the ring has free. */
+    uint32_t slots = prod__reserve(&x->tx, x->tx.size, &idx);
+    x->tx.cached_prod -= slots;
+    return slots < x->n_tx_free ? slots : x->n_tx_free;
 }
 
 uint32_t xsk__tx_pending(const struct xsk *x)

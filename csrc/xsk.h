@@ -41,6 +41,12 @@
  * xsk__rx_done clears that much in front of each frame it gets back, so a
  * frame that comes without metadata never shows a stale one. */
 #define XSK__META_MAX 32
+/* A multi-buffer socket puts a frame longer than its UMEM frame in several
+ * descriptors; xsk__rx_whole copies one such frame into one of this many
+ * buffers of the socket, each this long (QEMU's NET_BUFSIZE, the most the
+ * engine takes: a longer frame is not copied). */
+#define XSK__WHOLE_SLOTS 8
+#define XSK__WHOLE_MAX 69632
 
 /* Defaults for struct xsk__config fields left 0. */
 #define XSK__DEFAULT_FRAME_SIZE 2048
@@ -55,6 +61,8 @@ struct xsk__config {
     uint32_t frame_count;        /* UMEM frames, half rx, half tx; 0: default */
     uint32_t ring_size;          /* each of the four rings, power of two; 0: default */
     uint32_t bind_timeout_ms;    /* keep retrying a bind that gets EBUSY; 0: default */
+    uint32_t multi_buffer;       /* 1: bind with XDP_USE_SG where the kernel has it
+                                  * (6.6), see xsk__rx_peek */
 };
 
 /* What xsk__open arranged, for the caller to report. */
@@ -63,6 +71,7 @@ struct xsk__info {
     uint32_t rx_frames;
     uint32_t tx_frames;
     uint32_t bind_retries;       /* binds refused with EBUSY before one worked */
+    uint8_t multi_buffer;        /* bound with XDP_USE_SG (asked, and the kernel has it) */
     uint8_t memlock_raised;      /* RLIMIT_MEMLOCK was raised to register the UMEM */
     uint64_t memlock_limit;      /* the soft limit in force after open */
 };
@@ -92,19 +101,36 @@ int xsk__fd(const struct xsk *x);
 uint8_t *xsk__umem(const struct xsk *x);
 uint64_t xsk__umem_size(const struct xsk *x);
 uint32_t xsk__frame_size(const struct xsk *x);
+/* The MTU of the socket's interface when it was opened; 0 if unknown. */
+uint32_t xsk__mtu(const struct xsk *x);
 
 /* Take up to max received frames: addrs[i] is the frame's offset in the
  * UMEM (its metadata, if any, is just before), lens[i] its length.
- * Returns the count (0 when none is waiting). */
+ * Returns the count (0 when none is waiting).  On a multi_buffer socket
+ * these are descriptors, ending on a frame's last (see xsk__rx_peek). */
 uint32_t xsk__rx_burst(struct xsk *x, uint64_t *addrs, uint32_t *lens, uint32_t max);
 
 /* xsk__rx_burst in two steps, for a caller that may leave frames unread:
- * peek at up to max received frames (they stay at the head of the rx ring),
- * then release the first n of them, which become the caller's as if
+ * peek at up to max received descriptors (they stay at the head of the rx
+ * ring), then release the first n of them, which become the caller's as if
  * xsk__rx_burst had taken them.  What is left is seen again by the next
- * peek; while it stays, the kernel counts frames past the ring as dropped. */
-uint32_t xsk__rx_peek(struct xsk *x, uint64_t *addrs, uint32_t *lens, uint32_t max);
+ * peek; while it stays, the kernel counts frames past the ring as dropped.
+ * On a multi_buffer socket a frame may span several descriptors: more[i]
+ * is 1 when the frame goes on in descriptor i+1 (XDP_PKT_CONTD), and the
+ * peek ends on a frame's last descriptor (a frame not all in the ring yet,
+ * or longer than max descriptors, is not counted); more may be NULL on a
+ * socket without multi_buffer. */
+uint32_t xsk__rx_peek(struct xsk *x, uint64_t *addrs, uint32_t *lens, uint8_t *more,
+                      uint32_t max);
 void xsk__rx_release(struct xsk *x, uint32_t n);
+
+/* Copy the n descriptors of one frame (as xsk__rx_peek gave them) into
+ * buffer slot (0 .. XSK__WHOLE_SLOTS-1) of this socket, valid until the
+ * slot is used again; *len is the frame's length.  NULL when the slot does
+ * not exist, the buffers could not be allocated, or the frame is longer
+ * than XSK__WHOLE_MAX (*len still says how long). */
+const uint8_t *xsk__rx_whole(struct xsk *x, uint32_t slot, const uint64_t *addrs,
+                             const uint32_t *lens, uint32_t n, uint32_t *len);
 
 /* Give received frames back for the kernel to fill again.  Returns 0, or
  * -EINVAL if an address is not one of this socket's rx frames (nothing is
@@ -124,6 +150,9 @@ int xsk__tx_burst(struct xsk *x, const uint8_t *buf, const uint32_t *lens, uint3
 /* Kick the kernel for frames still queued and take completed tx frames
  * back.  Returns the number of tx frames now free. */
 int xsk__tx_reap(struct xsk *x);
+/* How many frames xsk__tx_burst would queue now: free tx frames and tx
+ * ring slots, after taking completed frames back. */
+uint32_t xsk__tx_room(struct xsk *x);
 /* Frames queued for transmit and not yet completed. */
 uint32_t xsk__tx_pending(const struct xsk *x);
 

@@ -776,6 +776,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-xdp", dest="xdp", action="store_false",
                    help="skip the XDP mode rows (colo-xdp on veths, AF_XDP and XDP_DROP "
                         "ceilings; root and bcc)")
+    p.add_argument("--no-offload", dest="offload", action="store_false",
+                   help="skip the offload row (a TCG guest with virtio-net offloads: TCP "
+                        "through XDP mode next to the same guest without colo-xdp)")
     p.add_argument("--no-shaped", dest="shaped", action="store_false",
                    help="skip the QEMU-shaped rows (independent senders, one side ahead), "
                         "the COLO-frame simulator and the latency rows")
@@ -875,6 +878,11 @@ def main(argv: list[str] | None = None) -> int:
             failed = _xdp_section(args, results, comparator_cpu) or failed
         except KeyboardInterrupt:
             return 130
+    if args.offload and args.only != QEMU:
+        try:
+            failed = _offload_section(args) or failed
+        except KeyboardInterrupt:
+            return 130
     return 1 if failed else 0
 
 
@@ -892,6 +900,23 @@ def _shaped_section(args, launchers: dict[str, Launcher], ceiling: Launcher | No
     print()
     print("\n".join(lines))
     return int(any("failed" in line for line in lines))
+
+
+def _offload_section(args) -> bool:
+    """The offload row (tools.bench_offload); True if it failed."""
+    from tools import bench_offload
+
+    print()
+    reason = bench_offload.problem()
+    if reason:
+        print(f"offloads: skipped: {reason}")
+        return False
+    try:
+        bench_offload.run(args.runs)
+    except Exception as err:      # noqa: BLE001  the lab or a stream failed
+        print(f"offloads: failed: {err}")
+        return True
+    return False
 
 
 def _xdp_section(args, results: list[RowResult], comparator_cpu: str | None) -> bool:

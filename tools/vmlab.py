@@ -105,6 +105,77 @@ int main(int argc, char **argv)
 }
 """
 
+# The byte at offset i of what colo-send sends: pattern_byte(i) below.
+SEND_PORT = 5001
+SEND_C = r"""
+/* colo-send PORT: TCP for the COLO VM tests.  Each connection writes a 4-byte
+ * big-endian count N, then reads N bytes of (i * 131 + (i >> 13)) & 0xff, byte i
+ * from 0, and the connection is closed.  Deterministic, so both replicas send
+ * the same stream. */
+#include <netinet/in.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+static int send_stream(int c)
+{
+    unsigned char hdr[4], buf[65536];
+    uint32_t n, at = 0;
+    ssize_t got = 0;
+    while (got < 4) {
+        ssize_t r = read(c, hdr + got, 4 - got);
+        if (r <= 0)
+            return -1;
+        got += r;
+    }
+    n = (uint32_t)hdr[0] << 24 | hdr[1] << 16 | hdr[2] << 8 | hdr[3];
+    while (at < n) {
+        uint32_t len = n - at < sizeof buf ? n - at : sizeof buf;
+        for (uint32_t i = 0; i < len; i++)
+            buf[i] = (unsigned char)((at + i) * 131 + ((at + i) >> 13));
+        for (uint32_t off = 0; off < len;) {
+            ssize_t w = write(c, buf + off, len - off);
+            if (w <= 0)
+                return -1;
+            off += w;
+        }
+        at += len;
+    }
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    int s = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+    struct sockaddr_in me = {0};
+    me.sin_family = AF_INET;
+    me.sin_port = htons(argc > 1 ? atoi(argv[1]) : 5001);
+    setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (s < 0 || bind(s, (struct sockaddr *)&me, sizeof me) < 0 || listen(s, 4) < 0)
+        return 1;
+    for (;;) {
+        int c = accept(s, NULL, NULL);
+        if (c < 0)
+            continue;
+        send_stream(c);
+        close(c);
+    }
+}
+"""
+
+
+def pattern(n: int) -> bytes:
+    """The n bytes colo-send sends: byte i is (i * 131 + (i >> 13)) & 0xff."""
+    block = 1 << 13
+    base = bytes((i * 131) & 0xFF for i in range(block))
+    out = bytearray()
+    for k in range(-(-n // block)):
+        add = bytes((j + k) & 0xFF for j in range(256))
+        out += base.translate(add)
+    return bytes(out[:n])
+
+
 INIT_SH = r"""#!/bin/busybox sh
 /bin/busybox --install -s /bin
 export PATH=/bin
@@ -128,10 +199,12 @@ ip addr add "$ip" dev eth0
 ip link set eth0 up
 [ -n "$peer" ] && arp -i eth0 -s "${peer%%%%,*}" "${peer#*,}"
 /bin/colo-echo 7 "$diverge" %(fwcfg)s &
-# Ready once the echo's socket is bound (UDP port 7 in /proc/net/udp): a
-# datagram before that would draw a port unreachable to the client.
+/bin/colo-send %(send_port)d &
+# Ready once the echo's socket is bound (UDP port 7 in /proc/net/udp) and
+# colo-send listens (its TCP port in /proc/net/tcp): a datagram or a
+# connection before that would be refused.
 i=0
-while ! grep -q ' 00000000:0007 ' /proc/net/udp && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+while ! { grep -q ' 00000000:0007 ' /proc/net/udp && grep -q ' 00000000:%(send_port)04X ' /proc/net/tcp; } && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
 echo "%(ready)s ip=$ip diverge=$diverge"
 while true; do sleep 3600; done
 """
@@ -230,8 +303,9 @@ def build_guest(cache: Path | None = None) -> Guest:
     bdeb = _download(debs, r"busybox-static_.*\.deb$", "busybox-static")
     version = kdeb.name.split("_")[0][len("linux-image-"):]
     init = (INIT_SH % {"modules": " ".join(MODULES), "ready": READY,
-                       "fwcfg": FW_CFG_DIVERGE_SYSFS}).encode()
-    stamp = _fingerprint(kdeb.name.encode(), bdeb.name.encode(), init, ECHO_C.encode())
+                       "fwcfg": FW_CFG_DIVERGE_SYSFS, "send_port": SEND_PORT}).encode()
+    stamp = _fingerprint(kdeb.name.encode(), bdeb.name.encode(), init, ECHO_C.encode(),
+                         SEND_C.encode())
     out = cache / stamp
     guest = Guest(out / "vmlinuz", out / "initrd.gz", version)
     if guest.kernel.exists() and guest.initrd.exists():
@@ -249,6 +323,8 @@ def build_guest(cache: Path | None = None) -> Guest:
             raise VmBuildError(f"{kdeb.name} has no {', '.join(missing)}.ko")
         (tmp / "colo-echo.c").write_text(ECHO_C)
         _run("gcc", "-static", "-Os", "-Wall", "-o", str(tmp / "colo-echo"), str(tmp / "colo-echo.c"))
+        (tmp / "colo-send.c").write_text(SEND_C)
+        _run("gcc", "-static", "-O2", "-Wall", "-o", str(tmp / "colo-send"), str(tmp / "colo-send.c"))
 
         arc = _Cpio()
         for d in ("bin", "dev", "proc", "sys", "tmp", "lib", "lib/modules"):
@@ -257,6 +333,7 @@ def build_guest(cache: Path | None = None) -> Guest:
         arc.chardev("dev/null", 1, 3)
         arc.file("bin/busybox", (tmp / "bb" / "bin" / "busybox").read_bytes(), 0o755)
         arc.file("bin/colo-echo", (tmp / "colo-echo").read_bytes(), 0o755)
+        arc.file("bin/colo-send", (tmp / "colo-send").read_bytes(), 0o755)
         for m in MODULES:
             arc.file(f"lib/modules/{m}.ko", kos[m].read_bytes())
         arc.file("init", init, 0o755)
@@ -288,15 +365,19 @@ def qemu_problem() -> str | None:
 
 def qemu_argv(guest: Guest, name: str, *, mac: str, cmdline: str, netdev: str,
               serial_log: Path, extra: tuple[str, ...] = (),
-              binary: str = "qemu-system-x86_64") -> list[str]:
-    """A TCG guest: one virtio-net NIC on ``netdev`` (id hn0), serial to a file."""
+              binary: str = "qemu-system-x86_64", offloads: bool = False) -> list[str]:
+    """A TCG guest: one virtio-net NIC on ``netdev`` (id hn0), serial to a file.
+    Without ``offloads`` the NIC has ``csum=off,gso=off`` (QEMU's filters and
+    the chardev tests see plain frames); with them, virtio-net's defaults: the
+    guest hands TSO super-frames with partial checksums to its tap."""
+    nic_offloads = "" if offloads else ",csum=off,gso=off"
     return [binary, "-name", name, "-accel", "tcg", "-m", "256",
             "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
             "-kernel", str(guest.kernel), "-initrd", str(guest.initrd),
             "-append", f"console=ttyS0 quiet panic=-1 ipv6.disable=1 {cmdline}",
             "-serial", f"file:{serial_log}",
             "-netdev", netdev,
-            "-device", f"virtio-net-pci,netdev=hn0,mac={mac},romfile=,csum=off,gso=off",
+            "-device", f"virtio-net-pci,netdev=hn0,mac={mac},romfile={nic_offloads}",
             *extra]
 
 

@@ -226,6 +226,9 @@ class ColoPair:
     comparator: str = "qemu"
     secondary_diverges: bool = True
     checkpoint_delay_ms: int = DEFAULT_CHECKPOINT_DELAY_MS
+    # virtio-net's default offloads (TSO, checksum) on the guest's NIC instead
+    # of csum=off,gso=off: its tap gets super-frames with partial checksums.
+    offloads: bool = False
     timings: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -262,7 +265,7 @@ class ColoPair:
         return vmlab.qemu_argv(
             self.lab.guest, side, mac=GUEST_MAC, cmdline=cmdline,
             netdev=f"tap,id=hn0,ifname={tap},script=no,downscript=no,vhost=off",
-            serial_log=self.lab.serial(side), binary=self.qemu,
+            serial_log=self.lab.serial(side), binary=self.qemu, offloads=self.offloads,
             extra=(*fw, "-qmp", f"unix:{self.sock(f'qmp-{side}.sock')},server=on,wait=off",
                    "-fw_cfg", f"name={vmlab.FW_CFG_DIVERGE},file={diverge}", *extra))
 

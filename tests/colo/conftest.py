@@ -106,6 +106,19 @@ def xdp_pair(colo_guest, colo_qemu, xdp_available, request) -> Iterator[ColoPair
         yield pair
 
 
+@pytest.fixture(scope="module")
+def xdp_offload_pair(colo_guest, colo_qemu, xdp_available, request) -> Iterator[ColoPair]:
+    """As ``xdp_pair``, with the guests' virtio-net offloads on (TSO, partial
+    checksums: virtio-net's defaults)."""
+    with colo_lab(colo_guest, colo_qemu, request, comparator="xdp",
+                  checkpoint_delay_ms=60000, offloads=True) as pair:
+        pair.start()
+        start_colo_xdp(pair, "--primary-xdp", "ccp0", "--secondary-xdp", "ccs0",
+                       "--outdev", "xdp:c-h")
+        pair.run_colo()
+        yield pair
+
+
 @pytest.fixture(scope="session")
 def xdp_available() -> None:
     from colo_xdp.transport.xdp import classifier as xdp

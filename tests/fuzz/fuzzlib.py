@@ -3,7 +3,8 @@
     .venv/bin/python tests/fuzz/fuzzlib.py [--seconds N] [TARGET ...]
 
 Targets: ``engine`` (tests/fuzz/fuzz_engine.c with the csrc/ sources,
-libFuzzer + ASan + UBSan, Debian's clang) and ``framing``, ``notify``,
+libFuzzer + ASan + UBSan, Debian's clang), ``segment`` (tests/fuzz/
+fuzz_segment.c with csrc/segment.c, the same way) and ``framing``, ``notify``,
 ``spec``, ``control`` (tests/fuzz/fuzz_parsers.py under atheris).  Each
 runs for ``--seconds`` (FUZZ_SECONDS, default 60) from its corpus in
 tests/fuzz/corpus/<target>/; what it found that adds coverage is merged back
@@ -33,8 +34,9 @@ BUILD = ROOT / "build" / "fuzz"
 SHORT_RUN_S = int(os.environ.get("FUZZ_TEST_SECONDS", "4"))
 
 ENGINE = "engine"
+SEGMENT = "segment"
 PYTHON_TARGETS = ("framing", "notify", "spec", "control")
-TARGETS = (ENGINE, *PYTHON_TARGETS)
+TARGETS = (ENGINE, SEGMENT, *PYTHON_TARGETS)
 
 # The cffi build's warnings, as errors (csrc/build_cffi.py CFLAGS), plus the
 # sanitizers; nothing may recover, so any report fails the run.
@@ -85,12 +87,14 @@ def engine_sources() -> list[Path]:
     return sources
 
 
-def build(name: str, main_source: Path, fuzzer: bool = True) -> Path:
-    """Compile ``main_source`` with the engine, sanitized; rebuilt when older
-    than any source or header.  Raises RuntimeError with the compiler's words."""
+def build(name: str, main_source: Path, fuzzer: bool = True,
+          with_sources: list[Path] | None = None) -> Path:
+    """Compile ``main_source`` with the engine (or ``with_sources``),
+    sanitized; rebuilt when older than any source or header.  Raises
+    RuntimeError with the compiler's words."""
     out = BUILD / name
-    sources = [main_source, *engine_sources()]
-    inputs = sources + list((ROOT / "csrc").glob("cx_*.h")) + [Path(__file__)]
+    sources = [main_source, *(engine_sources() if with_sources is None else with_sources)]
+    inputs = sources + list((ROOT / "csrc").glob("*.h")) + [Path(__file__)]
     if out.exists() and out.stat().st_mtime >= max(p.stat().st_mtime for p in inputs):
         return out
     BUILD.mkdir(parents=True, exist_ok=True)
@@ -108,10 +112,17 @@ def engine_fuzzer() -> Path:
     return build("fuzz_engine", FUZZ / "fuzz_engine.c")
 
 
+def segment_fuzzer() -> Path:
+    return build("fuzz_segment", FUZZ / "fuzz_segment.c",
+                 with_sources=[ROOT / "csrc" / "segment.c"])
+
+
 def command(target: str) -> list[str]:
     """The fuzzer's argv before libFuzzer options and corpus directories."""
     if target == ENGINE:
         return [str(engine_fuzzer())]
+    if target == SEGMENT:
+        return [str(segment_fuzzer())]
     atheris_available()
     return [sys.executable, str(FUZZ / "fuzz_parsers.py"), target]
 

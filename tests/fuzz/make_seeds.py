@@ -18,7 +18,8 @@ flags byte (bit 0: vnet word; bit 1: 64-byte record limit; the rest: how the
 stream is cut) and then the stream; for spec the text; for control a flags
 byte (bits 0-1: the line limit; bit 2: one line per read; bit 3: a 3-rule
 passthrough table; bit 4: a sink that refuses more than 2 rules; bits 5-7:
-how the stream is cut) and then request lines.
+how the stream is cut) and then request lines.  The segment seeds
+(corpus/segment) follow tests/fuzz/fuzz_segment.c: mtu, max_len, a frame.
 """
 from __future__ import annotations
 
@@ -328,20 +329,39 @@ CONTROL_SEEDS = {
 PARSER_SEEDS["control"] = CONTROL_SEEDS
 
 
+def cut_seed(frame: bytes, mtu: int = 1500, max_len: int = 2048) -> bytes:
+    """fuzz_segment.c's input: mtu and max_len as it decodes them, the frame."""
+    return struct.pack("<HH", mtu - 68, max_len - 128) + frame
+
+
+HOP = g.IPv6Fields(ext=((g.IPV6_HOPOPTS, b"\x01\x02\x00\x00"),))
+SEGMENT_SEEDS = {
+    "tcp4-tso": cut_seed(seg(bytes(range(256)) * 15, 7, flags=g.TCP_ACK | g.TCP_PSH | 0x81)),
+    "tcp4-fits": cut_seed(seg(b"fits", 7)),
+    "udp4-uso": cut_seed(udp(bytes(3000)), mtu=576),
+    "udp4-no-checksum": cut_seed(udp(bytes(3000))[:40] + b"\0\0" + udp(bytes(3000))[42:]),
+    "tcp6-hop-tagged": cut_seed(g.vlan_frame(g.tcp6_frame(bytes(3500), seq=9, ip=HOP)),
+                                mtu=9000),
+    "udp6": cut_seed(g.udp6_frame(bytes(2500)), max_len=1024),
+    "truncated": cut_seed(seg(bytes(3000), 1)[:2500]),
+    "fragment": cut_seed(udp(bytes(3000), ip=IPv4Fields(flags=1))),
+}
+
+
 def main() -> None:
     CORPUS.mkdir(parents=True, exist_ok=True)
     for old in CORPUS.glob("seed-*"):
         old.unlink()
     for name, data in SEEDS.items():
         (CORPUS / f"seed-{name}").write_bytes(data)
-    for target, seeds in PARSER_SEEDS.items():
+    for target, seeds in {**PARSER_SEEDS, "segment": SEGMENT_SEEDS}.items():
         where = CORPUS.parent / target
         where.mkdir(parents=True, exist_ok=True)
         for old in where.glob("seed-*"):
             old.unlink()
         for name, data in seeds.items():
             (where / f"seed-{name}").write_bytes(data)
-    print(f"wrote {len(SEEDS)} engine seeds and "
+    print(f"wrote {len(SEEDS)} engine seeds, {len(SEGMENT_SEEDS)} segment seeds and "
           f"{sum(map(len, PARSER_SEEDS.values()))} parser seeds under {CORPUS.parent}")
 
 

@@ -67,7 +67,11 @@ UBSAN_OPTIONS = ["halt_on_error=1", "print_stacktrace=1"]
 ENGINE_TESTS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests" / "unit")
                       .glob("test_engine_*.py"))
 PROPERTY_TESTS = ["tests/property"]
+# csrc/segment.c in-process: super-frames cut for the wire.
+SEGMENT_TESTS = ["tests/unit/test_segment.py"]
 XSK_TESTS = ["tests/xdp/test_xsk.py", "tests/xdp/test_tap.py"]
+# Super-frames through the colo-xdp process: multi-buffer rx, segment.c on tx.
+OFFLOAD_TESTS = ["tests/xdp/test_offload.py"]
 SERVICE_TESTS = [f"tests/xdp/test_service_xdp.py::{name}" for name in (
     "test_xdp_mode_releases_matching_frames_in_order_and_detaches",
     "test_xdp_mode_mismatch_requests_a_checkpoint",
@@ -212,7 +216,8 @@ def sanitized_env(log_dir: Path, base: dict[str, str] | None = None) -> dict[str
 
 
 def selection(xdp: bool) -> list[str]:
-    return [*ENGINE_TESTS, *PROPERTY_TESTS, *((XSK_TESTS + SERVICE_TESTS) if xdp else [])]
+    return [*ENGINE_TESTS, *PROPERTY_TESTS, *SEGMENT_TESTS,
+            *((XSK_TESTS + SERVICE_TESTS + OFFLOAD_TESTS) if xdp else [])]
 
 
 @dataclass(repr=False)

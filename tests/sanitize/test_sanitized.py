@@ -1,8 +1,9 @@
-"""The whole C helper (csrc/cx_engine.c, xsk.c, xdp_glue.c) under ASan and
-UBSan: the engine's unit tests, the property tests against the model, the
-AF_XDP socket tests (test_xsk, test_tap: xsk.c in-process) and the XDP-mode
-service tests (the colo-xdp process: xdp_glue.c from rx burst into the
-engine and from its releases to tx bursts with checksums finished), all
+"""The whole C helper (csrc/cx_engine.c, xsk.c, segment.c, xdp_glue.c) under
+ASan and UBSan: the engine's unit tests, the property tests against the
+model, segment.c's unit tests, the AF_XDP socket tests (test_xsk, test_tap:
+xsk.c in-process) and the XDP-mode service tests (the colo-xdp process:
+xdp_glue.c from rx burst into the engine and from its releases to tx bursts
+with checksums finished, super-frames joined and cut: test_offload), all
 against a sanitized build of colo_xdp._native.  See sanitize_kit.py; alone:
 
     .venv/bin/python -m pytest -q tests/sanitize
@@ -59,6 +60,7 @@ def test_the_af_xdp_code_ran_sanitized(sanitized_run, bpf_problem):
     xsk = run.passed("tests/xdp/test_xsk.py") + run.passed("tests/xdp/test_tap.py")
     assert xsk >= MIN_XSK_TESTS, run.explain()
     assert run.passed("tests/xdp/test_service_xdp.py") == len(kit.SERVICE_TESTS), run.explain()
+    assert run.passed("tests/xdp/test_offload.py") >= 3, run.explain()
     commands = {r["argv"][2] for r in run.loads()
                 if len(r["argv"]) > 2 and Path(r["argv"][1]).name == "colo-xdp"}
     assert {"compare", "forward"} <= commands, run.loads()

@@ -458,3 +458,32 @@ def test_coalesced_secondary_retransmit_is_compared_by_sequence_range():
     actions = feed_all(eng, [(S, seg(payload, 0)), (P, prim)])
     assert released(actions) == [prim]
     assert checkpoints(actions) == []
+
+
+# -- super-frames (a guest's TSO output, docs/xdp.md "Guests' offloads") --------
+
+SUPER = data(60000)
+
+
+@pytest.mark.parametrize("prim_sizes,sec_sizes", [
+    ([60000], [1448] * 41 + [60000 - 1448 * 41]),          # primary TSO, secondary MSS
+    ([1448] * 41 + [60000 - 1448 * 41], [60000]),          # the other way round
+    ([20000, 20000, 20000], [7000, 31000, 1448, 20552]),   # both TSO, cut otherwise
+], ids=["primary-super", "secondary-super", "both-super"])
+def test_super_frames_cut_differently_match_by_sequence_range(prim_sizes, sec_sizes):
+    prim = split(5000, prim_sizes, payload=SUPER)
+    sec = split(5000, sec_sizes, payload=SUPER)
+    eng = engine()
+    out = feed_all(eng, [(P, f) for f in prim] + [(S, f) for f in sec])
+    assert released(out) == prim
+    c = assert_accounted(eng)
+    assert c.checkpoints["mismatch"] == 0
+
+
+def test_a_super_frame_differing_in_its_last_byte_is_a_mismatch():
+    eng = engine()
+    eng.feed(P, seg(SUPER, 0), 0)
+    actions = feed_all(eng, [(S, f) for f in split(0, [30000, 29999], payload=SUPER)]
+                       + [(S, seg(b"\x00" if SUPER[-1] else b"\x01", 59999))])
+    assert released(actions) == []
+    assert checkpoints(actions) == MISMATCH

@@ -75,7 +75,8 @@ class XdpPort:
         self.classifier = XdpClassifier(self.side, ifname, mode=self.mode, rules=rules,
                                         handle_sigterm=False, reuse=True)
         self.xsk_config = xsk_config or XskConfig(burst=BURST, ring_size=INPUT_RING_SIZE,
-                                                  frame_count=INPUT_FRAME_COUNT)
+                                                  frame_count=INPUT_FRAME_COUNT,
+                                                  multi_buffer=True)
         self.sockets: list[XskSocket] = []
 
     def __enter__(self) -> "XdpPort":

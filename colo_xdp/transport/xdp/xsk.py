@@ -48,6 +48,10 @@ class XskConfig:
     ring_size: int = native.XSK_DEFAULT_RING_SIZE     # power of two
     bind_timeout_ms: int = native.XSK_DEFAULT_BIND_TIMEOUT_MS
     burst: int = DEFAULT_BURST                        # most frames per rx_burst
+    # Bind with XDP_USE_SG: a frame longer than a UMEM frame (a guest's
+    # TSO/GSO super-frame) comes in several descriptors instead of being
+    # dropped; only for a reader that joins them (the XDP glue does).
+    multi_buffer: bool = False
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,7 @@ class XskInfo:
     bind_retries: int
     memlock_raised: bool
     memlock_limit: int
+    multi_buffer: bool = False      # bound with XDP_USE_SG (kernel 6.6 or later)
 
     def memlock_note(self) -> str | None:
         """One sentence for the log when RLIMIT_MEMLOCK had to be raised."""
@@ -160,7 +165,7 @@ class XskSocket:
         cfg = {
             "ifindex": ifindex, "queue": self.queue, "frame_size": c.frame_size,
             "frame_count": c.frame_count, "ring_size": c.ring_size,
-            "bind_timeout_ms": c.bind_timeout_ms}
+            "bind_timeout_ms": c.bind_timeout_ms, "multi_buffer": int(c.multi_buffer)}
         try:
             self._x = native.XskCore.open(cfg)
         except native.NativeError as exc:
@@ -168,7 +173,7 @@ class XskSocket:
         info = self._x.info
         self.info = XskInfo(info["umem_bytes"], info["rx_frames"], info["tx_frames"],
                             info["bind_retries"], bool(info["memlock_raised"]),
-                            info["memlock_limit"])
+                            info["memlock_limit"], bool(info["multi_buffer"]))
 
     def close(self) -> None:
         """Close the socket and free its UMEM; safe to call twice."""
