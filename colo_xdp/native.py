@@ -194,6 +194,9 @@ class EngineCore:
     def out_consume(self, n: int) -> None:
         lib.cx_engine__out_consume(self._e, n)
 
+    def out_note_unsent(self, n: int) -> None:
+        lib.cx_engine__out_note_unsent(self._e, n)
+
     def out_abandon_partial(self) -> bool:
         return bool(lib.cx_engine__out_abandon_partial(self._e))
 
@@ -259,6 +262,20 @@ class XskCore:
         lens = ffi.new("uint32_t[]", [len(f) for f in frames])
         return _check(lib.xsk__tx_burst(self._x, b"".join(frames), lens, len(frames)),
                       "xsk__tx_burst")
+
+    def tx_queue(self, frames) -> int:
+        lens = ffi.new("uint32_t[]", [len(f) for f in frames])
+        return _check(lib.xsk__tx_queue(self._x, b"".join(frames), lens, len(frames)),
+                      "xsk__tx_queue")
+
+    def tx_kick(self) -> None:
+        _check(lib.xsk__tx_kick(self._x), "xsk__tx_kick")
+
+    def tx_unsent(self) -> list[bytes]:
+        n = self.tx_pending()
+        addrs, lens = ffi.new("uint64_t[]", max(n, 1)), ffi.new("uint32_t[]", max(n, 1))
+        n = lib.xsk__tx_unsent(self._x, addrs, lens, n)
+        return [self.umem[addrs[i]:addrs[i] + lens[i]] for i in range(n)]
 
     def tx_reap(self) -> int:
         return _check(lib.xsk__tx_reap(self._x), "xsk__tx_reap")

@@ -1749,6 +1749,11 @@ void cx_engine__out_skip_record(struct cx_engine *e)
     e->ctr.outdev_cut++;
 }
 
+void cx_engine__out_note_unsent(struct cx_engine *e, uint64_t n)
+{
+    e->ctr.outdev_unsent += n;
+}
+
 uint32_t cx_engine__out_header_len(const struct cx_engine *e)
 {
     return e->cfg.vnet_hdr ? 8 : 4;

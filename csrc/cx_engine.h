@@ -192,6 +192,8 @@ struct cx_counters {
     uint64_t evidence_lost;             /* evidence frames past evidence_max_bytes */
     uint64_t outdev_cut;                /* released frames cut short by an outdev
                                            that went away mid-record */
+    uint64_t outdev_unsent;             /* released frames queued on an AF_XDP
+                                           socket that closed before sending them */
     uint64_t held_back[2];              /* feeds stopped by flow control */
     uint64_t frag[2][CX_FRAG__COUNT];   /* datagrams by reassembly outcome */
     uint64_t frag_held[2];              /* fragments now waiting for the rest
@@ -298,6 +300,9 @@ int cx_engine__out_abandon_partial(struct cx_engine *e);
 /* Drop the whole record at the head of the out buffer (an outdev that cannot
  * carry it, e.g. larger than an AF_XDP frame): counted in outdev_cut. */
 void cx_engine__out_skip_record(struct cx_engine *e);
+/* n frames the outdev took from the out buffer never went out (left in the
+ * tx ring of an AF_XDP socket that was closed): counted in outdev_unsent. */
+void cx_engine__out_note_unsent(struct cx_engine *e, uint64_t n);
 /* Bytes in front of each frame in the out buffer: 4, or 8 with vnet. */
 uint32_t cx_engine__out_header_len(const struct cx_engine *e);
 

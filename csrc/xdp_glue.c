@@ -118,46 +118,81 @@ int xdp_glue__rx_to_engine(struct xsk *x, struct cx_engine *e, int side, uint64_
     return err ? err : (int)taken;
 }
 
+/*
+ * One released frame into tx frames, written in place in the UMEM: its
+ * vnet header (vnet bytes) already left out, its TCP/UDP checksum finished
+ * in the copy.  Returns how many tx frames it became (lens[] set for each;
+ * today always one), 0 when it needs more than the room frames at
+ * umem + addrs[0..room-1] (it waits for the next burst), or -EMSGSIZE when
+ * no tx frame can ever carry it (the caller skips it and counts it).  The
+ * one place that shapes what goes on the wire: segmentation would make one
+ * frame many here.
+ */
+static int tx__emit_record(const uint8_t *frame, uint32_t len, uint8_t *umem,
+                           const uint64_t *addrs, uint32_t room, uint32_t frame_size,
+                           uint32_t *lens)
+{
+    if (len == 0 || len > frame_size)
+        return -EMSGSIZE;
+    if (room < 1)
+        return 0;
+    uint8_t *to = umem + addrs[0];
+    memcpy(to, frame, len);
+    l4_checksum_finish(to, len);
+    lens[0] = len;
+    return 1;
+}
+
 int xdp_glue__tx_from_engine(struct xsk *x, struct cx_engine *e, uint32_t max)
 {
-    static uint8_t scratch[XDP_GLUE__BURST * XSK__FRAME_SIZE_MAX];
+    uint64_t addrs[XDP_GLUE__BURST];
     uint32_t lens[XDP_GLUE__BURST];
-    size_t rec_len[XDP_GLUE__BURST];
+    uint8_t *umem = xsk__umem(x);
     uint32_t hdr = cx_engine__out_header_len(e);
     uint32_t frame_size = xsk__frame_size(x);
-    uint32_t want = burst_cap(max), n = 0;
     const uint8_t *out;
-    size_t pending = cx_engine__out_peek(e, &out), pos = 0, scratch_pos = 0;
+    size_t pending = cx_engine__out_peek(e, &out), pos = 0;
 
-    while (n < want && pending - pos >= hdr) {
+    if (pending < hdr)
+        return 0;                               /* nothing released: reserve nothing */
+    uint32_t room = xsk__tx_reserve(x, burst_cap(max), addrs), used = 0;
+    while (used < room && pending - pos >= hdr) {
         uint32_t len = cx_rd32(out + pos);
         uint32_t vnet = hdr == 8 ? cx_rd32(out + pos + 4) : 0;
         if (pending - pos - hdr < len)
             break;                              /* never here: records are whole */
-        if (vnet > len || len - vnet > frame_size || len == vnet) {
-            if (n)                              /* send what came before it first */
-                break;
+        int got = vnet > len ? -EMSGSIZE
+                             : tx__emit_record(out + pos + hdr + vnet, len - vnet, umem,
+                                               addrs + used, room - used, frame_size,
+                                               lens + used);
+        if (got == 0)
+            break;                              /* wants more frames than are left */
+        if (got < 0) {
+            /* Not for this outdev: what came before it is in tx frames
+             * already, so it leaves the out buffer first; then this one is
+             * skipped and counted (outdev_cut). */
+            cx_engine__out_consume(e, pos);
+            size_t left = pending - pos;
             cx_engine__out_skip_record(e);
-            out = NULL;
             pending = cx_engine__out_peek(e, &out);
+            pos = 0;
+            if (pending == left)
+                break;                          /* mid-record: nothing skipped */
             continue;
         }
-        lens[n] = len - vnet;
-        rec_len[n] = hdr + len;
-        memcpy(scratch + scratch_pos, out + pos + hdr + vnet, lens[n]);
-        l4_checksum_finish(scratch + scratch_pos, lens[n]);
-        scratch_pos += lens[n];
+        used += (uint32_t)got;
         pos += hdr + len;
-        n++;
     }
-    if (!n)
+    /* The records written leave the out buffer before the kick: once
+     * queued, a frame is the kernel's, so a kick that fails cannot make
+     * them go out twice (they stay in the tx ring, counted by
+     * xsk__tx_pending, and the next kick sends them). */
+    cx_engine__out_consume(e, pos);
+    int err = xsk__tx_submit(x, lens, used);
+    if (err < 0)
+        return err;
+    if (!used)
         return 0;
-    int sent = xsk__tx_burst(x, scratch, lens, n);
-    if (sent < 0)
-        return sent;
-    size_t done = 0;
-    for (int i = 0; i < sent; i++)
-        done += rec_len[i];
-    cx_engine__out_consume(e, done);
-    return sent;
+    err = xsk__tx_kick(x);
+    return err ? err : (int)used;
 }

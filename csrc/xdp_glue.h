@@ -23,11 +23,14 @@
 int xdp_glue__rx_to_engine(struct xsk *x, struct cx_engine *e, int side, uint64_t now_ms,
                            uint32_t max, int flags, int *held_back);
 
-/* Transmit up to max released frames from the engine's out buffer (vnet
- * headers stripped, IPv4 TCP/UDP checksums finished) and consume what was
- * sent.  A record too large for an
- * AF_XDP frame is skipped and counted (outdev_cut).  Returns frames sent, or
- * -errno; 0 with frames pending means the tx ring is full for now. */
+/* Transmit up to max frames from the engine's out buffer, each released
+ * record copied once, straight into a tx frame of the UMEM (vnet header
+ * left out, TCP/UDP checksum finished there), and consume the records
+ * queued.  A record no tx frame can carry (longer than one, or empty) is
+ * skipped and counted (outdev_cut).  Returns the frames queued (0 with
+ * records pending: the tx ring or the tx frames are full for now), or
+ * -errno when the kick failed: the records queued are consumed all the
+ * same and wait in the tx ring (xsk__tx_pending), never sent twice. */
 int xdp_glue__tx_from_engine(struct xsk *x, struct cx_engine *e, uint32_t max);
 
 /* cdef-end */

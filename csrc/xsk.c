@@ -39,6 +39,8 @@
 #define TX_KICK_BATCH 32
 /* Kicks beyond the ones the queued frames need, for transient EBUSY/EAGAIN. */
 #define TX_KICK_SPARE 4
+/* The most frames xsk__tx_burst queues per call. */
+#define TX_BURST_MAX 256
 /* Backoff between binds refused with EBUSY: from 1 ms, doubling, at most this. */
 #define BIND_BACKOFF_MAX_MS 32
 
@@ -65,6 +67,7 @@ struct xsk {
     uint64_t *tx_free;        /* stack of free tx frame addresses */
     uint32_t n_tx_free;
     uint32_t tx_outstanding;  /* submitted, not yet completed */
+    uint32_t tx_reserved;     /* reserved by xsk__tx_reserve, not yet submitted */
     uint64_t *fill_wait;      /* rx frames handed back, not yet in the fill ring */
     uint32_t n_fill_wait;
 };
@@ -484,11 +487,66 @@ static int tx__kick(struct xsk *x)
     return 0;
 }
 
-int xsk__tx_burst(struct xsk *x, const uint8_t *buf, const uint32_t *lens, uint32_t n)
+uint32_t xsk__tx_reserve(struct xsk *x, uint32_t n, uint64_t *addrs)
+{
+    uint32_t idx, i;
+
+    x->tx_reserved = 0;
+    comp__reap(x);
+    if (n > x->n_tx_free)
+        n = x->n_tx_free;
+    n = prod__reserve(&x->tx, n, &idx);
+    /* The top n of the free stack, top first: xsk__tx_submit pops them. */
+    for (i = 0; i < n; i++)
+        addrs[i] = x->tx_free[x->n_tx_free - 1 - i];
+    x->tx_reserved = n;
+    return n;
+}
+
+int xsk__tx_submit(struct xsk *x, const uint32_t *lens, uint32_t n)
 {
     struct xdp_desc *ring = x->tx.descs;
-    uint32_t idx, i, got;
-    int err;
+    uint32_t reserved = x->tx_reserved, i;
+    int err = 0;
+
+    if (n > reserved)
+        err = -EINVAL;
+    for (i = 0; !err && i < n; i++) {
+        if (lens[i] > x->frame_size)
+            err = -EMSGSIZE;
+        else if (lens[i] == 0)
+            err = -EINVAL;
+    }
+    if (err)
+        n = 0;
+    /* Slots reserved and not used go back: nothing was published past
+     * cached_prod - reserved, so the kernel never saw them. */
+    x->tx.cached_prod -= reserved - n;
+    x->tx_reserved = 0;
+    uint32_t idx = x->tx.cached_prod - n;
+    for (i = 0; i < n; i++) {
+        uint64_t addr = x->tx_free[--x->n_tx_free];
+        ring[(idx + i) & x->tx.mask] = (struct xdp_desc){ .addr = addr, .len = lens[i] };
+    }
+    if (n) {
+        prod__submit(&x->tx, n);
+        x->tx_outstanding += n;
+    }
+    return err ? err : (int)n;
+}
+
+int xsk__tx_kick(struct xsk *x)
+{
+    int err = x->tx_outstanding ? tx__kick(x) : 0;
+
+    comp__reap(x);
+    return err;
+}
+
+int xsk__tx_queue(struct xsk *x, const uint8_t *buf, const uint32_t *lens, uint32_t n)
+{
+    uint64_t addrs[TX_BURST_MAX];
+    uint32_t got, i;
 
     for (i = 0; i < n; i++) {
         if (lens[i] > x->frame_size)
@@ -496,21 +554,39 @@ int xsk__tx_burst(struct xsk *x, const uint8_t *buf, const uint32_t *lens, uint3
         if (lens[i] == 0)
             return -EINVAL;
     }
-    comp__reap(x);
-    got = prod__reserve(&x->tx, n < x->n_tx_free ? n : x->n_tx_free, &idx);
+    got = xsk__tx_reserve(x, n < TX_BURST_MAX ? n : TX_BURST_MAX, addrs);
     for (i = 0; i < got; i++) {
-        uint64_t addr = x->tx_free[--x->n_tx_free];
-        memcpy(x->umem + addr, buf, lens[i]);
+        memcpy(x->umem + addrs[i], buf, lens[i]);
         buf += lens[i];
-        ring[(idx + i) & x->tx.mask] = (struct xdp_desc){ .addr = addr, .len = lens[i] };
     }
-    if (got) {
-        prod__submit(&x->tx, got);
-        x->tx_outstanding += got;
+    return xsk__tx_submit(x, lens, got);
+}
+
+int xsk__tx_burst(struct xsk *x, const uint8_t *buf, const uint32_t *lens, uint32_t n)
+{
+    int got = xsk__tx_queue(x, buf, lens, n);
+
+    if (got < 0)
+        return got;
+    int err = xsk__tx_kick(x);
+    return err ? err : got;
+}
+
+uint32_t xsk__tx_unsent(const struct xsk *x, uint64_t *addrs, uint32_t *lens, uint32_t max)
+{
+    const struct xdp_desc *ring = x->tx.descs;
+    /* Acquire: as prod__reserve, what the kernel has read is behind this. */
+    uint32_t cons = __atomic_load_n(x->tx.consumer, __ATOMIC_ACQUIRE);
+    uint32_t n = *x->tx.producer - cons, i;
+
+    if (n > max)
+        n = max;
+    for (i = 0; i < n; i++) {
+        const struct xdp_desc *d = &ring[(cons + i) & x->tx.mask];
+        addrs[i] = d->addr;
+        lens[i] = d->len;
     }
-    err = tx__kick(x);
-    comp__reap(x);
-    return err ? err : (int)got;
+    return n;
 }
 
 int xsk__tx_reap(struct xsk *x)

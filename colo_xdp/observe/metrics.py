@@ -152,7 +152,8 @@ def families(s: dict) -> list:
     out.append(m)
 
     m = _counter("lost", "Records the engine could not keep: events past max_events, "
-                 "evidence frames past the evidence buffer, outdev frames cut short.",
+                 "evidence frames past the evidence buffer, outdev frames cut short, "
+                 "frames left unsent in a closed AF_XDP socket's tx ring.",
                  ("what",))
     for what, n in s["lost"].items():
         m.add_metric([what], n)

@@ -93,7 +93,7 @@ def snapshot(svc, connections: int = 0) -> dict[str, Any]:
             "shown": len(rows), "table": rows,
         },
         "lost": {"events": c.events_lost, "evidence": c.evidence_lost,
-                 "outdev_cut": c.outdev_cut},
+                 "outdev_cut": c.outdev_cut, "outdev_unsent": c.outdev_unsent},
         "passthrough_rules": len(svc.passthrough.rules),
         # XDP mode: the classifier's verdict counters, by verdict.
         "verdicts": dict(svc.verdict_counters()) if svc.verdict_counters else {},

@@ -308,7 +308,10 @@ class XdpOutdev:
 
     A send that fails (the interface went away, say) closes the socket with
     a ``disconnected`` warning; the frames it did not take stay in the
-    engine's output.  Once a second the socket is opened again (``connected``)
+    engine's output, and those it took but the kernel never read from its tx
+    ring are copied out before the close (an ``xdp_tx_unsent`` warning) and
+    sent first on the next socket: none is lost, none goes out twice, order
+    is kept.  Those still unsent at exit are counted (``lost.outdev_unsent``).  Once a second the socket is opened again (``connected``)
     and they go out; an interface that is gone is waited for, as ``XdpInput``
     does, and one made anew (another ifindex) is noticed even with nothing to
     send."""
@@ -322,11 +325,21 @@ class XdpOutdev:
         self.writing = False
         self.next_check = 0.0
         self.retrying = False          # disconnected: maybe_retry opens again
+        self.carry: list[bytes] = []   # a closed socket's unsent frames, for the next
         self.waiting_for_iface = False
 
     @property
     def has_peer(self) -> bool:
         return self.sock is not None
+
+    def _send_carry(self) -> None:
+        """The frames a closed socket left unsent go first, in order."""
+        while self.carry:
+            n = self.sock.tx_queue(self.carry[:BURST])
+            del self.carry[:n]
+            self.sock.tx_kick()
+            if not n:
+                return
 
     def open(self) -> None:
         sock = XskSocket(self.iface.name, 0)
@@ -345,12 +358,14 @@ class XdpOutdev:
             return
         engine = self.svc.engine
         try:
-            while engine.output_pending() and tx_from_engine(self.sock, engine):
+            self._send_carry()
+            while not self.carry and engine.output_pending() and tx_from_engine(self.sock,
+                                                                                 engine):
                 pass
-        except XdpPortError as exc:
+        except (XdpPortError, XskError) as exc:
             self._disconnect(str(exc))
             return
-        want = bool(engine.output_pending())     # the tx ring is full: wait for room
+        want = bool(self.carry or engine.output_pending())   # the tx ring is full: wait
         if want != self.writing:
             self.writing = want
             if want:
@@ -362,10 +377,34 @@ class XdpOutdev:
         if self.sock:
             select.select([], [self.sock], [], timeout)
 
+    def _close_socket(self, carry: bool) -> None:
+        """Close the socket.  Its tx ring's frames are out of the engine's
+        output: one last kick for them, and what the kernel still has not
+        read is kept for the next socket (``carry``) or, at exit, counted
+        (``lost.outdev_unsent``); either way logged."""
+        sock, self.sock, unsent = self.sock, None, []
+        if sock:
+            self.svc.unwatch(sock)
+            try:
+                sock.tx_reap()
+            except XskError:
+                pass                              # the interface is gone: they stay
+            unsent = sock.tx_unsent()
+            sock.close()
+        self.carry[:0] = unsent                   # older than what waited to be carried
+        if unsent or (self.carry and not carry):
+            self.svc.log.warning("xdp_tx_unsent", role=self.role, iface=self.iface.name,
+                                 frames=len(self.carry), kept=int(carry))
+        if not carry and self.carry:
+            self.svc.engine.note_unsent(len(self.carry))
+            self.carry = []
+
     def _disconnect(self, why: str) -> None:
         """Close the socket; maybe_retry opens one again within a second."""
         self.svc.log.warning("disconnected", role=self.role, endpoint=self.iface, why=why)
-        self.shutdown()
+        if self.sock:
+            self._close_socket(carry=True)
+        self.writing = False
         self.retrying = True
         self.next_check = 0.0
 
@@ -399,8 +438,6 @@ class XdpOutdev:
 
     def shutdown(self) -> None:
         self.retrying = False
-        if self.sock:
-            self.svc.unwatch(self.sock)
-            self.sock.close()
-            self.sock = None
+        if self.sock or self.carry:
+            self._close_socket(carry=False)
         self.writing = False

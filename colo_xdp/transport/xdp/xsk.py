@@ -249,11 +249,39 @@ class XskSocket:
         try:
             return self._x.tx_burst(frames)
         except native.NativeError as exc:
-            if exc.errno == errno.EMSGSIZE:
-                raise XskError(f"a frame is longer than the AF_XDP frame size "
-                               f"({self.config.frame_size} bytes)") from None
-            raise XskError(f"sending on {self.ifname} queue {self.queue} failed: "
-                           f"{exc.strerror}") from None
+            raise self._tx_error(exc) from None
+
+    def tx_queue(self, frames: Sequence[bytes]) -> int:
+        """``tx_burst`` without the kick (``tx_kick``): how many were queued
+        is known even when the kick then fails."""
+        self._need_open()
+        if not frames:
+            return 0
+        try:
+            return self._x.tx_queue(frames)
+        except native.NativeError as exc:
+            raise self._tx_error(exc) from None
+
+    def tx_kick(self) -> None:
+        """Make the kernel send what is queued; XskError if it cannot (the
+        frames stay queued: ``tx_unsent``)."""
+        self._need_open()
+        try:
+            self._x.tx_kick()
+        except native.NativeError as exc:
+            raise self._tx_error(exc) from None
+
+    def tx_unsent(self) -> list[bytes]:
+        """Copies of the frames queued that the kernel has not read yet, in
+        order: what closing the socket would lose."""
+        self._need_open()
+        return self._x.tx_unsent()
+
+    def _tx_error(self, exc: native.NativeError) -> XskError:
+        if exc.errno == errno.EMSGSIZE:
+            return XskError(f"a frame is longer than the AF_XDP frame size "
+                            f"({self.config.frame_size} bytes)")
+        return XskError(f"sending on {self.ifname} queue {self.queue} failed: {exc.strerror}")
 
     def tx_reap(self) -> int:
         """Kick the kernel for queued frames, take completed ones back;
