@@ -155,7 +155,8 @@ int xdp_glue__tx_from_engine(struct xsk *x, struct cx_engine *e, uint32_t max)
 
     if (pending < hdr)
         return 0;                               /* nothing released: reserve nothing */
-    uint32_t room = xsk__tx_reserve(x, burst_cap(max), addrs), used = 0;
+    uint32_t want = burst_cap(max);
+    uint32_t room = xsk__tx_reserve(x, want, addrs), used = 0;
     while (used < room && pending - pos >= hdr) {
         uint32_t len = cx_rd32(out + pos);
         uint32_t vnet = hdr == 8 ? cx_rd32(out + pos + 4) : 0;
@@ -191,8 +192,12 @@ int xdp_glue__tx_from_engine(struct xsk *x, struct cx_engine *e, uint32_t max)
     int err = xsk__tx_submit(x, lens, used);
     if (err < 0)
         return err;
-    if (!used)
-        return 0;
+    /* One kick per batch, not per burst: while the engine has more and
+     * the ring had room for a whole burst, the caller's next call queues
+     * more first.  The last burst, a short one (ring or tx frames full) or
+     * an empty one kicks. */
+    if (room == want && used == room && cx_engine__out_peek(e, &out) >= hdr)
+        return (int)used;
     err = xsk__tx_kick(x);
     return err ? err : (int)used;
 }

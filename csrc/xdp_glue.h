@@ -30,7 +30,10 @@ int xdp_glue__rx_to_engine(struct xsk *x, struct cx_engine *e, int side, uint64_
  * skipped and counted (outdev_cut).  Returns the frames queued (0 with
  * records pending: the tx ring or the tx frames are full for now), or
  * -errno when the kick failed: the records queued are consumed all the
- * same and wait in the tx ring (xsk__tx_pending), never sent twice. */
+ * same and wait in the tx ring (xsk__tx_pending), never sent twice.
+ * The kernel is kicked once a call queues less than a full burst (max
+ * frames) or leaves nothing behind: a caller goes on calling while this
+ * returns a count and frames are pending (XdpOutdev.write_pending). */
 int xdp_glue__tx_from_engine(struct xsk *x, struct cx_engine *e, uint32_t max);
 
 /* cdef-end */

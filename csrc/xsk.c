@@ -33,9 +33,19 @@
 #ifndef SOL_XDP
 #define SOL_XDP 283
 #endif
+#ifndef XDP_USE_NEED_WAKEUP
+#define XDP_USE_NEED_WAKEUP (1 << 3)
+#endif
+#ifndef XDP_RING_NEED_WAKEUP
+#define XDP_RING_NEED_WAKEUP (1 << 0)
+#endif
+#ifndef XDP_MAX_TX_SKB_BUDGET
+#define XDP_MAX_TX_SKB_BUDGET 9           /* <linux/if_xdp.h> of 6.17 on */
+#endif
 
 /* In copy mode one TX kick moves at most this many frames (the kernel's
- * TX_BATCH_SIZE) and answers EAGAIN while more wait. */
+ * TX_BATCH_SIZE) and answers EAGAIN while more wait, unless the socket's
+ * budget is raised (XDP_MAX_TX_SKB_BUDGET, 6.17 on): then a whole ring. */
 #define TX_KICK_BATCH 32
 /* Kicks beyond the ones the queued frames need, for transient EBUSY/EAGAIN. */
 #define TX_KICK_SPARE 4
@@ -51,6 +61,7 @@ struct ring {
     uint32_t size;
     uint32_t *producer;       /* shared with the kernel */
     uint32_t *consumer;       /* shared with the kernel */
+    uint32_t *flags;          /* shared: XDP_RING_NEED_WAKEUP */
     void *descs;              /* struct xdp_desc[size] or uint64_t[size] */
     void *map;
     size_t map_len;
@@ -70,6 +81,11 @@ struct xsk {
     uint32_t tx_reserved;     /* reserved by xsk__tx_reserve, not yet submitted */
     uint64_t *fill_wait;      /* rx frames handed back, not yet in the fill ring */
     uint32_t n_fill_wait;
+    uint64_t tx_kicks;        /* sendto calls made to get the kernel sending */
+    uint64_t tx_batches;      /* submits that queued frames */
+    uint64_t rx_wakeups;      /* recvfrom calls made for an empty fill ring */
+    uint64_t rx_batches;      /* peeks that found frames */
+    uint32_t tx_budget;       /* frames one kick sends at most */
 };
 
 /* ---- rings ------------------------------------------------------------- */
@@ -134,12 +150,21 @@ static int ring__map(int fd, struct ring *r, const struct xdp_ring_offset *off,
     r->map_len = len;
     r->producer = (uint32_t *)((uint8_t *)map + off->producer);
     r->consumer = (uint32_t *)((uint8_t *)map + off->consumer);
+    r->flags = (uint32_t *)((uint8_t *)map + off->flags);
     r->descs = (uint8_t *)map + off->desc;
     r->size = size;
     r->mask = size - 1;
     r->cached_prod = *r->producer;
     r->cached_cons = *r->consumer + (producer ? size : 0);
     return 0;
+}
+
+/* Does the kernel ask to be woken for this ring?  Bound with
+ * XDP_USE_NEED_WAKEUP, it sets the flag only when it stopped looking at the
+ * ring (in copy mode: always on tx, never on the fill ring). */
+static int ring__needs_wakeup(const struct ring *r)
+{
+    return __atomic_load_n(r->flags, __ATOMIC_RELAXED) & XDP_RING_NEED_WAKEUP;
 }
 
 static void ring__unmap(struct ring *r)
@@ -230,7 +255,7 @@ static int bind__retry(struct xsk *x, uint32_t ifindex, uint32_t queue, uint32_t
 {
     struct sockaddr_xdp sa = {
         .sxdp_family = AF_XDP,
-        .sxdp_flags = XDP_COPY,
+        .sxdp_flags = XDP_COPY | XDP_USE_NEED_WAKEUP,
         .sxdp_ifindex = ifindex,
         .sxdp_queue_id = queue,
     };
@@ -311,6 +336,13 @@ int xsk__open(const struct xsk__config *cfg, struct xsk **out, struct xsk__info 
     err = rings__create(x, c.ring_size);
     if (err)
         goto fail;
+    /* One kick may send the whole tx ring (kernel 6.17's
+     * XDP_MAX_TX_SKB_BUDGET); an older kernel keeps TX_KICK_BATCH. */
+    uint32_t budget = c.ring_size;
+    if (setsockopt(x->fd, SOL_XDP, XDP_MAX_TX_SKB_BUDGET, &budget, sizeof(budget)) == 0)
+        x->tx_budget = budget;
+    else
+        x->tx_budget = TX_KICK_BATCH;
 
     /* All rx frames go to the fill ring before bind: nothing is missed. */
     if (prod__reserve(&x->fill, x->rx_frames, &idx) != x->rx_frames) {
@@ -395,6 +427,15 @@ uint32_t xsk__rx_peek(struct xsk *x, uint64_t *addrs, uint32_t *lens, uint32_t m
     }
     /* Not consumed yet: the next peek sees the same descriptors first. */
     x->rx.cached_cons -= n;
+    if (n)
+        x->rx_batches++;
+    else if (ring__needs_wakeup(&x->fill)) {
+        /* The kernel stopped for want of fill ring entries and asks to be
+         * told there are some again (a zero-copy driver; copy mode never
+         * asks): a recvfrom that returns at once. */
+        x->rx_wakeups++;
+        recvfrom(x->fd, NULL, 0, MSG_DONTWAIT, NULL, NULL);
+    }
     return n;
 }
 
@@ -467,17 +508,26 @@ static void comp__reap(struct xsk *x)
     x->tx_outstanding -= n;
 }
 
-/* Make the kernel send what the tx ring holds: one sendto moves at most
- * TX_KICK_BATCH frames in copy mode and says EAGAIN while more wait, so
- * kick until it does not.  EBUSY/ENOBUFS (the device is busy) leave the
- * rest for the next kick. */
+/* Frames in the tx ring the kernel has not read yet. */
+static uint32_t tx__unread(const struct xsk *x)
+{
+    /* Acquire: pairs with the kernel's release of the consumer. */
+    return *x->tx.producer - __atomic_load_n(x->tx.consumer, __ATOMIC_ACQUIRE);
+}
+
+/* Make the kernel send what the tx ring holds, if it asks to be woken for
+ * it (XDP_RING_NEED_WAKEUP; copy mode always asks): one sendto moves at
+ * most tx_budget frames and says EAGAIN while more wait, so kick until the
+ * ring is read.  EBUSY/ENOBUFS (the device is busy) leave the rest for the
+ * next kick.  No frame unread, or no wakeup asked for: no syscall. */
 static int tx__kick(struct xsk *x)
 {
-    uint32_t kicks = x->tx_outstanding / TX_KICK_BATCH + TX_KICK_SPARE;
+    uint32_t kicks = tx__unread(x) / x->tx_budget + TX_KICK_SPARE;
 
-    while (kicks--) {
+    while (kicks-- && tx__unread(x) && ring__needs_wakeup(&x->tx)) {
+        x->tx_kicks++;
         if (sendto(x->fd, NULL, 0, MSG_DONTWAIT, NULL, 0) >= 0)
-            return 0;
+            continue;
         if (errno == EAGAIN || errno == EINTR)
             continue;
         if (errno == EBUSY || errno == ENOBUFS)
@@ -531,13 +581,14 @@ int xsk__tx_submit(struct xsk *x, const uint32_t *lens, uint32_t n)
     if (n) {
         prod__submit(&x->tx, n);
         x->tx_outstanding += n;
+        x->tx_batches++;
     }
     return err ? err : (int)n;
 }
 
 int xsk__tx_kick(struct xsk *x)
 {
-    int err = x->tx_outstanding ? tx__kick(x) : 0;
+    int err = tx__kick(x);
 
     comp__reap(x);
     return err;
@@ -591,10 +642,8 @@ uint32_t xsk__tx_unsent(const struct xsk *x, uint64_t *addrs, uint32_t *lens, ui
 
 int xsk__tx_reap(struct xsk *x)
 {
-    int err = 0;
+    int err = tx__kick(x);
 
-    if (x->tx_outstanding)
-        err = tx__kick(x);
     comp__reap(x);
     return err ? err : (int)x->n_tx_free;
 }
@@ -618,5 +667,10 @@ int xsk__stats(const struct xsk *x, struct xsk__stats *out)
     out->rx_ring_full = st.rx_ring_full;
     out->rx_fill_ring_empty_descs = st.rx_fill_ring_empty_descs;
     out->tx_ring_empty_descs = st.tx_ring_empty_descs;
+    out->tx_kicks = x->tx_kicks;
+    out->tx_batches = x->tx_batches;
+    out->rx_wakeups = x->rx_wakeups;
+    out->rx_batches = x->rx_batches;
+    out->tx_budget = x->tx_budget;
     return 0;
 }

@@ -68,7 +68,8 @@ struct xsk__info {
     uint64_t memlock_limit;      /* the soft limit in force after open */
 };
 
-/* The kernel's per-socket counters (XDP_STATISTICS). */
+/* The kernel's per-socket counters (XDP_STATISTICS), then ours: the
+ * syscalls made to wake the kernel against the bursts moved. */
 struct xsk__stats {
     uint64_t rx_dropped;
     uint64_t rx_invalid_descs;
@@ -76,6 +77,11 @@ struct xsk__stats {
     uint64_t rx_ring_full;
     uint64_t rx_fill_ring_empty_descs;
     uint64_t tx_ring_empty_descs;
+    uint64_t tx_kicks;           /* sendto calls (only when the tx ring asks) */
+    uint64_t tx_batches;         /* xsk__tx_submit calls that queued frames */
+    uint64_t rx_wakeups;         /* recvfrom calls (only when the fill ring asks) */
+    uint64_t rx_batches;         /* xsk__rx_peek calls that found frames */
+    uint64_t tx_budget;          /* frames one kick sends at most */
 };
 
 struct xsk;

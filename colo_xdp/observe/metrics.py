@@ -185,6 +185,13 @@ def families(s: dict) -> list:
         for reason, n in drops.items():
             m.add_metric([side, reason], n)
     out.append(m)
+    m = _counter("xdp_ring_calls", "XDP mode: AF_XDP bursts moved (tx_batches, rx_batches) "
+                 "and the syscalls that woke the kernel for them (tx_kicks, rx_wakeups).",
+                 ("role", "what"))
+    for role, counts in s.get("xdp_wakeups", {}).items():
+        for what, n in counts.items():
+            m.add_metric([role, what], n)
+    out.append(m)
 
     control = s.get("control")
     if control:

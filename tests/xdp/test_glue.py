@@ -1,7 +1,8 @@
 """The engine's releases out of an AF_XDP socket (csrc/xdp_glue.c,
 ``xdp_glue__tx_from_engine``) on a real veth: each record copied once into
 its tx frame, a record no frame can carry skipped and counted where it
-stands, and a kick that fails never sending a frame twice.
+stands, a kick that fails never sending a frame twice, a closed socket's
+unsent frames sent first by the next, and one kick per batch.
 
 The engine here is a framer (failed over, as ``colo-xdp forward`` uses it):
 every frame fed is released at once, in order.
@@ -18,12 +19,14 @@ import pytest
 
 from colo_xdp.engine import Engine, EngineConfig, Side
 from colo_xdp.lab import pktgen
-from colo_xdp.transport.xdp.port import XdpIface, XdpOutdev, XdpPortError, tx_from_engine
+from colo_xdp.transport.xdp.port import (BURST, XdpIface, XdpOutdev, XdpPortError,
+                                         tx_from_engine)
 from colo_xdp.transport.xdp.xsk import XskSocket
 
 from xdp_kit import VethPair, in_netns, sh
 
 ETH_P_ALL = 0x0003
+SO_RCVBUFFORCE = 33
 MARK = b"glue-test "
 
 
@@ -176,3 +179,30 @@ def test_unsent_frames_at_exit_are_counted(veth):
     assert engine.output_pending() == 0
     assert ("xdp_tx_unsent", {"role": "outdev", "iface": veth.host, "frames": 20,
                               "kept": 0}) in svc.warnings
+
+
+def test_one_kick_per_batch_not_per_burst(veth):
+    """need_wakeup: the outdev queues burst after burst and kicks the
+    kernel once the batch is queued (or the ring is full), not once a
+    burst; every frame arrives, once, in order."""
+    frames = _frames(2000)
+    engine = _framer()
+    for i, frame in enumerate(frames):
+        engine.feed_frame(Side.PRIMARY, frame, i)
+    svc = _Svc(engine)
+    with _guest(veth) as guest, in_netns(veth.host_ns):
+        guest.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 16 << 20)
+        out = XdpOutdev(svc, "outdev", XdpIface(veth.host))
+        out.open()
+        try:
+            deadline = time.monotonic() + 5
+            while engine.output_pending() and time.monotonic() < deadline:
+                out.write_pending()
+                out.wait_writable(0.05)
+            assert engine.output_pending() == 0
+            st = out.sock.stats()
+            assert _ours(guest, len(frames)) == frames
+        finally:
+            out.shutdown()
+    assert st["tx_batches"] >= len(frames) // BURST
+    assert st["tx_kicks"] < st["tx_batches"], st

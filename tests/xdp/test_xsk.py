@@ -266,3 +266,18 @@ def test_memlock(veth, limits, drop, expect):
 def test_metadata_size_fits_the_cleared_area():
     from colo_xdp import native
     assert META_SIZE <= native.XSK_META_MAX
+
+
+def test_no_wakeup_syscall_unless_a_ring_asks(path):
+    """Bound with XDP_USE_NEED_WAKEUP: copy mode never asks for the fill
+    ring (no recvfrom), and a tx burst is kicked once, however many frames
+    (the tx budget raised to the ring on kernels that allow it)."""
+    frames = [pktgen.udp_frame(b"wake %d" % i) for i in range(40)]
+    path.send(frames)
+    assert len(path.receive(len(frames))) == len(frames)
+    st = path.xsk.stats()
+    assert st["rx_batches"] > 0 and st["rx_wakeups"] == 0
+    assert path.xsk.tx_burst([g for g in frames]) == len(frames)
+    st = path.xsk.stats()
+    assert st["tx_batches"] == 1
+    assert st["tx_kicks"] == (1 if st["tx_budget"] >= len(frames) else 2)

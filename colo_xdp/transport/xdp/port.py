@@ -44,6 +44,21 @@ INPUT_FRAME_COUNT = 2 * INPUT_RING_SIZE
 IFACE_CHECK_S = 1.0     # how often a role looks for a vanished interface
 # XDP_STATISTICS counters that are frames lost after the redirect.
 KERNEL_DROP_REASONS = ("rx_ring_full", "rx_dropped")
+# Our own counters of a socket (csrc/xsk.h, struct xsk__stats): the syscalls
+# made to wake the kernel (need_wakeup) against the bursts moved.
+WAKEUP_COUNTS = ("tx_kicks", "tx_batches", "rx_wakeups", "rx_batches")
+
+
+def wakeup_counts(socks) -> Counter:
+    """WAKEUP_COUNTS summed over open sockets."""
+    total: Counter = Counter(dict.fromkeys(WAKEUP_COUNTS, 0))
+    for sock in socks:
+        try:
+            st = sock.stats()
+        except XskError:
+            continue
+        total.update({k: st[k] for k in WAKEUP_COUNTS})
+    return total
 
 
 @dataclass(frozen=True)
@@ -172,6 +187,7 @@ class XdpInput:
         # port's counters start from zero, these keep the totals whole.
         self.carried_verdicts: Counter = Counter()
         self.carried_drops: Counter = Counter()
+        self.carried_wakeups: Counter = Counter()
         self.drops_logged = 0
         self.held_socks: set = set()       # flow control: sockets left unread
         self.last_fed_ms = svc.now_ms()
@@ -276,6 +292,11 @@ class XdpInput:
         live = self.port.kernel_drops() if self.port else {}
         return {r: self.carried_drops[r] + live.get(r, 0) for r in KERNEL_DROP_REASONS}
 
+    def wakeups(self) -> dict[str, int]:
+        """WAKEUP_COUNTS of this input's sockets, since it started."""
+        live = wakeup_counts(self.port.sockets if self.port else ())
+        return {k: self.carried_wakeups[k] + live[k] for k in WAKEUP_COUNTS}
+
     def log_kernel_drops(self) -> None:
         """A warning when the kernel dropped frames since the last one (once
         a second at most: the counters are exact in stats and metrics)."""
@@ -292,6 +313,7 @@ class XdpInput:
             self.log_kernel_drops()
             self.carried_verdicts.update(self.port.verdicts())
             self.carried_drops.update(self.port.kernel_drops())
+            self.carried_wakeups.update(wakeup_counts(self.port.sockets))
             self.feed(force=True)             # what waits in the rings is not lost
             self.held_socks.clear()
             self.pause(True)
@@ -326,6 +348,7 @@ class XdpOutdev:
         self.next_check = 0.0
         self.retrying = False          # disconnected: maybe_retry opens again
         self.carry: list[bytes] = []   # a closed socket's unsent frames, for the next
+        self.carried_wakeups: Counter = Counter()
         self.waiting_for_iface = False
 
     @property
@@ -390,6 +413,7 @@ class XdpOutdev:
             except XskError:
                 pass                              # the interface is gone: they stay
             unsent = sock.tx_unsent()
+            self.carried_wakeups.update(wakeup_counts([sock]))
             sock.close()
         self.carry[:0] = unsent                   # older than what waited to be carried
         if unsent or (self.carry and not carry):
@@ -398,6 +422,11 @@ class XdpOutdev:
         if not carry and self.carry:
             self.svc.engine.note_unsent(len(self.carry))
             self.carry = []
+
+    def wakeups(self) -> dict[str, int]:
+        """WAKEUP_COUNTS of this outdev's sockets, since it started."""
+        live = wakeup_counts([self.sock] if self.sock else ())
+        return {k: self.carried_wakeups[k] + live[k] for k in WAKEUP_COUNTS}
 
     def _disconnect(self, why: str) -> None:
         """Close the socket; maybe_retry opens one again within a second."""
