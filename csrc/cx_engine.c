@@ -393,7 +393,10 @@ static bool parse_ipv6(const uint8_t *f, uint32_t ip_off, uint32_t room, struct 
 static void parse_frame(const uint8_t *f, uint32_t len, uint32_t vnet_len,
                         struct cx_parsed *pp)
 {
-    memset(pp, 0, sizeof(*pp));
+    /* A copy of a zero struct, not memset: gcc -O2 makes this memset a
+     * rep stos, half the cost of the whole parse (tools/parse_cost.c). */
+    static const struct cx_parsed zero;
+    *pp = zero;
     if (vnet_len > CX_VNET_HDR_MAX || len < vnet_len + CX_ETH_HLEN)
         return;
     uint16_t ethertype;
