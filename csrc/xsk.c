@@ -481,13 +481,10 @@ int xsk__rx_done(struct xsk *x, const uint64_t *addrs, uint32_t n)
     if (n > x->rx_frames - x->n_fill_wait)
         return -EINVAL;                 /* more than could be out: given back twice */
     for (i = 0; i < n; i++)
-        if (addrs[i] >= rx_end || addrs[i] % x->frame_size < XSK__META_MAX)
+        if (addrs[i] >= rx_end)
             return -EINVAL;
-    for (i = 0; i < n; i++) {
-        /* No stale metadata for the frame that lands here next. */
-        memset(x->umem + addrs[i] - XSK__META_MAX, 0, XSK__META_MAX);
+    for (i = 0; i < n; i++)
         x->fill_wait[x->n_fill_wait++] = addrs[i] - addrs[i] % x->frame_size;
-    }
     fill__flush(x);
     return 0;
 }

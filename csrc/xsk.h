@@ -36,12 +36,8 @@
 #define XSK__FRAME_SIZE_MIN 2048
 #define XSK__FRAME_SIZE_MAX 4096
 /* In copy mode a received frame starts this far into its UMEM frame
- * (XDP_PACKET_HEADROOM); the XDP metadata lies just before it. */
+ * (XDP_PACKET_HEADROOM). */
 #define XSK__RX_HEADROOM 256
-/* The most XDP metadata the kernel lets a program put in front of a frame:
- * xsk__rx_done clears that much in front of each frame it gets back, so a
- * frame that comes without metadata never shows a stale one. */
-#define XSK__META_MAX 32
 
 /* Defaults for struct xsk__config fields left 0. */
 #define XSK__DEFAULT_FRAME_SIZE 2048
@@ -101,7 +97,7 @@ uint64_t xsk__umem_size(const struct xsk *x);
 uint32_t xsk__frame_size(const struct xsk *x);
 
 /* Take up to max received frames: addrs[i] is the frame's offset in the
- * UMEM (its metadata, if any, is just before), lens[i] its length.
+ * UMEM, lens[i] its length.
  * Returns the count (0 when none is waiting). */
 uint32_t xsk__rx_burst(struct xsk *x, uint64_t *addrs, uint32_t *lens, uint32_t max);
 

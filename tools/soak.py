@@ -800,8 +800,8 @@ class Soak:
         v = Counter(final["verdicts"])
         compared = sum(self.sent.values()) - sum(self.other.values())
         problems = []
-        if v["compare"] + v["compare_no_meta"] != compared:
-            problems.append(f"the classifiers sent {v['compare'] + v['compare_no_meta']} "
+        if v["compare"] != compared:
+            problems.append(f"the classifiers sent {v['compare']} "
                             f"frames to be compared, {compared} were")
         not_compared = v["unsupported"] + v["malformed"] + v["passthrough"]
         if not_compared != sum(self.other.values()):

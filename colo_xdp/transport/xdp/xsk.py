@@ -10,7 +10,6 @@ frames::
         classifier.set_socket(0, xsk.fileno())      # XdpClassifier
         n = xsk.rx_burst()                          # frames waiting, up to 64
         for addr, length in xsk.received(n):        # tests and tools only
-            meta = xsk.meta(addr)                   # classify.c's metadata
             frame = xsk.frame(addr, length)         # a view into the UMEM
         xsk.rx_done(n)                              # all n back to the kernel
         xsk.tx_burst([frame1, frame2])              # copied, queued, kicked
@@ -32,7 +31,6 @@ from typing import Iterator, Sequence
 
 from colo_xdp import native
 from colo_xdp.errors import XdpError
-from colo_xdp.transport.xdp.classify_abi import META_SIZE, Meta
 
 DEFAULT_BURST = 64
 
@@ -232,11 +230,6 @@ class XskSocket:
         """A view of a received frame in the UMEM (valid until rx_done)."""
         self._need_open()
         return memoryview(self._x.umem)[addr:addr + length]
-
-    def meta(self, addr: int) -> Meta | None:
-        """classify.c's metadata in front of a received frame, if it has one."""
-        self._need_open()
-        return Meta.unpack(self._x.umem[addr - META_SIZE:addr])
 
     # -- transmit -------------------------------------------------------------
 
