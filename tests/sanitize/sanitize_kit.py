@@ -67,7 +67,8 @@ UBSAN_OPTIONS = ["halt_on_error=1", "print_stacktrace=1"]
 ENGINE_TESTS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests" / "unit")
                       .glob("test_engine_*.py"))
 PROPERTY_TESTS = ["tests/property"]
-XSK_TESTS = ["tests/xdp/test_xsk.py", "tests/xdp/test_tap.py", "tests/xdp/test_glue.py"]
+XSK_TESTS = ["tests/xdp/test_xsk.py", "tests/xdp/test_tap.py", "tests/xdp/test_glue.py",
+             "tests/xdp/test_multiqueue.py"]
 SERVICE_TESTS = [f"tests/xdp/test_service_xdp.py::{name}" for name in (
     "test_xdp_mode_releases_matching_frames_in_order_and_detaches",
     "test_xdp_mode_mismatch_requests_a_checkpoint",

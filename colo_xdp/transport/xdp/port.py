@@ -264,7 +264,10 @@ class XdpInput:
     def maybe_retry(self, now: float) -> None:
         """Once a second: is the interface still the one attached to?  One
         that went away (or was made anew) is given up with a log line, and
-        attached to again as soon as it is back."""
+        attached to again as soon as it is back.  One with more rx queues in
+        use than it has sockets (a multi-queue tap QEMU attached queues to
+        after we opened, or a guest that enabled more) is opened again, with
+        a socket on each: a queue without one would drop its frames."""
         if now < self.next_check:
             return
         self.next_check = now + IFACE_CHECK_S
@@ -275,6 +278,11 @@ class XdpInput:
             index = 0
         if self.port and index != self.ifindex:
             self.svc.log.warning("xdp_iface_gone", role=self.role, iface=self.iface.name)
+            self.shutdown()
+        elif self.port and (_rx_queues(self.iface.name) or 1) > len(self.port.sockets):
+            self.svc.log.warning("xdp_queues_changed", role=self.role, iface=self.iface.name,
+                                 sockets=len(self.port.sockets),
+                                 queues=_rx_queues(self.iface.name))
             self.shutdown()
         if not self.port and index:
             try:

@@ -72,9 +72,10 @@ def _rx_queues(ifname: str) -> int | None:
 
     /sys/class/net/IF/queues lists exactly those; netlink only has the count
     allocated (a veth made without numrxqueues has 1 in use of 2 or more, and
-    binding to the others is refused).  /sys is read when it shows the
-    caller's network namespace (its ifindex matches), else netlink is the
-    fallback."""
+    binding to the others is refused; a multi-queue tap has 256), except for
+    a tap, whose queues in use are its attached ones (IFLA_TUN_NUM_QUEUES).
+    /sys is read when it shows the caller's network namespace (its ifindex
+    matches), else netlink is the fallback."""
     try:
         index = socket.if_nametoindex(ifname)
     except OSError:
@@ -91,7 +92,14 @@ def _rx_queues(ifname: str) -> int | None:
 
         with IPRoute() as ipr:
             links = ipr.link("get", index=index)
-        return links[0].get_attr("IFLA_NUM_RX_QUEUES") if links else None
+        if not links:
+            return None
+        info = links[0].get_attr("IFLA_LINKINFO")
+        if info and info.get_attr("IFLA_INFO_KIND") == "tun":
+            data = info.get_attr("IFLA_INFO_DATA")
+            if data and data.get_attr("IFLA_TUN_MULTI_QUEUE"):
+                return data.get_attr("IFLA_TUN_NUM_QUEUES") or 1
+        return links[0].get_attr("IFLA_NUM_RX_QUEUES")
     except Exception:                 # only a count: never mask the caller's own error
         return None
 
