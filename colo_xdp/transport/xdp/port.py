@@ -42,6 +42,9 @@ BURST = native.XDP_GLUE_BURST
 INPUT_RING_SIZE = 4096
 INPUT_FRAME_COUNT = 2 * INPUT_RING_SIZE
 IFACE_CHECK_S = 1.0     # how often a role looks for a vanished interface
+# Bursts one readable socket gives per loop turn while they come full: the
+# loop's own work (timers, ticks, after_batch) is paid once for them.
+RX_BURSTS_PER_TURN = 4
 # XDP_STATISTICS counters that are frames lost after the redirect.
 KERNEL_DROP_REASONS = ("rx_ring_full", "rx_dropped")
 # Our own counters of a socket (csrc/xsk.h, struct xsk__stats): the syscalls
@@ -169,7 +172,8 @@ def tx_from_engine(sock: XskSocket, engine: Engine) -> int:
 
 class XdpInput:
     """A guest interface in XDP mode: the classifier and an AF_XDP socket per
-    rx queue; each ready socket gives one burst per loop turn to the engine.
+    rx queue; each ready socket gives a burst per loop turn to the engine
+    (up to RX_BURSTS_PER_TURN while they come full).
     ``classify_as`` is the classifier's side, ``feed_as`` the engine's (they
     differ only for ``forward``)."""
 
@@ -236,9 +240,14 @@ class XdpInput:
         return n
 
     def _reader(self, sock):
+        """What the loop calls when ``sock`` is readable: up to
+        RX_BURSTS_PER_TURN bursts while they come full and nothing is held
+        back.  The loop's turn ends with after_batch (released frames out,
+        events, backpressure): once a turn, not once a socket."""
         def readable(mask: int) -> None:
-            self._rx(sock, force=False)
-            self.svc.after_batch()
+            for _ in range(RX_BURSTS_PER_TURN):
+                if self._rx(sock, force=False) < BURST or sock in self.held_socks:
+                    return
         return readable
 
     def feed(self, force: bool = False) -> None:
