@@ -118,28 +118,43 @@ int xdp_glue__rx_to_engine(struct xsk *x, struct cx_engine *e, int side, uint64_
     return err ? err : (int)taken;
 }
 
+/* One released record of the engine's out buffer. */
+struct tx_record {
+    const uint8_t *vnet;          /* its virtio-net header (vnet_len bytes), or NULL */
+    uint32_t vnet_len;
+    const uint8_t *frame;         /* the Ethernet frame after it */
+    uint32_t len;
+};
+
+/* The tx frames reserved and not yet written: frame i at umem + addrs[i]. */
+struct tx_frames {
+    uint8_t *umem;
+    const uint64_t *addrs;
+    uint32_t room;                /* frames left */
+    uint32_t frame_size;
+    uint32_t *lens;               /* set for each frame written */
+};
+
 /*
- * One released frame into tx frames, written in place in the UMEM: its
- * vnet header (vnet bytes) already left out, its TCP/UDP checksum finished
- * in the copy.  Returns how many tx frames it became (lens[] set for each;
- * today always one), 0 when it needs more than the room frames at
- * umem + addrs[0..room-1] (it waits for the next burst), or -EMSGSIZE when
- * no tx frame can ever carry it (the caller skips it and counts it).  The
- * one place that shapes what goes on the wire: segmentation would make one
- * frame many here.
+ * One released record into tx frames, written in place in the UMEM: the
+ * frame copied once (its vnet header is not sent), its TCP/UDP checksum
+ * finished in the copy.  Returns how many tx frames it became (today always
+ * one), 0 when it needs more than out->room (it waits for the next burst),
+ * or -EMSGSIZE when no tx frame can ever carry it (the caller skips it and
+ * counts it).  The one place that shapes what goes on the wire: segmenting
+ * a GSO record (its vnet header says how) would make one record many
+ * frames here.
  */
-static int tx__emit_record(const uint8_t *frame, uint32_t len, uint8_t *umem,
-                           const uint64_t *addrs, uint32_t room, uint32_t frame_size,
-                           uint32_t *lens)
+static int tx__emit_record(const struct tx_record *r, const struct tx_frames *out)
 {
-    if (len == 0 || len > frame_size)
+    if (r->len == 0 || r->len > out->frame_size)
         return -EMSGSIZE;
-    if (room < 1)
+    if (out->room < 1)
         return 0;
-    uint8_t *to = umem + addrs[0];
-    memcpy(to, frame, len);
-    l4_checksum_finish(to, len);
-    lens[0] = len;
+    uint8_t *to = out->umem + out->addrs[0];
+    memcpy(to, r->frame, r->len);
+    l4_checksum_finish(to, r->len);
+    out->lens[0] = r->len;
     return 1;
 }
 
@@ -162,10 +177,13 @@ int xdp_glue__tx_from_engine(struct xsk *x, struct cx_engine *e, uint32_t max)
         uint32_t vnet = hdr == 8 ? cx_rd32(out + pos + 4) : 0;
         if (pending - pos - hdr < len)
             break;                              /* never here: records are whole */
-        int got = vnet > len ? -EMSGSIZE
-                             : tx__emit_record(out + pos + hdr + vnet, len - vnet, umem,
-                                               addrs + used, room - used, frame_size,
-                                               lens + used);
+        int got = -EMSGSIZE;
+        if (vnet <= len) {
+            const uint8_t *at = out + pos + hdr;
+            struct tx_record r = { vnet ? at : NULL, vnet, at + vnet, len - vnet };
+            struct tx_frames f = { umem, addrs + used, room - used, frame_size, lens + used };
+            got = tx__emit_record(&r, &f);
+        }
         if (got == 0)
             break;                              /* wants more frames than are left */
         if (got < 0) {

@@ -538,6 +538,8 @@ uint32_t xsk__tx_reserve(struct xsk *x, uint32_t n, uint64_t *addrs)
 {
     uint32_t idx, i;
 
+    /* A reservation never submitted gives its slots back first. */
+    x->tx.cached_prod -= x->tx_reserved;
     x->tx_reserved = 0;
     comp__reap(x);
     if (n > x->n_tx_free)
