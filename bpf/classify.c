@@ -2,10 +2,10 @@
 /*
  * classify.c - XDP program on a guest's tap (a veth in tests): decides, frame
  * by frame, whether the engine compares it (redirect to the AF_XDP socket of
- * its rx queue, with its 5-tuple in the metadata area), or it goes its
+ * its rx queue, as it is: the engine parses it itself), or it goes its
  * normal way (primary) or nowhere (secondary) uncompared.  A primary frame
- * of a passthrough flow goes to the socket too, marked so in the metadata:
- * the engine releases it to the outdev uncompared.
+ * of a passthrough flow goes to the socket too: the engine holds the same
+ * list and releases it to the outdev uncompared.
  *
  * Built and loaded by colo_xdp/transport/xdp/classifier.py with bcc:
  *   BPF(src_file="bpf/classify.c", cflags=["-I<bpf dir>", "-DCX_XDP_SIDE=0"])
@@ -20,15 +20,15 @@
  *             │         (tagged, CX_XDP_CFG_VLAN_UNCOMPARED) ──▶ UNSUPPORTED
  *             ▼
  *            IPv4 | IPv6 [ext headers ×6] ──cut or inconsistent──▶ MALFORMED
- *             │ fragment? ──yes──▶ metadata (no ports): the engine reassembles
+ *             │ fragment? ──yes──▶ redirect (no ports): the engine reassembles
  *             ▼
  *            TCP/UDP/ICMP/ICMPv6/other ──cut──▶ MALFORMED; ND, MLD ──▶ UNSUPPORTED
  *             │ 5-tuple
  *             ▼
- *            passthrough rule matches? ──yes──▶ PASSTHROUGH: primary as below,
- *             │no                               metadata flag PASSTHROUGH; secondary drop
+ *            passthrough rule matches? ──yes──▶ PASSTHROUGH: primary as below
+ *             │no                               (the engine releases it); secondary drop
  *             ▼
- *            metadata ──▶ redirect to xsks[rx_queue] ──no socket──▶ NO_SOCKET
+ *            redirect to xsks[rx_queue] ──no socket──▶ NO_SOCKET
  *
  * The parse rules are the engine's (csrc/cx_engine.c, parse_frame): a frame
  * the engine would compare is COMPARE here, and one it would not compare is
@@ -102,24 +102,26 @@ struct vlan_hdr {
     __be16 encapsulated_proto;
 };
 
-/* Where the parse stands: the next header and its offset from the frame start. */
+/* Where the parse stands: the next header. */
 struct cursor {
     void *pos;
-    __u16 off;
 };
 
-/* The classification of a frame, copied into the metadata.  Addresses as
- * the engine keeps them: IPv6, IPv4 mapped (::ffff:a.b.c.d). */
+/* struct flow flags. */
+#define FLOW_VLAN 0x1             /* the frame had 802.1Q / 802.1ad tags */
+#define FLOW_FRAGMENT 0x2         /* an IPv4 or IPv6 fragment */
+#define FLOW_IPV6 0x4
+
+/* What the passthrough rules match a frame by.  Addresses as the engine
+ * keeps them: IPv6, IPv4 mapped (::ffff:a.b.c.d).  Only for the verdict:
+ * the engine parses the frame itself (docs/xdp.md, "No metadata"). */
 struct flow {
     __u32 saddr[4];
     __u32 daddr[4];
     __u16 sport;
     __u16 dport;
     __u8 proto;
-    __u8 flags;
-    __u16 l3_off;
-    __u16 l4_off;
-    __u16 vlan_tci;
+    __u8 flags;               /* FLOW_* */
 };
 
 static __always_inline int is_vlan(__u16 h_proto)
@@ -137,7 +139,6 @@ static __always_inline int parse_ethhdr(struct cursor *c, void *data_end,
         return PARSE_CUT;
     __u16 h_proto = eth->h_proto;
     c->pos = eth + 1;
-    c->off = sizeof(*eth);
 
 #pragma unroll
     for (int i = 0; i < CX_XDP_MAX_VLAN_TAGS; i++) {
@@ -146,12 +147,9 @@ static __always_inline int parse_ethhdr(struct cursor *c, void *data_end,
         struct vlan_hdr *vh = c->pos;
         if ((void *)(vh + 1) > data_end)
             return PARSE_CUT;
-        if (!(f->flags & CX_XDP_META_F_VLAN))
-            f->vlan_tci = bpf_ntohs(vh->tci);
-        f->flags |= CX_XDP_META_F_VLAN;
+        f->flags |= FLOW_VLAN;
         h_proto = vh->encapsulated_proto;
         c->pos = vh + 1;
-        c->off += sizeof(*vh);
     }
     return h_proto;
 }
@@ -175,16 +173,14 @@ static __always_inline int parse_iphdr(struct cursor *c, void *data_end,
     f->saddr[3] = ip->saddr;
     f->daddr[3] = ip->daddr;
     f->proto = ip->protocol;
-    f->l3_off = c->off;
     *l4_len = tot - ihl;
     if (bpf_ntohs(ip->frag_off) & (CX_IP_FRAG_MF | CX_IP_FRAG_OFFSET_MASK)) {
-        f->flags |= CX_XDP_META_F_FRAGMENT;
+        f->flags |= FLOW_FRAGMENT;
         /* As the engine: only the last part may end off a multiple of 8. */
         if ((bpf_ntohs(ip->frag_off) & CX_IP_FRAG_MF) && (*l4_len == 0 || *l4_len % 8))
             return PARSE_CUT;
     }
     c->pos += ihl;
-    c->off += ihl;
     return ip->protocol;
 }
 
@@ -205,11 +201,9 @@ static __always_inline int parse_ipv6hdr(struct cursor *c, void *data_end,
         return PARSE_CUT;
     __builtin_memcpy(f->saddr, &ip6->saddr, 16);
     __builtin_memcpy(f->daddr, &ip6->daddr, 16);
-    f->l3_off = c->off;
-    f->flags |= CX_XDP_META_F_IPV6;
+    f->flags |= FLOW_IPV6;
     __u8 nh = ip6->nexthdr;
     c->pos += sizeof(*ip6);
-    c->off += sizeof(*ip6);
 
 #pragma unroll
     for (int i = 0; i < CX_IPV6_MAX_EXT + 1; i++) {
@@ -225,14 +219,13 @@ static __always_inline int parse_ipv6hdr(struct cursor *c, void *data_end,
             return PARSE_CUT;
         if (nh == CX_IPPROTO_FRAGMENT) {
             /* The rest is the fragmentable part: the engine reassembles. */
-            f->flags |= CX_XDP_META_F_FRAGMENT;
+            f->flags |= FLOW_FRAGMENT;
             f->proto = eh[0];
             left -= CX_IPV6_FRAG_HLEN;
             if ((eh[3] & CX_IPV6_FRAG_M) && (left == 0 || left % 8))
                 return PARSE_CUT;
             *l4_len = left;
             c->pos += CX_IPV6_FRAG_HLEN;
-            c->off += CX_IPV6_FRAG_HLEN;
             return eh[0];
         }
         __u32 hlen = (eh[1] + 1) * 8;
@@ -241,7 +234,6 @@ static __always_inline int parse_ipv6hdr(struct cursor *c, void *data_end,
         nh = eh[0];
         left -= hlen;
         c->pos += hlen;
-        c->off += hlen;
     }
     f->proto = nh;
     *l4_len = left;
@@ -252,7 +244,6 @@ static __always_inline int parse_ipv6hdr(struct cursor *c, void *data_end,
 static __always_inline int parse_l4(struct cursor *c, void *data_end, int proto,
                                     __u32 l4_len, struct flow *f)
 {
-    f->l4_off = c->off;
     switch (proto) {
     case CX_IPPROTO_TCP: {
         struct tcphdr *tcp = c->pos;
@@ -279,7 +270,7 @@ static __always_inline int parse_l4(struct cursor *c, void *data_end, int proto,
         return 0;
     case CX_IPPROTO_ICMPV6: {
         __u8 *icmp6 = c->pos;
-        if (!(f->flags & CX_XDP_META_F_IPV6))
+        if (!(f->flags & FLOW_IPV6))
             return 0;                /* protocol 58 in IPv4: an "other" */
         if (l4_len < CX_ICMP_HLEN_MIN || (void *)(icmp6 + CX_ICMP_HLEN_MIN) > data_end)
             return PARSE_CUT;
@@ -343,7 +334,7 @@ static __always_inline int classify(struct xdp_md *ctx, const struct cx_xdp_conf
 {
     void *data = (void *)(long)ctx->data;
     void *data_end = (void *)(long)ctx->data_end;
-    struct cursor c = { .pos = data, .off = 0 };
+    struct cursor c = { .pos = data };
     __u32 l4_len = 0;
 
     if (!is_guest(cfg, data, data_end))
@@ -353,7 +344,7 @@ static __always_inline int classify(struct xdp_md *ctx, const struct cx_xdp_conf
         return CX_XDP_MALFORMED;
     if (h_proto != bpf_htons(CX_ETH_P_IP) && h_proto != bpf_htons(CX_ETH_P_IPV6))
         return CX_XDP_UNSUPPORTED;
-    if ((f->flags & CX_XDP_META_F_VLAN) && (cfg->flags & CX_XDP_CFG_VLAN_UNCOMPARED))
+    if ((f->flags & FLOW_VLAN) && (cfg->flags & CX_XDP_CFG_VLAN_UNCOMPARED))
         return CX_XDP_UNSUPPORTED;
     int proto = h_proto == bpf_htons(CX_ETH_P_IP) ? parse_iphdr(&c, data_end, f, &l4_len)
                                                   : parse_ipv6hdr(&c, data_end, f, &l4_len);
@@ -362,7 +353,7 @@ static __always_inline int classify(struct xdp_md *ctx, const struct cx_xdp_conf
     /* A fragment goes to the engine, which reassembles it and decides on
      * the whole datagram (passthrough included: a later fragment has no
      * ports to match). */
-    if (f->flags & CX_XDP_META_F_FRAGMENT)
+    if (f->flags & FLOW_FRAGMENT)
         return CX_XDP_COMPARE;
     int l4 = parse_l4(&c, data_end, proto, l4_len, f);
     if (l4 == PARSE_CUT)
@@ -372,35 +363,6 @@ static __always_inline int classify(struct xdp_md *ctx, const struct cx_xdp_conf
     if (on_passthrough_list(f))
         return CX_XDP_PASSTHROUGH;
     return CX_XDP_COMPARE;
-}
-
-/* Put the classification in front of the frame: 0, or -1 without room. */
-static __always_inline int put_meta(struct xdp_md *ctx, const struct flow *f)
-{
-    if (bpf_xdp_adjust_meta(ctx, -(int)sizeof(struct cx_xdp_meta)))
-        return -1;
-    /* adjust_meta invalidated every packet pointer: load them again. */
-    void *data = (void *)(long)ctx->data;
-    struct cx_xdp_meta *m = (void *)(long)ctx->data_meta;
-    if ((void *)(m + 1) > data)
-        return -1;
-    __u32 sa = f->saddr[3], da = f->daddr[3];
-    if (f->flags & CX_XDP_META_F_IPV6) {
-        sa = f->saddr[0] ^ f->saddr[1] ^ f->saddr[2] ^ f->saddr[3];
-        da = f->daddr[0] ^ f->daddr[1] ^ f->daddr[2] ^ f->daddr[3];
-    }
-    m->hash = cx_xdp_flow_hash(sa, da, f->sport, f->dport, f->proto);
-    m->saddr = sa;
-    m->daddr = da;
-    m->sport = f->sport;
-    m->dport = f->dport;
-    m->proto = f->proto;
-    m->flags = f->flags;
-    m->l3_off = f->l3_off;
-    m->l4_off = f->l4_off;
-    m->vlan_tci = f->vlan_tci;
-    m->magic = CX_XDP_META_MAGIC;
-    return 0;
 }
 
 static __always_inline int action_of(int verdict)
@@ -431,12 +393,6 @@ int xdp_classify(struct xdp_md *ctx)
 
     if (verdict == CX_XDP_COMPARE ||
         (verdict == CX_XDP_PASSTHROUGH && TO_ENGINE_IF_PASSTHROUGH)) {
-        if (verdict == CX_XDP_PASSTHROUGH)
-            f.flags |= CX_XDP_META_F_PASSTHROUGH;
-        /* Without room for metadata a passthrough frame goes unmarked: the
-         * engine's own list (the same rules) decides it. */
-        if (put_meta(ctx, &f) && verdict == CX_XDP_COMPARE)
-            verdict = CX_XDP_COMPARE_NO_META;
         action = xsks.redirect_map(ctx->rx_queue_index, ACT_NO_SOCKET);
         if (action != XDP_REDIRECT)
             verdict = CX_XDP_NO_SOCKET;

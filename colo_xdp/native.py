@@ -70,12 +70,10 @@ CX_REL_RETRANSMIT = lib.CX_REL_RETRANSMIT
 CX_REL_FLUSHED = lib.CX_REL_FLUSHED
 CX_REL_FAILOVER = lib.CX_REL_FAILOVER
 CX_REL_PASSTHROUGH = lib.CX_REL_PASSTHROUGH
-CX_MARK_PASSTHROUGH = lib.CX_MARK_PASSTHROUGH
 
 # Hold-time histogram of released primary frames (counters.hold_hist).
 CX_HOLD_BUCKETS = lib.CX_HOLD_BUCKETS
 
-XSK_META_MAX = lib.XSK__META_MAX
 XSK_DEFAULT_FRAME_SIZE = lib.XSK__DEFAULT_FRAME_SIZE
 XSK_DEFAULT_FRAME_COUNT = lib.XSK__DEFAULT_FRAME_COUNT
 XSK_DEFAULT_RING_SIZE = lib.XSK__DEFAULT_RING_SIZE
@@ -120,17 +118,14 @@ class EngineCore:
     def feed(self, side: int, frame: bytes, vnet_len: int, now_ms: int) -> None:
         lib.cx_engine__feed(self._e, side, frame, len(frame), vnet_len, now_ms)
 
-    def feed_burst(self, side: int, frames: list[bytes], now_ms: int, force: bool = True,
-                   marks: list[int] | None = None) -> int:
+    def feed_burst(self, side: int, frames: list[bytes], now_ms: int, force: bool = True) -> int:
         """cx_engine__feed_burst, the AF_XDP path's call (tests compare the
-        two), ``marks`` (CX_MARK_*) as the glue reads them from the
-        classifier's metadata; how many frames it took (fewer when flow
-        control held it back)."""
+        two); how many frames it took (fewer when flow control held it
+        back)."""
         keep = [ffi.from_buffer(f) for f in frames]
         ptrs = ffi.new("const uint8_t *[]", keep)
         lens = ffi.new("uint32_t[]", [len(f) for f in frames])
-        cmarks = ffi.new("uint8_t[]", marks) if marks is not None else ffi.NULL
-        return lib.cx_engine__feed_burst(self._e, side, ptrs, lens, cmarks, len(frames), now_ms,
+        return lib.cx_engine__feed_burst(self._e, side, ptrs, lens, len(frames), now_ms,
                                          CX_FEED_FORCE if force else 0)
 
     @property
@@ -200,6 +195,9 @@ class EngineCore:
     def out_consume(self, n: int) -> None:
         lib.cx_engine__out_consume(self._e, n)
 
+    def out_note_unsent(self, n: int) -> None:
+        lib.cx_engine__out_note_unsent(self._e, n)
+
     def out_abandon_partial(self) -> bool:
         return bool(lib.cx_engine__out_abandon_partial(self._e))
 
@@ -265,6 +263,20 @@ class XskCore:
         lens = ffi.new("uint32_t[]", [len(f) for f in frames])
         return _check(lib.xsk__tx_burst(self._x, b"".join(frames), lens, len(frames)),
                       "xsk__tx_burst")
+
+    def tx_queue(self, frames) -> int:
+        lens = ffi.new("uint32_t[]", [len(f) for f in frames])
+        return _check(lib.xsk__tx_queue(self._x, b"".join(frames), lens, len(frames)),
+                      "xsk__tx_queue")
+
+    def tx_kick(self) -> None:
+        _check(lib.xsk__tx_kick(self._x), "xsk__tx_kick")
+
+    def tx_unsent(self) -> list[bytes]:
+        n = self.tx_pending()
+        addrs, lens = ffi.new("uint64_t[]", max(n, 1)), ffi.new("uint32_t[]", max(n, 1))
+        n = lib.xsk__tx_unsent(self._x, addrs, lens, n)
+        return [self.umem[addrs[i]:addrs[i] + lens[i]] for i in range(n)]
 
     def tx_reap(self) -> int:
         return _check(lib.xsk__tx_reap(self._x), "xsk__tx_reap")

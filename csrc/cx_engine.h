@@ -96,10 +96,6 @@
 
 /* Flow control (cx_engine__feed_stream, cx_engine__feed_burst). */
 #define CX_FEED_FORCE 0x1     /* flag: take every frame; only the limits apply */
-/* A frame's mark (cx_engine__feed_burst): the XDP classifier found its flow
- * on its passthrough list, so it is not compared (primary: released at
- * once, secondary: dropped), as a flow on the engine's own list is. */
-#define CX_MARK_PASSTHROUGH 0x1
 #define CX_FEED_DONE 0        /* every whole frame was taken */
 #define CX_FEED_BLOCKED 1     /* stopped in front of a frame that would run its
                                  side ahead: leave it unread until the other
@@ -196,6 +192,8 @@ struct cx_counters {
     uint64_t evidence_lost;             /* evidence frames past evidence_max_bytes */
     uint64_t outdev_cut;                /* released frames cut short by an outdev
                                            that went away mid-record */
+    uint64_t outdev_unsent;             /* released frames queued on an AF_XDP
+                                           socket that closed before sending them */
     uint64_t held_back[2];              /* feeds stopped by flow control */
     uint64_t frag[2][CX_FRAG__COUNT];   /* datagrams by reassembly outcome */
     uint64_t frag_held[2];              /* fragments now waiting for the rest
@@ -230,15 +228,10 @@ void cx_engine__feed(struct cx_engine *e, int side, const uint8_t *frame,
  * limits (max_queue_size, max_connections) decide, as without flow control.
  */
 
-/* Feed a burst of n frames (AF_XDP rx: pointers into UMEM), no vnet header,
- * with a mark each (CX_MARK_*; marks may be NULL: none).  A frame marked
- * CX_MARK_PASSTHROUGH of a flow without a connection is not compared; one
- * whose flow has a connection (classified just before its rule was deleted)
- * is compared, so that it never overtakes frames of its flow held there.
+/* Feed a burst of n frames (AF_XDP rx: pointers into UMEM), no vnet header.
  * Returns how many were taken, from the first: fewer than n when held back. */
 size_t cx_engine__feed_burst(struct cx_engine *e, int side, const uint8_t *const *frames,
-                             const uint32_t *lens, const uint8_t *marks, size_t n,
-                             uint64_t now_ms, int flags);
+                             const uint32_t *lens, size_t n, uint64_t now_ms, int flags);
 
 /* Feed whole records of a QEMU-framed stream from buf.  *consumed says how
  * many bytes were used: a partial record at the end is left, and so is
@@ -308,6 +301,9 @@ int cx_engine__out_abandon_partial(struct cx_engine *e);
 /* Drop the whole record at the head of the out buffer (an outdev that cannot
  * carry it, e.g. larger than an AF_XDP frame): counted in outdev_cut. */
 void cx_engine__out_skip_record(struct cx_engine *e);
+/* n frames the outdev took from the out buffer never went out (left in the
+ * tx ring of an AF_XDP socket that was closed): counted in outdev_unsent. */
+void cx_engine__out_note_unsent(struct cx_engine *e, uint64_t n);
 /* Bytes in front of each frame in the out buffer: 4, or 8 with vnet. */
 uint32_t cx_engine__out_header_len(const struct cx_engine *e);
 

@@ -23,12 +23,19 @@
 int xdp_glue__rx_to_engine(struct xsk *x, struct cx_engine *e, int side, uint64_t now_ms,
                            uint32_t max, int flags, int *held_back);
 
-/* Transmit up to max frames from the engine's released records (vnet
- * headers stripped, TCP/UDP checksums finished, a record longer than the
- * interface's MTU or an AF_XDP frame cut into several: csrc/segment.h) and
- * consume the records sent.  A record that cannot be sent so is skipped and
- * counted (outdev_cut).  Returns frames sent, or -errno; 0 with frames
- * pending means the tx ring is full for now. */
+/* Transmit up to max frames from the engine's out buffer, each released
+ * record copied once, straight into tx frames of the UMEM (vnet header
+ * left out, TCP/UDP checksum finished there; a record longer than the
+ * interface's MTU or a UMEM frame cut into several: csrc/segment.h), and
+ * consume the records queued.  A record that cannot go out so (not
+ * cuttable, inconsistent, or empty) is skipped and counted (outdev_cut).
+ * Returns the frames queued (0 with records pending: the tx ring or the tx
+ * frames are full for now), or -errno when the kick failed: the records
+ * queued are consumed all the same and wait in the tx ring
+ * (xsk__tx_pending), never sent twice.  The kernel is kicked once a call
+ * queues less than a full burst (max frames) or leaves nothing behind: a
+ * caller goes on calling while this returns a count and frames are pending
+ * (XdpOutdev.write_pending). */
 int xdp_glue__tx_from_engine(struct xsk *x, struct cx_engine *e, uint32_t max);
 
 /* cdef-end */

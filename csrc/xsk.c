@@ -35,19 +35,31 @@
 #ifndef SOL_XDP
 #define SOL_XDP 283
 #endif
-/* Newer than the build host's <linux/if_xdp.h> may be (kernel 6.6). */
+/* Newer than the build host's <linux/if_xdp.h> may be. */
+#ifndef XDP_USE_NEED_WAKEUP
+#define XDP_USE_NEED_WAKEUP (1 << 3)
+#endif
+#ifndef XDP_RING_NEED_WAKEUP
+#define XDP_RING_NEED_WAKEUP (1 << 0)
+#endif
 #ifndef XDP_USE_SG
-#define XDP_USE_SG (1 << 4)
+#define XDP_USE_SG (1 << 4)                 /* 6.6 on */
 #endif
 #ifndef XDP_PKT_CONTD
-#define XDP_PKT_CONTD (1 << 0)
+#define XDP_PKT_CONTD (1 << 0)              /* 6.6 on */
+#endif
+#ifndef XDP_MAX_TX_SKB_BUDGET
+#define XDP_MAX_TX_SKB_BUDGET 9           /* <linux/if_xdp.h> of 6.17 on */
 #endif
 
 /* In copy mode one TX kick moves at most this many frames (the kernel's
- * TX_BATCH_SIZE) and answers EAGAIN while more wait. */
+ * TX_BATCH_SIZE) and answers EAGAIN while more wait, unless the socket's
+ * budget is raised (XDP_MAX_TX_SKB_BUDGET, 6.17 on): then a whole ring. */
 #define TX_KICK_BATCH 32
 /* Kicks beyond the ones the queued frames need, for transient EBUSY/EAGAIN. */
 #define TX_KICK_SPARE 4
+/* The most frames xsk__tx_burst queues per call. */
+#define TX_BURST_MAX 256
 /* Backoff between binds refused with EBUSY: from 1 ms, doubling, at most this. */
 #define BIND_BACKOFF_MAX_MS 32
 
@@ -58,6 +70,7 @@ struct ring {
     uint32_t size;
     uint32_t *producer;       /* shared with the kernel */
     uint32_t *consumer;       /* shared with the kernel */
+    uint32_t *flags;          /* shared: XDP_RING_NEED_WAKEUP */
     void *descs;              /* struct xdp_desc[size] or uint64_t[size] */
     void *map;
     size_t map_len;
@@ -75,9 +88,15 @@ struct xsk {
     uint64_t *tx_free;        /* stack of free tx frame addresses */
     uint32_t n_tx_free;
     uint32_t tx_outstanding;  /* submitted, not yet completed */
+    uint32_t tx_reserved;     /* reserved by xsk__tx_reserve, not yet submitted */
     uint64_t *fill_wait;      /* rx frames handed back, not yet in the fill ring */
     uint32_t n_fill_wait;
     uint8_t *whole;           /* XSK__WHOLE_SLOTS buffers for xsk__rx_whole, or NULL */
+    uint64_t tx_kicks;        /* sendto calls made to get the kernel sending */
+    uint64_t tx_batches;      /* submits that queued frames */
+    uint64_t rx_wakeups;      /* recvfrom calls made for an empty fill ring */
+    uint64_t rx_batches;      /* peeks that found frames */
+    uint32_t tx_budget;       /* frames one kick sends at most */
 };
 
 /* ---- rings ------------------------------------------------------------- */
@@ -142,12 +161,21 @@ static int ring__map(int fd, struct ring *r, const struct xdp_ring_offset *off,
     r->map_len = len;
     r->producer = (uint32_t *)((uint8_t *)map + off->producer);
     r->consumer = (uint32_t *)((uint8_t *)map + off->consumer);
+    r->flags = (uint32_t *)((uint8_t *)map + off->flags);
     r->descs = (uint8_t *)map + off->desc;
     r->size = size;
     r->mask = size - 1;
     r->cached_prod = *r->producer;
     r->cached_cons = *r->consumer + (producer ? size : 0);
     return 0;
+}
+
+/* Does the kernel ask to be woken for this ring?  Bound with
+ * XDP_USE_NEED_WAKEUP, it sets the flag only when it stopped looking at the
+ * ring (in copy mode: always on tx, never on the fill ring). */
+static int ring__needs_wakeup(const struct ring *r)
+{
+    return __atomic_load_n(r->flags, __ATOMIC_RELAXED) & XDP_RING_NEED_WAKEUP;
 }
 
 static void ring__unmap(struct ring *r)
@@ -238,7 +266,7 @@ static int bind__retry(struct xsk *x, uint32_t ifindex, uint32_t queue, uint32_t
 {
     struct sockaddr_xdp sa = {
         .sxdp_family = AF_XDP,
-        .sxdp_flags = XDP_COPY | (multi_buffer ? XDP_USE_SG : 0),
+        .sxdp_flags = XDP_COPY | XDP_USE_NEED_WAKEUP | (multi_buffer ? XDP_USE_SG : 0),
         .sxdp_ifindex = ifindex,
         .sxdp_queue_id = queue,
     };
@@ -336,6 +364,13 @@ int xsk__open(const struct xsk__config *cfg, struct xsk **out, struct xsk__info 
     err = rings__create(x, c.ring_size);
     if (err)
         goto fail;
+    /* One kick may send the whole tx ring (kernel 6.17's
+     * XDP_MAX_TX_SKB_BUDGET); an older kernel keeps TX_KICK_BATCH. */
+    uint32_t budget = c.ring_size;
+    if (setsockopt(x->fd, SOL_XDP, XDP_MAX_TX_SKB_BUDGET, &budget, sizeof(budget)) == 0)
+        x->tx_budget = budget;
+    else
+        x->tx_budget = TX_KICK_BATCH;
 
     /* All rx frames go to the fill ring before bind: nothing is missed. */
     if (prod__reserve(&x->fill, x->rx_frames, &idx) != x->rx_frames) {
@@ -439,6 +474,15 @@ uint32_t xsk__rx_peek(struct xsk *x, uint64_t *addrs, uint32_t *lens, uint8_t *m
     }
     /* Not consumed yet: the next peek sees the same descriptors first. */
     x->rx.cached_cons -= n;
+    if (whole)
+        x->rx_batches++;
+    else if (ring__needs_wakeup(&x->fill)) {
+        /* The kernel stopped for want of fill ring entries and asks to be
+         * told there are some again (a zero-copy driver; copy mode never
+         * asks): a recvfrom that returns at once. */
+        x->rx_wakeups++;
+        recvfrom(x->fd, NULL, 0, MSG_DONTWAIT, NULL, NULL);
+    }
     return whole;
 }
 
@@ -504,13 +548,10 @@ int xsk__rx_done(struct xsk *x, const uint64_t *addrs, uint32_t n)
     if (n > x->rx_frames - x->n_fill_wait)
         return -EINVAL;                 /* more than could be out: given back twice */
     for (i = 0; i < n; i++)
-        if (addrs[i] >= rx_end || addrs[i] % x->frame_size < XSK__META_MAX)
+        if (addrs[i] >= rx_end)
             return -EINVAL;
-    for (i = 0; i < n; i++) {
-        /* No stale metadata for the frame that lands here next. */
-        memset(x->umem + addrs[i] - XSK__META_MAX, 0, XSK__META_MAX);
+    for (i = 0; i < n; i++)
         x->fill_wait[x->n_fill_wait++] = addrs[i] - addrs[i] % x->frame_size;
-    }
     fill__flush(x);
     return 0;
 }
@@ -531,17 +572,26 @@ static void comp__reap(struct xsk *x)
     x->tx_outstanding -= n;
 }
 
-/* Make the kernel send what the tx ring holds: one sendto moves at most
- * TX_KICK_BATCH frames in copy mode and says EAGAIN while more wait, so
- * kick until it does not.  EBUSY/ENOBUFS (the device is busy) leave the
- * rest for the next kick. */
+/* Frames in the tx ring the kernel has not read yet. */
+static uint32_t tx__unread(const struct xsk *x)
+{
+    /* Acquire: pairs with the kernel's release of the consumer. */
+    return *x->tx.producer - __atomic_load_n(x->tx.consumer, __ATOMIC_ACQUIRE);
+}
+
+/* Make the kernel send what the tx ring holds, if it asks to be woken for
+ * it (XDP_RING_NEED_WAKEUP; copy mode always asks): one sendto moves at
+ * most tx_budget frames and says EAGAIN while more wait, so kick until the
+ * ring is read.  EBUSY/ENOBUFS (the device is busy) leave the rest for the
+ * next kick.  No frame unread, or no wakeup asked for: no syscall. */
 static int tx__kick(struct xsk *x)
 {
-    uint32_t kicks = x->tx_outstanding / TX_KICK_BATCH + TX_KICK_SPARE;
+    uint32_t kicks = tx__unread(x) / x->tx_budget + TX_KICK_SPARE;
 
-    while (kicks--) {
+    while (kicks-- && tx__unread(x) && ring__needs_wakeup(&x->tx)) {
+        x->tx_kicks++;
         if (sendto(x->fd, NULL, 0, MSG_DONTWAIT, NULL, 0) >= 0)
-            return 0;
+            continue;
         if (errno == EAGAIN || errno == EINTR)
             continue;
         if (errno == EBUSY || errno == ENOBUFS)
@@ -551,11 +601,69 @@ static int tx__kick(struct xsk *x)
     return 0;
 }
 
-int xsk__tx_burst(struct xsk *x, const uint8_t *buf, const uint32_t *lens, uint32_t n)
+uint32_t xsk__tx_reserve(struct xsk *x, uint32_t n, uint64_t *addrs)
+{
+    uint32_t idx, i;
+
+    /* A reservation never submitted gives its slots back first. */
+    x->tx.cached_prod -= x->tx_reserved;
+    x->tx_reserved = 0;
+    comp__reap(x);
+    if (n > x->n_tx_free)
+        n = x->n_tx_free;
+    n = prod__reserve(&x->tx, n, &idx);
+    /* The top n of the free stack, top first: xsk__tx_submit pops them. */
+    for (i = 0; i < n; i++)
+        addrs[i] = x->tx_free[x->n_tx_free - 1 - i];
+    x->tx_reserved = n;
+    return n;
+}
+
+int xsk__tx_submit(struct xsk *x, const uint32_t *lens, uint32_t n)
 {
     struct xdp_desc *ring = x->tx.descs;
-    uint32_t idx, i, got;
-    int err;
+    uint32_t reserved = x->tx_reserved, i;
+    int err = 0;
+
+    if (n > reserved)
+        err = -EINVAL;
+    for (i = 0; !err && i < n; i++) {
+        if (lens[i] > x->frame_size)
+            err = -EMSGSIZE;
+        else if (lens[i] == 0)
+            err = -EINVAL;
+    }
+    if (err)
+        n = 0;
+    /* Slots reserved and not used go back: nothing was published past
+     * cached_prod - reserved, so the kernel never saw them. */
+    x->tx.cached_prod -= reserved - n;
+    x->tx_reserved = 0;
+    uint32_t idx = x->tx.cached_prod - n;
+    for (i = 0; i < n; i++) {
+        uint64_t addr = x->tx_free[--x->n_tx_free];
+        ring[(idx + i) & x->tx.mask] = (struct xdp_desc){ .addr = addr, .len = lens[i] };
+    }
+    if (n) {
+        prod__submit(&x->tx, n);
+        x->tx_outstanding += n;
+        x->tx_batches++;
+    }
+    return err ? err : (int)n;
+}
+
+int xsk__tx_kick(struct xsk *x)
+{
+    int err = tx__kick(x);
+
+    comp__reap(x);
+    return err;
+}
+
+int xsk__tx_queue(struct xsk *x, const uint8_t *buf, const uint32_t *lens, uint32_t n)
+{
+    uint64_t addrs[TX_BURST_MAX];
+    uint32_t got, i;
 
     for (i = 0; i < n; i++) {
         if (lens[i] > x->frame_size)
@@ -563,42 +671,47 @@ int xsk__tx_burst(struct xsk *x, const uint8_t *buf, const uint32_t *lens, uint3
         if (lens[i] == 0)
             return -EINVAL;
     }
-    comp__reap(x);
-    got = prod__reserve(&x->tx, n < x->n_tx_free ? n : x->n_tx_free, &idx);
+    got = xsk__tx_reserve(x, n < TX_BURST_MAX ? n : TX_BURST_MAX, addrs);
     for (i = 0; i < got; i++) {
-        uint64_t addr = x->tx_free[--x->n_tx_free];
-        memcpy(x->umem + addr, buf, lens[i]);
+        memcpy(x->umem + addrs[i], buf, lens[i]);
         buf += lens[i];
-        ring[(idx + i) & x->tx.mask] = (struct xdp_desc){ .addr = addr, .len = lens[i] };
     }
-    if (got) {
-        prod__submit(&x->tx, got);
-        x->tx_outstanding += got;
+    return xsk__tx_submit(x, lens, got);
+}
+
+int xsk__tx_burst(struct xsk *x, const uint8_t *buf, const uint32_t *lens, uint32_t n)
+{
+    int got = xsk__tx_queue(x, buf, lens, n);
+
+    if (got < 0)
+        return got;
+    int err = xsk__tx_kick(x);
+    return err ? err : got;
+}
+
+uint32_t xsk__tx_unsent(const struct xsk *x, uint64_t *addrs, uint32_t *lens, uint32_t max)
+{
+    const struct xdp_desc *ring = x->tx.descs;
+    /* Acquire: as prod__reserve, what the kernel has read is behind this. */
+    uint32_t cons = __atomic_load_n(x->tx.consumer, __ATOMIC_ACQUIRE);
+    uint32_t n = *x->tx.producer - cons, i;
+
+    if (n > max)
+        n = max;
+    for (i = 0; i < n; i++) {
+        const struct xdp_desc *d = &ring[(cons + i) & x->tx.mask];
+        addrs[i] = d->addr;
+        lens[i] = d->len;
     }
-    err = tx__kick(x);
-    comp__reap(x);
-    return err ? err : (int)got;
+    return n;
 }
 
 int xsk__tx_reap(struct xsk *x)
 {
-    int err = 0;
+    int err = tx__kick(x);
 
-    if (x->tx_outstanding)
-        err = tx__kick(x);
     comp__reap(x);
     return err ? err : (int)x->n_tx_free;
-}
-
-uint32_t xsk__tx_room(struct xsk *x)
-{
-    uint32_t idx;
-
-    comp__reap(x);
-    /* Reserve nothing: only see how many slots the ring has free. */
-    uint32_t slots = prod__reserve(&x->tx, x->tx.size, &idx);
-    x->tx.cached_prod -= slots;
-    return slots < x->n_tx_free ? slots : x->n_tx_free;
 }
 
 uint32_t xsk__tx_pending(const struct xsk *x)
@@ -620,5 +733,10 @@ int xsk__stats(const struct xsk *x, struct xsk__stats *out)
     out->rx_ring_full = st.rx_ring_full;
     out->rx_fill_ring_empty_descs = st.rx_fill_ring_empty_descs;
     out->tx_ring_empty_descs = st.tx_ring_empty_descs;
+    out->tx_kicks = x->tx_kicks;
+    out->tx_batches = x->tx_batches;
+    out->rx_wakeups = x->rx_wakeups;
+    out->rx_batches = x->rx_batches;
+    out->tx_budget = x->tx_budget;
     return 0;
 }

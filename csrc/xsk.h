@@ -12,12 +12,13 @@
  *          ^                                    |
  *          +------------ xsk__rx_done ----------+
  *
- *   tx:  caller (xsk__tx_burst) --copy--> free tx frame --> tx ring --> kernel
- *          free stack <-- completion ring <-----------------------------+
+ *   tx:  free stack --xsk__tx_reserve--> caller writes the frame in place
+ *          ^                                 | xsk__tx_submit, xsk__tx_kick
+ *          +------- completion ring <------ kernel <-- tx ring <--+
  *
  * Received frames stay the caller's until it hands them back with
- * xsk__rx_done (in any order, in bursts).  Transmitted frames are copied
- * into free tx frames, which come back through the completion ring.
+ * xsk__rx_done (in any order, in bursts).  Frames to transmit are written
+ * straight into free tx frames, which come back through the completion ring.
  *
  * Nothing here prints or exits.  Return convention: 0 (or a count) on
  * success, -errno on failure.  The region between the cdef markers is read
@@ -35,12 +36,8 @@
 #define XSK__FRAME_SIZE_MIN 2048
 #define XSK__FRAME_SIZE_MAX 4096
 /* In copy mode a received frame starts this far into its UMEM frame
- * (XDP_PACKET_HEADROOM); the XDP metadata lies just before it. */
+ * (XDP_PACKET_HEADROOM). */
 #define XSK__RX_HEADROOM 256
-/* The most XDP metadata the kernel lets a program put in front of a frame:
- * xsk__rx_done clears that much in front of each frame it gets back, so a
- * frame that comes without metadata never shows a stale one. */
-#define XSK__META_MAX 32
 /* A multi-buffer socket puts a frame longer than its UMEM frame in several
  * descriptors; xsk__rx_whole copies one such frame into one of this many
  * buffers of the socket, each this long (QEMU's NET_BUFSIZE, the most the
@@ -76,7 +73,8 @@ struct xsk__info {
     uint64_t memlock_limit;      /* the soft limit in force after open */
 };
 
-/* The kernel's per-socket counters (XDP_STATISTICS). */
+/* The kernel's per-socket counters (XDP_STATISTICS), then ours: the
+ * syscalls made to wake the kernel against the bursts moved. */
 struct xsk__stats {
     uint64_t rx_dropped;
     uint64_t rx_invalid_descs;
@@ -84,6 +82,11 @@ struct xsk__stats {
     uint64_t rx_ring_full;
     uint64_t rx_fill_ring_empty_descs;
     uint64_t tx_ring_empty_descs;
+    uint64_t tx_kicks;           /* sendto calls (only when the tx ring asks) */
+    uint64_t tx_batches;         /* xsk__tx_submit calls that queued frames */
+    uint64_t rx_wakeups;         /* recvfrom calls (only when the fill ring asks) */
+    uint64_t rx_batches;         /* xsk__rx_peek calls that found frames */
+    uint64_t tx_budget;          /* frames one kick sends at most */
 };
 
 struct xsk;
@@ -105,7 +108,7 @@ uint32_t xsk__frame_size(const struct xsk *x);
 uint32_t xsk__mtu(const struct xsk *x);
 
 /* Take up to max received frames: addrs[i] is the frame's offset in the
- * UMEM (its metadata, if any, is just before), lens[i] its length.
+ * UMEM, lens[i] its length.
  * Returns the count (0 when none is waiting).  On a multi_buffer socket
  * these are descriptors, ending on a frame's last (see xsk__rx_peek). */
 uint32_t xsk__rx_burst(struct xsk *x, uint64_t *addrs, uint32_t *lens, uint32_t max);
@@ -137,22 +140,46 @@ const uint8_t *xsk__rx_whole(struct xsk *x, uint32_t slot, const uint64_t *addrs
  * given back then). */
 int xsk__rx_done(struct xsk *x, const uint64_t *addrs, uint32_t n);
 
-/* Transmit n frames laid back to back in buf (lens[i] bytes each): each is
- * copied into a free tx frame, queued, and the kernel kicked until it has
- * taken all it will (one kick sends at most 32 in copy mode).  Returns how
- * many were queued, which is less than n when tx frames or ring slots run
- * out (call again after xsk__tx_reap), or -errno: -EMSGSIZE for a frame
- * longer than a UMEM frame and -EINVAL for an empty one (nothing is sent
- * then); another -errno if the kick failed (what was queued stays queued,
- * see xsk__tx_pending). */
+/* Transmit in place, in three steps (libxdp's reserve / submit):
+ *
+ *   n = xsk__tx_reserve(x, want, addrs);   up to want free tx frames and
+ *                                          ring slots; write frame i at
+ *                                          umem + addrs[i]
+ *   xsk__tx_submit(x, lens, used);         queue the first used of them
+ *                                          (used <= n), give the rest back
+ *   xsk__tx_kick(x);                       make the kernel send them
+ *
+ * Nothing else on the tx side may run between reserve and submit.
+ * xsk__tx_reserve returns how many it reserved: fewer than want (maybe 0)
+ * when tx frames or ring slots run out (completed frames are taken back
+ * first).  xsk__tx_submit returns how many it queued, or -EMSGSIZE (a length
+ * past a UMEM frame) or -EINVAL (an empty frame, or more than reserved):
+ * then nothing is queued.  Frames once queued are the kernel's: a failed
+ * kick (-errno) leaves them in the tx ring (xsk__tx_pending counts them),
+ * the next kick sends them, and a close loses them. */
+uint32_t xsk__tx_reserve(struct xsk *x, uint32_t n, uint64_t *addrs);
+int xsk__tx_submit(struct xsk *x, const uint32_t *lens, uint32_t n);
+int xsk__tx_kick(struct xsk *x);
+
+/* The three steps for frames laid back to back in buf (lens[i] bytes each):
+ * copied into tx frames, queued, kicked.  Returns how many were queued (at
+ * most 256; fewer when tx frames or ring slots run out: call again after
+ * xsk__tx_reap), or -errno: -EMSGSIZE for a frame longer than a UMEM frame
+ * and -EINVAL for an empty one (nothing is sent then); another -errno if the
+ * kick failed (what was queued stays queued, see xsk__tx_pending).
+ * xsk__tx_queue is the same without the kick, for a caller that must know
+ * how many were queued when the kick fails. */
 int xsk__tx_burst(struct xsk *x, const uint8_t *buf, const uint32_t *lens, uint32_t n);
+int xsk__tx_queue(struct xsk *x, const uint8_t *buf, const uint32_t *lens, uint32_t n);
+
+/* The frames queued that the kernel has not read from the tx ring yet, in
+ * order, up to max: what a socket about to be closed would never send (the
+ * caller may copy them out of the UMEM and send them on another). */
+uint32_t xsk__tx_unsent(const struct xsk *x, uint64_t *addrs, uint32_t *lens, uint32_t max);
 
 /* Kick the kernel for frames still queued and take completed tx frames
  * back.  Returns the number of tx frames now free. */
 int xsk__tx_reap(struct xsk *x);
-/* How many frames xsk__tx_burst would queue now: free tx frames and tx
- * ring slots, after taking completed frames back. */
-uint32_t xsk__tx_room(struct xsk *x);
 /* Frames queued for transmit and not yet completed. */
 uint32_t xsk__tx_pending(const struct xsk *x);
 

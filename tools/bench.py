@@ -945,7 +945,7 @@ def _xdp_section(args, results: list[RowResult], comparator_cpu: str | None) -> 
     qemu = {r.row.number: r.median(QEMU, "released") for r in results}
     print()
     print(bench_xdp.table(xdp, qemu.get))
-    for line in bench_xdp.notes(xdp):
+    for line in bench_xdp.notes(xdp, FOREIGN_CPU_NOTE):
         print(f"note: {line}")
     print(f"(XDP pairs/s: pairs released on the outdev per second; frames/s: 2 x pairs/s, "
           f"both guests' frames; AF_XDP rx max: frames/s that classify.c + an AF_XDP socket "

@@ -17,7 +17,11 @@ Method, per row:
   primary by ``LEAD_FRAMES`` in row 5): the follower never passes the leader
   less the lead, the leader is at most one burst ahead of that, and neither
   side is more than ``WINDOW_FRAMES`` beyond the pairs released, so the
-  comparator's rx rings (1024) never overflow.
+  comparator's rx rings (INPUT_RING_SIZE, 4096) never overflow, and a
+  comparator that loses its cpu for a while finds a ring's worth waiting
+  instead of a driver that stopped (512 made a shared host's figures
+  depend on scheduling more than on the comparator).
+- The veths have a 1600-byte MTU (``LAB_MTU``): row 7's frames are 1522.
 - XDP mode: one comparator per row; after ``--warmup`` s, ``--runs``
   consecutive windows of ``--seconds`` s each (median reported). Released
   pairs = outdev bytes / framed size; the first frames released and the last
@@ -55,12 +59,17 @@ from colo_xdp.lab.process import READY_LINE, ProcessError, SupervisedProcess
 
 
 BURST = 64                # frames per tx_burst call
-WINDOW_FRAMES = 512       # sent on a side, beyond pairs released (rx ring: 1024)
+WINDOW_FRAMES = 2048      # sent on a side, beyond pairs released (rx ring: INPUT_RING_SIZE)
 CEILING_SECONDS = 1.0
 MAX_SECONDS = 1.0         # XDP mode's windows: keeps the section under a minute
 CEILING_WARMUP = 0.3
 TCP_LAPS_KEPT = 4
 HOST_CPU = "1"
+# The rows' largest frame, IPv6 TCP with 1448 bytes of payload, is 1522 bytes:
+# past a 1500-byte MTU the peer veth drops it before any XDP program (row 7
+# measured 0 frames/s everywhere).  An AF_XDP frame (2048 - 256 headroom)
+# holds it.
+LAB_MTU = 1600
 READY_TIMEOUT = 20.0
 STOP_GRACE_S = 3.0
 
@@ -109,6 +118,8 @@ class BenchNetwork:
                 add_netns(ns)
             for short, where in self.LINKS.items():
                 add_veth(self.ns["host"], f"{short}-h", self.ns[where], f"{short}-g")
+                for ns, dev in ((self.ns["host"], f"{short}-h"), (self.ns[where], f"{short}-g")):
+                    _sh("ip", "-n", ns, "link", "set", dev, "mtu", str(LAB_MTU))
         except BaseException:
             self.close()
             raise
@@ -551,7 +562,10 @@ def table(results: list[XdpRowResult], qemu_pairs: Callable[[int], float | None]
     return "\n".join(text)
 
 
-def notes(results: list[XdpRowResult]) -> list[str]:
+def notes(results: list[XdpRowResult], foreign_note: float = 0.05) -> list[str]:
+    """Notes under the table; a row whose comparator lost ``foreign_note``
+    or more of its cpu to other processes says so (a shared host: its
+    figure, and its share of a ceiling measured a moment apart, are noise)."""
     out = []
     for r in results:
         where = f"row {r.row.number} xdp"
@@ -561,6 +575,11 @@ def notes(results: list[XdpRowResult]) -> list[str]:
         cp = r.median("checkpoints") or 0
         if cp >= 1:
             out.append(f"{where}: {cp:,.0f} DO_CHECKPOINT/s")
+        foreign = r.median("foreign_cpu") or 0
+        if foreign >= foreign_note:
+            out.append(f"{where}: other processes took {foreign:.0%} of the comparator's cpu "
+                       f"(it had {r.median('comparator_cpu') or 0:.0%}); its figure and its "
+                       "% of AF_XDP are understated")
         if r.xsk_drops:
             out.append(f"{where}: the AF_XDP sink's rx rings dropped {r.xsk_drops:,.0f} "
                        "frames/s: the driver outran it, its ceiling is the receiver's")

@@ -809,8 +809,8 @@ class Soak:
         uncompared = sum(self.other.values()) + self.passthrough["primary"]
         compared = sum(self.sent.values()) - uncompared
         problems = []
-        if v["compare"] + v["compare_no_meta"] != compared:
-            problems.append(f"the classifiers sent {v['compare'] + v['compare_no_meta']} "
+        if v["compare"] != compared:
+            problems.append(f"the classifiers sent {v['compare']} "
                             f"frames to be compared, {compared} were")
         not_compared = v["unsupported"] + v["malformed"] + v["passthrough"]
         if not_compared != uncompared:

@@ -264,6 +264,7 @@ class Counters:
     events_lost: int = 0
     evidence_lost: int = 0
     outdev_cut: int = 0
+    outdev_unsent: int = 0          # taken by an AF_XDP outdev, never sent (socket closed)
     held_back: dict[str, int] = field(default_factory=dict)   # feeds flow control stopped
     # datagrams that came in fragments, per side, by outcome (FragOutcome)
     frag: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -476,6 +477,11 @@ class Engine:
                          c.created_ms, c.last_ms, c.matched, c.released, c.mismatches,
                          c.checkpoints) for c in self._e.conn_snapshot(limit)]
 
+    def note_unsent(self, frames: int) -> None:
+        """Count released frames an outdev took and never sent (left in the
+        tx ring of an AF_XDP socket that was closed)."""
+        self._e.out_note_unsent(frames)
+
     def note_drop(self, side: Side, reason: DropReason) -> None:
         """Count a frame a transport lost (e.g. a peer gone mid-frame)."""
         self._e.note_drop(side, reason)
@@ -545,6 +551,7 @@ class Engine:
             events_lost=c.events_lost,
             evidence_lost=c.evidence_lost,
             outdev_cut=c.outdev_cut,
+            outdev_unsent=c.outdev_unsent,
             held_back={sides[s]: c.held_back[s] for s in Side},
             frag={sides[s]: {_name(o): c.frag[s][o] for o in FragOutcome} for s in Side},
             hold_ms_buckets=list(c.hold_hist),

@@ -49,7 +49,7 @@ EVENT_NAMES = (
     "checkpoint_stop_late",
     "passthrough_changed", "control_refused", "control_error", "miscompare_pcap_failed",
     "miscompare_pcap_rotated",
-    "xdp_attached", "xdp_detached", "xdp_rx_failed", "xdp_iface_gone", "xdp_attach_failed",
+    "xdp_attached", "xdp_detached", "xdp_rx_failed", "xdp_tx_unsent", "xdp_queues_changed", "xdp_iface_gone", "xdp_attach_failed",
     "xdp_kernel_dropped", "events_suppressed",
     "status", "log_reopened", "reopen_failed",
 )

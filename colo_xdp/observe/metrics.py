@@ -152,7 +152,8 @@ def families(s: dict) -> list:
     out.append(m)
 
     m = _counter("lost", "Records the engine could not keep: events past max_events, "
-                 "evidence frames past the evidence buffer, outdev frames cut short.",
+                 "evidence frames past the evidence buffer, outdev frames cut short, "
+                 "frames left unsent in a closed AF_XDP socket's tx ring.",
                  ("what",))
     for what, n in s["lost"].items():
         m.add_metric([what], n)
@@ -183,6 +184,13 @@ def families(s: dict) -> list:
     for side, drops in s.get("kernel_dropped", {}).items():
         for reason, n in drops.items():
             m.add_metric([side, reason], n)
+    out.append(m)
+    m = _counter("xdp_ring_calls", "XDP mode: AF_XDP bursts moved (tx_batches, rx_batches) "
+                 "and the syscalls that woke the kernel for them (tx_kicks, rx_wakeups).",
+                 ("role", "what"))
+    for role, counts in s.get("xdp_wakeups", {}).items():
+        for what, n in counts.items():
+            m.add_metric([role, what], n)
     out.append(m)
 
     control = s.get("control")

@@ -93,13 +93,16 @@ def snapshot(svc, connections: int = 0) -> dict[str, Any]:
             "shown": len(rows), "table": rows,
         },
         "lost": {"events": c.events_lost, "evidence": c.evidence_lost,
-                 "outdev_cut": c.outdev_cut},
+                 "outdev_cut": c.outdev_cut, "outdev_unsent": c.outdev_unsent},
         "passthrough_rules": len(svc.passthrough.rules),
         # XDP mode: the classifier's verdict counters, by verdict.
         "verdicts": dict(svc.verdict_counters()) if svc.verdict_counters else {},
         # XDP mode: frames redirected to us that the kernel dropped, by side
         # and reason (they never reached the engine: not in frames_in).
         "kernel_dropped": svc.kernel_drops() if getattr(svc, "kernel_drops", None) else {},
+        # XDP mode: per role, the syscalls that woke the kernel (kicks on tx,
+        # wakeups on rx: only when a ring asked) against the bursts moved.
+        "xdp_wakeups": svc.xdp_wakeups() if getattr(svc, "xdp_wakeups", None) else {},
     }
     if getattr(svc, "qmp", None):
         snap["qmp"] = svc.qmp.stats()
@@ -191,6 +194,8 @@ def render(snap: dict, before: dict | None = None, interval: float = 0.0) -> str
         lines.append(f"{'xdp verdicts':<21}{_by_reason(snap['verdicts'])}")
     for side, drops in snap.get("kernel_dropped", {}).items():
         lines.append(f"{'kernel drops ' + side:<21}{_by_reason(drops)}")
+    for role, counts in snap.get("xdp_wakeups", {}).items():
+        lines.append(f"{'af_xdp ' + role:<21}{_by_reason(counts)}")
     if conns["table"]:
         width = max(44, *(len(row["conn"]) for row in conns["table"]))
         lines += ["", f"{'CONNECTION':<{width}} {'PT':>2} {'HELD P/S':>11} {'MATCHED':>9} "

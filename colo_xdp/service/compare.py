@@ -98,6 +98,9 @@ class CompareService(Loop):
         # the classifier redirected them (AF_XDP rx ring full, no UMEM frame).
         self.kernel_drops = (lambda: {i.side.name.lower(): i.kernel_drops()
                                       for i in xdp_inputs}) if xdp_inputs else None
+        # In XDP mode: () -> {role: {tx_kicks, tx_batches, rx_wakeups, rx_batches}}.
+        xdp_parts = [*xdp_inputs, *([self.outdev] if isinstance(self.outdev, XdpOutdev) else [])]
+        self.xdp_wakeups = (lambda: {p.role: p.wakeups() for p in xdp_parts}) if xdp_parts else None
         # Every passthrough change goes to each sink: the engine (last: its
         # commit flushes what the flows a new rule covers hold), in XDP mode
         # the classifiers (XdpInput adds them), the --passthrough-file.

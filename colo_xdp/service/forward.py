@@ -103,6 +103,7 @@ class ForwardService(Loop):
         self.passthrough = PassthroughTable([PassthroughSink(_no_passthrough, _no_passthrough)])
         self.verdict_counters = self.input.verdicts
         self.kernel_drops = lambda: {"secondary": self.input.kernel_drops()}
+        self.xdp_wakeups = lambda: {self.input.role: self.input.wakeups()}
         self.attachments = []
         if config.control_path or config.control_tcp:
             self.attachments.append(ControlServer(self, ForwardTarget(self), config.control_path,

@@ -69,7 +69,8 @@ ENGINE_TESTS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests" / "unit"
 PROPERTY_TESTS = ["tests/property"]
 # csrc/segment.c in-process: super-frames cut for the wire.
 SEGMENT_TESTS = ["tests/unit/test_segment.py"]
-XSK_TESTS = ["tests/xdp/test_xsk.py", "tests/xdp/test_tap.py"]
+XSK_TESTS = ["tests/xdp/test_xsk.py", "tests/xdp/test_tap.py", "tests/xdp/test_glue.py",
+             "tests/xdp/test_multiqueue.py"]
 # Super-frames through the colo-xdp process: multi-buffer rx, segment.c on tx.
 OFFLOAD_TESTS = ["tests/xdp/test_offload.py"]
 SERVICE_TESTS = [f"tests/xdp/test_service_xdp.py::{name}" for name in (

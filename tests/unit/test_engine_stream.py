@@ -245,26 +245,3 @@ def test_burst_feeding_equals_frame_feeding():
         assert by_burst.handle.feed_burst(side, frames, 0) == len(frames)
     assert bytes(by_burst.output()) == bytes(by_frame.output())
     assert by_burst.counters() == by_frame.counters()
-
-
-def test_a_frame_the_classifier_marks_passthrough_is_not_compared():
-    """CX_MARK_PASSTHROUGH (the XDP classifier's metadata flag): the
-    primary's frame is released at once and the secondary's dropped, with
-    no connection, though the engine's own list is empty; a marked frame of
-    a flow that has a connection is compared, behind what that holds."""
-    from colo_xdp.native import CX_MARK_PASSTHROUGH
-    eng = Engine(EngineConfig())
-    marked = [udp(1), udp(2)]
-    assert eng.handle.feed_burst(P, marked, 0, marks=[CX_MARK_PASSTHROUGH] * 2) == 2
-    assert eng.handle.feed_burst(S, marked, 0, marks=[CX_MARK_PASSTHROUGH] * 2) == 2
-    c = eng.counters()
-    assert c.released["passthrough"] == 2 and c.dropped["secondary"]["passthrough"] == 2
-    assert eng.connections() == []
-    assert [r.frame for r in eng.take_releases()] == marked
-
-    other = udp(3, flow=1)
-    assert eng.handle.feed_burst(P, [other], 0) == 1              # compared: held
-    assert eng.handle.feed_burst(P, [other], 0, marks=[CX_MARK_PASSTHROUGH]) == 1
-    c = eng.counters()
-    assert c.released["passthrough"] == 2 and c.queued["primary"] == 2
-    assert_accounted(eng)

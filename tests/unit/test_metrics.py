@@ -275,9 +275,13 @@ def test_xdp_hooks_verdicts_and_a_second_passthrough_sink(tmp_path):
     specs = [parse_spec(f"unix:{tmp_path}/{name},server=on") for name in ("p", "s", "o")]
     svc = CompareService(CompareConfig(*specs, passthrough=[parse_flow("icmp")]))
     assert snapshot(svc)["kernel_dropped"] == {}                # chardev inputs
+    assert snapshot(svc)["xdp_wakeups"] == {}
     svc.verdict_counters = lambda: {"redirect": 7, "pass": 5}
     svc.kernel_drops = lambda: {"primary": {"rx_ring_full": 3, "rx_dropped": 1}}
+    svc.xdp_wakeups = lambda: {"outdev": {"tx_kicks": 2, "tx_batches": 8, "rx_wakeups": 0,
+                                          "rx_batches": 0}}
     snap = snapshot(svc)
+    assert "af_xdp outdev        tx_kicks 2, tx_batches 8" in render(snap)
     assert snap["verdicts"] == {"redirect": 7, "pass": 5}
     assert snap["kernel_dropped"] == {"primary": {"rx_ring_full": 3, "rx_dropped": 1}}
     assert "kernel drops primary rx_ring_full 3, rx_dropped 1" in render(snap)
@@ -287,6 +291,7 @@ def test_xdp_hooks_verdicts_and_a_second_passthrough_sink(tmp_path):
     assert 'colo_xdp_xdp_verdicts_total{verdict="redirect"} 7.0' in text
     assert ('colo_xdp_xdp_kernel_dropped_total{reason="rx_ring_full",side="primary"} 3.0'
             in text)
+    assert 'colo_xdp_xdp_ring_calls_total{role="outdev",what="tx_kicks"} 2.0' in text
 
     pushed: list = []
 

@@ -49,7 +49,7 @@ def test_held_frames_at_the_end_are_a_problem():
 
 
 XDP = {**CHARDEV, "kernel_dropped": (3, 0)}
-VERDICTS = {"verdicts": {"compare": 193, "compare_no_meta": 0, "unsupported": 4,
+VERDICTS = {"verdicts": {"compare": 193, "unsupported": 4,
                          "malformed": 2, "no_socket": 0}}
 
 

@@ -113,11 +113,6 @@ def _header_of(name: str) -> Path:
     ("CX_XDP_SIDE_SECONDARY", Side.SECONDARY),
     ("CX_XDP_CFG_GUEST_MACS", classify.CFG_GUEST_MACS),
     ("CX_XDP_CFG_VLAN_UNCOMPARED", classify.CFG_VLAN_UNCOMPARED),
-    ("CX_XDP_META_MAGIC", classify.META_MAGIC),
-    ("CX_XDP_META_F_VLAN", classify.META_F_VLAN),
-    ("CX_XDP_META_F_FRAGMENT", classify.META_F_FRAGMENT),
-    ("CX_XDP_META_F_IPV6", classify.META_F_IPV6),
-    ("CX_XDP_META_F_PASSTHROUGH", classify.META_F_PASSTHROUGH),
 ])
 def test_defines(c_name, py_value):
     assert DEFINES[c_name] == py_value
@@ -126,9 +121,7 @@ def test_defines(c_name, py_value):
 def test_every_define_is_mirrored():
     mirrored = {"CX_XDP_MAX_QUEUES", "CX_XDP_MAX_GUEST_MACS",
                 "CX_XDP_MAX_VLAN_TAGS", "CX_XDP_SIDE_PRIMARY", "CX_XDP_SIDE_SECONDARY",
-                "CX_XDP_CFG_GUEST_MACS", "CX_XDP_CFG_VLAN_UNCOMPARED", "CX_XDP_META_MAGIC",
-                "CX_XDP_META_F_VLAN", "CX_XDP_META_F_FRAGMENT", "CX_XDP_META_F_IPV6",
-                "CX_XDP_META_F_PASSTHROUGH"}
+                "CX_XDP_CFG_GUEST_MACS", "CX_XDP_CFG_VLAN_UNCOMPARED"}
     assert set(DEFINES) == mirrored, "a new #define in classify.h needs its Python twin"
 
 
@@ -151,8 +144,6 @@ LAYOUTS = {
     "cx_rule": (classify.RULE, ["saddr", "smask", "daddr", "dmask", "sport", "dport",
                                 "proto"]),
     "cx_xdp_mac": (classify.MAC, ["addr"]),
-    "cx_xdp_meta": (classify.META, ["hash", "saddr", "daddr", "sport", "dport", "proto",
-                                    "flags", "l3_off", "l4_off", "vlan_tci", "magic"]),
 }
 
 
@@ -160,11 +151,6 @@ LAYOUTS = {
 def test_struct_layouts(name):
     fmt, names = LAYOUTS[name]
     assert without_padding(header_struct(_header_of(name), name)) == python_layout(fmt, names)
-
-
-def test_meta_is_a_valid_metadata_size():
-    """bpf_xdp_adjust_meta takes multiples of 4 up to 32 bytes."""
-    assert classify.META_SIZE % 4 == 0 and classify.META_SIZE <= 32
 
 
 @pytest.mark.parametrize("table,part,name", [

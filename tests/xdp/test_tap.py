@@ -62,10 +62,9 @@ def test_guest_output_through_a_tap(host_ns, vnet_hdr, mode):
         got, deadline = [], time.monotonic() + 2
         while len(got) < len(frames) and time.monotonic() < deadline:
             n = xsk.rx_burst()
-            got += [(bytes(xsk.frame(a, length)), xsk.meta(a)) for a, length in xsk.received(n)]
+            got += [bytes(xsk.frame(a, length)) for a, length in xsk.received(n)]
             xsk.rx_done(n)
-        assert [g[0] for g in got] == frames
-        assert all(m is not None and m.sport == 3000 + i for i, (_, m) in enumerate(got))
+        assert got == frames
         counters = clf.counters()
         assert counters[Verdict.COMPARE].frames == len(frames)
         assert counters[Verdict.UNSUPPORTED].frames == 1

@@ -3,8 +3,8 @@
 Every run is checked whole by ``run``: exactly one verdict counter moved, by
 one frame and the frame's bytes (the program's one exit counts every path);
 the action is the one classify.h's table gives for that verdict and side;
-the frame comes back unchanged; metadata is there (with the right hash)
-exactly for COMPARE, and for NO_SOCKET (put before the redirect was tried).
+the frame comes back unchanged, with no metadata in front of it (the engine
+parses every frame itself).
 """
 from __future__ import annotations
 
@@ -17,9 +17,7 @@ from colo_xdp.lab import pktgen
 from colo_xdp.engine import ActionEngine, EngineConfig
 from colo_xdp.lab.pktgen import EtherAddrs, IPv4Fields
 from colo_xdp.transport.xdp.bpfsys import XDP_DROP, XDP_PASS, XDP_REDIRECT
-from colo_xdp.transport.xdp.classify_abi import (META_F_FRAGMENT, META_F_IPV6,
-                                                 META_F_PASSTHROUGH, META_F_VLAN, META_SIZE,
-                                                 Meta, Side, Verdict, action_of, fold6)
+from colo_xdp.transport.xdp.classify_abi import Side, Verdict, action_of
 
 
 @dataclass(frozen=True)
@@ -37,7 +35,6 @@ class Rule:
 class Result:
     verdict: Verdict
     action: int
-    meta: Meta | None
 
 
 def run(clf, frame: bytes) -> Result:
@@ -51,17 +48,9 @@ def run(clf, frame: bytes) -> Result:
     assert delta == (1, len(frame))
     assert out.action == action_of(verdict, clf.side), (verdict, out.action_name)
     assert out.frame == frame, "the program changed the frame"
-    meta = None
-    redirected_passthrough = verdict is Verdict.PASSTHROUGH and clf.side is Side.PRIMARY
-    if verdict in (Verdict.COMPARE, Verdict.NO_SOCKET) or redirected_passthrough:
-        assert len(out.meta) == META_SIZE
-        meta = Meta.unpack(out.meta)
-        assert meta is not None, "metadata without its magic"
-        assert meta.hash == meta.expected_hash()
-        assert bool(meta.flags & META_F_PASSTHROUGH) == redirected_passthrough
-    else:
-        assert out.meta == b"", f"metadata on a {verdict.name} frame"
-    return Result(verdict, out.action, meta)
+    # No metadata, whatever the verdict: the engine parses the frame itself.
+    assert out.meta == b"", f"metadata on a {verdict.name} frame"
+    return Result(verdict, out.action)
 
 
 def not_compared(side: Side) -> int:
@@ -96,74 +85,18 @@ def test_guest_ipv4_is_redirected_on_both_sides(clf, name):
     assert r.action == XDP_REDIRECT
 
 
-def test_udp_metadata(clf):
-    m = run(clf, pktgen.udp_frame(b"x", src="192.168.1.10", dst="10.1.2.3",
-                                  sport=5353, dport=53)).meta
-    assert (m.saddr, m.daddr, m.sport, m.dport, m.proto) == ("192.168.1.10", "10.1.2.3",
-                                                             5353, 53, 17)
-    assert (m.l3_off, m.l4_off, m.flags, m.vlan_tci) == (14, 34, 0, 0)
-
-
-def test_tcp_metadata_with_ip_options(clf):
-    frame = pktgen.tcp_frame(b"abc", sport=1234, dport=443,
-                             ip=IPv4Fields(options=b"\x01\x01\x01\x00"))
-    m = run(clf, frame).meta
-    assert (m.sport, m.dport, m.proto, m.l3_off, m.l4_off) == (1234, 443, 6, 14, 38)
-
-
-def test_icmp_metadata_has_no_ports(clf):
-    m = run(clf, pktgen.icmp_echo_frame(b"ping", ident=77, seq=9)).meta
-    assert (m.proto, m.sport, m.dport, m.l4_off) == (1, 0, 0, 34)
-
-
-def test_non_first_fragment_is_compared_without_ports(clf):
-    frag = pktgen.ipv4_frame(b"rest of a datagram", pktgen.IPPROTO_UDP,
-                             ip=IPv4Fields(flags=0, frag_offset=100))
-    m = run(clf, frag).meta
-    assert (m.proto, m.sport, m.dport, m.l4_off) == (17, 0, 0, 0)
-    assert m.flags == META_F_FRAGMENT
-
-
-def test_first_fragment_goes_to_the_engine_without_ports_too(clf):
-    """The engine reassembles and keys the datagram; the program decides
-    nothing on one fragment (passthrough included)."""
-    frame = pktgen.fragment(pktgen.udp_frame(b"x" * 40, ip=IPv4Fields(flags=0)), 16)[0]
-    m = run(clf, frame).meta
-    assert (m.sport, m.dport, m.flags, m.l4_off) == (0, 0, META_F_FRAGMENT, 0)
-
-
-def test_ipv6_metadata_folds_the_addresses(clf):
-    m = run(clf, pktgen.udp6_frame(b"x", src="2001:db8::1", dst="fd00::2",
-                                   sport=5353, dport=53)).meta
-    assert (m.sport, m.dport, m.proto, m.l3_off, m.l4_off) == (5353, 53, 17, 14, 54)
-    assert m.flags == META_F_IPV6
-    assert m.saddr == ".".join(str(b) for b in fold6(pktgen.ip6_bytes("2001:db8::1")))
-
-
-def test_ipv6_l4_after_extension_headers(clf):
-    m = run(clf, GUEST_FRAMES["udp6-ext"]).meta
-    assert (m.proto, m.l4_off, m.dport) == (17, 14 + 40 + 8 + 24 + 32, 2000)
-
-
-@pytest.mark.parametrize("order", [0, 1])
-def test_ipv6_fragments_go_to_the_engine(clf, order):
-    parts = pktgen.fragment(pktgen.tcp6_frame(b"y" * 100), 64)
-    m = run(clf, parts[order]).meta
-    assert m.flags == META_F_IPV6 | META_F_FRAGMENT and m.proto == 6
-    assert (m.sport, m.dport, m.l4_off) == (0, 0, 0)
-
-
-@pytest.mark.parametrize("proto", [33, 132, 136], ids=["dccp", "sctp", "udplite"])
-def test_protocols_with_ports_are_keyed_by_them(clf, proto):
-    m = run(clf, pktgen.ipv4_frame(struct.pack("!HH", 4000, 5000) + b"\0" * 8, proto)).meta
-    assert (m.proto, m.sport, m.dport) == (proto, 4000, 5000)
-
-
-def test_hash_is_per_direction(clf):
-    a = run(clf, pktgen.udp_frame(b"", src="10.0.0.1", dst="10.0.0.2", sport=1, dport=2)).meta
-    b = run(clf, pktgen.udp_frame(b"", src="10.0.0.2", dst="10.0.0.1", sport=2, dport=1)).meta
-    c = run(clf, pktgen.udp_frame(b"zz", src="10.0.0.1", dst="10.0.0.2", sport=1, dport=2)).meta
-    assert a.hash == c.hash != b.hash
+@pytest.mark.parametrize("frame", [
+    pktgen.icmp_echo_frame(b"ping", ident=77, seq=9),
+    pktgen.ipv4_frame(b"rest of a datagram", pktgen.IPPROTO_UDP,
+                      ip=IPv4Fields(flags=0, frag_offset=100)),
+    pktgen.fragment(pktgen.udp_frame(b"x" * 40, ip=IPv4Fields(flags=0)), 16)[0],
+    *pktgen.fragment(pktgen.tcp6_frame(b"y" * 100), 64)[:2],
+], ids=["icmp", "ipv4-later-fragment", "ipv4-first-fragment", "ipv6-first-fragment",
+        "ipv6-later-fragment"])
+def test_no_ports_or_a_fragment_is_compared(clf, frame):
+    """ICMP, and every fragment: the engine reassembles and keys the
+    datagram; the program decides nothing on one fragment."""
+    assert run(clf, frame).verdict is Verdict.COMPARE
 
 
 # --- not IPv4: not compared -------------------------------------------------------------
@@ -197,18 +130,8 @@ def test_tagged_is_not_compared_without_vlan_compare(clf, side):
 
 
 def test_tagged_ipv4_is_compared_by_default(clf):
-    m = run(clf, pktgen.vlan_frame(pktgen.udp_frame(b"tagged", dport=99), vid=42, pcp=5)).meta
-    assert (m.l3_off, m.l4_off, m.dport) == (18, 38, 99)
-    assert m.flags == META_F_VLAN
-    assert m.vlan_tci == (5 << 13) | 42
-
-
-def test_double_tagged_ipv4_offsets(clf):
-    clf.set_config(vlan_compare=True)
-    inner = pktgen.vlan_frame(pktgen.udp_frame(b"qinq"), vid=7)
-    outer = inner[:12] + struct.pack("!HH", 0x88A8, 300) + inner[12:]
-    m = run(clf, outer).meta
-    assert (m.l3_off, m.l4_off, m.vlan_tci) == (22, 42, 300)
+    r = run(clf, pktgen.vlan_frame(pktgen.udp_frame(b"tagged", dport=99), vid=42, pcp=5))
+    assert r.verdict is Verdict.COMPARE
 
 
 def test_three_tags_are_not_compared(clf, side):
@@ -325,6 +248,21 @@ PASSTHROUGH_CASES = [
     ([Rule(src="10.0.0.0/8")], pktgen.udp6_frame(b"x"), False),
     ([Rule(src="fd00::/8")], pktgen.udp_frame(b"x"), False),
     ([Rule(src="10.0.0.1")], pktgen.vlan_frame(pktgen.udp_frame(b"x")), True),
+    # The 5-tuple is found past IP options, extension headers and tags.
+    ([Rule(proto=6, sport=1234, dport=443)],
+     pktgen.tcp_frame(b"abc", sport=1234, dport=443, ip=IPv4Fields(options=b"\x01\x01\x01\x00")),
+     True),
+    ([Rule(proto=17, dport=2000)], GUEST_FRAMES["udp6-ext"], True),
+    ([Rule(proto=17, src="2001:db8::1", dst="fd00::2", sport=5353, dport=53)],
+     pktgen.udp6_frame(b"x", src="2001:db8::1", dst="fd00::2", sport=5353, dport=53), True),
+    ([Rule(proto=17, dport=99)],
+     pktgen.vlan_frame(pktgen.udp_frame(b"tagged", dport=99), vid=42, pcp=5), True),
+    ([Rule(proto=17, dport=2000)],
+     pktgen.udp_frame(b"qinq")[:12] + struct.pack("!HHHH", 0x88A8, 300, 0x8100, 7)
+     + pktgen.udp_frame(b"qinq")[12:], True),
+    *[([Rule(proto=proto, sport=4000, dport=5000)],
+       pktgen.ipv4_frame(struct.pack("!HH", 4000, 5000) + b"\0" * 8, proto), True)
+      for proto in (33, 132, 136)],                   # DCCP, SCTP, UDP-Lite: ports
 ]
 
 

@@ -1,22 +1,19 @@
 """What ``bpf/classify.h`` defines, for Python: verdicts, configuration,
-passthrough rules, guest MACs and the metadata in front of every frame the
-XDP program sends to an AF_XDP socket.
+passthrough rules and guest MACs.  (The program writes no metadata in front
+of the frames it redirects: the engine parses them; docs/xdp.md.)
 
 The header is the source of truth; ``tests/xdp/test_header.py`` parses it and
 checks every value and layout here against it.  Standard library and the
 engine's ``Side`` only (classify.h numbers the sides as the engine does), so
 that transports and tests can use it without bcc::
 
-    meta = Meta.unpack(buf[addr - META_SIZE:addr])   # AF_XDP buffer
-    if meta is not None:
-        print(meta.proto, meta.saddr, meta.sport, meta.l4_off)
+    raw = pack_rule(rule)                     # struct cx_rule, for the map "rules"
+    assert action_of(Verdict.PASSTHROUGH, Side.SECONDARY) == XDP_DROP
 """
 from __future__ import annotations
 
 import enum
-import ipaddress
 import struct
-from dataclasses import dataclass
 from pathlib import Path
 
 from colo_xdp.engine import MAX_PASSTHROUGH_RULES, Side
@@ -54,17 +51,16 @@ class Verdict(enum.IntEnum):
     """What the program decided for a frame; also its counter index."""
 
     COMPARE = 0            # redirected to the AF_XDP socket of its rx queue
-    COMPARE_NO_META = 1    # redirected without metadata (no room in the driver)
-    NO_SOCKET = 2          # to be compared, no socket on its queue: dropped
-    PASSTHROUGH = 3        # on the passthrough list: primary redirected with
-                           # META_F_PASSTHROUGH (released uncompared), secondary drop
-    UNSUPPORTED = 4        # ARP, ND/MLD, other EtherTypes, tagged without VLAN
+    NO_SOCKET = 1          # to be compared, no socket on its queue: dropped
+    PASSTHROUGH = 2        # on the passthrough list: primary redirected (the
+                           # engine releases it uncompared), secondary drop
+    UNSUPPORTED = 3        # ARP, ND/MLD, other EtherTypes, tagged without VLAN
                            # compare: primary pass, secondary drop
-    MALFORMED = 5          # IPv4/IPv6 the engine would not parse: as UNSUPPORTED
-    NOT_GUEST = 6          # source MAC not a guest's: pass on both sides
+    MALFORMED = 4          # IPv4/IPv6 the engine would not parse: as UNSUPPORTED
+    NOT_GUEST = 5          # source MAC not a guest's: pass on both sides
 
 
-VERDICT_COUNT = 7
+VERDICT_COUNT = 6
 
 # What the program does with a frame of each verdict, per side (classify.h).
 _NOT_COMPARED = {Side.PRIMARY: XDP_PASS, Side.SECONDARY: XDP_DROP}
@@ -72,7 +68,7 @@ _NOT_COMPARED = {Side.PRIMARY: XDP_PASS, Side.SECONDARY: XDP_DROP}
 
 def action_of(verdict: Verdict, side: Side) -> int:
     """The XDP action the program takes for ``verdict`` on ``side``."""
-    if verdict in (Verdict.COMPARE, Verdict.COMPARE_NO_META):
+    if verdict is Verdict.COMPARE:
         return XDP_REDIRECT
     if verdict is Verdict.PASSTHROUGH and Side(side) is Side.PRIMARY:
         return XDP_REDIRECT
@@ -87,13 +83,6 @@ def action_of(verdict: Verdict, side: Side) -> int:
 CFG_GUEST_MACS = 0x1
 CFG_VLAN_UNCOMPARED = 0x2
 
-# Metadata.
-META_MAGIC = 0xC01A0D01
-META_F_VLAN = 0x1
-META_F_FRAGMENT = 0x2
-META_F_IPV6 = 0x4
-META_F_PASSTHROUGH = 0x8
-
 # Layouts, little-endian host (x86_64, arm64): "<" plus explicit padding.
 COUNTER = struct.Struct("<QQ")            # struct cx_xdp_counter
 CONFIG = struct.Struct("<I")              # struct cx_xdp_config
@@ -101,76 +90,10 @@ RULE = struct.Struct("<16s16s16s16sHHB3x")  # struct cx_rule (bpf/cx_wire.h)
 RULES_HEAD = struct.Struct("<I4x")        # struct cx_xdp_rules: count, pad, then the rules
 RULES_SIZE = RULES_HEAD.size + MAX_RULES * RULE.size
 MAC = struct.Struct("<6s")                # struct cx_xdp_mac
-# struct cx_xdp_meta: hash, saddr, daddr, sport, dport (network order, kept
-# as bytes), proto, flags, l3_off, l4_off, vlan_tci, magic.  IPv6 addresses
-# are folded to 4 bytes (the XOR of their words; META_F_IPV6): the metadata
-# area holds at most 32 bytes.
-META = struct.Struct("<I4s4s2s2sBBHHHI")
-META_SIZE = META.size
 
 
 class ClassifyError(ConfigError):
     """A rule or MAC that cannot be written to the program's maps."""
-
-
-def mix32(h: int) -> int:
-    """cx_xdp_mix32: MurmurHash3's 32-bit finaliser."""
-    h &= 0xFFFFFFFF
-    h ^= h >> 16
-    h = (h * 0x85EBCA6B) & 0xFFFFFFFF
-    h ^= h >> 13
-    h = (h * 0xC2B2AE35) & 0xFFFFFFFF
-    h ^= h >> 16
-    return h
-
-
-def flow_hash(saddr: bytes, daddr: bytes, sport: bytes, dport: bytes, proto: int) -> int:
-    """cx_xdp_flow_hash of a 5-tuple given as the frame's bytes."""
-    le = lambda b: int.from_bytes(b, "little")  # noqa: E731 - __u32/__u16 loads
-    h = mix32(proto)
-    h = mix32(h ^ ((le(sport) << 16) | le(dport)))
-    h = mix32(h ^ le(daddr))
-    return mix32(h ^ le(saddr))
-
-
-@dataclass(frozen=True)
-class Meta:
-    """struct cx_xdp_meta, decoded: addresses dotted (IPv6: their 4-byte
-    fold, flags & META_F_IPV6), ports as numbers."""
-
-    hash: int
-    saddr: str
-    daddr: str
-    sport: int
-    dport: int
-    proto: int
-    flags: int
-    l3_off: int
-    l4_off: int
-    vlan_tci: int
-
-    @classmethod
-    def unpack(cls, raw: bytes | memoryview) -> "Meta | None":
-        """The metadata in ``raw`` (META_SIZE bytes), or None without the magic."""
-        (h, sa, da, sp, dp, proto, flags, l3, l4, tci, magic) = META.unpack(raw)
-        if magic != META_MAGIC:
-            return None
-        return cls(h, str(ipaddress.IPv4Address(sa)), str(ipaddress.IPv4Address(da)),
-                   int.from_bytes(sp, "big"), int.from_bytes(dp, "big"),
-                   proto, flags, l3, l4, tci)
-
-    def expected_hash(self) -> int:
-        """The hash the program must have put in for this 5-tuple."""
-        return flow_hash(ipaddress.IPv4Address(self.saddr).packed,
-                         ipaddress.IPv4Address(self.daddr).packed,
-                         self.sport.to_bytes(2, "big"), self.dport.to_bytes(2, "big"),
-                         self.proto)
-
-
-def fold6(addr: bytes) -> bytes:
-    """An IPv6 address as the metadata carries it: the XOR of its 4 words."""
-    words = struct.unpack("<4I", addr)
-    return struct.pack("<I", words[0] ^ words[1] ^ words[2] ^ words[3])
 
 
 def _number(value: int | None, name: str, limit: int) -> int:

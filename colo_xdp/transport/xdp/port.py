@@ -43,8 +43,26 @@ BURST = native.XDP_GLUE_BURST
 INPUT_RING_SIZE = 4096
 INPUT_FRAME_COUNT = 2 * INPUT_RING_SIZE
 IFACE_CHECK_S = 1.0     # how often a role looks for a vanished interface
+# Bursts one readable socket gives per loop turn while they come full: the
+# loop's own work (timers, ticks, after_batch) is paid once for them.
+RX_BURSTS_PER_TURN = 4
 # XDP_STATISTICS counters that are frames lost after the redirect.
 KERNEL_DROP_REASONS = ("rx_ring_full", "rx_dropped")
+# Our own counters of a socket (csrc/xsk.h, struct xsk__stats): the syscalls
+# made to wake the kernel (need_wakeup) against the bursts moved.
+WAKEUP_COUNTS = ("tx_kicks", "tx_batches", "rx_wakeups", "rx_batches")
+
+
+def wakeup_counts(socks) -> Counter:
+    """WAKEUP_COUNTS summed over open sockets."""
+    total: Counter = Counter(dict.fromkeys(WAKEUP_COUNTS, 0))
+    for sock in socks:
+        try:
+            st = sock.stats()
+        except XskError:
+            continue
+        total.update({k: st[k] for k in WAKEUP_COUNTS})
+    return total
 
 
 @dataclass(frozen=True)
@@ -157,7 +175,8 @@ def tx_from_engine(sock: XskSocket, engine: Engine) -> int:
 
 class XdpInput:
     """A guest interface in XDP mode: the classifier and an AF_XDP socket per
-    rx queue; each ready socket gives one burst per loop turn to the engine.
+    rx queue; each ready socket gives a burst per loop turn to the engine
+    (up to RX_BURSTS_PER_TURN while they come full).
     ``classify_as`` is the classifier's side, ``feed_as`` the engine's (they
     differ only for ``forward``)."""
 
@@ -175,6 +194,7 @@ class XdpInput:
         # port's counters start from zero, these keep the totals whole.
         self.carried_verdicts: Counter = Counter()
         self.carried_drops: Counter = Counter()
+        self.carried_wakeups: Counter = Counter()
         self.drops_logged = 0
         self.held_socks: set = set()       # flow control: sockets left unread
         self.last_fed_ms = svc.now_ms()
@@ -223,9 +243,14 @@ class XdpInput:
         return n
 
     def _reader(self, sock):
+        """What the loop calls when ``sock`` is readable: up to
+        RX_BURSTS_PER_TURN bursts while they come full and nothing is held
+        back.  The loop's turn ends with after_batch (released frames out,
+        events, backpressure): once a turn, not once a socket."""
         def readable(mask: int) -> None:
-            self._rx(sock, force=False)
-            self.svc.after_batch()
+            for _ in range(RX_BURSTS_PER_TURN):
+                if self._rx(sock, force=False) < BURST or sock in self.held_socks:
+                    return
         return readable
 
     def feed(self, force: bool = False) -> None:
@@ -251,7 +276,10 @@ class XdpInput:
     def maybe_retry(self, now: float) -> None:
         """Once a second: is the interface still the one attached to?  One
         that went away (or was made anew) is given up with a log line, and
-        attached to again as soon as it is back."""
+        attached to again as soon as it is back.  One with more rx queues in
+        use than it has sockets (a multi-queue tap QEMU attached queues to
+        after we opened, or a guest that enabled more) is opened again, with
+        a socket on each: a queue without one would drop its frames."""
         if now < self.next_check:
             return
         self.next_check = now + IFACE_CHECK_S
@@ -262,6 +290,11 @@ class XdpInput:
             index = 0
         if self.port and index != self.ifindex:
             self.svc.log.warning("xdp_iface_gone", role=self.role, iface=self.iface.name)
+            self.shutdown()
+        elif self.port and (_rx_queues(self.iface.name) or 1) > len(self.port.sockets):
+            self.svc.log.warning("xdp_queues_changed", role=self.role, iface=self.iface.name,
+                                 sockets=len(self.port.sockets),
+                                 queues=_rx_queues(self.iface.name))
             self.shutdown()
         if not self.port and index:
             try:
@@ -279,6 +312,11 @@ class XdpInput:
         live = self.port.kernel_drops() if self.port else {}
         return {r: self.carried_drops[r] + live.get(r, 0) for r in KERNEL_DROP_REASONS}
 
+    def wakeups(self) -> dict[str, int]:
+        """WAKEUP_COUNTS of this input's sockets, since it started."""
+        live = wakeup_counts(self.port.sockets if self.port else ())
+        return {k: self.carried_wakeups[k] + live[k] for k in WAKEUP_COUNTS}
+
     def log_kernel_drops(self) -> None:
         """A warning when the kernel dropped frames since the last one (once
         a second at most: the counters are exact in stats and metrics)."""
@@ -295,6 +333,7 @@ class XdpInput:
             self.log_kernel_drops()
             self.carried_verdicts.update(self.port.verdicts())
             self.carried_drops.update(self.port.kernel_drops())
+            self.carried_wakeups.update(wakeup_counts(self.port.sockets))
             self.feed(force=True)             # what waits in the rings is not lost
             self.held_socks.clear()
             self.pause(True)
@@ -311,7 +350,10 @@ class XdpOutdev:
 
     A send that fails (the interface went away, say) closes the socket with
     a ``disconnected`` warning; the frames it did not take stay in the
-    engine's output.  Once a second the socket is opened again (``connected``)
+    engine's output, and those it took but the kernel never read from its tx
+    ring are copied out before the close (an ``xdp_tx_unsent`` warning) and
+    sent first on the next socket: none is lost, none goes out twice, order
+    is kept.  Those still unsent at exit are counted (``lost.outdev_unsent``).  Once a second the socket is opened again (``connected``)
     and they go out; an interface that is gone is waited for, as ``XdpInput``
     does, and one made anew (another ifindex) is noticed even with nothing to
     send."""
@@ -325,11 +367,22 @@ class XdpOutdev:
         self.writing = False
         self.next_check = 0.0
         self.retrying = False          # disconnected: maybe_retry opens again
+        self.carry: list[bytes] = []   # a closed socket's unsent frames, for the next
+        self.carried_wakeups: Counter = Counter()
         self.waiting_for_iface = False
 
     @property
     def has_peer(self) -> bool:
         return self.sock is not None
+
+    def _send_carry(self) -> None:
+        """The frames a closed socket left unsent go first, in order."""
+        while self.carry:
+            n = self.sock.tx_queue(self.carry[:BURST])
+            del self.carry[:n]
+            self.sock.tx_kick()
+            if not n:
+                return
 
     def open(self) -> None:
         sock = XskSocket(self.iface.name, 0)
@@ -348,12 +401,14 @@ class XdpOutdev:
             return
         engine = self.svc.engine
         try:
-            while engine.output_pending() and tx_from_engine(self.sock, engine):
+            self._send_carry()
+            while not self.carry and engine.output_pending() and tx_from_engine(self.sock,
+                                                                                 engine):
                 pass
-        except XdpPortError as exc:
+        except (XdpPortError, XskError) as exc:
             self._disconnect(str(exc))
             return
-        want = bool(engine.output_pending())     # the tx ring is full: wait for room
+        want = bool(self.carry or engine.output_pending())   # the tx ring is full: wait
         if want != self.writing:
             self.writing = want
             if want:
@@ -365,10 +420,40 @@ class XdpOutdev:
         if self.sock:
             select.select([], [self.sock], [], timeout)
 
+    def _close_socket(self, carry: bool) -> None:
+        """Close the socket.  Its tx ring's frames are out of the engine's
+        output: one last kick for them, and what the kernel still has not
+        read is kept for the next socket (``carry``) or, at exit, counted
+        (``lost.outdev_unsent``); either way logged."""
+        sock, self.sock, unsent = self.sock, None, []
+        if sock:
+            self.svc.unwatch(sock)
+            try:
+                sock.tx_reap()
+            except XskError:
+                pass                              # the interface is gone: they stay
+            unsent = sock.tx_unsent()
+            self.carried_wakeups.update(wakeup_counts([sock]))
+            sock.close()
+        self.carry[:0] = unsent                   # older than what waited to be carried
+        if unsent or (self.carry and not carry):
+            self.svc.log.warning("xdp_tx_unsent", role=self.role, iface=self.iface.name,
+                                 frames=len(self.carry), kept=int(carry))
+        if not carry and self.carry:
+            self.svc.engine.note_unsent(len(self.carry))
+            self.carry = []
+
+    def wakeups(self) -> dict[str, int]:
+        """WAKEUP_COUNTS of this outdev's sockets, since it started."""
+        live = wakeup_counts([self.sock] if self.sock else ())
+        return {k: self.carried_wakeups[k] + live[k] for k in WAKEUP_COUNTS}
+
     def _disconnect(self, why: str) -> None:
         """Close the socket; maybe_retry opens one again within a second."""
         self.svc.log.warning("disconnected", role=self.role, endpoint=self.iface, why=why)
-        self.shutdown()
+        if self.sock:
+            self._close_socket(carry=True)
+        self.writing = False
         self.retrying = True
         self.next_check = 0.0
 
@@ -402,8 +487,6 @@ class XdpOutdev:
 
     def shutdown(self) -> None:
         self.retrying = False
-        if self.sock:
-            self.svc.unwatch(self.sock)
-            self.sock.close()
-            self.sock = None
+        if self.sock or self.carry:
+            self._close_socket(carry=False)
         self.writing = False

@@ -10,7 +10,6 @@ frames::
         classifier.set_socket(0, xsk.fileno())      # XdpClassifier
         n = xsk.rx_burst()                          # frames waiting, up to 64
         for addr, length in xsk.received(n):        # tests and tools only
-            meta = xsk.meta(addr)                   # classify.c's metadata
             frame = xsk.frame(addr, length)         # a view into the UMEM
         xsk.rx_done(n)                              # all n back to the kernel
         xsk.tx_burst([frame1, frame2])              # copied, queued, kicked
@@ -32,7 +31,6 @@ from typing import Iterator, Sequence
 
 from colo_xdp import native
 from colo_xdp.errors import XdpError
-from colo_xdp.transport.xdp.classify_abi import META_SIZE, Meta
 
 DEFAULT_BURST = 64
 
@@ -79,9 +77,10 @@ def _rx_queues(ifname: str) -> int | None:
 
     /sys/class/net/IF/queues lists exactly those; netlink only has the count
     allocated (a veth made without numrxqueues has 1 in use of 2 or more, and
-    binding to the others is refused).  /sys is read when it shows the
-    caller's network namespace (its ifindex matches), else netlink is the
-    fallback."""
+    binding to the others is refused; a multi-queue tap has 256), except for
+    a tap, whose queues in use are its attached ones (IFLA_TUN_NUM_QUEUES).
+    /sys is read when it shows the caller's network namespace (its ifindex
+    matches), else netlink is the fallback."""
     try:
         index = socket.if_nametoindex(ifname)
     except OSError:
@@ -98,7 +97,14 @@ def _rx_queues(ifname: str) -> int | None:
 
         with IPRoute() as ipr:
             links = ipr.link("get", index=index)
-        return links[0].get_attr("IFLA_NUM_RX_QUEUES") if links else None
+        if not links:
+            return None
+        info = links[0].get_attr("IFLA_LINKINFO")
+        if info and info.get_attr("IFLA_INFO_KIND") == "tun":
+            data = info.get_attr("IFLA_INFO_DATA")
+            if data and data.get_attr("IFLA_TUN_MULTI_QUEUE"):
+                return data.get_attr("IFLA_TUN_NUM_QUEUES") or 1
+        return links[0].get_attr("IFLA_NUM_RX_QUEUES")
     except Exception:                 # only a count: never mask the caller's own error
         return None
 
@@ -238,11 +244,6 @@ class XskSocket:
         self._need_open()
         return memoryview(self._x.umem)[addr:addr + length]
 
-    def meta(self, addr: int) -> Meta | None:
-        """classify.c's metadata in front of a received frame, if it has one."""
-        self._need_open()
-        return Meta.unpack(self._x.umem[addr - META_SIZE:addr])
-
     # -- transmit -------------------------------------------------------------
 
     def tx_burst(self, frames: Sequence[bytes]) -> int:
@@ -254,11 +255,39 @@ class XskSocket:
         try:
             return self._x.tx_burst(frames)
         except native.NativeError as exc:
-            if exc.errno == errno.EMSGSIZE:
-                raise XskError(f"a frame is longer than the AF_XDP frame size "
-                               f"({self.config.frame_size} bytes)") from None
-            raise XskError(f"sending on {self.ifname} queue {self.queue} failed: "
-                           f"{exc.strerror}") from None
+            raise self._tx_error(exc) from None
+
+    def tx_queue(self, frames: Sequence[bytes]) -> int:
+        """``tx_burst`` without the kick (``tx_kick``): how many were queued
+        is known even when the kick then fails."""
+        self._need_open()
+        if not frames:
+            return 0
+        try:
+            return self._x.tx_queue(frames)
+        except native.NativeError as exc:
+            raise self._tx_error(exc) from None
+
+    def tx_kick(self) -> None:
+        """Make the kernel send what is queued; XskError if it cannot (the
+        frames stay queued: ``tx_unsent``)."""
+        self._need_open()
+        try:
+            self._x.tx_kick()
+        except native.NativeError as exc:
+            raise self._tx_error(exc) from None
+
+    def tx_unsent(self) -> list[bytes]:
+        """Copies of the frames queued that the kernel has not read yet, in
+        order: what closing the socket would lose."""
+        self._need_open()
+        return self._x.tx_unsent()
+
+    def _tx_error(self, exc: native.NativeError) -> XskError:
+        if exc.errno == errno.EMSGSIZE:
+            return XskError(f"a frame is longer than the AF_XDP frame size "
+                            f"({self.config.frame_size} bytes)")
+        return XskError(f"sending on {self.ifname} queue {self.queue} failed: {exc.strerror}")
 
     def tx_reap(self) -> int:
         """Kick the kernel for queued frames, take completed ones back;
