@@ -1310,7 +1310,7 @@ static void reasm_complete(struct cx_engine *e, struct cx_reasm *r, uint64_t now
     if (!pp.supported || pp.fragment)
         input_uncompared(e, side, &in, CX_REL_UNSUPPORTED, CX_DROP_UNSUPPORTED, &key);
     else
-        feed_parsed(e, side, &in, &pp, now_ms, CX_FEED_FORCE, 0);  /* the engine's list decides */
+        feed_parsed(e, side, &in, &pp, now_ms, CX_FEED_FORCE);
     frags_free(in.frags);
     free(d);
 }
