@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import fcntl
-import hashlib
 import os
 import shutil
 import socket
@@ -41,7 +40,7 @@ import threading
 import time
 from pathlib import Path
 
-from colo_xdp.lab.netns import add_netns, add_veth, in_netns, sh
+from colo_xdp.lab.netns import in_netns, sh
 from colo_xdp.lab.process import ProcessError, SupervisedProcess
 from colo_xdp.proto.framing import Decoder
 from tools import vmlab
@@ -76,19 +75,9 @@ class Lab:
         self._stop = threading.Event()
 
     def build(self, guest: vmlab.Guest) -> None:
-        for ns in (self.host, self.client):
-            self.made.append(ns)
-            add_netns(ns)
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
-        add_veth(self.host, "c-h", self.client, "c-g", up=False)
-        sh("ip", "-n", self.client, "link", "set", "c-g", "address", CLIENT_MAC)
-        sh("ip", "-n", self.client, "addr", "add", f"{CLIENT_IP}/24", "dev", "c-g")
-        sh("ip", "-n", self.client, "link", "set", "c-g", "up")
-        sh("ip", "-n", self.client, "neigh", "replace", GUEST_IP, "lladdr", GUEST_MAC,
-           "dev", "c-g", "nud", "permanent")
-        sh("ip", "-n", self.host, "link", "add", "br0", "type", "bridge")
-        sh("ip", "-n", self.host, "link", "set", "c-h", "master", "br0", "up")
-        sh("ip", "-n", self.host, "link", "set", "br0", "up")
+        self.made += [self.host, self.client]
+        vmlab.build_client_side(self.host, self.client, (CLIENT_IP, CLIENT_MAC),
+                                (GUEST_IP, GUEST_MAC))
         with in_netns(self.host):
             self.ts_fd = os.open("/dev/net/tun", os.O_RDWR)
         fcntl.ioctl(self.ts_fd, TUNSETIFF,
@@ -158,26 +147,10 @@ class Lab:
 
     def fetch(self, n: int) -> float:
         """Seconds for the client to get n bytes from colo-send, checked."""
-        with in_netns(self.client):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(FETCH_TIMEOUT)
-            t0 = time.monotonic()
-            sock.connect((GUEST_IP, vmlab.SEND_PORT))
-            sock.sendall(struct.pack("!I", n))
-            digest, got = hashlib.sha256(), 0
-            while got < n:
-                chunk = sock.recv(1 << 20)
-                if not chunk:
-                    break
-                digest.update(chunk)
-                got += len(chunk)
-            seconds = time.monotonic() - t0
-        finally:
-            sock.close()
-        if got != n or digest.digest() != hashlib.sha256(vmlab.pattern(n)).digest():
-            raise RuntimeError(f"the stream came wrong: {got} of {n} bytes")
-        return seconds
+        fetched = vmlab.fetch_stream(self.client, GUEST_IP, n, FETCH_TIMEOUT)
+        if not fetched.intact:
+            raise RuntimeError(f"the stream came wrong: {fetched.got} of {n} bytes")
+        return fetched.seconds
 
     def colo_xdp(self) -> SupervisedProcess:
         proc = SupervisedProcess(

@@ -38,11 +38,16 @@ import io
 import os
 import re
 import shutil
+import socket
 import stat
+import struct
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from colo_xdp.lab.netns import add_netns, add_veth, in_netns, sh
 
 ROOT = Path(__file__).resolve().parents[1]
 READY = "COLO-GUEST-READY"
@@ -174,6 +179,62 @@ def pattern(n: int) -> bytes:
         add = bytes((j + k) & 0xFF for j in range(256))
         out += base.translate(add)
     return bytes(out[:n])
+
+
+def build_client_side(host_ns: str, client_ns: str, client: tuple[str, str],
+                      guest: tuple[str, str]) -> None:
+    """The namespaces a guest lab is built on: ``host_ns`` (where the taps
+    go) with a bridge br0, and ``client_ns`` linked to it by a veth (c-g in
+    the client, c-h on br0), the client's (ip, mac) on c-g and a static
+    neighbour entry for the guest's (ip, mac).  Made in this order, so a
+    caller that notes both names first can remove what was made."""
+    for ns in (host_ns, client_ns):
+        add_netns(ns)
+        sh("ip", "-n", ns, "link", "set", "lo", "up")
+    add_veth(host_ns, "c-h", client_ns, "c-g", up=False)
+    sh("ip", "-n", client_ns, "link", "set", "c-g", "address", client[1])
+    sh("ip", "-n", client_ns, "addr", "add", f"{client[0]}/24", "dev", "c-g")
+    sh("ip", "-n", client_ns, "link", "set", "c-g", "up")
+    sh("ip", "-n", client_ns, "neigh", "replace", guest[0], "lladdr", guest[1],
+       "dev", "c-g", "nud", "permanent")
+    sh("ip", "-n", host_ns, "link", "add", "br0", "type", "bridge")
+    sh("ip", "-n", host_ns, "link", "set", "c-h", "master", "br0", "up")
+    sh("ip", "-n", host_ns, "link", "set", "br0", "up")
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """What fetch_stream got: bytes that came, whether they were the
+    pattern's, seconds from connect to the last byte."""
+
+    got: int
+    intact: bool
+    seconds: float
+
+
+def fetch_stream(client_ns: str, guest_ip: str, n: int, timeout: float) -> Fetched:
+    """Ask the guest's colo-send (port SEND_PORT) for n bytes, from a TCP
+    socket in network namespace ``client_ns``, and check them against
+    pattern(n)."""
+    with in_netns(client_ns):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        t0 = time.monotonic()
+        sock.connect((guest_ip, SEND_PORT))
+        sock.sendall(struct.pack("!I", n))
+        digest, got = hashlib.sha256(), 0
+        while got < n:
+            chunk = sock.recv(1 << 20)
+            if not chunk:
+                break
+            digest.update(chunk)
+            got += len(chunk)
+        seconds = time.monotonic() - t0
+    finally:
+        sock.close()
+    intact = got == n and digest.digest() == hashlib.sha256(pattern(n)).digest()
+    return Fetched(got, intact, seconds)
 
 
 INIT_SH = r"""#!/bin/busybox sh

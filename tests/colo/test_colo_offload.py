@@ -11,9 +11,6 @@ over TCP; the client checks every byte.  ``pytest -s`` prints the figures.
 """
 from __future__ import annotations
 
-import hashlib
-import socket
-import struct
 import time
 
 import pytest
@@ -22,7 +19,6 @@ from tools import vmlab
 from colopair import ColoPair
 from test_colo_xdp import settled, stats
 from vmkit import GUEST_IP
-from colo_xdp.lab.netns import in_netns
 
 pytestmark = pytest.mark.colo
 
@@ -30,36 +26,20 @@ STREAM_BYTES = 20 << 20
 STREAM_TIMEOUT = 240.0
 
 
-def fetch(pair: ColoPair, n: int) -> tuple[str, int, float]:
-    """n bytes from the guest's colo-send: their sha256, the count that came,
-    and the seconds from connect to the last byte."""
-    with in_netns(pair.lab.client_ns):
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        sock.settimeout(STREAM_TIMEOUT)
-        t0 = time.monotonic()
-        sock.connect((GUEST_IP, vmlab.SEND_PORT))
-        sock.sendall(struct.pack("!I", n))
-        digest, got = hashlib.sha256(), 0
-        while got < n:
-            chunk = sock.recv(1 << 20)
-            if not chunk:
-                break
-            digest.update(chunk)
-            got += len(chunk)
-        return digest.hexdigest(), got, time.monotonic() - t0
-    finally:
-        sock.close()
+def fetch(pair: ColoPair, n: int) -> vmlab.Fetched:
+    return vmlab.fetch_stream(pair.lab.client_ns, GUEST_IP, n, STREAM_TIMEOUT)
 
 
 def test_a_20_mb_tcp_stream_with_offloads_reaches_the_client_intact(xdp_offload_pair):
     pair = xdp_offload_pair
     before = stats(pair)
     t0 = time.monotonic()
-    digest, got, seconds = fetch(pair, STREAM_BYTES)
+    fetched = fetch(pair, STREAM_BYTES)
+    seconds = fetched.seconds
     after = settled(pair)
-    assert got == STREAM_BYTES, f"{got} of {STREAM_BYTES} bytes\n{pair.lab.logs()[-4000:]}"
-    assert digest == hashlib.sha256(vmlab.pattern(STREAM_BYTES)).hexdigest()
+    assert fetched.got == STREAM_BYTES, \
+        f"{fetched.got} of {STREAM_BYTES} bytes\n{pair.lab.logs()[-4000:]}"
+    assert fetched.intact, "the bytes that came are not colo-send's pattern"
     mismatches = (after["checkpoint_requests"]["mismatch"]
                   - before["checkpoint_requests"]["mismatch"])
     assert mismatches == 0, f"{mismatches} mismatch checkpoints\n{pair.cx.log[-4000:]}"
@@ -85,13 +65,15 @@ def test_the_stream_survives_checkpoints_taken_while_it_runs(xdp_offload_pair):
     t0 = time.monotonic()
     pair.set_checkpoint_delay(300)
     try:
-        digest, got, seconds = fetch(pair, STREAM_BYTES)
+        fetched = fetch(pair, STREAM_BYTES)
     finally:
         pair.set_checkpoint_delay(60000)
+    seconds = fetched.seconds
     after = settled(pair)
     taken = len(pair.checkpoints(t0))
-    assert got == STREAM_BYTES, f"{got} of {STREAM_BYTES} bytes\n{pair.lab.logs()[-4000:]}"
-    assert digest == hashlib.sha256(vmlab.pattern(STREAM_BYTES)).hexdigest()
+    assert fetched.got == STREAM_BYTES, \
+        f"{fetched.got} of {STREAM_BYTES} bytes\n{pair.lab.logs()[-4000:]}"
+    assert fetched.intact, "the bytes that came are not colo-send's pattern"
     mismatches = (after["checkpoint_requests"]["mismatch"]
                   - before["checkpoint_requests"]["mismatch"])
     print(f"\noffloads with checkpoints: {STREAM_BYTES >> 20} MiB in {seconds:.1f} s "

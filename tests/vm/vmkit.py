@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tools import vmlab
-from colo_xdp.lab.netns import add_netns, add_veth, in_netns, sh
+from colo_xdp.lab.netns import in_netns, sh
 from colo_xdp.lab.process import ProcessError, SupervisedProcess
 
 CI = bool(os.environ.get("CI"))
@@ -63,19 +63,9 @@ class VmNetwork:
 
     # --- namespaces and links ---------------------------------------------------
     def build(self) -> None:
-        for ns in (self.host, self.client_ns):
-            self.made.append(ns)
-            add_netns(ns)
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
-        add_veth(self.host, "c-h", self.client_ns, "c-g", up=False)
-        sh("ip", "-n", self.client_ns, "link", "set", "c-g", "address", CLIENT_MAC)
-        sh("ip", "-n", self.client_ns, "addr", "add", f"{CLIENT_IP}/24", "dev", "c-g")
-        sh("ip", "-n", self.client_ns, "link", "set", "c-g", "up")
-        sh("ip", "-n", self.client_ns, "neigh", "replace", GUEST_IP, "lladdr", GUEST_MAC,
-           "dev", "c-g", "nud", "permanent")
-        sh("ip", "-n", self.host, "link", "add", "br0", "type", "bridge")
-        sh("ip", "-n", self.host, "link", "set", "c-h", "master", "br0", "up")
-        sh("ip", "-n", self.host, "link", "set", "br0", "up")
+        self.made += [self.host, self.client_ns]
+        vmlab.build_client_side(self.host, self.client_ns, (CLIENT_IP, CLIENT_MAC),
+                                (GUEST_IP, GUEST_MAC))
 
     def wait_link(self, dev: str) -> None:
         deadline = time.monotonic() + TIMEOUT

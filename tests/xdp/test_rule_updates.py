@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
 
 import pytest
 
@@ -23,20 +22,11 @@ from colo_xdp.lab import pktgen
 from colo_xdp.transport.xdp.bpfsys import XDP_REDIRECT
 from colo_xdp.transport.xdp.classify_abi import Side, Verdict
 
+from xdp_kit import Rule
+
 F_PORT, G_PORT = 2000, 3000
 SWAPS = 200                    # list changes per run
 RUNS_A_CALL = 20000            # frames one BPF_PROG_TEST_RUN call classifies
-
-
-@dataclass(frozen=True)
-class Rule:
-    """Stands for the engine's PassthroughRule (same fields)."""
-
-    proto: int | None = None
-    src: str | None = None
-    dst: str | None = None
-    sport: int | None = None
-    dport: int | None = None
 
 
 def _lists() -> tuple[list[Rule], list[Rule]]:

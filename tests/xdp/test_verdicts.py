@@ -19,16 +19,7 @@ from colo_xdp.lab.pktgen import EtherAddrs, IPv4Fields
 from colo_xdp.transport.xdp.bpfsys import XDP_DROP, XDP_PASS, XDP_REDIRECT
 from colo_xdp.transport.xdp.classify_abi import Side, Verdict, action_of
 
-
-@dataclass(frozen=True)
-class Rule:
-    """Stands for the engine's PassthroughRule (same fields)."""
-
-    proto: int | None = None
-    src: str | None = None
-    dst: str | None = None
-    sport: int | None = None
-    dport: int | None = None
+from xdp_kit import Rule
 
 
 @dataclass(frozen=True)

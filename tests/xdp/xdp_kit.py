@@ -25,6 +25,17 @@ XDP_RX_RING = 2
 XDP_UMEM_REG = 4
 
 
+@dataclass(frozen=True)
+class Rule:
+    """A passthrough rule as the classifier's tests write it: stands for the
+    engine's PassthroughRule (same fields, addresses as text)."""
+
+    proto: int | None = None
+    src: str | None = None
+    dst: str | None = None
+    sport: int | None = None
+    dport: int | None = None
+
 
 def need(ok: bool, message: str) -> None:
     """Skip without a capability; under CI, fail instead."""
