@@ -7,7 +7,7 @@
  *   segment__write(plan, frame, i, buf)  wire frame i into the caller's buffer
  *
  * Each wire frame is written on its own into a buffer the caller gives (a
- * scratch area or a UMEM frame), so nothing is copied twice.  Nothing here
+ * UMEM frame in practice), so nothing is copied twice.  Nothing here
  * prints, allocates or keeps state; 0 (or a length) on success, -errno on
  * failure.  The region between the cdef markers is read verbatim by
  * csrc/build_cffi.py, so it holds plain declarations only.
