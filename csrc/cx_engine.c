@@ -49,9 +49,14 @@ struct cx_frame {
     uint32_t done;         /* payload bytes already matched (QEMU's offset) */
     bool has_ack;
     bool captured;         /* already given out as miscompare evidence */
+    bool transient;        /* lives on feed_queue's stack, bytes in the
+                              caller's buffer: copied only if still queued
+                              when the compare is done */
+    bool gone;             /* a transient frame was released or consumed */
     uint32_t weight;       /* frames it stands for: 1, or a datagram's fragments */
     struct cx_frag *frags; /* a reassembled datagram: the fragments it was made
                               of, in arrival order; released in its place */
+    const uint8_t *bytes;  /* the frame: data[], or the caller's while transient */
     uint8_t data[];        /* a datagram: the reassembled one, compared only */
 };
 
@@ -516,7 +521,7 @@ static void capture(struct cx_engine *e, struct cx_frame *f, int side, int reaso
     h->vnet_len = f->vnet_len;
     h->len = f->len;
     h->born_ms = f->born_ms;
-    memcpy(h + 1, f->data, f->len);
+    memcpy(h + 1, f->bytes, f->len);
     e->evidence_len += need;
     f->captured = true;
 }
@@ -652,14 +657,17 @@ static uint32_t frags_release(struct cx_engine *e, const struct cx_frag *fr, int
     return n;
 }
 
-/* Take a frame off its queue and free it. */
+/* Take a frame off its queue and free it (a transient one is only marked). */
 static void frame_drop(struct cx_engine *e, struct cx_conn *c, int side, struct cx_frame *f)
 {
     queue_unlink(&c->q[side], f);
     e->queued[side] -= f->weight;
     c->held[side] -= f->weight;
     frags_free(f->frags);
-    free(f);
+    if (f->transient)
+        f->gone = true;
+    else
+        free(f);
 }
 
 /* A primary frame goes out: a reassembled datagram as its fragments. */
@@ -668,7 +676,7 @@ static void frame_release(struct cx_engine *e, struct cx_conn *c, struct cx_fram
     if (f->frags)
         frags_release(e, f->frags, why);
     else
-        release(e, f->data, f->len, f->vnet_len, why, f->born_ms);
+        release(e, f->bytes, f->len, f->vnet_len, why, f->born_ms);
     c->released += f->weight;
     if (why == CX_REL_MATCHED)
         c->matched += f->weight;
@@ -845,7 +853,7 @@ static struct cx_conn *conn_new(struct cx_engine *e, const struct cx_key *key, u
 static bool dgram_equal(const struct cx_frame *p, const struct cx_frame *s)
 {
     return p->len == s->len &&
-           memcmp(p->data + p->cmp_off, s->data + p->cmp_off, p->len - p->cmp_off) == 0;
+           memcmp(p->bytes + p->cmp_off, s->bytes + p->cmp_off, p->len - p->cmp_off) == 0;
 }
 
 /*
@@ -882,7 +890,7 @@ static bool tcp_already_compared(const struct cx_conn *c, const struct cx_frame 
 static bool tcp_bytes_equal(const struct cx_frame *p, uint32_t poff,
                             const struct cx_frame *s, uint32_t soff, uint32_t n)
 {
-    return memcmp(p->data + p->pay_off + poff, s->data + s->pay_off + soff, n) == 0;
+    return memcmp(p->bytes + p->pay_off + poff, s->bytes + s->pay_off + soff, n) == 0;
 }
 
 static void tcp_set_compared(struct cx_conn *c, uint32_t seq)
@@ -1003,13 +1011,12 @@ static void compare_tcp(struct cx_engine *e, struct cx_conn *c)
     }
 }
 
-static void compare_conn(struct cx_engine *e, struct cx_conn *c)
+static void compare(struct cx_engine *e, struct cx_conn *c)
 {
     if (c->cmp == CMP_TCP)
         compare_tcp(e, c);
     else
         compare_dgram(e, c);
-    conn_touch(e, c);
 }
 
 /* ---- feeding ------------------------------------------------------------ */
@@ -1053,7 +1060,36 @@ static void count_in(struct cx_engine *e, int side, uint32_t len)
     e->ctr.bytes_in[side] += len;
 }
 
-/* Queue a frame on its connection and compare; the queue limit decides. */
+/* A transient frame still queued after its compare: copy it (bytes and all)
+ * to the heap, in its place in the queue.  False when out of memory: it is
+ * taken off the queue instead. */
+static bool frame_keep(struct cx_engine *e, struct cx_conn *c, int side, struct cx_frame *t)
+{
+    struct cx_queue *q = &c->q[side];
+    struct cx_frame *f = malloc(sizeof(*f) + t->len);
+    if (!f) {
+        t->frags = NULL;           /* the caller still owns them */
+        frame_drop(e, c, side, t);
+        return false;
+    }
+    *f = *t;
+    memcpy(f->data, t->bytes, t->len);
+    f->bytes = f->data;
+    f->transient = false;
+    if (f->prev) f->prev->next = f; else q->head = f;
+    if (f->next) f->next->prev = f; else q->tail = f;
+    return true;
+}
+
+/*
+ * Queue a frame on its connection and compare; the queue limit decides.
+ *
+ * The frame is queued as it is, in the caller's buffer (transient), and
+ * copied only if the compare leaves it queued: the frame that completes a
+ * pair (the follower's, in steady state) is compared and released or
+ * consumed straight from the input, never copied.  Nothing else changes:
+ * the compare sees the same queues either way.
+ */
 static void feed_queue(struct cx_engine *e, struct cx_conn *c, int side, struct cx_input *in,
                        const struct cx_parsed *pp, uint64_t now_ms)
 {
@@ -1063,12 +1099,11 @@ static void feed_queue(struct cx_engine *e, struct cx_conn *c, int side, struct 
         count_drop_n(e, side, CX_DROP_QUEUE_FULL, &pp->key, in->weight);
         return;
     }
-    struct cx_frame *f = malloc(sizeof(*f) + in->len);
-    if (!f) {
-        count_drop_n(e, side, CX_DROP_NO_MEMORY, &pp->key, in->weight);
-        conn_touch(e, c);          /* a new connection stays evictable */
-        return;
-    }
+    struct cx_frame tf;
+    struct cx_frame *f = &tf;
+    f->transient = true;
+    f->gone = false;
+    f->bytes = in->data;
     f->born_ms = now_ms;
     f->len = in->len;
     f->vnet_len = in->vnet_len;
@@ -1083,8 +1118,6 @@ static void feed_queue(struct cx_engine *e, struct cx_conn *c, int side, struct 
     f->captured = false;
     f->weight = in->weight;
     f->frags = in->frags;
-    in->frags = NULL;
-    memcpy(f->data, in->data, in->len);
 
     if (c->cmp == CMP_TCP && pp->has_ack &&
         (!c->have_ack[side] || seq_after(pp->ack, c->max_ack[side]))) {
@@ -1094,7 +1127,17 @@ static void feed_queue(struct cx_engine *e, struct cx_conn *c, int side, struct 
     queue_insert(q, f, c->cmp == CMP_TCP);
     e->queued[side] += f->weight;
     c->held[side] += f->weight;
-    compare_conn(e, c);
+    compare(e, c);
+    if (tf.gone) {
+        in->frags = NULL;          /* released (primary) or freed with it */
+    } else if (frame_keep(e, c, side, &tf)) {
+        in->frags = NULL;          /* the queued frame's now */
+    } else {
+        count_drop_n(e, side, CX_DROP_NO_MEMORY, &pp->key, in->weight);
+        conn_touch(e, c);          /* a new connection stays evictable */
+        return;
+    }
+    conn_touch(e, c);
     /* Still full after comparing: only a checkpoint can make room. */
     if (q->count >= e->cfg.max_queue_size)
         conn_checkpoint(e, c, CX_CKPT_QUEUE_FULL, NULL, NULL);
