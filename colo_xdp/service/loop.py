@@ -84,10 +84,14 @@ class Loop:
     # -- what roles use -------------------------------------------------------
 
     def watch(self, sock, events: int, handler) -> None:
-        try:
-            self.sel.modify(sock, events, handler)
-        except KeyError:
+        # Looked up first: modify() of a socket not registered formats the
+        # socket's repr into its KeyError (getsockname, getpeername), and
+        # flow control watches and unwatches inputs all the time.
+        key = self.sel.get_map().get(sock)
+        if key is None:
             self.sel.register(sock, events, handler)
+        elif key.events != events or key.data != handler:
+            self.sel.modify(sock, events, handler)
 
     def unwatch(self, sock) -> None:
         try:
@@ -205,7 +209,7 @@ class Loop:
                 self.log.event("flow_forced", side=inp.side.name.lower(), why=why)
                 inp.feed(force=True)
                 break                     # the other one gets its turn first
-        self.after_batch()
+        self.outdev.write_pending()       # the rest of after_batch ends the turn
 
     def _force_reason(self, inp, others: list, now: int) -> str | None:
         """Why the held input ``inp`` must be fed anyway, or None to wait:

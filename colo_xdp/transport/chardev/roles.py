@@ -4,7 +4,8 @@ loop's selector.
 
 A role talks to its loop (``colo_xdp.service.loop.Loop``) through a small
 surface: ``watch``/``unwatch`` with a handler taking the event mask,
-``engine``, ``log``, ``now_ms()``, ``paused`` and ``after_batch()``; the
+``engine``, ``log``, ``now_ms()``, ``paused``, ``outdev.write_pending()`` and
+``after_batch()``; the
 notify role also reports a finished checkpoint with ``colo_checkpoint()``.
 
 Inputs are flow-controlled by the engine (``Loop.balance_inputs``): when a
@@ -245,8 +246,11 @@ class Input(Channel):
             self.svc.watch(self.sock, READ, self._readable)
 
     def _readable(self, mask: int) -> None:
-        self.read_now()
-        self.svc.after_batch()
+        # What it released goes out now; events, attachments and
+        # backpressure wait for the end of the turn (Loop.run), once for
+        # every input read in it.
+        if self.read_now():
+            self.svc.outdev.write_pending()
 
     def read_now(self, force: bool = False) -> int:
         """Read one chunk, paused or not, and feed its whole records to the
@@ -320,10 +324,9 @@ class Outdev(Channel):
         if not self.sock:
             return
         engine = self.svc.engine
-        while True:
-            out = engine.output()
-            if not out:
-                break
+        out = engine.output()           # all of it: the out buffer is one block
+        want = False
+        if out:
             try:
                 n = self.sock.send(out)
             except (BlockingIOError, InterruptedError):
@@ -332,11 +335,10 @@ class Outdev(Channel):
                 out.release()
                 self.lost(exc.strerror or str(exc))
                 return
+            want = n < len(out)          # the rest waits until it is writable
             out.release()
-            if n == 0:
-                break
-            engine.consume_output(n)
-        want = bool(engine.output_pending())
+            if n:
+                engine.consume_output(n)
         if want != self.writing:
             self.writing = want
             self.svc.watch(self.sock, READ | (WRITE if want else 0), self._ready)
