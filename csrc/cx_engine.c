@@ -145,7 +145,8 @@ struct cx_slot {
 struct cx_engine {
     struct cx_config cfg;
     struct cx_conn **buckets;
-    uint32_t nbuckets;             /* power of two */
+    uint32_t nbuckets;             /* power of two, grown with nconns (table_grow) */
+    uint32_t max_buckets;          /* the power of two >= max_connections */
     uint32_t nconns;
     struct cx_list all, idle;
     uint64_t queued[2];
@@ -809,6 +810,28 @@ static struct cx_conn *conn_find(const struct cx_engine *e, const struct cx_key 
     return NULL;
 }
 
+/* Double the buckets once there are as many connections as buckets: the
+ * table stays as small as its connections (1000 of them in 8 KiB, in cache
+ * while a megabyte of frames streams by, where the 128 KiB for
+ * max_connections missed it at every lookup).  Out of memory: the chains
+ * grow longer instead. */
+static void table_grow(struct cx_engine *e)
+{
+    if (e->nconns < e->nbuckets || e->nbuckets >= e->max_buckets)
+        return;
+    uint32_t n = e->nbuckets * 2;
+    struct cx_conn **b = calloc(n, sizeof(*b));
+    if (!b)
+        return;
+    for (struct cx_conn *c = e->all.head; c; c = c->all_next) {
+        c->hnext = b[c->hash & (n - 1)];
+        b[c->hash & (n - 1)] = c;
+    }
+    free(e->buckets);
+    e->buckets = b;
+    e->nbuckets = n;
+}
+
 /* Would a new connection find a slot (free, or an idle one to evict)? */
 static bool conn_room(const struct cx_engine *e)
 {
@@ -840,6 +863,7 @@ static struct cx_conn *conn_new(struct cx_engine *e, const struct cx_key *key, u
     e->buckets[h & (e->nbuckets - 1)] = c;
     LIST_APPEND(&e->all, c, all_prev, all_next);
     e->nconns++;
+    table_grow(e);
     e->ctr.conns_created++;
     emit(e, CX_EV_CONN_NEW, 0, 0, key);
     return c;
@@ -1831,9 +1855,10 @@ struct cx_engine *cx_engine__new(const struct cx_config *cfg)
     if (!e)
         return NULL;
     e->cfg = *cfg;
+    e->max_buckets = 64;
+    while (e->max_buckets < cfg->max_connections && e->max_buckets < (1u << 24))
+        e->max_buckets <<= 1;
     e->nbuckets = 64;
-    while (e->nbuckets < cfg->max_connections && e->nbuckets < (1u << 24))
-        e->nbuckets <<= 1;
     e->hwm = cfg->flow_high_water ? cfg->flow_high_water : cfg->max_queue_size / 2;
     if (e->hwm > cfg->max_queue_size)
         e->hwm = cfg->max_queue_size;
