@@ -212,9 +212,10 @@ class Input(Channel):
         else:
             self.svc.watch(self.sock, READ, self._readable)
 
-    def feed(self, force: bool = False) -> None:
+    def feed(self, force: bool = False) -> int:
         """Feed what was read and not yet taken; with ``force`` all of it
-        (flow control off for this call)."""
+        (flow control off for this call).  Returns the bytes taken."""
+        used = 0
         if self.end > self.start:
             now = self.svc.now_ms()
             try:
@@ -225,7 +226,7 @@ class Input(Channel):
                 self.svc.log.warning("stream_broken", role=self.role, reason="oversize",
                                      error=str(exc))
                 self.lost("framing lost", reconnect_now=True)
-                return
+                return 0
             self.start += used
             if self.start == self.end:
                 self.start = self.end = 0
@@ -234,16 +235,17 @@ class Input(Channel):
         else:
             held = False
         if held == self.held:
-            return
+            return used
         self.held = held
         if held:
             self.held_since = self.svc.now_ms()
         if not self.sock:
-            return
+            return used
         if held:
             self.svc.unwatch(self.sock)      # the lead stays in the socket buffer
         elif not self.svc.paused:
             self.svc.watch(self.sock, READ, self._readable)
+        return used
 
     def _readable(self, mask: int) -> None:
         # What it released goes out now; events, attachments and
