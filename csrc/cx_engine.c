@@ -49,9 +49,14 @@ struct cx_frame {
     uint32_t done;         /* payload bytes already matched (QEMU's offset) */
     bool has_ack;
     bool captured;         /* already given out as miscompare evidence */
+    bool transient;        /* lives on feed_queue's stack, bytes in the
+                              caller's buffer: copied only if still queued
+                              when the compare is done */
+    bool gone;             /* a transient frame was released or consumed */
     uint32_t weight;       /* frames it stands for: 1, or a datagram's fragments */
     struct cx_frag *frags; /* a reassembled datagram: the fragments it was made
                               of, in arrival order; released in its place */
+    const uint8_t *bytes;  /* the frame: data[], or the caller's while transient */
     uint8_t data[];        /* a datagram: the reassembled one, compared only */
 };
 
@@ -140,7 +145,8 @@ struct cx_slot {
 struct cx_engine {
     struct cx_config cfg;
     struct cx_conn **buckets;
-    uint32_t nbuckets;             /* power of two */
+    uint32_t nbuckets;             /* power of two, grown with nconns (table_grow) */
+    uint32_t max_buckets;          /* the power of two >= max_connections */
     uint32_t nconns;
     struct cx_list all, idle;
     uint64_t queued[2];
@@ -519,7 +525,7 @@ static void capture(struct cx_engine *e, struct cx_frame *f, int side, int reaso
     h->vnet_len = f->vnet_len;
     h->len = f->len;
     h->born_ms = f->born_ms;
-    memcpy(h + 1, f->data, f->len);
+    memcpy(h + 1, f->bytes, f->len);
     e->evidence_len += need;
     f->captured = true;
 }
@@ -655,14 +661,17 @@ static uint32_t frags_release(struct cx_engine *e, const struct cx_frag *fr, int
     return n;
 }
 
-/* Take a frame off its queue and free it. */
+/* Take a frame off its queue and free it (a transient one is only marked). */
 static void frame_drop(struct cx_engine *e, struct cx_conn *c, int side, struct cx_frame *f)
 {
     queue_unlink(&c->q[side], f);
     e->queued[side] -= f->weight;
     c->held[side] -= f->weight;
     frags_free(f->frags);
-    free(f);
+    if (f->transient)
+        f->gone = true;
+    else
+        free(f);
 }
 
 /* A primary frame goes out: a reassembled datagram as its fragments. */
@@ -671,7 +680,7 @@ static void frame_release(struct cx_engine *e, struct cx_conn *c, struct cx_fram
     if (f->frags)
         frags_release(e, f->frags, why);
     else
-        release(e, f->data, f->len, f->vnet_len, why, f->born_ms);
+        release(e, f->bytes, f->len, f->vnet_len, why, f->born_ms);
     c->released += f->weight;
     if (why == CX_REL_MATCHED)
         c->matched += f->weight;
@@ -804,6 +813,28 @@ static struct cx_conn *conn_find(const struct cx_engine *e, const struct cx_key 
     return NULL;
 }
 
+/* Double the buckets once there are as many connections as buckets: the
+ * table stays as small as its connections (1000 of them in 8 KiB, in cache
+ * while a megabyte of frames streams by, where the 128 KiB for
+ * max_connections missed it at every lookup).  Out of memory: the chains
+ * grow longer instead. */
+static void table_grow(struct cx_engine *e)
+{
+    if (e->nconns < e->nbuckets || e->nbuckets >= e->max_buckets)
+        return;
+    uint32_t n = e->nbuckets * 2;
+    struct cx_conn **b = calloc(n, sizeof(*b));
+    if (!b)
+        return;
+    for (struct cx_conn *c = e->all.head; c; c = c->all_next) {
+        c->hnext = b[c->hash & (n - 1)];
+        b[c->hash & (n - 1)] = c;
+    }
+    free(e->buckets);
+    e->buckets = b;
+    e->nbuckets = n;
+}
+
 /* Would a new connection find a slot (free, or an idle one to evict)? */
 static bool conn_room(const struct cx_engine *e)
 {
@@ -835,6 +866,7 @@ static struct cx_conn *conn_new(struct cx_engine *e, const struct cx_key *key, u
     e->buckets[h & (e->nbuckets - 1)] = c;
     LIST_APPEND(&e->all, c, all_prev, all_next);
     e->nconns++;
+    table_grow(e);
     e->ctr.conns_created++;
     emit(e, CX_EV_CONN_NEW, 0, 0, key);
     return c;
@@ -848,7 +880,7 @@ static struct cx_conn *conn_new(struct cx_engine *e, const struct cx_key *key, u
 static bool dgram_equal(const struct cx_frame *p, const struct cx_frame *s)
 {
     return p->len == s->len &&
-           memcmp(p->data + p->cmp_off, s->data + p->cmp_off, p->len - p->cmp_off) == 0;
+           memcmp(p->bytes + p->cmp_off, s->bytes + p->cmp_off, p->len - p->cmp_off) == 0;
 }
 
 /*
@@ -885,7 +917,7 @@ static bool tcp_already_compared(const struct cx_conn *c, const struct cx_frame 
 static bool tcp_bytes_equal(const struct cx_frame *p, uint32_t poff,
                             const struct cx_frame *s, uint32_t soff, uint32_t n)
 {
-    return memcmp(p->data + p->pay_off + poff, s->data + s->pay_off + soff, n) == 0;
+    return memcmp(p->bytes + p->pay_off + poff, s->bytes + s->pay_off + soff, n) == 0;
 }
 
 static void tcp_set_compared(struct cx_conn *c, uint32_t seq)
@@ -1006,13 +1038,12 @@ static void compare_tcp(struct cx_engine *e, struct cx_conn *c)
     }
 }
 
-static void compare_conn(struct cx_engine *e, struct cx_conn *c)
+static void compare(struct cx_engine *e, struct cx_conn *c)
 {
     if (c->cmp == CMP_TCP)
         compare_tcp(e, c);
     else
         compare_dgram(e, c);
-    conn_touch(e, c);
 }
 
 /* ---- feeding ------------------------------------------------------------ */
@@ -1056,7 +1087,36 @@ static void count_in(struct cx_engine *e, int side, uint32_t len)
     e->ctr.bytes_in[side] += len;
 }
 
-/* Queue a frame on its connection and compare; the queue limit decides. */
+/* A transient frame still queued after its compare: copy it (bytes and all)
+ * to the heap, in its place in the queue.  False when out of memory: it is
+ * taken off the queue instead. */
+static bool frame_keep(struct cx_engine *e, struct cx_conn *c, int side, struct cx_frame *t)
+{
+    struct cx_queue *q = &c->q[side];
+    struct cx_frame *f = malloc(sizeof(*f) + t->len);
+    if (!f) {
+        t->frags = NULL;           /* the caller still owns them */
+        frame_drop(e, c, side, t);
+        return false;
+    }
+    *f = *t;
+    memcpy(f->data, t->bytes, t->len);
+    f->bytes = f->data;
+    f->transient = false;
+    if (f->prev) f->prev->next = f; else q->head = f;
+    if (f->next) f->next->prev = f; else q->tail = f;
+    return true;
+}
+
+/*
+ * Queue a frame on its connection and compare; the queue limit decides.
+ *
+ * The frame is queued as it is, in the caller's buffer (transient), and
+ * copied only if the compare leaves it queued: the frame that completes a
+ * pair (the follower's, in steady state) is compared and released or
+ * consumed straight from the input, never copied.  Nothing else changes:
+ * the compare sees the same queues either way.
+ */
 static void feed_queue(struct cx_engine *e, struct cx_conn *c, int side, struct cx_input *in,
                        const struct cx_parsed *pp, uint64_t now_ms)
 {
@@ -1066,12 +1126,11 @@ static void feed_queue(struct cx_engine *e, struct cx_conn *c, int side, struct 
         count_drop_n(e, side, CX_DROP_QUEUE_FULL, &pp->key, in->weight);
         return;
     }
-    struct cx_frame *f = malloc(sizeof(*f) + in->len);
-    if (!f) {
-        count_drop_n(e, side, CX_DROP_NO_MEMORY, &pp->key, in->weight);
-        conn_touch(e, c);          /* a new connection stays evictable */
-        return;
-    }
+    struct cx_frame tf;
+    struct cx_frame *f = &tf;
+    f->transient = true;
+    f->gone = false;
+    f->bytes = in->data;
     f->born_ms = now_ms;
     f->len = in->len;
     f->vnet_len = in->vnet_len;
@@ -1086,8 +1145,6 @@ static void feed_queue(struct cx_engine *e, struct cx_conn *c, int side, struct 
     f->captured = false;
     f->weight = in->weight;
     f->frags = in->frags;
-    in->frags = NULL;
-    memcpy(f->data, in->data, in->len);
 
     if (c->cmp == CMP_TCP && pp->has_ack &&
         (!c->have_ack[side] || seq_after(pp->ack, c->max_ack[side]))) {
@@ -1097,7 +1154,17 @@ static void feed_queue(struct cx_engine *e, struct cx_conn *c, int side, struct 
     queue_insert(q, f, c->cmp == CMP_TCP);
     e->queued[side] += f->weight;
     c->held[side] += f->weight;
-    compare_conn(e, c);
+    compare(e, c);
+    if (tf.gone) {
+        in->frags = NULL;          /* released (primary) or freed with it */
+    } else if (frame_keep(e, c, side, &tf)) {
+        in->frags = NULL;          /* the queued frame's now */
+    } else {
+        count_drop_n(e, side, CX_DROP_NO_MEMORY, &pp->key, in->weight);
+        conn_touch(e, c);          /* a new connection stays evictable */
+        return;
+    }
+    conn_touch(e, c);
     /* Still full after comparing: only a checkpoint can make room. */
     if (q->count >= e->cfg.max_queue_size)
         conn_checkpoint(e, c, CX_CKPT_QUEUE_FULL, NULL, NULL);
@@ -1798,9 +1865,10 @@ struct cx_engine *cx_engine__new(const struct cx_config *cfg)
     if (!e)
         return NULL;
     e->cfg = *cfg;
+    e->max_buckets = 64;
+    while (e->max_buckets < cfg->max_connections && e->max_buckets < (1u << 24))
+        e->max_buckets <<= 1;
     e->nbuckets = 64;
-    while (e->nbuckets < cfg->max_connections && e->nbuckets < (1u << 24))
-        e->nbuckets <<= 1;
     e->hwm = cfg->flow_high_water ? cfg->flow_high_water : cfg->max_queue_size / 2;
     if (e->hwm > cfg->max_queue_size)
         e->hwm = cfg->max_queue_size;

@@ -16,8 +16,9 @@ Flow control, also written once (``balance_inputs``): what is read is decided
 by the engine's state, not by chunk sizes.  A feed the engine holds back (its
 side would run ahead of the other, see cx_engine.h) leaves the input
 unread, its lead in the kernel; every turn the held inputs are fed again,
-so they go on as soon as the other side has caught up.  When every input is
-held back, or another has taken nothing for ``FLOW_STALL_MS`` while frames of
+so they go on as soon as the other side has caught up (again and again
+while a round of feeds takes frames).  When every input is
+held back after a round that took nothing, or another has taken nothing for ``FLOW_STALL_MS`` while frames of
 its side are queued (they may wait for frames behind the held one), or for
 ``FLOW_STOPPED_MS`` (it stopped), the held input is fed with flow control off
 and the engine's limits decide (queue_full, table_full, a checkpoint), so
@@ -57,6 +58,9 @@ FLOW_STALL_MS = 200
 # ... and after it took nothing for this long (or compare_timeout, if shorter)
 # whatever is queued: it has stopped producing, the limits decide.
 FLOW_STOPPED_MS = 1000
+# Rounds of feeding the held inputs again in one turn, at most (each round
+# that goes on took frames: the buffers read are finite, this only bounds it).
+BALANCE_ROUNDS_MAX = 256
 
 
 class Loop:
@@ -84,10 +88,14 @@ class Loop:
     # -- what roles use -------------------------------------------------------
 
     def watch(self, sock, events: int, handler) -> None:
-        try:
-            self.sel.modify(sock, events, handler)
-        except KeyError:
+        # Looked up first: modify() of a socket not registered formats the
+        # socket's repr into its KeyError (getsockname, getpeername), and
+        # flow control watches and unwatches inputs all the time.
+        key = self.sel.get_map().get(sock)
+        if key is None:
             self.sel.register(sock, events, handler)
+        elif key.events != events or key.data != handler:
+            self.sel.modify(sock, events, handler)
 
     def unwatch(self, sock) -> None:
         try:
@@ -187,14 +195,24 @@ class Loop:
         return [inp for inp in self.inputs if inp.held]
 
     def balance_inputs(self) -> None:
-        """Feed held inputs again: the other side may have made room.  One
-        still held is forced when all are held or the others have stalled."""
+        """Feed held inputs again: the other side may have made room.  While
+        a round of feeds takes something, feed again: two inputs that each
+        hold more than flow_high_water frames beyond the other are both held
+        after a round that took frames from both, and that is progress, not
+        a deadlock.  After a round that took nothing, one still held is
+        forced when all are held or the others have stalled."""
         held = self.held_inputs()
         if not held or self.paused:
             return
-        for inp in held:
-            inp.feed()
-        held = self.held_inputs()
+        for _ in range(BALANCE_ROUNDS_MAX):
+            took = 0
+            for inp in held:
+                took += inp.feed()
+            held = self.held_inputs()
+            if not held or not took:
+                break
+        else:
+            held = []                     # taking all the while: no force now
         now = self.now_ms()
         for inp in held:
             others = [o for o in self.inputs if o is not inp]
@@ -205,7 +223,7 @@ class Loop:
                 self.log.event("flow_forced", side=inp.side.name.lower(), why=why)
                 inp.feed(force=True)
                 break                     # the other one gets its turn first
-        self.after_batch()
+        self.outdev.write_pending()       # the rest of after_batch ends the turn
 
     def _force_reason(self, inp, others: list, now: int) -> str | None:
         """Why the held input ``inp`` must be fed anyway, or None to wait:

@@ -174,6 +174,24 @@ def test_flow_high_water_is_how_far_a_side_is_read_ahead(lab):
     assert summary.dropped == (0, 0) and summary.checkpoints == 0
 
 
+def test_both_sides_read_far_past_the_high_water_mark_go_on_without_force(lab):
+    """Each side's read holds far more than --flow-high-water frames beyond
+    the other's (what a 1 MiB read of small frames does): both inputs are
+    held after every round of feeds, but every round takes frames, so the
+    loop feeds again instead of forcing one side past a queue of 64 (which
+    dropped for queue_full and asked for a checkpoint)."""
+    cmp = lab.start(notify=False, args=("--flow-high-water", "8", "--max-queue-size", "64"))
+    out = lab.connect("out.sock")
+    pin, sin = lab.connect("pin.sock"), lab.connect("sin.sock")
+    frames = frames_of(300)
+    sin.send(*frames)
+    time.sleep(0.1)                                  # read: 8 taken, the rest held
+    pin.send(*frames)
+    assert out.frames(300) == frames
+    summary = cmp.stop_summary()
+    assert summary.dropped == (0, 0) and summary.checkpoints == 0
+
+
 def test_flow_high_water_over_the_queue_size_is_one_line(lab):
     cmp = lab.start(notify=False, ready=False,
                     args=("--max-queue-size", "16", "--flow-high-water", "17"))

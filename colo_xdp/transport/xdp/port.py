@@ -253,10 +253,10 @@ class XdpInput:
                     return
         return readable
 
-    def feed(self, force: bool = False) -> None:
-        """Feed the held rx rings again (flow control off with ``force``)."""
-        for sock in list(self.held_socks):
-            self._rx(sock, force)
+    def feed(self, force: bool = False) -> int:
+        """Feed the held rx rings again (flow control off with ``force``);
+        returns the frames taken."""
+        return sum(self._rx(sock, force) for sock in list(self.held_socks))
 
     def read_now(self, force: bool = False) -> int:
         """One burst from each socket, paused or not; returns the frames read."""
