@@ -63,11 +63,11 @@ int xdp_glue__rx_to_engine(struct xsk *x, struct cx_engine *e, int side, uint64_
     return err ? err : (int)taken;
 }
 
-/* One released record of the engine's out buffer. */
+/* One released record of the engine's out buffer: the Ethernet frame after
+ * its virtio-net header, if any (never sent: a super-frame is cut to the
+ * MTU, not by the header's gso_size). */
 struct tx_record {
-    const uint8_t *vnet;          /* its virtio-net header (vnet_len bytes), or NULL */
-    uint32_t vnet_len;
-    const uint8_t *frame;         /* the Ethernet frame after it */
+    const uint8_t *frame;
     uint32_t len;
 };
 
@@ -133,8 +133,7 @@ int xdp_glue__tx_from_engine(struct xsk *x, struct cx_engine *e, uint32_t max)
             break;                              /* never here: records are whole */
         int got = -EMSGSIZE;
         if (vnet <= len) {
-            const uint8_t *at = out + pos + hdr;
-            struct tx_record r = { vnet ? at : NULL, vnet, at + vnet, len - vnet };
+            struct tx_record r = { out + pos + hdr + vnet, len - vnet };
             struct tx_frames f = { umem, addrs + used, room - used, frame_size, mtu, lens + used };
             got = tx__emit_record(&r, &f);
         }

@@ -84,6 +84,21 @@ def _check_option(func):
                              "opening anything (e.g. ExecStartPre=).")(func)
 
 
+def _serve_options(func):
+    """What a service serves besides its --control socket: compare and forward."""
+    func = click.option("--metrics", metavar="HOST:PORT",
+                        help="Serve Prometheus metrics at http://HOST:PORT/metrics.")(func)
+    func = click.option("--control-idle-timeout", metavar="SECONDS", default=300.0,
+                        show_default=True, type=click.FloatRange(min=0.1, max=86400),
+                        callback=_finite,
+                        help="Close a control connection that neither asks nor subscribes "
+                             "for this long.")(func)
+    func = click.option("--control-tcp", metavar="HOST:PORT",
+                        help="Also serve the control protocol on TCP; loopback addresses "
+                             "only.")(func)
+    return func
+
+
 def _checked(command: str) -> None:
     click.echo(f"colo-xdp {command}: the configuration is valid")
     sys.exit(0)
@@ -146,13 +161,7 @@ def main() -> None:
               metavar="[PATH]",
               help="Control socket (unix, mode 0600). Without PATH: "
                    "/run/colo-xdp/colo-xdp.sock as root, else $XDG_RUNTIME_DIR/colo-xdp.sock.")
-@click.option("--control-tcp", metavar="HOST:PORT",
-              help="Also serve the control protocol on TCP; loopback addresses only.")
-@click.option("--control-idle-timeout", metavar="SECONDS", default=300.0, show_default=True,
-              type=click.FloatRange(min=0.1, max=86400), callback=_finite,
-              help="Close a control connection that neither asks nor subscribes for this long.")
-@click.option("--metrics", metavar="HOST:PORT",
-              help="Serve Prometheus metrics at http://HOST:PORT/metrics.")
+@_serve_options
 @click.option("--miscompare-pcap", metavar="FILE", type=click.Path(dir_okay=False),
               help="Write both frames of every mismatch and timeout to this pcapng file.")
 @click.option("--miscompare-pcap-size", metavar="MB",
@@ -270,13 +279,7 @@ def _outdev_endpoint(text: str, xdp_mode: str):
               show_default=True)
 @click.option("--control", "control", is_flag=False, flag_value=_DEFAULT, default=None,
               metavar="[PATH]", help="Control socket (unix, mode 0600): stats, subscribe.")
-@click.option("--control-tcp", metavar="HOST:PORT",
-              help="Also serve the control protocol on TCP; loopback addresses only.")
-@click.option("--control-idle-timeout", metavar="SECONDS", default=300.0, show_default=True,
-              type=click.FloatRange(min=0.1, max=86400), callback=_finite,
-              help="Close a control connection that neither asks nor subscribes for this long.")
-@click.option("--metrics", metavar="HOST:PORT",
-              help="Serve Prometheus metrics at http://HOST:PORT/metrics.")
+@_serve_options
 @_log_options
 @_check_option
 def forward(iface, to, vnet_hdr_support, xdp_mode, control, control_tcp, control_idle_timeout,

@@ -35,9 +35,12 @@ def _frames(n: int, size: int = 0) -> list[bytes]:
                              dst="10.99.0.2", sport=1000, dport=2000) for i in range(n)]
 
 
-def _framer() -> Engine:
+def _framer(frames: list[bytes]) -> Engine:
+    """An engine that has released ``frames``, in order, to its output."""
     engine = Engine(EngineConfig())
     engine.failover()
+    for i, frame in enumerate(frames):
+        engine.feed_frame(Side.PRIMARY, frame, i)
     return engine
 
 
@@ -78,9 +81,7 @@ def test_a_failed_kick_never_sends_a_frame_twice(veth):
     queued.  They left the engine's output all the same and wait in the tx
     ring; with the link up again each goes out once, in order."""
     frames = _frames(100)
-    engine = _framer()
-    for i, frame in enumerate(frames):
-        engine.feed_frame(Side.PRIMARY, frame, i)
+    engine = _framer(frames)
     with _guest(veth) as guest, in_netns(veth.host_ns), XskSocket(veth.host, 0) as xsk:
         sh("ip", "-n", veth.host_ns, "link", "set", veth.host, "down")
         pending = engine.output_pending()
@@ -103,9 +104,7 @@ def test_a_record_no_frame_can_carry_is_skipped_where_it_stands(veth):
     one is counted in outdev_cut."""
     not_ip = b"\x02" * 6 + b"\x02\x00\x00\x00\x00\x01" + b"\x88\xb5" + MARK + b"." * 3000
     frames = _frames(3) + [not_ip] + _frames(3)
-    engine = _framer()
-    for i, frame in enumerate(frames):
-        engine.feed_frame(Side.PRIMARY, frame, i)
+    engine = _framer(frames)
     with _guest(veth) as guest, in_netns(veth.host_ns), XskSocket(veth.host, 0) as xsk:
         assert tx_from_engine(xsk, engine) == 6
         assert engine.output_pending() == 0
@@ -139,9 +138,7 @@ def test_a_closed_sockets_unsent_frames_go_first_on_the_next(veth):
     outdev closes its socket and keeps the frames the kernel never read;
     the next socket sends them first, then the rest, each once, in order."""
     frames = _frames(50)
-    engine = _framer()
-    for i, frame in enumerate(frames):
-        engine.feed_frame(Side.PRIMARY, frame, i)
+    engine = _framer(frames)
     svc = _Svc(engine)
     with _guest(veth) as guest, in_netns(veth.host_ns):
         out = XdpOutdev(svc, "outdev", XdpIface(veth.host))
@@ -167,9 +164,7 @@ def test_a_closed_sockets_unsent_frames_go_first_on_the_next(veth):
 def test_unsent_frames_at_exit_are_counted(veth):
     """Frames a closed socket left unsent and no socket came for: at exit
     they are counted in outdev_unsent (and logged)."""
-    engine = _framer()
-    for i, frame in enumerate(_frames(20)):
-        engine.feed_frame(Side.PRIMARY, frame, i)
+    engine = _framer(_frames(20))
     svc = _Svc(engine)
     with in_netns(veth.host_ns):
         out = XdpOutdev(svc, "outdev", XdpIface(veth.host))
@@ -188,9 +183,7 @@ def test_one_kick_per_batch_not_per_burst(veth):
     kernel once the batch is queued (or the ring is full), not once a
     burst; every frame arrives, once, in order."""
     frames = _frames(2000)
-    engine = _framer()
-    for i, frame in enumerate(frames):
-        engine.feed_frame(Side.PRIMARY, frame, i)
+    engine = _framer(frames)
     svc = _Svc(engine)
     with _guest(veth) as guest, in_netns(veth.host_ns):
         guest.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 16 << 20)
