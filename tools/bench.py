@@ -776,6 +776,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-xdp", dest="xdp", action="store_false",
                    help="skip the XDP mode rows (colo-xdp on veths, AF_XDP and XDP_DROP "
                         "ceilings; root and bcc)")
+    p.add_argument("--xdp-windows", type=int, metavar="N",
+                   help="XDP mode: per row, N AF_XDP ceiling windows and N colo-xdp "
+                        "windows, alternating, medians reported (default 5)")
     p.add_argument("--no-offload", dest="offload", action="store_false",
                    help="skip the offload row (a TCG guest with virtio-net offloads: TCP "
                         "through XDP mode next to the same guest without colo-xdp)")
@@ -812,9 +815,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.sink is not None:
         run_sink(args.sink)
         return 0
-    if args.runs < 1 or args.seconds <= 0 or args.warmup < 0:
-        print("error: --runs must be at least 1, --seconds above 0 and --warmup "
-              "not negative.", file=sys.stderr)
+    if (args.runs < 1 or args.seconds <= 0 or args.warmup < 0
+            or (args.xdp_windows is not None and args.xdp_windows < 1)):
+        print("error: --runs and --xdp-windows must be at least 1, --seconds above 0 "
+              "and --warmup not negative.", file=sys.stderr)
         return 2
 
     about = []
@@ -930,13 +934,14 @@ def _xdp_section(args, results: list[RowResult], comparator_cpu: str | None) -> 
         return False
     exe = args.colo_xdp or default_colo_xdp_exe()
     seconds = min(args.seconds, bench_xdp.MAX_SECONDS)
+    windows = args.xdp_windows or bench_xdp.WINDOWS
     print(f"XDP mode: colo-xdp compare --primary-xdp p-h --secondary-xdp s-h on veths "
           f"in namespaces (cpu {comparator_cpu}), AF_XDP TX from p-g/s-g by the driver; "
-          f"median of {args.runs} windows of {seconds:g} s after {args.warmup:g} s",
-          flush=True)
+          f"per row {windows} AF_XDP ceiling windows (twin veths pc-h/sc-h) and {windows} "
+          f"colo-xdp windows of {seconds:g} s, alternating, medians", flush=True)
     started = time.monotonic()
     try:
-        xdp = bench_xdp.run(args.rows, exe, args.runs, args.warmup, args.seconds,
+        xdp = bench_xdp.run(args.rows, exe, windows, args.warmup, args.seconds,
                             sys.modules[__name__], lambda line: print(line, flush=True),
                             cpu=comparator_cpu)
     except Exception as err:      # noqa: BLE001  the lab itself could not be built
@@ -947,12 +952,15 @@ def _xdp_section(args, results: list[RowResult], comparator_cpu: str | None) -> 
     print(bench_xdp.table(xdp, qemu.get))
     for line in bench_xdp.notes(xdp, FOREIGN_CPU_NOTE):
         print(f"note: {line}")
-    print(f"(XDP pairs/s: pairs released on the outdev per second; frames/s: 2 x pairs/s, "
-          f"both guests' frames; AF_XDP rx max: frames/s that classify.c + an AF_XDP socket "
-          f"per interface deliver to a process on cpu {comparator_cpu} doing only rx_burst/"
-          f"rx_done; XDP_DROP max: frames/s an XDP program dropping everything counts, i.e. "
-          f"what the driver can send; x QEMU: against this run's QEMU chardev pairs/s; "
-          f"{time.monotonic() - started:.0f} s)")
+    print(f"(XDP pairs/s: median over the windows of pairs released on the outdev per "
+          f"second; frames/s: 2 x pairs/s, both guests' frames; AF_XDP rx max: median over "
+          f"the windows between them of frames/s that classify.c + an AF_XDP socket per "
+          f"interface deliver to a process on cpu {comparator_cpu} doing only rx_burst/"
+          f"rx_done; ±: half the windows' range over their median; % of AF_XDP: ratio of "
+          f"the medians; per window: the lowest and highest of each colo-xdp window over "
+          f"the ceiling window before it; XDP_DROP max: frames/s an XDP program dropping "
+          f"everything counts, i.e. what the driver can send (one run); x QEMU: against "
+          f"this run's QEMU chardev pairs/s; {time.monotonic() - started:.0f} s)")
     return any(not r.runs for r in xdp)
 
 

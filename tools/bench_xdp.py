@@ -1,37 +1,51 @@
 """XDP mode in `make bench`: pairs/s of ``colo-xdp compare --primary-xdp
---secondary-xdp`` for the chardev rows, next to two ceilings of the same veths.
+--secondary-xdp`` for the chardev rows, next to two ceilings of the same kind of veths.
 
 Used by ``tools.bench`` (``--no-xdp`` skips it). The lab is the one of
-``tests/xdp/test_service_xdp.py``::
+``tests/xdp/test_service_xdp.py``, with a twin of each veth for the AF_XDP
+ceiling::
 
-    ns guest-p: p-g ──veth── p-h ┐  ns host: colo-xdp compare --primary-xdp p-h
-    ns guest-s: s-g ──veth── s-h ┘    --secondary-xdp s-h --outdev unix:out.sock
-        ▲                                    (taskset -c 1)
-        driver (cpu 0): AF_XDP TX on p-g and s-g, reads out.sock, drains notify
+    ns guest-p: p-g  ──veth── p-h  ┐ ns host: colo-xdp compare --primary-xdp p-h
+    ns guest-s: s-g  ──veth── s-h  ┘   --secondary-xdp s-h --outdev unix:out.sock
+    ns guest-p: pc-g ──veth── pc-h ┐ ns host: AF_XDP sink (rx_burst/rx_done only)
+    ns guest-s: sc-g ──veth── sc-h ┘   both on cpu 1 (taskset -c 1)
+        ▲
+        driver (cpu 0): AF_XDP TX on p-g/s-g or pc-g/sc-g, reads out.sock, drains notify
 
 Method, per row:
 - The frames are built before the clock starts (the chardev rows' frames,
-  unframed). The driver sends them with ``XskSocket.tx_burst`` on p-g and
-  s-g, ``BURST`` at a time, the same frames on both sides. One side leads
-  (as in the chardev bench: the secondary by 0 frames in rows 1-4, the
-  primary by ``LEAD_FRAMES`` in row 5): the follower never passes the leader
-  less the lead, the leader is at most one burst ahead of that, and neither
-  side is more than ``WINDOW_FRAMES`` beyond the pairs released, so the
-  comparator's rx rings (INPUT_RING_SIZE, 4096) never overflow, and a
-  comparator that loses its cpu for a while finds a ring's worth waiting
-  instead of a driver that stopped (512 made a shared host's figures
-  depend on scheduling more than on the comparator).
+  unframed). The driver sends them with ``XskSocket.tx_burst``, ``BURST`` at
+  a time, the same frames on both sides.
 - The veths have a 1600-byte MTU (``LAB_MTU``): row 7's frames are 1522.
-- XDP mode: one comparator per row; after ``--warmup`` s, ``--runs``
-  consecutive windows of ``--seconds`` s each (median reported). Released
-  pairs = outdev bytes / framed size; the first frames released and the last
-  are checked against the stream as in the chardev bench.
-- Ceilings, one short unpaced run each (both sides blasting, alternating
-  bursts): ``drop``: an XDP program on p-h and s-h that drops every frame and
-  counts it in a per-CPU array; ``AF_XDP rx``: classify.c on p-h/s-h
-  redirecting to an ``XskSocket`` per interface in a process on cpu 1 that
-  only does ``rx_burst`` + ``rx_done`` (no engine). Both in frames/s (both
-  interfaces together), like the XDP mode's frames/s (2 x pairs/s).
+- ``drop``: an XDP program on p-h and s-h that drops every frame and counts
+  it in a per-CPU array, one unpaced run (both sides blasting, alternating
+  bursts) before the comparator starts: what the driver can send, a sanity
+  bound.
+- Then the comparator (on p-h/s-h) and the AF_XDP sink (classify.c on pc-h/sc-h
+  redirecting to an ``XskSocket`` per interface, in a process that only does
+  ``rx_burst`` + ``rx_done``, no engine) are both started, both on cpu 1, and
+  measured in turn: ``WINDOWS`` (``--xdp-windows``) times a ceiling window,
+  then an XDP mode window, each of ``MAX_SECONDS`` after ``REWARM_S`` of
+  sending (the first of each kind: ``CEILING_WARMUP``, ``--warmup``). The one
+  not measured gets no frames and sleeps in poll. A ceiling measured once,
+  a moment apart from the comparator, moved by ±15 % on a shared host;
+  alternating short windows has both sample the same host, and the table
+  gives medians, the ratio of the medians and the spread.
+- Ceiling windows: both sides unpaced, alternating bursts; frames/s the sink
+  received (both interfaces together, like the XDP mode's frames/s, 2 x pairs/s).
+- XDP mode windows: one side leads (as in the chardev bench: the secondary by
+  0 frames in rows 1-4, the primary by ``LEAD_FRAMES`` in row 5): the
+  follower never passes the leader less the lead, the leader is at most one
+  burst ahead of that, and neither side is more than ``WINDOW_FRAMES`` beyond
+  the pairs released, so the comparator's rx rings (INPUT_RING_SIZE, 4096)
+  never overflow, and a comparator that loses its cpu for a while finds a
+  ring's worth waiting instead of a driver that stopped (512 made a shared
+  host's figures depend on scheduling more than on the comparator). Between
+  its windows the comparator drains and waits: the stream goes on where it
+  stopped. Released pairs = outdev bytes / framed size; the first frames
+  released and the last are checked against the stream as in the chardev bench.
+- Per window, the share of cpu 1 other processes took from the comparator or
+  the sink; a row where the median is 5 % or more gets a note.
 
 Note that veth runs the receiving side's XDP (and AF_XDP's copy into the
 UMEM) in the sender's softirq: on the driver's cpu 0, not the comparator's.
@@ -59,9 +73,12 @@ from colo_xdp.lab.process import READY_LINE, ProcessError, SupervisedProcess
 
 
 BURST = 64                # frames per tx_burst call
+WINDOWS = 10              # per row: this many AF_XDP ceiling and XDP mode windows, alternating
+REWARM_S = 0.1            # sending before a window measures, after the first of its kind
+TWIN = "c"                # the twin veths the AF_XDP ceiling runs on: pc-h/pc-g, sc-h/sc-g
 WINDOW_FRAMES = 2048      # sent on a side, beyond pairs released (rx ring: INPUT_RING_SIZE)
-CEILING_SECONDS = 1.0
-MAX_SECONDS = 1.0         # XDP mode's windows: keeps the section under a minute
+CEILING_SECONDS = 1.0     # the XDP_DROP ceiling: one run per row
+MAX_SECONDS = 0.5         # a window (both kinds): short, so the two kinds alternate often
 CEILING_WARMUP = 0.3
 TCP_LAPS_KEPT = 4
 HOST_CPU = "1"
@@ -100,9 +117,10 @@ def problem() -> str | None:
 # --- namespaces ---------------------------------------------------------------------------
 
 class BenchNetwork:
-    """Namespaces host / guest-p / guest-s, veth p-h/p-g and s-h/s-g (1 queue)."""
+    """Namespaces host / guest-p / guest-s, veth p-h/p-g and s-h/s-g (1 queue),
+    and their twins pc-h/pc-g and sc-h/sc-g (the AF_XDP ceiling's)."""
 
-    LINKS = {"p": "gp", "s": "gs"}
+    LINKS = {"p": "gp", "s": "gs", f"p{TWIN}": "gp", f"s{TWIN}": "gs"}
 
     def __init__(self, cpu: str | None = HOST_CPU):
         self.cpu = cpu
@@ -207,11 +225,13 @@ class Sender:
 
 
 @contextlib.contextmanager
-def senders(lab: BenchNetwork) -> Iterator[dict[str, Sender]]:
+def senders(lab: BenchNetwork, twin: bool = False) -> Iterator[dict[str, Sender]]:
+    """Senders on p-g and s-g (keys pin, sin), or on their twins pc-g, sc-g."""
     made: dict[str, Sender] = {}
+    tag = TWIN if twin else ""
     try:
-        made["pin"] = Sender(lab.ns["gp"], "p-g")
-        made["sin"] = Sender(lab.ns["gs"], "s-g")
+        made["pin"] = Sender(lab.ns["gp"], f"p{tag}-g")
+        made["sin"] = Sender(lab.ns["gs"], f"s{tag}-g")
         yield made
     finally:
         for s in made.values():
@@ -223,16 +243,31 @@ def senders(lab: BenchNetwork) -> Iterator[dict[str, Sender]]:
 @dataclass
 class XdpRowResult:
     row: object
-    runs: list = field(default_factory=list)       # bench.Measurement per window
+    runs: list = field(default_factory=list)       # bench.Measurement per XDP mode window
     errors: list[str] = field(default_factory=list)
     drop_ceiling: float | None = None              # frames/s
-    xsk_ceiling: float | None = None               # frames/s
-    xsk_drops: float | None = None                 # frames/s the AF_XDP sink's rx rings dropped
+    xsk_runs: list[float] = field(default_factory=list)   # AF_XDP ceiling, frames/s per window
+    xsk_drops: list[float] = field(default_factory=list)  # frames/s its rx rings dropped
+    xsk_foreign: list[float] = field(default_factory=list)  # cpu others took from the sink
     driver_rate: float | None = None               # frames/s the driver sent in the drop run
     output: str = "-"
 
     def median(self, what: str) -> float | None:
         return statistics.median(getattr(m, what) for m in self.runs) if self.runs else None
+
+    @property
+    def xsk_ceiling(self) -> float | None:
+        """Median of the AF_XDP ceiling's windows, frames/s."""
+        return statistics.median(self.xsk_runs) if self.xsk_runs else None
+
+    def ratio(self) -> float | None:
+        """XDP mode frames/s over the AF_XDP ceiling: the ratio of the medians."""
+        pairs, ceiling = self.median("released"), self.xsk_ceiling
+        return None if pairs is None or not ceiling else 2 * pairs / ceiling
+
+    def window_ratios(self) -> list[float]:
+        """Each XDP mode window over the ceiling window measured just before it."""
+        return [2 * m.released / c for m, c in zip(self.runs, self.xsk_runs) if c]
 
 
 def _ready(proc: SupervisedProcess, directory: Path) -> bool:
@@ -267,100 +302,124 @@ def _tail(proc: SupervisedProcess) -> str:
     return proc.tail(3, empty="(empty log)")
 
 
-def run_xdp_mode(lab: BenchNetwork, exe: Path, row, frames: Frames, warmup: float, seconds: float,
-                 runs: int, bench) -> tuple[list, str]:
-    """Drive one comparator for warmup + runs x seconds; a Measurement per window."""
-    with comparator(lab, exe, f"row{row.number}") as proc, senders(lab) as tx:
-        socks = {}
+class ComparatorDriver:
+    """Drives one comparator a window at a time; between windows it sends
+    nothing (the comparator drains and waits), so the AF_XDP ceiling can be
+    measured on the twin veths in between."""
+
+    def __init__(self, proc: SupervisedProcess, tx: dict[str, "Sender"], row, frames: Frames,
+                 bench):
+        self.proc, self.row, self.frames, self.bench = proc, row, frames, bench
+        self.leader, self.follower = ((tx["pin"], tx["sin"]) if row.leader == "pin"
+                                      else (tx["sin"], tx["pin"]))
+        self.socks: dict[str, socket.socket] = {}
+        self.out_buf, self.notify_buf = bytearray(1 << 20), bytearray(1 << 16)
+        self.head, self.head_bytes = bytearray(), bench.HEAD_FRAMES * frames.record
+        self.got_out = self.got_notify = self.last_read = 0
+        self.cpu = None if proc.cpu is None else int(proc.cpu)
+
+    def __enter__(self) -> "ComparatorDriver":
         try:
             for name in ("out", "notify"):
                 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                socks[name] = s
-                s.connect(str(proc.directory / f"{name}.sock"))
+                self.socks[name] = s
+                s.connect(str(self.proc.directory / f"{name}.sock"))
                 s.setblocking(False)
-            time.sleep(0.05)
-            return _drive(proc, socks, tx, row, frames, warmup, seconds, runs, bench)
-        finally:
-            for s in socks.values():
-                s.close()
+        except BaseException:
+            self.close()
+            raise
+        time.sleep(0.05)
+        return self
 
+    def __exit__(self, *exc) -> None:
+        self.close()
 
-def _drive(proc, socks, tx, row, frames: Frames, warmup, seconds, runs, bench):
-    record = frames.record
-    leader, follower = (tx["pin"], tx["sin"]) if row.leader == "pin" else (tx["sin"], tx["pin"])
-    lead = row.lead
-    out_recv, notify_recv = socks["out"].recv_into, socks["notify"].recv_into
-    out_buf, notify_buf = bytearray(1 << 20), bytearray(1 << 16)
-    head, head_bytes = bytearray(), bench.HEAD_FRAMES * record
-    got_out = got_notify = last_read = 0
-    pid = proc.pid
-    cpu = None if proc.cpu is None else int(proc.cpu)
-    start = time.monotonic()
-    marks_at = [start + warmup + i * seconds for i in range(runs + 1)]
-    marks = []
-    next_alive = start
-    while True:
-        released = got_out // record
-        # leader: at most one burst beyond follower + lead, and the window
-        room = min(follower.sent + lead + BURST, released + lead + WINDOW_FRAMES) - leader.sent
-        if room > 0:
-            leader.send(frames, room)
-        room = min(leader.sent - lead, released + WINDOW_FRAMES) - follower.sent
-        if room > 0:
-            follower.send(frames, room)
-        try:
-            while True:
-                n = out_recv(out_buf)
+    def close(self) -> None:
+        for s in self.socks.values():
+            s.close()
+        self.socks = {}
+
+    def _mark(self, now: float) -> tuple:
+        return (now, self.got_out, self.got_notify, self.follower.sent,
+                self.bench.session_cpu_seconds(self.proc.pid),
+                self.bench.cpu_busy_seconds(self.cpu))
+
+    def window(self, warm: float, seconds: float):
+        """Send for ``warm`` s, then measure ``seconds`` s; a bench.Measurement
+        (its output is filled in by ``output``)."""
+        bench, record, lead = self.bench, self.frames.record, self.row.lead
+        leader, follower, frames = self.leader, self.follower, self.frames
+        out_recv = self.socks["out"].recv_into
+        notify_recv = self.socks["notify"].recv_into
+        out_buf, notify_buf = self.out_buf, self.notify_buf
+        start = time.monotonic()
+        marks_at = (start + warm, start + warm + seconds)
+        marks: list[tuple] = []
+        next_alive = start
+        while True:
+            released = self.got_out // record
+            # leader: at most one burst beyond follower + lead, and the window
+            room = (min(follower.sent + lead + BURST, released + lead + WINDOW_FRAMES)
+                    - leader.sent)
+            if room > 0:
+                leader.send(frames, room)
+            room = min(leader.sent - lead, released + WINDOW_FRAMES) - follower.sent
+            if room > 0:
+                follower.send(frames, room)
+            try:
+                while True:
+                    n = out_recv(out_buf)
+                    if not n:
+                        raise RuntimeError("colo-xdp closed its outdev: " + _tail(self.proc))
+                    if len(self.head) < self.head_bytes:
+                        self.head += out_buf[:min(n, self.head_bytes - len(self.head))]
+                    self.got_out += n
+                    self.last_read = n
+                    if n < len(out_buf):
+                        break
+            except BlockingIOError:
+                pass
+            try:
+                n = notify_recv(notify_buf)
                 if not n:
-                    raise RuntimeError("colo-xdp closed its outdev: " + _tail(proc))
-                if len(head) < head_bytes:
-                    head += out_buf[:min(n, head_bytes - len(head))]
-                got_out += n
-                last_read = n
-                if n < len(out_buf):
+                    raise RuntimeError("colo-xdp closed its notify_dev: " + _tail(self.proc))
+                self.got_notify += n
+            except BlockingIOError:
+                pass
+            now = time.monotonic()
+            if now >= next_alive:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"colo-xdp exited ({self.proc.returncode}): "
+                                       + _tail(self.proc))
+                next_alive = now + 0.1
+            if now >= marks_at[len(marks)]:
+                marks.append(self._mark(now))
+                if len(marks) == len(marks_at):
                     break
-        except BlockingIOError:
-            pass
-        try:
-            n = notify_recv(notify_buf)
-            if not n:
-                raise RuntimeError("colo-xdp closed its notify_dev: " + _tail(proc))
-            got_notify += n
-        except BlockingIOError:
-            pass
-        now = time.monotonic()
-        if now >= next_alive:
-            if proc.poll() is not None:
-                raise RuntimeError(f"colo-xdp exited ({proc.returncode}): "
-                                   + _tail(proc))
-            next_alive = now + 0.1
-        if now >= marks_at[len(marks)]:
-            marks.append((now, got_out, got_notify, follower.sent,
-                          bench.session_cpu_seconds(pid), bench.cpu_busy_seconds(cpu)))
-            if len(marks) == len(marks_at):
-                break
-    last = (bytes(out_buf[last_read - record + 4:last_read])
-            if got_out % record == 0 and last_read >= record else None)
-    output = bench.check_output(bytes(head), last, frames.check_stream)
-    out = []
-    for a, b in zip(marks, marks[1:]):
+        a, b = marks
         el = b[0] - a[0]
         ccpu = b[4] - a[4]
-        out.append(bench.Measurement(
+        return bench.Measurement(
             released=(b[1] - a[1]) / record / el, sent=(b[3] - a[3]) / el,
             comparator_cpu=ccpu / el,
             foreign_cpu=max(0.0, (b[5] - a[5]) - ccpu) / el,
-            checkpoints=(b[2] - a[2]) / bench.NOTIFY_RECORD / el, output=output))
-    return out, output
+            checkpoints=(b[2] - a[2]) / bench.NOTIFY_RECORD / el, output="-")
+
+    def output(self) -> str:
+        """The first frames released and the last, checked against the stream."""
+        record, last_read = self.frames.record, self.last_read
+        last = (bytes(self.out_buf[last_read - record + 4:last_read])
+                if self.got_out % record == 0 and last_read >= record else None)
+        return self.bench.check_output(bytes(self.head), last, self.frames.check_stream)
 
 
 # --- ceilings --------------------------------------------------------------------------------
 
-def _blast(tx: dict[str, Sender], frames: Frames, seconds: float,
+def _blast(tx: dict[str, Sender], frames: Frames, warm: float, seconds: float,
            count: Callable[[], int]) -> tuple[float, float]:
     """Both sides unpaced, alternating bursts; (counted frames/s, sent frames/s)."""
     p, s = tx["pin"], tx["sin"]
-    end_warm = time.monotonic() + CEILING_WARMUP
+    end_warm = time.monotonic() + warm
     while time.monotonic() < end_warm:
         p.send(frames, BURST)
         s.send(frames, BURST)
@@ -392,7 +451,7 @@ def drop_ceiling(lab: BenchNetwork, frames: Frames, seconds: float) -> tuple[flo
         def count() -> int:
             return sum(table[0])     # per-CPU values
         with senders(lab) as tx:
-            return _blast(tx, frames, seconds, count)
+            return _blast(tx, frames, CEILING_WARMUP, seconds, count)
     finally:
         with in_netns(lab.ns["host"]):
             for dev in attached:
@@ -401,10 +460,34 @@ def drop_ceiling(lab: BenchNetwork, frames: Frames, seconds: float) -> tuple[flo
         b.cleanup()
 
 
-def xsk_ceiling(lab: BenchNetwork, frames: Frames, seconds: float) -> tuple[float, float]:
-    """Frames/s an AF_XDP sink (classify.c + XskSocket, rx_burst/rx_done, no engine)
-    receives on p-h and s-h on cpu 1; and the frames/s its rx rings dropped."""
-    proc = SupervisedProcess(["-m", "tools.bench_xdp", "--xsk-sink", "p-h", "s-h"],
+class XskSink:
+    """The AF_XDP sink process, as ``xsk_sink`` yields it."""
+
+    def __init__(self, proc: SupervisedProcess):
+        self.proc = proc
+        self.pid = proc.pid
+        self.cpu = None if proc.cpu is None else int(proc.cpu)
+
+    def query(self) -> tuple[int, int]:
+        """(frames received, frames its rx rings dropped) so far."""
+        proc = self.proc
+        try:
+            proc.stdin.write(b"?\n")
+            proc.stdin.flush()
+            got, dropped = proc.stdout.readline().split()
+            return int(got), int(dropped)
+        except (OSError, ValueError):
+            proc.wait(2)
+            raise RuntimeError(f"AF_XDP sink exited ({proc.returncode}): "
+                               + proc.log[-300:].replace("\n", " | ")) from None
+
+
+@contextlib.contextmanager
+def xsk_sink(lab: BenchNetwork) -> Iterator[XskSink]:
+    """The AF_XDP sink (classify.c + XskSocket, rx_burst/rx_done, no engine) on
+    the twin veths pc-h and sc-h, on the comparator's cpu. Always stopped."""
+    twin = [f"{side}{TWIN}-h" for side in ("p", "s")]
+    proc = SupervisedProcess(["-m", "tools.bench_xdp", "--xsk-sink", *twin],
                              command=[sys.executable], prefix=lab.host_prefix(),
                              name="AF_XDP sink", stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                              cwd=str(Path(__file__).resolve().parent.parent))
@@ -415,31 +498,29 @@ def xsk_ceiling(lab: BenchNetwork, frames: Frames, seconds: float) -> tuple[floa
             proc.wait(2)
             raise RuntimeError("AF_XDP sink did not come up: "
                                + (line.strip() + " | " + proc.tail(5)).strip(" |"))
-
-        def query() -> tuple[int, int]:
-            try:
-                proc.stdin.write(b"?\n")
-                proc.stdin.flush()
-                got, dropped = proc.stdout.readline().split()
-                return int(got), int(dropped)
-            except (OSError, ValueError):
-                proc.wait(2)
-                raise RuntimeError(f"AF_XDP sink exited ({proc.returncode}): "
-                                   + proc.log[-300:].replace("\n", " | "))
-        drops = []
-
-        def count() -> int:
-            got, dropped = query()
-            drops.append((time.monotonic(), dropped))
-            return got
-        with senders(lab) as tx:
-            rate, _sent = _blast(tx, frames, seconds, count)
-        (t0, d0), (t1, d1) = drops[-2:]
-        return rate, (d1 - d0) / (t1 - t0)
+        proc.cpu = lab.cpu
+        yield XskSink(proc)
     finally:
         with contextlib.suppress(Exception):
             proc.stdin.close()
         proc.stop(STOP_GRACE_S)
+
+
+def xsk_window(sink: XskSink, tx: dict[str, Sender], frames: Frames, warm: float,
+               seconds: float, bench) -> tuple[float, float, float]:
+    """One ceiling window on the twin veths: frames/s the AF_XDP sink received,
+    frames/s its rx rings dropped, and the share of its cpu other processes took."""
+    marks = []
+
+    def count() -> int:
+        got, dropped = sink.query()
+        marks.append((time.monotonic(), dropped, bench.session_cpu_seconds(sink.pid),
+                      bench.cpu_busy_seconds(sink.cpu)))
+        return got
+    rate, _sent = _blast(tx, frames, warm, seconds, count)
+    (t0, d0, own0, busy0), (t1, d1, own1, busy1) = marks[-2:]
+    el = t1 - t0
+    return rate, (d1 - d0) / el, max(0.0, (busy1 - busy0) - (own1 - own0)) / el
 
 
 def run_xsk_sink(ifaces: list[str]) -> int:
@@ -484,15 +565,16 @@ def run_xsk_sink(ifaces: list[str]) -> int:
 
 # --- the section of make bench -------------------------------------------------------------
 
-def run(rows, exe: Path, runs: int, warmup: float, seconds: float, bench,
+def run(rows, exe: Path, windows: int, warmup: float, seconds: float, bench,
         report: Callable[[str], None], cpu: str | None = HOST_CPU) -> list[XdpRowResult]:
-    """Every row: the two ceilings, then XDP mode (windows of at most MAX_SECONDS)."""
+    """Every row: the XDP_DROP ceiling, then ``windows`` AF_XDP ceiling windows
+    and as many XDP mode windows, alternating (of at most MAX_SECONDS each)."""
     seconds = min(seconds, MAX_SECONDS)
     results = []
     # SIGTERM unwinds like Ctrl-C, so the lab (namespaces, programs, processes) goes too.
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        _run(rows, exe, runs, warmup, seconds, bench, report, cpu, results)
+        _run(rows, exe, windows, warmup, seconds, bench, report, cpu, results)
     finally:
         signal.signal(signal.SIGTERM, previous)
     return results
@@ -502,7 +584,7 @@ def _raise_interrupt(*_args) -> None:
     raise KeyboardInterrupt
 
 
-def _run(rows, exe, runs, warmup, seconds, bench, report, cpu, results) -> None:
+def _run(rows, exe, windows, warmup, seconds, bench, report, cpu, results) -> None:
     with BenchNetwork(cpu) as lab:
         for row in rows:
             frames = Frames(row, bench.build_stream)
@@ -516,39 +598,74 @@ def _run(rows, exe, runs, warmup, seconds, bench, report, cpu, results) -> None:
                 r.errors.append(f"drop ceiling: {err}")
                 report(f"  row {row.number} xdp-drop failed: {err}")
             try:
-                r.xsk_ceiling, r.xsk_drops = xsk_ceiling(lab, frames, CEILING_SECONDS)
-                report(f"  row {row.number} af_xdp   {r.xsk_ceiling:>12,.0f} frames/s "
-                       f"received (rx ring dropped {r.xsk_drops:,.0f}/s)")
-            except Exception as err:      # noqa: BLE001
-                r.errors.append(f"AF_XDP ceiling: {err}")
-                report(f"  row {row.number} af_xdp   failed: {err}")
-            try:
-                r.runs, r.output = run_xdp_mode(lab, exe, row, frames, warmup, seconds,
-                                                runs, bench)
-                for m in r.runs:
-                    report(f"  row {row.number} xdp-mode {m.released:>12,.0f} pairs/s  "
-                           f"(sent {m.sent:,.0f})  cpu {m.comparator_cpu:4.0%} "
-                           f"(others {m.foreign_cpu:3.0%})  DO_CHECKPOINT/s "
-                           f"{m.checkpoints:<8,.0f} output: {m.output}")
+                _interleaved(lab, exe, row, frames, r, windows, warmup, seconds, bench, report)
             except Exception as err:      # noqa: BLE001
                 r.errors.append(f"XDP mode: {err}")
                 report(f"  row {row.number} xdp-mode failed: {err}")
 
 
+def _interleaved(lab, exe, row, frames, r: XdpRowResult, windows, warmup, seconds, bench,
+                 report) -> None:
+    """The AF_XDP sink on the twin veths and the comparator on p-h/s-h, both up
+    for the row; ``windows`` times: a ceiling window, then an XDP mode window.
+    The one not measured gets no frames and sleeps."""
+    with contextlib.ExitStack() as stack:
+        sink = None
+        try:
+            sink = stack.enter_context(xsk_sink(lab))
+            ctx = stack.enter_context(senders(lab, twin=True))
+        except Exception as err:      # noqa: BLE001  XDP mode still runs, without a ceiling
+            r.errors.append(f"AF_XDP ceiling: {err}")
+            report(f"  row {row.number} af_xdp   failed: {err}")
+            sink = None
+        proc = stack.enter_context(comparator(lab, exe, f"row{row.number}"))
+        tx = stack.enter_context(senders(lab))
+        drv = stack.enter_context(ComparatorDriver(proc, tx, row, frames, bench))
+        for i in range(windows):
+            if sink is not None:
+                rate, drops, foreign = xsk_window(
+                    sink, ctx, frames, CEILING_WARMUP if i == 0 else REWARM_S, seconds, bench)
+                r.xsk_runs.append(rate)
+                r.xsk_drops.append(drops)
+                r.xsk_foreign.append(foreign)
+                report(f"  row {row.number} af_xdp   {rate:>12,.0f} frames/s "
+                       f"received (rx ring dropped {drops:,.0f}/s)  others {foreign:3.0%}")
+            m = drv.window(warmup if i == 0 else REWARM_S, seconds)
+            r.runs.append(m)
+            report(f"  row {row.number} xdp-mode {m.released:>12,.0f} pairs/s  "
+                   f"(sent {m.sent:,.0f})  cpu {m.comparator_cpu:4.0%} "
+                   f"(others {m.foreign_cpu:3.0%})  DO_CHECKPOINT/s {m.checkpoints:<8,.0f}"
+                   + (f"  {2 * m.released / rate:.0%} of the window before"
+                      if sink is not None and rate else ""))
+        r.output = drv.output()
+        report(f"  row {row.number} output: {r.output}")
+
+
+def _spread(values: list[float]) -> str:
+    """Half the range of ``values`` as a share of their median: "±7%"."""
+    if len(values) < 2:
+        return "-"
+    return f"±{(max(values) - min(values)) / 2 / statistics.median(values):.0%}"
+
+
 def table(results: list[XdpRowResult], qemu_pairs: Callable[[int], float | None]) -> str:
-    head = ("row", "XDP pairs/s", "XDP frames/s", "AF_XDP rx max", "% of AF_XDP",
-            "XDP_DROP max", "x QEMU", "XDP cpu")
+    head = ("row", "XDP pairs/s", "XDP frames/s", "±", "AF_XDP rx max", "±", "% of AF_XDP",
+            "per window", "XDP_DROP max", "x QEMU", "XDP cpu")
     lines = [head]
     for r in results:
         pairs = r.median("released")
         frames = None if pairs is None else 2 * pairs
+        ratio, each = r.ratio(), r.window_ratios()
         q = qemu_pairs(r.row.number)
         lines.append((
             f"{r.row.number} {r.row.label}",
             "failed" if pairs is None else f"{pairs:,.0f}",
             "-" if frames is None else f"{frames:,.0f}",
+            _spread([m.released for m in r.runs]),
             "-" if r.xsk_ceiling is None else f"{r.xsk_ceiling:,.0f}",
-            "-" if frames is None or not r.xsk_ceiling else f"{frames / r.xsk_ceiling:.0%}",
+            _spread(r.xsk_runs),
+            "-" if ratio is None else f"{ratio:.0%}",
+            "-" if not each else f"{min(each):.0%}-{max(each):.0%}",
             "-" if r.drop_ceiling is None else f"{r.drop_ceiling:,.0f}",
             "n/a" if pairs is None or not q else f"{pairs / q:.2f}",
             "-" if pairs is None else f"{r.median('comparator_cpu'):.0%}"))
@@ -565,7 +682,8 @@ def table(results: list[XdpRowResult], qemu_pairs: Callable[[int], float | None]
 def notes(results: list[XdpRowResult], foreign_note: float = 0.05) -> list[str]:
     """Notes under the table; a row whose comparator lost ``foreign_note``
     or more of its cpu to other processes says so (a shared host: its
-    figure, and its share of a ceiling measured a moment apart, are noise)."""
+    figure is understated; the ceiling windows between its windows shared
+    the same host, but not necessarily the same moments of contention)."""
     out = []
     for r in results:
         where = f"row {r.row.number} xdp"
@@ -576,13 +694,16 @@ def notes(results: list[XdpRowResult], foreign_note: float = 0.05) -> list[str]:
         if cp >= 1:
             out.append(f"{where}: {cp:,.0f} DO_CHECKPOINT/s")
         foreign = r.median("foreign_cpu") or 0
-        if foreign >= foreign_note:
+        sink_foreign = statistics.median(r.xsk_foreign) if r.xsk_foreign else 0
+        if max(foreign, sink_foreign) >= foreign_note:
             out.append(f"{where}: other processes took {foreign:.0%} of the comparator's cpu "
-                       f"(it had {r.median('comparator_cpu') or 0:.0%}); its figure and its "
-                       "% of AF_XDP are understated")
-        if r.xsk_drops:
-            out.append(f"{where}: the AF_XDP sink's rx rings dropped {r.xsk_drops:,.0f} "
-                       "frames/s: the driver outran it, its ceiling is the receiver's")
+                       f"(it had {r.median('comparator_cpu') or 0:.0%}) and {sink_foreign:.0%} "
+                       "of the AF_XDP sink's (medians): a shared host, both figures are "
+                       "understated and their ratio is only as good as the sharing was even")
+        drops = statistics.median(r.xsk_drops) if r.xsk_drops else 0
+        if drops:
+            out.append(f"{where}: the AF_XDP sink's rx rings dropped {drops:,.0f} "
+                       "frames/s (median): the driver outran it, its ceiling is the receiver's")
     return out
 
 
