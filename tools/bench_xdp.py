@@ -307,7 +307,7 @@ class ComparatorDriver:
     nothing (the comparator drains and waits), so the AF_XDP ceiling can be
     measured on the twin veths in between."""
 
-    def __init__(self, proc: SupervisedProcess, tx: dict[str, "Sender"], row, frames: Frames,
+    def __init__(self, proc: SupervisedProcess, tx: dict[str, Sender], row, frames: Frames,
                  bench):
         self.proc, self.row, self.frames, self.bench = proc, row, frames, bench
         self.leader, self.follower = ((tx["pin"], tx["sin"]) if row.leader == "pin"
