@@ -957,8 +957,8 @@ def _xdp_section(args, results: list[RowResult], comparator_cpu: str | None) -> 
           f"the windows between them of frames/s that classify.c + an AF_XDP socket per "
           f"interface deliver to a process on cpu {comparator_cpu} doing only rx_burst/"
           f"rx_done; ±: half the windows' range over their median; % of AF_XDP: ratio of "
-          f"the medians; per window: the lowest and highest of each colo-xdp window over "
-          f"the ceiling window before it; XDP_DROP max: frames/s an XDP program dropping "
+          f"the medians; per window: each colo-xdp window over the ceiling window before it, "
+          f"median (lowest-highest); XDP_DROP max: frames/s an XDP program dropping "
           f"everything counts, i.e. what the driver can send (one run); x QEMU: against "
           f"this run's QEMU chardev pairs/s; {time.monotonic() - started:.0f} s)")
     return any(not r.runs for r in xdp)

@@ -665,7 +665,8 @@ def table(results: list[XdpRowResult], qemu_pairs: Callable[[int], float | None]
             "-" if r.xsk_ceiling is None else f"{r.xsk_ceiling:,.0f}",
             _spread(r.xsk_runs),
             "-" if ratio is None else f"{ratio:.0%}",
-            "-" if not each else f"{min(each):.0%}-{max(each):.0%}",
+            "-" if not each else (f"{statistics.median(each):.0%} "
+                                  f"({min(each):.0%}-{max(each):.0%})"),
             "-" if r.drop_ceiling is None else f"{r.drop_ceiling:,.0f}",
             "n/a" if pairs is None or not q else f"{pairs / q:.2f}",
             "-" if pairs is None else f"{r.median('comparator_cpu'):.0%}"))
