@@ -1,6 +1,6 @@
-"""The whole C helper (csrc/cx_engine.c, xsk.c, segment.c, xdp_glue.c) under
-ASan and UBSan: the engine's unit tests, the property tests against the
-model, segment.c's unit tests, the AF_XDP socket tests (test_xsk, test_tap:
+"""The whole C helper (csrc/cx_engine.c, chardev_glue.c, xsk.c, segment.c,
+xdp_glue.c) under ASan and UBSan: the engine's unit tests, the property tests
+against the model, segment.c's and chardev_glue.c's unit tests, the AF_XDP socket tests (test_xsk, test_tap:
 xsk.c in-process) and the XDP-mode service tests (the colo-xdp process:
 xdp_glue.c from rx burst into the engine and from its releases to tx bursts
 with checksums finished, super-frames joined and cut: test_offload), all
