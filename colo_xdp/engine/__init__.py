@@ -379,6 +379,10 @@ class Engine:
         """Frames held on one side, over all connections."""
         return self._e.queued(side)
 
+    def holding(self) -> bool:
+        """Whether any frame is held, on either side."""
+        return bool(self._e.queued(Side.PRIMARY) or self._e.queued(Side.SECONDARY))
+
     def checkpoint_wanted(self) -> frozenset[CheckpointReason]:
         """Reasons of the checkpoint requests since the last checkpoint (or
         failover): outstanding until one is done, never lost."""
