@@ -1,10 +1,11 @@
 """One thread, one selector, one engine: the loop every service runs on.
 
 Each turn waits for ready sockets (no longer than the engine's next timer;
-while the engine holds frames it polls first, ``busypoll``), lets each ready role read one bounded batch into the engine, runs the
-expired-frame scan when due, gives every role and attachment its tick, and
-ends with ``after_batch``: the engine's events are handled, released frames
-are written to the outdev, and backpressure is decided.
+while the engine holds frames it polls first, ``busypoll``), lets each ready
+role read one bounded batch into the engine, runs the expired-frame scan
+when due, gives every role and attachment its tick, and ends with
+``after_batch``: the engine's events are handled, released frames are
+written to the outdev, and backpressure is decided.
 
 Backpressure, written once for compare and forward: when the outdev cannot
 keep up, released frames wait in the engine's out buffer; past
