@@ -1,11 +1,14 @@
 """The one door to the C helper (``colo_xdp._native``, built from csrc/).
 
 Nothing else in colo_xdp imports the cffi module: the engine, the AF_XDP
-sockets and the glue between them come through here as thin typed wrappers,
-one per C call, that keep their own scratch buffers.  C functions return 0
-(or a count) or ``-errno``; ``_check`` is the one place that turns a negative
-return into ``NativeError``, an ``OSError`` carrying the errno, and callers
-turn that into their own sentence::
+sockets, and the glue from chardev and AF_XDP sockets to the engine come
+through here as thin typed wrappers, one per C call, that keep their own
+scratch buffers.  C functions return 0 (or a count) or ``-errno``; ``_check``
+is the one place that turns a negative return into ``NativeError``, an
+``OSError`` carrying the errno, and callers turn that into their own
+sentence.  The chardev glue is the exception: a turn's -errno values (a
+socket with nothing to read, a peer gone) are its usual results, returned
+as they are to the role that acts on them::
 
     core = EngineCore({"compare_timeout_ms": 3000, ...})  # struct cx_config
     consumed = core.feed_stream(Side.PRIMARY, chunk, now_ms)
@@ -309,6 +312,39 @@ def tx_from_engine(xsk: XskCore, engine: EngineCore, max_frames: int) -> int:
     """Up to max_frames of the engine's releases out of the socket; how many."""
     return _check(lib.xdp_glue__tx_from_engine(xsk._x, engine._e, max_frames),
                   "xdp_glue__tx_from_engine")
+
+
+# -- the chardev glue (csrc/chardev_glue.h) ------------------------------------
+
+def pointer_to(buf: bytearray):
+    """A C pointer to ``buf`` for the glue (it keeps ``buf`` alive; ``buf``
+    must not change size while the pointer is used)."""
+    return ffi.from_buffer(buf)
+
+
+class ChardevTurn:
+    """One input's turn in C (chardev_glue__read_feed_write): its result
+    struct is kept and reused.  ``read_feed_write`` returns the struct:
+    ``nread``, ``feed``, ``consumed``, ``nsent``, ``out_left`` (see
+    chardev_glue.h; negative values are -errno, left to the caller)."""
+
+    def __init__(self):
+        self._t = ffi.new("struct chardev_glue__turn *")
+
+    def read_feed_write(self, engine: EngineCore, side: int, in_fd: int, buf, start: int,
+                        end: int, room: int, now_ms: int, force: bool, out_fd: int):
+        lib.chardev_glue__read_feed_write(engine._e, side, in_fd, buf, start, end, room, now_ms,
+                                          CX_FEED_FORCE if force else 0, out_fd, self._t)
+        return self._t
+
+
+_LEFT = ffi.new("uint64_t *")
+
+
+def write_out(engine: EngineCore, fd: int) -> tuple[int, int]:
+    """chardev_glue__write: (bytes written or -errno, bytes left)."""
+    n = lib.chardev_glue__write(engine._e, fd, _LEFT)
+    return n, _LEFT[0]
 
 
 # -- cutting frames for the wire (csrc/segment.h) ----------------------------

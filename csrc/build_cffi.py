@@ -13,10 +13,10 @@ from cffi import FFI
 HERE = os.path.dirname(os.path.abspath(__file__))
 # bpf/: the wire header the engine shares with the classifier (cx_wire.h).
 BPF_DIR = os.path.join(os.path.dirname(HERE), "bpf")
-SOURCES = ["cx_engine.c", "xsk.c", "segment.c", "xdp_glue.c"]
+SOURCES = ["cx_engine.c", "chardev_glue.c", "xsk.c", "segment.c", "xdp_glue.c"]
 # (directory, header), in cdef order: a header's types before their users.
-HEADERS = [(BPF_DIR, "cx_wire.h"), (HERE, "cx_engine.h"), (HERE, "xsk.h"),
-           (HERE, "segment.h"), (HERE, "xdp_glue.h")]
+HEADERS = [(BPF_DIR, "cx_wire.h"), (HERE, "cx_engine.h"), (HERE, "chardev_glue.h"),
+           (HERE, "xsk.h"), (HERE, "segment.h"), (HERE, "xdp_glue.h")]
 # The kernel's fixed-width types cx_wire.h is written in (<linux/types.h>).
 KERNEL_TYPES = """
 typedef unsigned char __u8;

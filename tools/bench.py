@@ -845,6 +845,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.only != COLO_XDP:
         launchers[QEMU] = lambda: qemu_ref(cpus=comparator_cpu)
     ceiling = (lambda: sink_ref(comparator_cpu)) if args.ceiling else None
+    # Latency also without polling, to show what --busy-poll's default adds.
+    latency_only: dict[str, Launcher] = {}
+    if args.only != QEMU:
+        latency_only[f"{COLO_XDP} --busy-poll 0"] = lambda: colo_xdp_ref(
+            exe, cpus=comparator_cpu, extra=("--busy-poll", "0"))
 
     pinning = (f"comparator on cpu {comparator_cpu}, driver on cpu {driver_cpu}"
                if driver_cpu is not None else "nothing pinned")
@@ -858,7 +863,7 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.monotonic()
     if args.shaped_only:
-        return _shaped_section(args, launchers, ceiling)
+        return _shaped_section(args, launchers, ceiling, latency_only)
     try:
         results = run_bench(args.rows, launchers, ceiling, args.runs, args.warmup,
                             args.seconds, lambda line: print(line, flush=True))
@@ -876,7 +881,7 @@ def main(argv: list[str] | None = None) -> int:
           f"forwards the primary unchanged; {time.monotonic() - started:.0f} s in all)")
     failed = any(r.errors[name] for r in results for name in r.errors)
     if args.shaped:
-        failed = bool(_shaped_section(args, launchers, ceiling)) or failed
+        failed = bool(_shaped_section(args, launchers, ceiling, latency_only)) or failed
     if args.xdp:
         try:
             failed = _xdp_section(args, results, comparator_cpu) or failed
@@ -890,7 +895,8 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failed else 0
 
 
-def _shaped_section(args, launchers: dict[str, Launcher], ceiling: Launcher | None) -> int:
+def _shaped_section(args, launchers: dict[str, Launcher], ceiling: Launcher | None,
+                    latency_only: dict[str, Launcher]) -> int:
     """The QEMU-shaped rows (tools.bench_shaped); 1 if a comparator failed."""
     from tools import bench_shaped
 
@@ -900,7 +906,7 @@ def _shaped_section(args, launchers: dict[str, Launcher], ceiling: Launcher | No
     rows = [r for r in bench_shaped.shaped_rows()
             if not args.shaped_rows or args.shaped_rows in r.label]
     lines = bench_shaped.run(launchers, ceiling, args.warmup, args.seconds,
-                             lambda line: print(line, flush=True), rows)
+                             lambda line: print(line, flush=True), rows, latency_only)
     print()
     print("\n".join(lines))
     return int(any("failed" in line for line in lines))

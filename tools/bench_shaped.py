@@ -24,7 +24,9 @@ streams continue from the same frame); one secondary frame in ``DIVERGE_EVERY``
 differs. Goodput: pairs released per second.
 
 Then latency: one pair at a time, secondary first and primary first; the
-time from the second copy's write to the release on the outdev.
+time from the second copy's write to the release on the outdev.  colo-xdp
+runs twice there: as it comes (polling while frames are held) and with
+``--busy-poll 0``, to show what polling adds.
 """
 from __future__ import annotations
 
@@ -275,8 +277,9 @@ def drive_latency(comparator, first: str, pairs: int = LATENCY_PAIRS) -> tuple[f
 # --- the section ------------------------------------------------------------------------------
 
 def run(launchers: dict, ceiling, warmup: float, seconds: float, report,
-        rows: list[Shaped] | None = None) -> list[str]:
-    """Every shaped row, the simulator and latency; returns the table lines."""
+        rows: list[Shaped] | None = None, latency_only: dict | None = None) -> list[str]:
+    """Every shaped row, the simulator and latency; returns the table lines.
+    ``latency_only``: more comparators (a variant's options) for the latency rows."""
     names = list(launchers)
     lines = ["| row | " + " | ".join(f"{n} pairs/s | lost | ckpt/s" for n in names)
              + " | driver max | target met |",
@@ -318,11 +321,12 @@ def run(launchers: dict, ceiling, warmup: float, seconds: float, report,
     lines += ["", f"{row.label}: " + "; ".join(f"{n} {c}" for n, c in zip(names, cells))]
     report("  " + lines[-1])
     lines.append("")
-    lines.append("| latency (us) | " + " | ".join(f"{n} p50 | {n} p99" for n in names) + " |")
-    lines.append("|---|" + "---|---|" * len(names))
+    timed = {**launchers, **(latency_only or {})}
+    lines.append("| latency (us) | " + " | ".join(f"{n} p50 | {n} p99" for n in timed) + " |")
+    lines.append("|---|" + "---|---|" * len(timed))
     for first, label in (("sin", "secondary first"), ("pin", "primary first")):
         cells = []
-        for name, launch in launchers.items():
+        for name, launch in timed.items():
             try:
                 with launch() as comparator:
                     p50, p99 = drive_latency(comparator, first)

@@ -185,21 +185,23 @@ def default_colo_xdp_exe() -> Path | None:
     return Path(found) if found else None
 
 
-def colo_xdp_argv(exe: Path, options: CompareOptions) -> ArgvFor:
-    """The ``colo-xdp compare`` command line for a socket directory."""
+def colo_xdp_argv(exe: Path, options: CompareOptions, extra: tuple[str, ...] = ()) -> ArgvFor:
+    """The ``colo-xdp compare`` command line for a socket directory (``extra``:
+    colo-xdp's own options, after the shared ones)."""
     def argv_for(directory: Path) -> list[str]:
         def server(which: str) -> str:
             return f"unix:{directory / which}.sock,server=on"
         return [str(exe), "compare",
                 "--primary-in", server("pin"), "--secondary-in", server("sin"),
                 "--outdev", server("out"), "--notify-dev", server("notify"),
-                *options.cli_args()]
+                *options.cli_args(), *extra]
     return argv_for
 
 
 def colo_xdp_ref(exe: str | Path | None = None,
                  options: CompareOptions = CompareOptions(),
-                 cpus: str | None = None) -> contextlib.AbstractContextManager[Comparator]:
+                 cpus: str | None = None,
+                 extra: tuple[str, ...] = ()) -> contextlib.AbstractContextManager[Comparator]:
     """Run colo-xdp with the same four server sockets as ``qemu_ref``.
 
     ``exe`` defaults to ``default_colo_xdp_exe()``. Ready once it logs ``ready``.
@@ -208,7 +210,7 @@ def colo_xdp_ref(exe: str | Path | None = None,
     if exe is None or not exe.exists():
         raise HarnessError(f"colo-xdp executable {exe or 'colo-xdp'} not found: "
                            "install the project into .venv first.")
-    return supervised("colo-xdp", colo_xdp_argv(exe, options), options,
+    return supervised("colo-xdp", colo_xdp_argv(exe, options, extra), options,
                       lambda c: logged_ready(c) and sockets_exist(c), cpus)
 
 

@@ -14,6 +14,7 @@ from colo_xdp.observe.log import EventLog
 from colo_xdp.engine import (DEFAULT_COMPARE_TIMEOUT_MS, DEFAULT_EXPIRED_SCAN_CYCLE_MS,
                              DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_QUEUE_SIZE, EngineConfig)
 from colo_xdp.errors import ColoXdpError, EndpointError
+from colo_xdp.service.busypoll import DEFAULT_BUSY_POLL_US
 from colo_xdp.transport.chardev.endpoint import SpecError, parse_spec
 from colo_xdp.version import VERSION
 
@@ -50,6 +51,7 @@ def _control_path(text: str | None) -> str | None:
 
 _DEFAULT = "\0default"       # --control with no value
 MAX_TIMER_MS = 86_400_000     # a day: --compare-timeout and --expired-scan-cycle
+MAX_BUSY_POLL_US = 100_000    # --busy-poll: longer is a spinning core, not a shorter wait
 MAX_PCAP_MB = 1_000_000       # a terabyte per evidence file (and no inf, no nan)
 
 
@@ -157,6 +159,10 @@ def main() -> None:
               help="Frames one side may hold on a connection the other holds nothing on "
                    "before that side is read no further (flow control); 0: half of "
                    "--max-queue-size.")
+@click.option("--busy-poll", type=click.IntRange(min=0, max=MAX_BUSY_POLL_US), metavar="US",
+              default=DEFAULT_BUSY_POLL_US, show_default=True,
+              help="While frames wait for their partner, poll this long at most before "
+                   "sleeping (adaptive, as QEMU's iothread poll-max-ns); 0: never poll.")
 @click.option("--control", "control", is_flag=False, flag_value=_DEFAULT, default=None,
               metavar="[PATH]",
               help="Control socket (unix, mode 0600). Without PATH: "
@@ -184,7 +190,7 @@ def main() -> None:
 def compare(primary_in, secondary_in, primary_xdp, secondary_xdp, xdp_mode, outdev,
             notify_dev, qmp, vnet_hdr_support, compare_timeout,
             expired_scan_cycle, max_queue_size, max_connections, flow_high_water,
-            control, control_tcp,
+            busy_poll, control, control_tcp,
             control_idle_timeout, metrics, miscompare_pcap, miscompare_pcap_size,
             miscompare_pcap_keep, passthrough, passthrough_file,
             log_format, log_file, log_timestamps, check, verbose) -> None:
@@ -232,6 +238,7 @@ def compare(primary_in, secondary_in, primary_xdp, secondary_xdp, xdp_mode, outd
         miscompare_pcap_keep=miscompare_pcap_keep,
         passthrough=rules,
         passthrough_file=passthrough_file,
+        busy_poll_us=busy_poll,
     )
     log = EventLog()
     try:
@@ -397,7 +404,8 @@ def _started(svc, log: EventLog) -> None:
              notify_dev=cfg.notify_dev or "-", qmp=cfg.qmp or "-", vnet_hdr="on" if e.vnet_hdr else "off",
              compare_timeout_ms=e.compare_timeout_ms,
              expired_scan_cycle_ms=e.expired_scan_cycle_ms, max_queue_size=e.max_queue_size,
-             max_connections=e.max_connections, flow_high_water=e.flow_high_water)
+             max_connections=e.max_connections, flow_high_water=e.flow_high_water,
+             busy_poll_us=cfg.busy_poll_us)
     log.once("ready")
 
 

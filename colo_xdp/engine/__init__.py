@@ -31,6 +31,11 @@ from colo_xdp import native
 from colo_xdp.errors import EngineError, FramingError
 from colo_xdp.proto.inet import PROTO_BY_NUMBER, net_bytes
 
+# Why a stream is closed when a record length is past any frame
+# (feed_stream_flow, and the chardev glue's turn).
+FRAMING_LOST = (f"the stream carried a record length over {native.CX_FRAMING_LOST_LEN} "
+                "bytes; its framing is lost")
+
 # Defaults carry QEMU's property names (net/colo-compare.c).
 DEFAULT_COMPARE_TIMEOUT_MS = 3000
 DEFAULT_EXPIRED_SCAN_CYCLE_MS = 1000
@@ -337,7 +342,7 @@ class Engine:
 
     @property
     def handle(self) -> native.EngineCore:
-        """The C engine, for the XDP glue (colo_xdp.native.rx_to_engine)."""
+        """The C engine, for the glue (colo_xdp.native: rx_to_engine, ChardevTurn)."""
         return self._e
 
     # -- batch interface (transports) ------------------------------------
@@ -362,8 +367,7 @@ class Engine:
         try:
             return self._e.feed_stream(side, chunk, now_ms, force)
         except native.NativeError as exc:         # EPROTO: a length past any frame
-            err = FramingError(f"the stream carried a record length over "
-                               f"{native.CX_FRAMING_LOST_LEN} bytes; its framing is lost")
+            err = FramingError(FRAMING_LOST)
             err.consumed = self._e.consumed
             raise err from None
 
@@ -374,6 +378,10 @@ class Engine:
     def queued(self, side: Side) -> int:
         """Frames held on one side, over all connections."""
         return self._e.queued(side)
+
+    def holding(self) -> bool:
+        """Whether any frame is held, on either side."""
+        return bool(self._e.queued(Side.PRIMARY) or self._e.queued(Side.SECONDARY))
 
     def checkpoint_wanted(self) -> frozenset[CheckpointReason]:
         """Reasons of the checkpoint requests since the last checkpoint (or

@@ -168,6 +168,11 @@ def families(s: dict) -> list:
         m = _gauge(name, doc)
         m.add_metric([], int(value))
         out.append(m)
+    m = _counter("busy_polls", "Polls before sleeping while frames were held, by outcome: "
+                 "hit (input came while polling), miss (ran out, slept).", ("outcome",))
+    m.add_metric(["hit"], s["busy_poll"]["hits"])
+    m.add_metric(["miss"], s["busy_poll"]["misses"])
+    out.append(m)
     m = _gauge("peer_connected", "1 while the role's peer is connected.", ("role",))
     for role, up in s["peers"].items():
         m.add_metric([role], int(up))

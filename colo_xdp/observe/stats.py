@@ -64,6 +64,8 @@ def snapshot(svc, connections: int = 0) -> dict[str, Any]:
         "uptime_s": round(now_ms / 1000.0, 3),
         "failover": svc.failed_over,
         "backpressure": svc.paused,
+        # polling before sleeping while frames are held (service.busypoll)
+        "busy_poll": svc.poll.stats(),
         "peers": {ch.role: _has_peer(ch) for ch in svc.channels},
         "frames_in": c.frames_in,
         "bytes_in": c.bytes_in,

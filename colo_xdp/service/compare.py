@@ -115,6 +115,7 @@ class CompareService(Loop):
             from colo_xdp.service.passthrough_file import PassthroughFile
             ptfile = PassthroughFile(config.passthrough_file)
             self.passthrough.add_sink(PassthroughSink(ptfile.write, ptfile.check))
+        self.poll.max_s = config.busy_poll_us / 1e6
         self.pcap = None
         self.attachments = self._attachments(config)
 

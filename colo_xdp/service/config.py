@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, replace
 from colo_xdp.engine import EngineConfig, PassthroughRule
 from colo_xdp.observe.listener import is_loopback
 from colo_xdp.proto.flows import PassthroughTable
+from colo_xdp.service.busypoll import DEFAULT_BUSY_POLL_US
 from colo_xdp.transport.chardev.endpoint import Spec, SpecError, check_distinct
 from colo_xdp.transport.xdp.port import XdpIface
 
@@ -32,6 +33,7 @@ class CompareConfig:
     miscompare_pcap_keep: int = 4
     passthrough: list[PassthroughRule] = field(default_factory=list)
     passthrough_file: str | None = None          # the list, kept across restarts
+    busy_poll_us: int = DEFAULT_BUSY_POLL_US     # poll this long at most before sleeping
 
     def validate(self) -> None:
         """Raise SpecError, EngineError or PassthroughError with one sentence

@@ -1,10 +1,11 @@
 """One thread, one selector, one engine: the loop every service runs on.
 
-Each turn waits for ready sockets (no longer than the engine's next timer),
-lets each ready role read one bounded batch into the engine, runs the
-expired-frame scan when due, gives every role and attachment its tick, and
-ends with ``after_batch``: the engine's events are handled, released frames
-are written to the outdev, and backpressure is decided.
+Each turn waits for ready sockets (no longer than the engine's next timer;
+while the engine holds frames it polls first, ``busypoll``), lets each ready
+role read one bounded batch into the engine, runs the expired-frame scan
+when due, gives every role and attachment its tick, and ends with
+``after_batch``: the engine's events are handled, released frames are
+written to the outdev, and backpressure is decided.
 
 Backpressure, written once for compare and forward: when the outdev cannot
 keep up, released frames wait in the engine's out buffer; past
@@ -42,6 +43,7 @@ from colo_xdp.observe import log as logmod
 from colo_xdp.observe.log import EventLog
 from colo_xdp.proto.framing import count_records
 from colo_xdp.service import signals as sigs
+from colo_xdp.service.busypoll import AdaptivePoll
 from colo_xdp.service.sdnotify import Notifier
 from colo_xdp.errors import EndpointError
 
@@ -84,6 +86,8 @@ class Loop:
         self.undelivered = 0             # released frames the outdev never took (at exit)
         self.fatal: str | None = None    # why the loop gave up (exit status 1)
         self.notifier = Notifier()       # systemd Type=notify: READY=1, WATCHDOG=1
+        # While frames are held: poll before sleeping (colo_xdp.service.busypoll).
+        self.poll = AdaptivePoll(0.0)
 
     # -- what roles use -------------------------------------------------------
 
@@ -149,7 +153,11 @@ class Loop:
                          self.notifier.due_in(time.monotonic()))
             if self.held_inputs():
                 wait_s = min(wait_s, FLOW_STALL_MS / 4000.0)
-            for key, mask in self.sel.select(wait_s):
+            if self.poll.max_s and self.engine.holding():
+                ready = self.poll.select(self.sel.select, wait_s)
+            else:
+                ready = self.sel.select(wait_s)
+            for key, mask in ready:
                 key.data(mask)
             self.balance_inputs()
             now = self.now_ms()

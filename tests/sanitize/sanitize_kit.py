@@ -69,6 +69,8 @@ ENGINE_TESTS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests" / "unit"
 PROPERTY_TESTS = ["tests/property"]
 # csrc/segment.c in-process: super-frames cut for the wire.
 SEGMENT_TESTS = ["tests/unit/test_segment.py"]
+# csrc/chardev_glue.c in-process: an input's turn on socketpairs.
+CHARDEV_GLUE_TESTS = ["tests/unit/test_chardev_glue.py"]
 XSK_TESTS = ["tests/xdp/test_xsk.py", "tests/xdp/test_tap.py", "tests/xdp/test_glue.py",
              "tests/xdp/test_multiqueue.py"]
 # Super-frames through the colo-xdp process: multi-buffer rx, segment.c on tx.
@@ -217,7 +219,7 @@ def sanitized_env(log_dir: Path, base: dict[str, str] | None = None) -> dict[str
 
 
 def selection(xdp: bool) -> list[str]:
-    return [*ENGINE_TESTS, *PROPERTY_TESTS, *SEGMENT_TESTS,
+    return [*ENGINE_TESTS, *PROPERTY_TESTS, *SEGMENT_TESTS, *CHARDEV_GLUE_TESTS,
             *((XSK_TESTS + SERVICE_TESTS + OFFLOAD_TESTS) if xdp else [])]
 
 

@@ -1,6 +1,6 @@
-"""The whole C helper (csrc/cx_engine.c, xsk.c, segment.c, xdp_glue.c) under
-ASan and UBSan: the engine's unit tests, the property tests against the
-model, segment.c's unit tests, the AF_XDP socket tests (test_xsk, test_tap:
+"""The whole C helper (csrc/cx_engine.c, chardev_glue.c, xsk.c, segment.c,
+xdp_glue.c) under ASan and UBSan: the engine's unit tests, the property tests
+against the model, segment.c's and chardev_glue.c's unit tests, the AF_XDP socket tests (test_xsk, test_tap:
 xsk.c in-process) and the XDP-mode service tests (the colo-xdp process:
 xdp_glue.c from rx burst into the engine and from its releases to tx bursts
 with checksums finished, super-frames joined and cut: test_offload), all
@@ -22,6 +22,7 @@ from sanitize_kit import need
 MIN_ENGINE_TESTS = 300
 MIN_PROPERTY_TESTS = 8
 MIN_XSK_TESTS = 20
+MIN_CHARDEV_GLUE_TESTS = 5
 
 
 def test_the_helper_is_built_with_asan_and_ubsan(sanitized_build):
@@ -49,6 +50,8 @@ def test_enough_tests_ran(sanitized_run):
     assert sanitized_run.passed("tests/unit/test_engine_") >= MIN_ENGINE_TESTS, \
         sanitized_run.explain()
     assert sanitized_run.passed("tests/property/") >= MIN_PROPERTY_TESTS, \
+        sanitized_run.explain()
+    assert sanitized_run.passed("tests/unit/test_chardev_glue.py") >= MIN_CHARDEV_GLUE_TESTS, \
         sanitized_run.explain()
 
 

@@ -15,13 +15,16 @@ until the loop feeds it again.
 """
 from __future__ import annotations
 
+import errno
+import os
 import select
 import selectors
 import socket
 import time
 from typing import TYPE_CHECKING
 
-from colo_xdp.engine import DropReason, Side
+from colo_xdp import native
+from colo_xdp.engine import FRAMING_LOST, DropReason, Side
 from colo_xdp.errors import FramingError
 from colo_xdp.proto.framing import NET_BUFSIZE
 from colo_xdp.proto.notify import DO_CHECKPOINT_RECORD, NotifyEvent, NotifyProtocol
@@ -40,6 +43,8 @@ WRITE = selectors.EVENT_WRITE
 # pairs about 70 % more CPU here (tools.bench's shaped rows).
 CHUNK = 1024 * 1024
 NOTIFY_OUT_MAX = 64 * 1024         # DO_CHECKPOINT bytes kept for a slow peer
+# What a non-blocking read or write that found nothing to do returns (-errno).
+NOTHING_NOW = (errno.EAGAIN, errno.EINTR)
 
 
 class Channel:
@@ -181,6 +186,8 @@ class Input(Channel):
         # Room for one chunk behind the longest partial record.
         self.buf = bytearray(CHUNK + NET_BUFSIZE + 8)
         self.view = memoryview(self.buf)
+        self.buf_ptr = native.pointer_to(self.buf)    # for the glue: buf never resizes
+        self.turn = native.ChardevTurn()
         self.start = self.end = 0
         self.held = False               # flow control: the engine wants the other side
         self.last_fed_ms = svc.now_ms()   # when a feed last took something
@@ -222,42 +229,54 @@ class Input(Channel):
                 used, held = self.svc.engine.feed_stream_flow(
                     self.side, self.view[self.start:self.end], now, force)
             except FramingError as exc:
-                self.start = self.end = 0
-                self.svc.log.warning("stream_broken", role=self.role, reason="oversize",
-                                     error=str(exc))
-                self.lost("framing lost", reconnect_now=True)
+                self._framing_lost(str(exc))
                 return 0
-            self.start += used
-            if self.start == self.end:
-                self.start = self.end = 0
-            if used:
-                self.last_fed_ms = now
+            self._took(used, now)
         else:
             held = False
+        self._hold(held)
+        return used
+
+    def _took(self, used: int, now: int) -> None:
+        """A feed took ``used`` bytes from ``start``."""
+        self.start += used
+        if self.start == self.end:
+            self.start = self.end = 0
+        if used:
+            self.last_fed_ms = now
+
+    def _framing_lost(self, error: str) -> None:
+        self.start = self.end = 0
+        self.svc.log.warning("stream_broken", role=self.role, reason="oversize", error=error)
+        self.lost("framing lost", reconnect_now=True)
+
+    def _hold(self, held: bool) -> None:
+        """Flow control held the feed back (or no longer does): the socket
+        is not read while it is held."""
         if held == self.held:
-            return used
+            return
         self.held = held
         if held:
             self.held_since = self.svc.now_ms()
         if not self.sock:
-            return used
+            return
         if held:
             self.svc.unwatch(self.sock)      # the lead stays in the socket buffer
         elif not self.svc.paused:
             self.svc.watch(self.sock, READ, self._readable)
-        return used
 
     def _readable(self, mask: int) -> None:
-        # What it released goes out now; events, attachments and
-        # backpressure wait for the end of the turn (Loop.run), once for
-        # every input read in it.
-        if self.read_now():
-            self.svc.outdev.write_pending()
+        # What it released goes out now (read_now writes it); events,
+        # attachments and backpressure wait for the end of the turn
+        # (Loop.run), once for every input read in it.
+        self.read_now()
 
     def read_now(self, force: bool = False) -> int:
-        """Read one chunk, paused or not, and feed its whole records to the
-        engine (flow control off with ``force``, as at a checkpoint's drain);
-        returns the bytes read (0: nothing was waiting, or held back)."""
+        """Read one chunk, paused or not, feed its whole records to the
+        engine (flow control off with ``force``, as at a checkpoint's drain)
+        and write what they released to a chardev outdev: one call into C
+        (chardev_glue.h).  Returns the bytes read (0: nothing was waiting,
+        or held back)."""
         if not self.sock:
             return 0
         if force and self.end > self.start:      # what flow control held back first
@@ -269,19 +288,31 @@ class Input(Channel):
         room = min(CHUNK, len(self.buf) - self.end)
         if room <= 0:                             # held back: read on once fed
             return 0
-        try:
-            n = self.sock.recv_into(self.view[self.end:self.end + room])
-        except (BlockingIOError, InterruptedError):
-            return 0
-        except OSError as exc:
-            self.lost(exc.strerror or str(exc))
-            return 0
-        if n == 0:
-            self.lost("peer closed the stream")
-            return 0
-        self.end += n
-        self.feed(force)
-        return n
+        svc = self.svc
+        outdev = svc.outdev
+        chardev_out = isinstance(outdev, Outdev)
+        now = svc.now_ms()
+        t = self.turn.read_feed_write(svc.engine.handle, self.side, self.sock.fileno(),
+                                      self.buf_ptr, self.start, self.end, room, now, force,
+                                      outdev.fd if chardev_out else -1)
+        n = t.nread
+        if n <= 0:
+            if n == 0:
+                self.lost("peer closed the stream")
+            elif -n not in NOTHING_NOW:
+                self.lost(os.strerror(-n))
+        else:
+            self.end += n
+            if t.feed < 0:
+                self._framing_lost(FRAMING_LOST)
+            else:
+                self._took(t.consumed, now)
+                self._hold(t.feed == native.CX_FEED_BLOCKED)
+        if chardev_out:
+            outdev.wrote(t.nsent, t.out_left)
+        elif n > 0:
+            outdev.write_pending()
+        return max(n, 0)
 
 
 class Outdev(Channel):
@@ -322,25 +353,25 @@ class Outdev(Channel):
         if mask & WRITE:
             self.write_pending()
 
+    @property
+    def fd(self) -> int:
+        """The socket the chardev glue writes released frames to (-1: none)."""
+        return self.sock.fileno() if self.sock else -1
+
     def write_pending(self) -> None:
+        if self.sock:
+            self.wrote(*native.write_out(self.svc.engine.handle, self.sock.fileno()))
+
+    def wrote(self, n: int, left: int) -> None:
+        """A write of the released frames (chardev_glue.h) wrote ``n`` bytes
+        (or failed, -errno) and left ``left``: the rest waits until the
+        socket is writable."""
+        if n < 0 and -n not in NOTHING_NOW:
+            self.lost(os.strerror(-n))
+            return
         if not self.sock:
             return
-        engine = self.svc.engine
-        out = engine.output()           # all of it: the out buffer is one block
-        want = False
-        if out:
-            try:
-                n = self.sock.send(out)
-            except (BlockingIOError, InterruptedError):
-                n = 0
-            except OSError as exc:
-                out.release()
-                self.lost(exc.strerror or str(exc))
-                return
-            want = n < len(out)          # the rest waits until it is writable
-            out.release()
-            if n:
-                engine.consume_output(n)
+        want = left > 0
         if want != self.writing:
             self.writing = want
             self.svc.watch(self.sock, READ | (WRITE if want else 0), self._ready)
