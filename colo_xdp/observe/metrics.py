@@ -169,9 +169,10 @@ def families(s: dict) -> list:
         m.add_metric([], int(value))
         out.append(m)
     m = _counter("busy_polls", "Polls before sleeping while frames were held, by outcome: "
-                 "hit (input came while polling), miss (ran out, slept).", ("outcome",))
-    m.add_metric(["hit"], s["busy_poll"]["hits"])
-    m.add_metric(["miss"], s["busy_poll"]["misses"])
+                 "hit (input came while polling), miss (ran out, slept), contended (the "
+                 "CPU was taken away meanwhile: no polling for a second).", ("outcome",))
+    for outcome, key in (("hit", "hits"), ("miss", "misses"), ("contended", "contended")):
+        m.add_metric([outcome], s["busy_poll"][key])
     out.append(m)
     m = _gauge("peer_connected", "1 while the role's peer is connected.", ("role",))
     for role, up in s["peers"].items():

@@ -12,9 +12,18 @@ going to sleep, and halves when it did not (the partner is late: a mute
 secondary, a checkpoint) so that a wait polling cannot shorten costs no CPU.
 With nothing held the loop sleeps at once: an idle service polls never.
 
+Polling pays only on a CPU of our own.  On one we share (with the guests'
+vCPUs, say), the scheduler takes the CPU away in the middle of a poll, the
+frame waits for our next time slice, milliseconds, and the partner we
+wait for may be the very process we keep off the CPU.  So a window in which
+the CPU was taken from us (wall time past our ``thread_time`` by more than
+``CONTENDED_STOLEN_S``) stops polling for ``CONTENDED_BACKOFF_S``; then the
+window grows again from nothing.
+
 The cost: CPU time spent polling, at most ``max_s`` each time the engine
 holds frames; the counters say how often a poll found its input
-(``hits``) and how often it ran out and slept (``misses``).
+(``hits``), how often it ran out and slept (``misses``) and how often the
+CPU was found shared (``contended``).
 """
 from __future__ import annotations
 
@@ -23,6 +32,8 @@ from typing import Callable
 
 GROW_FROM_S = 4e-6            # the first window, as QEMU's first poll_ns
 DEFAULT_BUSY_POLL_US = 500    # the window's bound (colo-xdp compare --busy-poll)
+CONTENDED_STOLEN_S = 100e-6   # off the CPU this long in one window: the CPU is shared
+CONTENDED_BACKOFF_S = 1.0     # ... and then no polling for this long
 
 
 class AdaptivePoll:
@@ -33,23 +44,23 @@ class AdaptivePoll:
         self.window_s = 0.0
         self.hits = 0
         self.misses = 0
+        self.contended = 0
+        self.backoff_until = 0.0
 
     def select(self, select: Callable[[float], list], wait_s: float) -> list:
         """``select(timeout)``'s ready list within ``wait_s``, polled for the
         window first; the window adapts to when input came."""
-        if wait_s <= 0 or not self.max_s:
-            return select(wait_s)
         began = time.monotonic()
+        if wait_s <= 0 or not self.max_s or began < self.backoff_until:
+            return select(wait_s)
         if self.window_s:
-            polled_until = began + min(self.window_s, wait_s)
-            while True:
-                ready = select(0)
-                if ready:
-                    self.hits += 1
-                    return ready
-                if time.monotonic() >= polled_until:
-                    break
+            ready = self._poll(select, began, min(self.window_s, wait_s))
+            if ready:
+                self.hits += 1
+                return ready
             self.misses += 1
+            if not self.window_s:             # contended: no growing either
+                return select(max(began + wait_s - time.monotonic(), 0.0))
         ready = select(max(began + wait_s - time.monotonic(), 0.0))
         if ready and time.monotonic() - began <= self.max_s:
             self.window_s = min(max(self.window_s * 2, GROW_FROM_S), self.max_s)
@@ -59,6 +70,22 @@ class AdaptivePoll:
                 self.window_s = 0.0
         return ready
 
+    def _poll(self, select: Callable[[float], list], began: float, window_s: float) -> list:
+        """select(0) until input comes or ``window_s`` has passed; a window
+        in which the CPU was taken from us for longer than CONTENDED_STOLEN_S
+        stops polling for CONTENDED_BACKOFF_S."""
+        on_cpu = time.thread_time()
+        while True:
+            ready = select(0)
+            now = time.monotonic()
+            if ready or now - began >= window_s:
+                break
+        if (now - began) - (time.thread_time() - on_cpu) > CONTENDED_STOLEN_S:
+            self.contended += 1
+            self.window_s = 0.0
+            self.backoff_until = now + CONTENDED_BACKOFF_S
+        return ready
+
     def stats(self) -> dict:
         return {"max_us": round(self.max_s * 1e6), "window_us": round(self.window_s * 1e6),
-                "hits": self.hits, "misses": self.misses}
+                "hits": self.hits, "misses": self.misses, "contended": self.contended}
