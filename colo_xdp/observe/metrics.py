@@ -170,7 +170,7 @@ def families(s: dict) -> list:
         out.append(m)
     m = _counter("busy_polls", "Polls before sleeping while frames were held, by outcome: "
                  "hit (input came while polling), miss (ran out, slept), contended (the "
-                 "CPU was taken away meanwhile: no polling for a second).", ("outcome",))
+                 "CPU was shared: no polling for a second).", ("outcome",))
     for outcome, key in (("hit", "hits"), ("miss", "misses"), ("contended", "contended")):
         m.add_metric([outcome], s["busy_poll"][key])
     out.append(m)

@@ -15,10 +15,12 @@ With nothing held the loop sleeps at once: an idle service polls never.
 Polling pays only on a CPU of our own.  On one we share (with the guests'
 vCPUs, say), the scheduler takes the CPU away in the middle of a poll, the
 frame waits for our next time slice, milliseconds, and the partner we
-wait for may be the very process we keep off the CPU.  So a window in which
-the CPU was taken from us (wall time past our ``thread_time`` by more than
-``CONTENDED_STOLEN_S``) stops polling for ``CONTENDED_BACKOFF_S``; then the
-window grows again from nothing.
+wait for may be the very process we keep off the CPU.  So the time polled
+is watched in samples of ``CONTENDED_SAMPLE_S``: a sample in which the CPU
+was taken from us (wall time past our ``thread_time``) for more than
+``CONTENDED_SHARE`` of it stops polling for ``CONTENDED_BACKOFF_S``, then
+the window grows again from nothing.  A lone interruption (an interrupt, a
+kernel thread's turn) is no reason to stop.
 
 The cost: CPU time spent polling, at most ``max_s`` each time the engine
 holds frames; the counters say how often a poll found its input
@@ -32,7 +34,8 @@ from typing import Callable
 
 GROW_FROM_S = 4e-6            # the first window, as QEMU's first poll_ns
 DEFAULT_BUSY_POLL_US = 500    # the window's bound (colo-xdp compare --busy-poll)
-CONTENDED_STOLEN_S = 100e-6   # off the CPU this long in one window: the CPU is shared
+CONTENDED_SAMPLE_S = 0.05     # polling time judged at once
+CONTENDED_SHARE = 0.25        # off the CPU for more of a sample than this: it is shared
 CONTENDED_BACKOFF_S = 1.0     # ... and then no polling for this long
 
 
@@ -46,6 +49,8 @@ class AdaptivePoll:
         self.misses = 0
         self.contended = 0
         self.backoff_until = 0.0
+        self._polled_s = 0.0          # the sample so far: wall time polled,
+        self._stolen_s = 0.0          # ... and of it, off the CPU
 
     def select(self, select: Callable[[float], list], wait_s: float) -> list:
         """``select(timeout)``'s ready list within ``wait_s``, polled for the
@@ -71,19 +76,23 @@ class AdaptivePoll:
         return ready
 
     def _poll(self, select: Callable[[float], list], began: float, window_s: float) -> list:
-        """select(0) until input comes or ``window_s`` has passed; a window
-        in which the CPU was taken from us for longer than CONTENDED_STOLEN_S
-        stops polling for CONTENDED_BACKOFF_S."""
+        """select(0) until input comes or ``window_s`` has passed; then judge
+        the sample (a shared CPU stops polling for CONTENDED_BACKOFF_S)."""
         on_cpu = time.thread_time()
         while True:
             ready = select(0)
             now = time.monotonic()
             if ready or now - began >= window_s:
                 break
-        if (now - began) - (time.thread_time() - on_cpu) > CONTENDED_STOLEN_S:
-            self.contended += 1
-            self.window_s = 0.0
-            self.backoff_until = now + CONTENDED_BACKOFF_S
+        wall = now - began
+        self._polled_s += wall
+        self._stolen_s += max(wall - (time.thread_time() - on_cpu), 0.0)
+        if self._polled_s >= CONTENDED_SAMPLE_S:
+            if self._stolen_s > CONTENDED_SHARE * self._polled_s:
+                self.contended += 1
+                self.window_s = 0.0
+                self.backoff_until = now + CONTENDED_BACKOFF_S
+            self._polled_s = self._stolen_s = 0.0
         return ready
 
     def stats(self) -> dict:

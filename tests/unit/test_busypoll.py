@@ -38,7 +38,7 @@ class Selector:
 
     def __init__(self, clock: Clock, poll_cost: float = 1e-6):
         self.clock, self.poll_cost = clock, poll_cost
-        self.steal_at_poll: int | None = None    # the CPU taken away at this poll
+        self.steal_every: int | None = None     # the CPU taken away every so many polls
         self.polls = 0
         self.after: float | None = None
         self.began: float | None = None
@@ -52,7 +52,7 @@ class Selector:
         due = None if self.after is None else self.began + self.after
         if timeout == 0:
             self.polls += 1
-            if self.polls == self.steal_at_poll:
+            if self.steal_every and self.polls % self.steal_every == 0:
                 self.clock.now += 0.002          # preempted for 2 ms
             if due is not None and self.clock.now >= due:
                 return READY
@@ -108,13 +108,30 @@ def test_a_late_partner_shrinks_the_window_to_nothing(clock):
     assert sel.calls == [1.0] and poll.misses == misses   # no poll at all now
 
 
+def test_a_lone_interruption_is_no_reason_to_stop(clock):
+    poll, sel = AdaptivePoll(500e-6), Selector(clock)
+    poll.window_s = 500e-6
+    sel.steal_every = 10                     # once: an interrupt, a kernel thread
+    sel.wait(300e-6)
+    assert poll.select(sel, 1.0) == READY
+    sel.steal_every = None
+    for _ in range(200):
+        sel.wait(300e-6)
+        assert poll.select(sel, 1.0) == READY
+    assert poll.contended == 0 and poll.window_s == 500e-6
+
+
 def test_a_shared_cpu_stops_polling_for_a_while(clock):
     poll, sel = AdaptivePoll(500e-6), Selector(clock)
     poll.window_s = 500e-6
-    sel.steal_at_poll = 10                   # another process ran in our window
-    sel.wait(300e-6)
-    assert poll.select(sel, 1.0) == READY
+    sel.steal_every = 100                    # another process takes turns on our CPU
+    for _ in range(60):
+        sel.wait(300e-6)
+        assert poll.select(sel, 1.0) == READY
+        if poll.contended:
+            break
     assert poll.contended == 1 and poll.window_s == 0
+    sel.steal_every = None
     sel.wait(100e-6)
     sel.calls.clear()
     poll.select(sel, 1.0)
