@@ -110,10 +110,10 @@ struct cx_reasm_table {
 /* Queued frames live in FRAME_SLOT-byte buffers when they fit (any frame of
  * an Ethernet MTU, vnet header and all), taken from and given back to a
  * free list: a side that runs ahead queues (and later frees) one per frame,
- * and malloc/free was a sixth of the engine's work at 1400 B.  The list is
- * LIFO, so the buffer reused is the one most likely still in cache, and it
- * keeps at most FRAME_POOL_MAX buffers (what a burst frees past that goes
- * back to malloc).  Larger frames are malloc'd as they come. */
+ * and malloc/free was about a fifth of the engine's instructions at 1400 B.
+ * The list is LIFO, so the buffer reused is the one most likely still in
+ * cache, and it keeps at most FRAME_POOL_MAX buffers (what a burst frees
+ * past that goes back to malloc).  Larger frames are malloc'd as they come. */
 #define FRAME_SLOT 2048
 #define FRAME_POOL_MAX 1024
 
