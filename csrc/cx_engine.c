@@ -107,13 +107,15 @@ struct cx_reasm_table {
     uint64_t bytes[2];
 };
 
-/* Queued frames live in FRAME_SLOT-byte buffers when they fit (any frame of
- * an Ethernet MTU, vnet header and all), taken from and given back to a
- * free list: a side that runs ahead queues (and later frees) one per frame,
- * and malloc/free was about a fifth of the engine's instructions at 1400 B.
- * The list is LIFO, so the buffer reused is the one most likely still in
- * cache, and it keeps at most FRAME_POOL_MAX buffers (what a burst frees
- * past that goes back to malloc).  Larger frames are malloc'd as they come. */
+/* Queued frames of over half a FRAME_SLOT up to a FRAME_SLOT (frames of an
+ * Ethernet MTU, vnet header and all) live in FRAME_SLOT-byte buffers taken
+ * from and given back to a free list: a side that runs ahead queues (and
+ * later frees) one per frame, and malloc/free was about a fifth of the
+ * engine's instructions at 1400 B.  The list is LIFO, so the buffer reused
+ * is the one most likely still in cache, and it keeps at most
+ * FRAME_POOL_MAX buffers (what a burst frees past that goes back to
+ * malloc).  Smaller frames are malloc'd as they come (a slot would take
+ * up to many times their size), and so are larger ones. */
 #define FRAME_SLOT 2048
 #define FRAME_POOL_MAX 1024
 
@@ -662,12 +664,14 @@ static void queue_insert(struct cx_queue *q, struct cx_frame *f, bool by_seq)
 }
 
 /* A queued frame's buffer for len bytes of frame: from the free list when it
- * fits a FRAME_SLOT (f->pooled set), else malloc'd.  NULL when out of memory. */
+ * takes over half a FRAME_SLOT and fits one (f->pooled set), else malloc'd.
+ * NULL when out of memory. */
 static struct cx_frame *frame_alloc(struct cx_engine *e, uint32_t len)
 {
     struct cx_frame *f;
-    if (sizeof(*f) + len > FRAME_SLOT) {
-        f = malloc(sizeof(*f) + len);
+    size_t size = sizeof(*f) + len;
+    if (size <= FRAME_SLOT / 2 || size > FRAME_SLOT) {
+        f = malloc(size);
         if (f)
             f->pooled = false;
         return f;
