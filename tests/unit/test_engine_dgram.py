@@ -194,3 +194,21 @@ def test_flows_are_compared_independently():
                              (S, udp(1, flow=1))])         # flow 1 matches
     assert released(actions) == [udp(1, flow=1)]
     assert reasons(actions) == [CheckpointReason.MISMATCH]
+
+
+def test_queued_frames_of_every_size_come_out_whole_and_in_order():
+    # A secondary far ahead, frames of 64 B (malloc'd), 1400 B (a free-list
+    # slot) and 4000 B (over a slot, malloc'd); each round queues more slots
+    # than the free list keeps: every primary is released as it was, in order.
+    sizes = (64, 1400, 1400, 1400, 4000)
+    frames = [g.udp_frame(bytes([n % 251]) * (sizes[n % 5] - 42)) for n in range(6000)]
+    eng = engine(max_queue_size=4096)
+    out = []
+    for start in range(0, len(frames), 3000):
+        batch = frames[start:start + 3000]
+        out += released(feed_all(eng, [(S, f) for f in batch]))
+        out += released(feed_all(eng, [(P, f) for f in batch]))
+    assert out == frames
+    c = assert_accounted(eng)
+    assert c.matched_secondary == len(frames)
+    assert c.queued == {"primary": 0, "secondary": 0}
