@@ -243,9 +243,10 @@ def _check_rule(c, rule) -> None:
         assert rule.proto is None or rule.proto in PORTED, f"ports on protocol {rule.proto}"
     for addr in (rule.src, rule.dst):
         if addr is not None:
-            net = ipaddress.IPv4Network(addr)      # strict: host bits are clear
+            net = ipaddress.ip_network(addr)       # strict: host bits are clear
             assert net.prefixlen > 0, "a /0 kept instead of *"
-            want = str(net.network_address) if net.prefixlen == 32 else str(net)
+            host = net.prefixlen == net.max_prefixlen
+            want = str(net.network_address) if host else str(net)
             assert addr == want, f"{addr!r} is not canonical ({want!r})"
     text = c.format_flow(rule)
     assert c.parse_flow(text) == rule, f"{text!r} does not read back as {rule}"
