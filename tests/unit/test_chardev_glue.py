@@ -22,20 +22,15 @@ def _frame(i: int) -> bytes:
     return pktgen.udp_frame(b"glue %04d" % i, sport=1000, dport=2000)
 
 
-@pytest.fixture
-def pair():
+def _socketpair():
     ends = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     yield ends
     for s in ends:
         s.close()
 
 
-@pytest.fixture
-def out():
-    ends = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    yield ends
-    for s in ends:
-        s.close()
+pair = pytest.fixture(_socketpair, name="pair")    # an input: the peer's end, ours
+out = pytest.fixture(_socketpair, name="out")      # the outdev: ours, the peer's end
 
 
 class Turns:
