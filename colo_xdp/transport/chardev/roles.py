@@ -4,9 +4,12 @@ loop's selector.
 
 A role talks to its loop (``colo_xdp.service.loop.Loop``) through a small
 surface: ``watch``/``unwatch`` with a handler taking the event mask,
-``engine``, ``log``, ``now_ms()``, ``paused``, ``outdev.write_pending()`` and
-``after_batch()``; the
-notify role also reports a finished checkpoint with ``colo_checkpoint()``.
+``engine``, ``log``, ``now_ms()``, ``paused`` and ``outdev``; the notify
+role also reports a finished checkpoint with ``colo_checkpoint()``.
+
+An input's turn is one call into C (``csrc/chardev_glue.c``): it reads the
+socket, feeds the engine and writes what that released to a chardev outdev
+(``Outdev.fd``), whose ``wrote`` then acts on the write's result.
 
 Inputs are flow-controlled by the engine (``Loop.balance_inputs``): when a
 feed is held back, the rest of what was read stays in the input's buffer,
