@@ -181,6 +181,23 @@ def fuzz(target: str, seconds: int, work: Path, artifacts: Path) -> Result:
     return Result(target, proc.returncode, proc.stdout + proc.stderr, crashes)
 
 
+def short_run(target: str, tmp: Path) -> tuple[Result, list[Path]]:
+    """The SHORT_RUN_S run ``make test`` makes of a target; what it finds is
+    kept under CRASHES/target, a regression test from then on.  The result
+    and the reproducers kept."""
+    result = fuzz(target, SHORT_RUN_S, tmp / "new", tmp / "crashes")
+    kept = []
+    for crash in result.crashes:
+        (CRASHES / target).mkdir(parents=True, exist_ok=True)
+        kept.append(Path(shutil.copy(crash, CRASHES / target / crash.name)))
+    return result, kept
+
+
+def replay_corpus(target: str, files: list[Path]) -> list[Result]:
+    """Every file run once, 500 to a process (the argv stays short)."""
+    return [replay(target, files[start:start + 500]) for start in range(0, len(files), 500)]
+
+
 def replay(target: str, files: list[Path], extra_env: dict | None = None) -> Result:
     """Run each input once (no fuzzing)."""
     cmd = command(target) + [str(f) for f in files]

@@ -12,7 +12,6 @@ header), so "clean" means no sanitizer report and no broken invariant.
 """
 from __future__ import annotations
 
-import shutil
 import subprocess
 
 import pytest
@@ -20,7 +19,6 @@ import pytest
 import fuzzlib
 
 ENGINE_CORPUS = fuzzlib.CORPUS / fuzzlib.ENGINE
-ENGINE_CRASHES = fuzzlib.CRASHES / fuzzlib.ENGINE
 
 RELEASE = ["matched", "unsupported", "no_payload", "retransmit", "flushed", "failover",
            "passthrough"]
@@ -73,8 +71,8 @@ def test_every_rule_runs_clean_under_asan_and_ubsan(engine_fuzzer):
 
 def test_whole_corpus_replays_clean(engine_fuzzer):
     files = sorted(p for p in ENGINE_CORPUS.iterdir() if p.is_file())
-    for start in range(0, len(files), 500):          # argv stays short
-        _clean(fuzzlib.replay(fuzzlib.ENGINE, files[start:start + 500]))
+    for result in fuzzlib.replay_corpus(fuzzlib.ENGINE, files):
+        _clean(result)
 
 
 @pytest.mark.parametrize("reproducer", fuzzlib.reproducers(fuzzlib.ENGINE) or [None],
@@ -86,11 +84,7 @@ def test_crash_reproducer_replays_clean(engine_fuzzer, reproducer):
 
 
 def test_short_fuzz_run_finds_nothing(engine_fuzzer, tmp_path):
-    result = fuzzlib.fuzz(fuzzlib.ENGINE, fuzzlib.SHORT_RUN_S, tmp_path / "new", tmp_path / "crashes")
-    kept = []
-    for crash in result.crashes:
-        ENGINE_CRASHES.mkdir(parents=True, exist_ok=True)
-        kept.append(shutil.copy(crash, ENGINE_CRASHES / crash.name))
+    result, kept = fuzzlib.short_run(fuzzlib.ENGINE, tmp_path)
     assert result.ok, (f"the engine fuzzer found a problem; reproducers kept in {kept}:\n"
                        f"{result.tail(60)}")
     assert result.stat("number_of_executed_units") > 1000

@@ -7,7 +7,6 @@ calls, and a short atheris run (FUZZ_TEST_SECONDS, default 4) finds nothing.
 """
 from __future__ import annotations
 
-import shutil
 
 import pytest
 
@@ -40,11 +39,7 @@ def test_crash_reproducer(target, path):
 
 @pytest.mark.parametrize("target", fuzzlib.PYTHON_TARGETS)
 def test_short_fuzz_run_finds_nothing(atheris_ready, target, tmp_path):
-    result = fuzzlib.fuzz(target, fuzzlib.SHORT_RUN_S, tmp_path / "new", tmp_path / "crashes")
-    kept = []
-    for crash in result.crashes:
-        (fuzzlib.CRASHES / target).mkdir(parents=True, exist_ok=True)
-        kept.append(shutil.copy(crash, fuzzlib.CRASHES / target / crash.name))
+    result, kept = fuzzlib.short_run(target, tmp_path)
     assert result.ok, f"{target}: the fuzzer found a problem; kept {kept}:\n{result.tail()}"
     assert result.stat("number_of_executed_units") > 1000
 

@@ -5,14 +5,11 @@ finds nothing.  The harness checks that every planned wire frame is written
 within its room, fits the MTU and carries the frame's payload in order."""
 from __future__ import annotations
 
-import shutil
-
 import pytest
 
 import fuzzlib
 
 CORPUS = fuzzlib.CORPUS / fuzzlib.SEGMENT
-CRASHES = fuzzlib.CRASHES / fuzzlib.SEGMENT
 
 
 @pytest.fixture(scope="session")
@@ -30,8 +27,8 @@ def test_seeds_and_corpus_replay_clean(segment_fuzzer):
     files = sorted(p for p in CORPUS.iterdir() if p.is_file())
     assert len([p for p in files if p.name.startswith("seed-")]) >= 8, \
         "run tests/fuzz/make_seeds.py"
-    for start in range(0, len(files), 500):
-        _clean(fuzzlib.replay(fuzzlib.SEGMENT, files[start:start + 500]))
+    for result in fuzzlib.replay_corpus(fuzzlib.SEGMENT, files):
+        _clean(result)
 
 
 @pytest.mark.parametrize("reproducer", fuzzlib.reproducers(fuzzlib.SEGMENT) or [None],
@@ -43,12 +40,7 @@ def test_crash_reproducer_replays_clean(segment_fuzzer, reproducer):
 
 
 def test_short_fuzz_run_finds_nothing(segment_fuzzer, tmp_path):
-    result = fuzzlib.fuzz(fuzzlib.SEGMENT, fuzzlib.SHORT_RUN_S, tmp_path / "new",
-                          tmp_path / "crashes")
-    kept = []
-    for crash in result.crashes:
-        CRASHES.mkdir(parents=True, exist_ok=True)
-        kept.append(shutil.copy(crash, CRASHES / crash.name))
+    result, kept = fuzzlib.short_run(fuzzlib.SEGMENT, tmp_path)
     assert result.ok, (f"the segment fuzzer found a problem; reproducers kept in {kept}:\n"
                        f"{result.tail(60)}")
     assert result.stat("number_of_executed_units") > 1000
