@@ -39,7 +39,7 @@ def _proto(value: Any) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool):
-        raise FlowError(f"protocol {value!r} is not tcp, udp, icmp, a number or *")
+        raise FlowError(f"protocol {value!r} is not tcp, udp, icmp, icmp6, a number or *")
     if isinstance(value, int):
         number = value
     else:
@@ -49,7 +49,7 @@ def _proto(value: Any) -> int | None:
         if text in PROTO_NAMES:
             return PROTO_NAMES[text]
         if not (text.isascii() and text.isdigit()):
-            raise FlowError(f"protocol {value!r} is not tcp, udp, icmp, a number or *")
+            raise FlowError(f"protocol {value!r} is not tcp, udp, icmp, icmp6, a number or *")
         digits = text.lstrip("0") or "0"      # int() refuses over 4300 digits
         if len(digits) > 3:
             raise FlowError(f"protocol number {_shorten(digits)} is outside 1..255")

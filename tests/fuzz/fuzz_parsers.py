@@ -167,7 +167,7 @@ CONTROL_FIELDS = {
 }
 FLOW_KEYS = ("proto", "src", "dst", "sport", "dport")
 PORTED = {6, 17, 33, 132, 136}            # TCP, UDP, DCCP, SCTP, UDP-Lite
-PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp"}   # the others go by number
+PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmp6"}   # the others go by number
 CONTROL_MAX_LINES = (None, 24, 96, 400)   # None: control.MAX_LINE
 CONTROL_STEPS = (1, 2, 3, 7, 16, 61, 512, 4096)
 SMALL_TABLE, SINK_LIMIT = 3, 2
