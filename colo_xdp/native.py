@@ -316,26 +316,39 @@ def tx_from_engine(xsk: XskCore, engine: EngineCore, max_frames: int) -> int:
 
 # -- the chardev glue (csrc/chardev_glue.h) ------------------------------------
 
-def pointer_to(buf: bytearray):
-    """A C pointer to ``buf`` for the glue (it keeps ``buf`` alive; ``buf``
-    must not change size while the pointer is used)."""
-    return ffi.from_buffer(buf)
+class ChardevInput:
+    """One chardev input's socket and buffer for the glue
+    (``struct chardev_glue__input``; ``st`` is the struct).  ``buf`` is the
+    caller's; it keeps its size while this lives."""
+
+    def __init__(self, side: int, buf: bytearray, chunk: int):
+        self._buf = ffi.from_buffer(buf)          # keeps buf alive
+        self.st = ffi.new("struct chardev_glue__input *")
+        self.st.fd = -1
+        self.st.side = side
+        self.st.buf = self._buf
+        self.st.cap = len(buf)
+        self.st.chunk = chunk
 
 
-class ChardevTurn:
-    """One input's turn in C (chardev_glue__read_feed_write): its result
-    struct is kept and reused.  ``read_feed_write`` returns the struct:
-    ``nread``, ``feed``, ``consumed``, ``nsent``, ``out_left`` (see
-    chardev_glue.h; negative values are -errno, left to the caller)."""
+class ChardevPump:
+    """chardev_glue__pump over a list of inputs, its result struct kept and
+    reused: ``run`` returns it (``nsent``, ``out_left``, ``rounds``; see
+    chardev_glue.h).  The inputs' own results are in their ``st``."""
 
     def __init__(self):
-        self._t = ffi.new("struct chardev_glue__turn *")
+        self._r = ffi.new("struct chardev_glue__pump *")
+        self._ins = ffi.new("struct chardev_glue__input *[]", 2)
 
-    def read_feed_write(self, engine: EngineCore, side: int, in_fd: int, buf, start: int,
-                        end: int, room: int, now_ms: int, force: bool, out_fd: int):
-        lib.chardev_glue__read_feed_write(engine._e, side, in_fd, buf, start, end, room, now_ms,
-                                          CX_FEED_FORCE if force else 0, out_fd, self._t)
-        return self._t
+    def run(self, engine: EngineCore, inputs: list, max_rounds: int, now_ms: int,
+            force: bool, out_fd: int):
+        if len(inputs) > len(self._ins):
+            self._ins = ffi.new("struct chardev_glue__input *[]", len(inputs))
+        for i, inp in enumerate(inputs):
+            self._ins[i] = inp.st
+        lib.chardev_glue__pump(engine._e, self._ins, len(inputs), max_rounds, now_ms,
+                               CX_FEED_FORCE if force else 0, out_fd, self._r)
+        return self._r
 
 
 _LEFT = ffi.new("uint64_t *")

@@ -7,9 +7,11 @@ surface: ``watch``/``unwatch`` with a handler taking the event mask,
 ``engine``, ``log``, ``now_ms()``, ``paused`` and ``outdev``; the notify
 role also reports a finished checkpoint with ``colo_checkpoint()``.
 
-An input's turn is one call into C (``csrc/chardev_glue.c``): it reads the
+An input's turn is one call into C (``csrc/chardev_glue.h``): it reads the
 socket, feeds the engine and writes what that released to a chardev outdev
-(``Outdev.fd``), whose ``wrote`` then acts on the write's result.
+(``Outdev.fd``), whose ``wrote`` then acts on the write's result.  While
+the inputs keep bringing data the same call goes round them again, so that
+under load the loop's Python runs once for many reads.
 
 Inputs are flow-controlled by the engine (``Loop.balance_inputs``): when a
 feed is held back, the rest of what was read stays in the input's buffer,
@@ -40,11 +42,15 @@ if TYPE_CHECKING:
 READ = selectors.EVENT_READ
 WRITE = selectors.EVENT_WRITE
 
-# One read per input per turn, at most.  As large as a peer's socket buffer
+# The most one read of an input takes.  As large as a peer's socket buffer
 # can hold, so that one read takes all that waits: a 64 KiB read took about
 # 45 frames of 1400 B, and the extra turns, wakeups and syscalls cost 1400 B
 # pairs about 70 % more CPU here (tools.bench's shaped rows).
 CHUNK = 1024 * 1024
+# Rounds over the inputs one readable input may start (chardev_glue__pump
+# also stops when a round reads little, or at its byte budget).
+PUMP_ROUNDS = 64
+PUMP = native.ChardevPump()        # one loop thread: one result struct
 NOTIFY_OUT_MAX = 64 * 1024         # DO_CHECKPOINT bytes kept for a slow peer
 # What a non-blocking read or write that found nothing to do returns (-errno).
 NOTHING_NOW = (errno.EAGAIN, errno.EINTR)
@@ -186,20 +192,38 @@ class Input(Channel):
     def __init__(self, svc: "Loop", role: str, spec: Spec, side: Side):
         super().__init__(svc, role, spec)
         self.side = side
-        # Room for one chunk behind the longest partial record.
+        # Room for one chunk behind the longest partial record; the glue
+        # reads into it (csrc/chardev_glue.h), and so buf never resizes.
         self.buf = bytearray(CHUNK + NET_BUFSIZE + 8)
         self.view = memoryview(self.buf)
-        self.buf_ptr = native.pointer_to(self.buf)    # for the glue: buf never resizes
-        self.turn = native.ChardevTurn()
-        self.start = self.end = 0
+        self.io = native.ChardevInput(side, self.buf, CHUNK)
         self.held = False               # flow control: the engine wants the other side
         self.last_fed_ms = svc.now_ms()   # when a feed last took something
         self.held_since = 0               # when flow control last held it back
         self.stopped_other_at: int | None = None   # forced: the other side stopped
 
+    # buf[start:end]: read, not yet taken by the engine (kept in the glue's struct)
+    @property
+    def start(self) -> int:
+        return self.io.st.start
+
+    @start.setter
+    def start(self, value: int) -> None:
+        self.io.st.start = value
+
+    @property
+    def end(self) -> int:
+        return self.io.st.end
+
+    @end.setter
+    def end(self, value: int) -> None:
+        self.io.st.end = value
+
     def connected(self) -> None:
         self.svc.engine.stream_reset(self.side)
         self.held = False
+        self.io.st.held = 0
+        self.io.st.fd = self.sock.fileno()
         self.last_fed_ms = self.svc.now_ms()      # quiet is counted from here
         if not self.svc.paused:
             self.svc.watch(self.sock, READ, self._readable)
@@ -213,6 +237,8 @@ class Input(Channel):
                                  reason="truncated", bytes=self.end - self.start)
         self.start = self.end = 0
         self.held = False
+        self.io.st.held = 0
+        self.io.st.fd = -1
 
     def pause(self, paused: bool) -> None:
         if not self.sock or self.held:
@@ -256,6 +282,7 @@ class Input(Channel):
     def _hold(self, held: bool) -> None:
         """Flow control held the feed back (or no longer does): the socket
         is not read while it is held."""
+        self.io.st.held = held
         if held == self.held:
             return
         self.held = held
@@ -269,53 +296,54 @@ class Input(Channel):
             self.svc.watch(self.sock, READ, self._readable)
 
     def _readable(self, mask: int) -> None:
-        # What it released goes out now (read_now writes it); events,
+        # This input first, then every connected one while they bring data
+        # (chardev_glue__pump).  What it released goes out now; events,
         # attachments and backpressure wait for the end of the turn
         # (Loop.run), once for every input read in it.
-        self.read_now()
+        inputs = [self] + [i for i in self.svc.inputs
+                           if i is not self and isinstance(i, Input) and i.sock]
+        self._pump(inputs, PUMP_ROUNDS, False)
 
     def read_now(self, force: bool = False) -> int:
         """Read one chunk, paused or not, feed its whole records to the
         engine (flow control off with ``force``, as at a checkpoint's drain)
-        and write what they released to a chardev outdev: one call into C
-        (chardev_glue.h).  Returns the bytes read (0: nothing was waiting,
-        or held back)."""
+        and write what they released to a chardev outdev.  Returns the bytes
+        read (0: nothing was waiting, or held back)."""
         if not self.sock:
             return 0
-        if force and self.end > self.start:      # what flow control held back first
-            self.feed(force=True)
-        if self.end + CHUNK > len(self.buf):      # slide the partial record down
-            n = self.end - self.start
-            self.buf[:n] = bytes(self.view[self.start:self.end])
-            self.start, self.end = 0, n
-        room = min(CHUNK, len(self.buf) - self.end)
-        if room <= 0:                             # held back: read on once fed
-            return 0
+        return self._pump([self], 1, force)
+
+    def _pump(self, inputs: list, rounds: int, force: bool) -> int:
+        """One call into C (chardev_glue.h) over ``inputs``, then what its
+        results mean for each of them and for the outdev; the bytes read."""
         svc = self.svc
         outdev = svc.outdev
         chardev_out = isinstance(outdev, Outdev)
         now = svc.now_ms()
-        t = self.turn.read_feed_write(svc.engine.handle, self.side, self.sock.fileno(),
-                                      self.buf_ptr, self.start, self.end, room, now, force,
-                                      outdev.fd if chardev_out else -1)
-        n = t.nread
-        if n <= 0:
-            if n == 0:
-                self.lost("peer closed the stream")
-            elif -n not in NOTHING_NOW:
-                self.lost(os.strerror(-n))
-        else:
-            self.end += n
-            if t.feed < 0:
-                self._framing_lost(FRAMING_LOST)
-            else:
-                self._took(t.consumed, now)
-                self._hold(t.feed == native.CX_FEED_BLOCKED)
+        r = PUMP.run(svc.engine.handle, [i.io for i in inputs], rounds, now, force,
+                     outdev.fd if chardev_out else -1)
+        nread = 0
+        for inp in inputs:
+            nread += inp._after_pump(now)
         if chardev_out:
-            outdev.wrote(t.nsent, t.out_left)
-        elif n > 0:
+            outdev.wrote(r.nsent, r.out_left)
+        elif nread:
             outdev.write_pending()
-        return max(n, 0)
+        return nread
+
+    def _after_pump(self, now: int) -> int:
+        st = self.io.st
+        if st.took:
+            self.last_fed_ms = now
+        if st.feed < 0:
+            self._framing_lost(FRAMING_LOST)
+        elif st.nread == 0:
+            self.lost("peer closed the stream")
+        elif st.nread < 0 and -st.nread not in NOTHING_NOW:
+            self.lost(os.strerror(-st.nread))
+        else:
+            self._hold(bool(st.held))
+        return st.read
 
 
 class Outdev(Channel):
