@@ -24,7 +24,7 @@
 /* A round after the first only when the one before read this much... */
 #define CHARDEV_GLUE_MORE 16384
 /* ... and no more rounds once a call has read this much. */
-#define CHARDEV_GLUE_BUDGET 4194304       /* 4 MiB */
+#define CHARDEV_GLUE_BUDGET 1048576       /* 1 MiB: a few ms of frames at most */
 /* A call ends at once on a checkpoint request or a drop; at this many
  * other events (new connections), too. */
 #define CHARDEV_GLUE_EVENTS 256

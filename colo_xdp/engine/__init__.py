@@ -342,7 +342,7 @@ class Engine:
 
     @property
     def handle(self) -> native.EngineCore:
-        """The C engine, for the glue (colo_xdp.native: rx_to_engine, ChardevTurn)."""
+        """The C engine, for the glue (colo_xdp.native: rx_to_engine, ChardevPump)."""
         return self._e
 
     # -- batch interface (transports) ------------------------------------

@@ -2,7 +2,8 @@
 
 Each turn waits for ready sockets (no longer than the engine's next timer;
 while the engine holds frames it polls first, ``busypoll``), lets each ready
-role read one bounded batch into the engine, runs the expired-frame scan
+role read into the engine (a bounded batch; chardev inputs go round again
+while they bring data, ``roles.Input``), runs the expired-frame scan
 when due, gives every role and attachment its tick, and ends with
 ``after_batch``: the engine's events are handled, released frames are
 written to the outdev, and backpressure is decided.

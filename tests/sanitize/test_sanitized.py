@@ -22,7 +22,7 @@ from sanitize_kit import need
 MIN_ENGINE_TESTS = 300
 MIN_PROPERTY_TESTS = 8
 MIN_XSK_TESTS = 20
-MIN_CHARDEV_GLUE_TESTS = 5
+MIN_CHARDEV_GLUE_TESTS = 12
 
 
 def test_the_helper_is_built_with_asan_and_ubsan(sanitized_build):
