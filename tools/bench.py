@@ -789,6 +789,9 @@ def parser() -> argparse.ArgumentParser:
                    help="run only the QEMU-shaped rows, simulator and latency")
     p.add_argument("--shaped-rows", metavar="TEXT",
                    help="only the shaped rows whose label contains TEXT")
+    p.add_argument("--shaped-runs", type=int, default=None, metavar="N",
+                   help="runs of each shaped row, interleaved, best shown (default: "
+                        "tools.bench_shaped.RUNS)")
     p.add_argument("--sink", type=Path, metavar="DIR", help=argparse.SUPPRESS)
     return p
 
@@ -816,8 +819,10 @@ def main(argv: list[str] | None = None) -> int:
         run_sink(args.sink)
         return 0
     if (args.runs < 1 or args.seconds <= 0 or args.warmup < 0
-            or (args.xdp_windows is not None and args.xdp_windows < 1)):
-        print("error: --runs and --xdp-windows must be at least 1, --seconds above 0 "
+            or (args.xdp_windows is not None and args.xdp_windows < 1)
+            or (args.shaped_runs is not None and args.shaped_runs < 1)):
+        print("error: --runs, --xdp-windows and --shaped-runs must be at least 1, "
+              "--seconds above 0 "
               "and --warmup not negative.", file=sys.stderr)
         return 2
 
@@ -906,7 +911,8 @@ def _shaped_section(args, launchers: dict[str, Launcher], ceiling: Launcher | No
     rows = [r for r in bench_shaped.shaped_rows()
             if not args.shaped_rows or args.shaped_rows in r.label]
     lines = bench_shaped.run(launchers, ceiling, args.warmup, args.seconds,
-                             lambda line: print(line, flush=True), rows, latency_only)
+                             lambda line: print(line, flush=True), rows, latency_only,
+                             args.shaped_runs or bench_shaped.RUNS)
     print()
     print("\n".join(lines))
     return int(any("failed" in line for line in lines))
