@@ -260,19 +260,15 @@ class Input(Channel):
             except FramingError as exc:
                 self._framing_lost(str(exc))
                 return 0
-            self._took(used, now)
+            self.start += used
+            if self.start == self.end:
+                self.start = self.end = 0
+            if used:
+                self.last_fed_ms = now
         else:
             held = False
         self._hold(held)
         return used
-
-    def _took(self, used: int, now: int) -> None:
-        """A feed took ``used`` bytes from ``start``."""
-        self.start += used
-        if self.start == self.end:
-            self.start = self.end = 0
-        if used:
-            self.last_fed_ms = now
 
     def _framing_lost(self, error: str) -> None:
         self.start = self.end = 0
